@@ -1,0 +1,103 @@
+/* API key format, generation, hashing and scope sets. */
+#include "tally/auth.h"
+#include "tally/uuid.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char base32_alphabet[] = "abcdefghijklmnopqrstuvwxyz234567";
+static const char base64url_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static bool
+all_in(const char *s, size_t n, const char *alphabet)
+{
+    for (size_t i = 0; i < n; ++i)
+        if (s[i] == '\0' || strchr(alphabet, s[i]) == NULL)
+            return false;
+    return true;
+}
+
+bool
+tly_key_parse(const char *key, size_t len, tly_key_parts_t *out)
+{
+    const size_t plen = sizeof(TLY_KEY_PREFIX) - 1;
+    if (len != TLY_KEY_LEN || memcmp(key, TLY_KEY_PREFIX, plen) != 0 || key[plen + TLY_KEY_ID_LEN] != '_')
+        return false;
+    const char *id = key + plen, *secret = id + TLY_KEY_ID_LEN + 1;
+    if (!all_in(id, TLY_KEY_ID_LEN, base32_alphabet) || !all_in(secret, TLY_KEY_SECRET_LEN, base64url_alphabet))
+        return false;
+    memcpy(out->id, id, TLY_KEY_ID_LEN);
+    out->id[TLY_KEY_ID_LEN] = '\0';
+    memcpy(out->secret, secret, TLY_KEY_SECRET_LEN);
+    out->secret[TLY_KEY_SECRET_LEN] = '\0';
+    return true;
+}
+
+void
+tly_key_generate(tly_key_parts_t *parts, char *key_out)
+{
+    uint8_t raw[TLY_KEY_ID_LEN + TLY_KEY_SECRET_LEN];
+    tly_random_bytes(raw, sizeof(raw));
+    /* one random byte per character: 8 bits → 5 (id) or 6 (secret) bits, no bias
+       since both alphabet sizes divide 256 */
+    for (size_t i = 0; i < TLY_KEY_ID_LEN; ++i)
+        parts->id[i] = base32_alphabet[raw[i] % 32];
+    parts->id[TLY_KEY_ID_LEN] = '\0';
+    for (size_t i = 0; i < TLY_KEY_SECRET_LEN; ++i)
+        parts->secret[i] = base64url_alphabet[raw[TLY_KEY_ID_LEN + i] % 64];
+    parts->secret[TLY_KEY_SECRET_LEN] = '\0';
+    snprintf(key_out, TLY_KEY_LEN + 1, "%s%s_%s", TLY_KEY_PREFIX, parts->id, parts->secret);
+}
+
+void
+tly_key_hash(const char *secret, uint8_t out[TLY_KEY_HASH_LEN])
+{
+    unsigned int n = 0;
+    if (EVP_Digest(secret, strlen(secret), out, &n, EVP_sha256(), NULL) != 1 || n != TLY_KEY_HASH_LEN)
+        abort(); /* only on out-of-memory */
+}
+
+bool
+tly_key_hash_equal(const uint8_t a[TLY_KEY_HASH_LEN], const uint8_t b[TLY_KEY_HASH_LEN])
+{
+    return CRYPTO_memcmp(a, b, TLY_KEY_HASH_LEN) == 0;
+}
+
+int
+tly_scopes_parse(const char *s)
+{
+    static const struct {
+        const char *name;
+        int bit;
+    } names[] = {{"read", TLY_SCOPE_READ}, {"write", TLY_SCOPE_WRITE}, {"admin", TLY_SCOPE_ADMIN}};
+    int scopes = 0;
+    const char *p = s;
+    if (*p == '{')
+        ++p;
+    while (*p != '\0' && *p != '}') {
+        size_t n = strcspn(p, ",}");
+        size_t i;
+        for (i = 0; i < sizeof(names) / sizeof(names[0]); ++i)
+            if (strlen(names[i].name) == n && memcmp(names[i].name, p, n) == 0)
+                break;
+        if (i == sizeof(names) / sizeof(names[0]))
+            return -1;
+        scopes |= names[i].bit;
+        p += n;
+        if (*p == ',')
+            ++p;
+    }
+    return scopes;
+}
+
+void
+tly_scopes_format_pg(int scopes, char *out, size_t cap)
+{
+    snprintf(out, cap, "{%s%s%s%s%s}", scopes & TLY_SCOPE_READ ? "read" : "",
+             (scopes & TLY_SCOPE_READ) && (scopes & (TLY_SCOPE_WRITE | TLY_SCOPE_ADMIN)) ? "," : "",
+             scopes & TLY_SCOPE_WRITE ? "write" : "", (scopes & TLY_SCOPE_WRITE) && (scopes & TLY_SCOPE_ADMIN) ? "," : "",
+             scopes & TLY_SCOPE_ADMIN ? "admin" : "");
+}

@@ -1,0 +1,127 @@
+/* Wall and monotonic clocks, RFC 3339 formatting and strict parsing. */
+#include "tally/clock.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+int64_t
+tly_clock_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t
+tly_clock_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void
+tly_clock_format_rfc3339(int64_t us, char *out, size_t cap)
+{
+    time_t secs = (time_t)(us / 1000000);
+    int64_t frac = us % 1000000;
+    if (frac < 0) {
+        frac += 1000000;
+        secs -= 1;
+    }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, (long long)frac);
+}
+
+static bool
+take_digits(const char **p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; ++i) {
+        if (!isdigit((unsigned char)(*p)[i]))
+            return false;
+        v = v * 10 + ((*p)[i] - '0');
+    }
+    *p += n;
+    *out = v;
+    return true;
+}
+
+static bool
+expect(const char **p, char c)
+{
+    if (**p != c)
+        return false;
+    ++*p;
+    return true;
+}
+
+static int
+days_in_month(int year, int month)
+{
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    return month == 2 && leap ? 29 : days[month - 1];
+}
+
+bool
+tly_clock_parse_rfc3339(const char *s, int64_t *out_us)
+{
+    const char *p = s;
+    int year, mon, day, hour, min, sec;
+    if (!take_digits(&p, 4, &year) || !expect(&p, '-') || !take_digits(&p, 2, &mon) || !expect(&p, '-') ||
+        !take_digits(&p, 2, &day))
+        return false;
+    if (*p != 'T' && *p != 't')
+        return false;
+    ++p;
+    if (!take_digits(&p, 2, &hour) || !expect(&p, ':') || !take_digits(&p, 2, &min) || !expect(&p, ':') ||
+        !take_digits(&p, 2, &sec))
+        return false;
+    if (mon < 1 || mon > 12 || day < 1 || day > days_in_month(year, mon) || hour > 23 || min > 59 || sec > 59)
+        return false;
+    int64_t frac_us = 0;
+    if (*p == '.') {
+        ++p;
+        int ndigits = 0;
+        while (isdigit((unsigned char)*p)) {
+            if (ndigits < 6)
+                frac_us = frac_us * 10 + (*p - '0');
+            ++ndigits;
+            ++p;
+        }
+        if (ndigits == 0 || ndigits > 9)
+            return false;
+        for (int i = ndigits; i < 6; ++i)
+            frac_us *= 10;
+    }
+    int offset_min = 0;
+    if (*p == 'Z' || *p == 'z') {
+        ++p;
+    } else if (*p == '+' || *p == '-') {
+        int sign = *p == '-' ? -1 : 1, oh, om;
+        ++p;
+        if (!take_digits(&p, 2, &oh) || !expect(&p, ':') || !take_digits(&p, 2, &om) || oh > 23 || om > 59)
+            return false;
+        offset_min = sign * (oh * 60 + om);
+    } else {
+        return false;
+    }
+    if (*p != '\0')
+        return false;
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    tm.tm_year = year - 1900;
+    tm.tm_mon = mon - 1;
+    tm.tm_mday = day;
+    tm.tm_hour = hour;
+    tm.tm_min = min;
+    tm.tm_sec = sec;
+    int64_t secs = (int64_t)timegm(&tm) - (int64_t)offset_min * 60;
+    *out_us = secs * 1000000 + frac_us;
+    return true;
+}

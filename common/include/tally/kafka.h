@@ -1,0 +1,57 @@
+/*
+ * Kafka clients configured the way Tally's guarantees need them: producers
+ * with acks=all and idempotence, consumers that never auto-commit (positions
+ * live in PostgreSQL, committed with the effects).
+ */
+#ifndef TALLY_KAFKA_H
+#define TALLY_KAFKA_H
+
+#include "tally/envelope.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/**
+ * Creates an idempotent producer (acks=all). `message_timeout_ms` bounds how
+ * long a message may wait for its acknowledgement before its delivery report
+ * says it failed. `opaque` is passed to `dr_cb`. Returns NULL with `err` set.
+ */
+rd_kafka_t *tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
+                                      void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque,
+                                      char *err, size_t errcap) __attribute__((warn_unused_result));
+
+/**
+ * Creates a consumer in `group` with auto-commit off and auto offset reset to
+ * earliest, using `rebalance_cb` to take and give up partitions. Returns NULL
+ * with `err` set.
+ */
+rd_kafka_t *tly_kafka_consumer_create(const char *brokers, const char *group,
+                                      void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t, rd_kafka_topic_partition_list_t *,
+                                                           void *),
+                                      void *opaque, char *err, size_t errcap) __attribute__((warn_unused_result));
+
+/**
+ * Produces one envelope to `topic`, key = aggregate id, with headers `type`,
+ * `version` and (when given) `traceparent`. `msg_opaque` reaches the delivery
+ * report. Returns the librdkafka error (RD_KAFKA_RESP_ERR_NO_ERROR on enqueue).
+ */
+rd_kafka_resp_err_t tly_kafka_produce_envelope(rd_kafka_t *rk, const char *topic, const tly_envelope_t *env,
+                                               const char *traceparent, void *msg_opaque);
+
+/**
+ * Produces a pre-serialised payload with the given key and headers (used by
+ * the outbox relay, which stores the wire form).
+ */
+rd_kafka_resp_err_t tly_kafka_produce_raw(rd_kafka_t *rk, const char *topic, const char *key, const char *payload,
+                                          size_t len, const char *type, int version, const char *traceparent,
+                                          void *msg_opaque);
+
+/** Copies header `name` of `msg` into `out` (NUL-terminated); false when absent. */
+bool tly_kafka_header(const rd_kafka_message_t *msg, const char *name, char *out, size_t cap);
+
+/** Creates `topic` with `partitions` and unlimited retention; 0 also when it exists. */
+int tly_kafka_create_topic(const char *brokers, const char *topic, int partitions, int timeout_ms, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
+#endif

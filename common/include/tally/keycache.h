@@ -1,0 +1,71 @@
+/*
+ * In-memory API key cache with per-key token buckets, shared by every thread
+ * of one API process.
+ *
+ * A background thread with its own PostgreSQL connection loads every key at
+ * start and then, every `refresh_ms`, the keys changed since the last load
+ * (api_keys.updated_at), so a revocation takes effect within that period on
+ * every instance. Lookups never touch the database and never block the event
+ * loop on I/O: the map is behind a read-write lock that writers hold only to
+ * swap entries, and each key's bucket has its own small lock, so one busy key
+ * never makes other keys wait.
+ */
+#ifndef TALLY_KEYCACHE_H
+#define TALLY_KEYCACHE_H
+
+#include "tally/auth.h"
+#include "tally/uuid.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct st_tly_keycache_t tly_keycache_t;
+
+typedef enum en_tly_auth_result_t {
+    TLY_AUTH_OK = 0,
+    TLY_AUTH_MISSING,     /* no Authorization header */
+    TLY_AUTH_INVALID,     /* malformed, unknown, wrong secret or revoked */
+    TLY_AUTH_UNAVAILABLE, /* keys not loaded yet (database unreachable since start) */
+} tly_auth_result_t;
+
+typedef struct st_tly_principal_t {
+    char key_id[TLY_KEY_ID_LEN + 1];
+    tly_uuid_t tenant_id;
+    int scopes;
+    void *entry; /* the cache entry, for the rate limiter */
+} tly_principal_t;
+
+typedef struct st_tly_rate_t {
+    bool allowed;
+    int64_t burst;     /* bucket size: RateLimit-Policy q */
+    int64_t window;    /* seconds to refill an empty bucket: RateLimit-Policy w */
+    int64_t remaining; /* whole tokens left after this request */
+    int64_t reset;     /* seconds until the bucket is full again */
+    int64_t retry_after; /* when !allowed: seconds until one token is back */
+} tly_rate_t;
+
+/** Rate and burst of the named tier; false for an unknown tier. */
+bool tly_rate_tier(const char *tier, int64_t *rate, int64_t *burst);
+
+tly_keycache_t *tly_keycache_create(const char *dsn, int refresh_ms);
+void tly_keycache_destroy(tly_keycache_t *kc);
+/** True once the first full load succeeded. */
+bool tly_keycache_ready(tly_keycache_t *kc);
+
+/**
+ * Checks an Authorization header value ("Bearer tly_live_..."). On
+ * TLY_AUTH_OK fills `out`. Constant-time on the secret.
+ */
+tly_auth_result_t tly_keycache_check(tly_keycache_t *kc, const char *authorization, size_t len, tly_principal_t *out);
+
+/** Takes one token from the principal's bucket at time `now_us` (monotonic). */
+void tly_keycache_take(tly_principal_t *principal, int64_t now_us, tly_rate_t *out);
+
+/* For tests: insert or replace an entry without a database. */
+void tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN],
+                      int scopes, int64_t rate, int64_t burst, bool revoked);
+/** A cache that never loads from a database (tests). */
+tly_keycache_t *tly_keycache_create_offline(void);
+
+#endif

@@ -1,0 +1,185 @@
+/* librdkafka set-up shared by every service, and envelope production. */
+#include "tally/kafka.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int
+conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err, size_t errcap)
+{
+    char rderr[256];
+    if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errcap, "could not set kafka %s=%s: %s", name, value, rderr);
+        return -1;
+    }
+    return 0;
+}
+
+rd_kafka_t *
+tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
+                          void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque, char *err,
+                          size_t errcap)
+{
+    char timeout[32], rderr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    snprintf(timeout, sizeof(timeout), "%d", message_timeout_ms);
+    if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 || conf_set(conf, "acks", "all", err, errcap) != 0 ||
+        conf_set(conf, "enable.idempotence", "true", err, errcap) != 0 ||
+        conf_set(conf, "message.timeout.ms", timeout, err, errcap) != 0 ||
+        conf_set(conf, "linger.ms", "1", err, errcap) != 0 ||
+        conf_set(conf, "compression.type", "lz4", err, errcap) != 0 ||
+        conf_set(conf, "socket.nagle.disable", "true", err, errcap) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    if (dr_cb != NULL)
+        rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+    rd_kafka_conf_set_opaque(conf, opaque);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, rderr, sizeof(rderr));
+    if (rk == NULL) {
+        snprintf(err, errcap, "could not create kafka producer: %s", rderr);
+        rd_kafka_conf_destroy(conf);
+    }
+    return rk;
+}
+
+rd_kafka_t *
+tly_kafka_consumer_create(const char *brokers, const char *group,
+                          void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t, rd_kafka_topic_partition_list_t *, void *),
+                          void *opaque, char *err, size_t errcap)
+{
+    char rderr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 || conf_set(conf, "group.id", group, err, errcap) != 0 ||
+        conf_set(conf, "enable.auto.commit", "false", err, errcap) != 0 ||
+        conf_set(conf, "enable.auto.offset.store", "false", err, errcap) != 0 ||
+        conf_set(conf, "auto.offset.reset", "earliest", err, errcap) != 0 ||
+        conf_set(conf, "isolation.level", "read_committed", err, errcap) != 0 ||
+        conf_set(conf, "session.timeout.ms", "10000", err, errcap) != 0 ||
+        conf_set(conf, "heartbeat.interval.ms", "1000", err, errcap) != 0 ||
+        conf_set(conf, "fetch.wait.max.ms", "10", err, errcap) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    if (rebalance_cb != NULL)
+        rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_opaque(conf, opaque);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, rderr, sizeof(rderr));
+    if (rk == NULL) {
+        snprintf(err, errcap, "could not create kafka consumer: %s", rderr);
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
+rd_kafka_resp_err_t
+tly_kafka_produce_raw(rd_kafka_t *rk, const char *topic, const char *key, const char *payload, size_t len, const char *type,
+                      int version, const char *traceparent, void *msg_opaque)
+{
+    char vbuf[16];
+    int vlen = snprintf(vbuf, sizeof(vbuf), "%d", version);
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(3);
+    rd_kafka_header_add(hdrs, "type", -1, type, -1);
+    rd_kafka_header_add(hdrs, "version", -1, vbuf, vlen);
+    if (traceparent != NULL && traceparent[0] != '\0')
+        rd_kafka_header_add(hdrs, "traceparent", -1, traceparent, -1);
+    rd_kafka_resp_err_t err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
+                                                RD_KAFKA_V_VALUE((void *)payload, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                                RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_END);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        rd_kafka_headers_destroy(hdrs); /* ownership passes only on success */
+    return err;
+}
+
+rd_kafka_resp_err_t
+tly_kafka_produce_envelope(rd_kafka_t *rk, const char *topic, const tly_envelope_t *env, const char *traceparent,
+                           void *msg_opaque)
+{
+    char key[TLY_UUID_STR_LEN + 1];
+    tly_uuid_format(&env->aggregate_id, key);
+    char *payload = tly_envelope_to_json(env);
+    rd_kafka_resp_err_t err =
+        tly_kafka_produce_raw(rk, topic, key, payload, strlen(payload), env->type, env->version, traceparent, msg_opaque);
+    free(payload);
+    return err;
+}
+
+bool
+tly_kafka_header(const rd_kafka_message_t *msg, const char *name, char *out, size_t cap)
+{
+    rd_kafka_headers_t *hdrs;
+    const void *val;
+    size_t size;
+    if (rd_kafka_message_headers(msg, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return false;
+    if (rd_kafka_header_get_last(hdrs, name, &val, &size) != RD_KAFKA_RESP_ERR_NO_ERROR || val == NULL || size >= cap)
+        return false;
+    memcpy(out, val, size);
+    out[size] = '\0';
+    return true;
+}
+
+int
+tly_kafka_create_topic(const char *brokers, const char *topic, int partitions, int timeout_ms, char *err, size_t errcap)
+{
+    char rderr[256];
+    int ret = -1;
+    rd_kafka_t *rk = NULL;
+    rd_kafka_NewTopic_t *nt = NULL;
+    rd_kafka_queue_t *q = NULL;
+    rd_kafka_event_t *ev = NULL;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    if ((rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, rderr, sizeof(rderr))) == NULL) {
+        snprintf(err, errcap, "could not create kafka admin client: %s", rderr);
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    nt = rd_kafka_NewTopic_new(topic, partitions, 1, rderr, sizeof(rderr));
+    if (nt == NULL || rd_kafka_NewTopic_set_config(nt, "retention.ms", "-1") != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_NewTopic_set_config(nt, "retention.bytes", "-1") != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errcap, "could not describe topic %s: %s", topic, rderr);
+        goto cleanup;
+    }
+    q = rd_kafka_queue_new(rk);
+    rd_kafka_AdminOptions_t *opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_operation_timeout(opts, timeout_ms, rderr, sizeof(rderr));
+    rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, rderr, sizeof(rderr));
+    rd_kafka_CreateTopics(rk, &nt, 1, opts, q);
+    rd_kafka_AdminOptions_destroy(opts);
+    ev = rd_kafka_queue_poll(q, timeout_ms + 2000);
+    if (ev == NULL) {
+        snprintf(err, errcap, "could not create topic %s: no answer from the broker", topic);
+        goto cleanup;
+    }
+    if (rd_kafka_event_error(ev) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errcap, "could not create topic %s: %s", topic, rd_kafka_event_error_string(ev));
+        goto cleanup;
+    }
+    const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
+    size_t n;
+    const rd_kafka_topic_result_t **results = rd_kafka_CreateTopics_result_topics(res, &n);
+    rd_kafka_resp_err_t terr = n > 0 ? rd_kafka_topic_result_error(results[0]) : RD_KAFKA_RESP_ERR_UNKNOWN;
+    if (terr != RD_KAFKA_RESP_ERR_NO_ERROR && terr != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+        snprintf(err, errcap, "could not create topic %s: %s", topic,
+                 n > 0 && rd_kafka_topic_result_error_string(results[0]) ? rd_kafka_topic_result_error_string(results[0])
+                                                                          : rd_kafka_err2str(terr));
+        goto cleanup;
+    }
+    ret = 0;
+cleanup:
+    if (ev != NULL)
+        rd_kafka_event_destroy(ev);
+    if (q != NULL)
+        rd_kafka_queue_destroy(q);
+    if (nt != NULL)
+        rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_destroy(rk);
+    return ret;
+}

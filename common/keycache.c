@@ -1,0 +1,293 @@
+/* API key cache, background refresh and token buckets. See tally/keycache.h. */
+#include "tally/keycache.h"
+#include "tally/clock.h"
+#include "tally/log.h"
+#include "tally/pg.h"
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct st_key_entry_t {
+    struct st_key_entry_t *next; /* hash chain */
+    char id[TLY_KEY_ID_LEN + 1];
+    tly_uuid_t tenant_id;
+    uint8_t hash[TLY_KEY_HASH_LEN];
+    int scopes;
+    bool revoked;
+    pthread_mutex_t bucket_lock;
+    int64_t rate, burst;
+    double tokens;
+    int64_t last_us;
+} key_entry_t;
+
+#define NBUCKETS 4096
+
+struct st_tly_keycache_t {
+    pthread_rwlock_t lock;
+    key_entry_t *buckets[NBUCKETS];
+    char *dsn;
+    int refresh_ms;
+    atomic_bool ready, stop;
+    pthread_t refresher;
+    bool has_thread;
+    char since[64]; /* updated_at watermark of the last load, as text */
+};
+
+bool
+tly_rate_tier(const char *tier, int64_t *rate, int64_t *burst)
+{
+    if (strcmp(tier, "free") == 0) {
+        *rate = 10;
+        *burst = 20;
+    } else if (strcmp(tier, "standard") == 0) {
+        *rate = 100;
+        *burst = 200;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+static size_t
+bucket_of(const char *id)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *p = id; *p != '\0'; ++p)
+        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    return (size_t)(h % NBUCKETS);
+}
+
+static key_entry_t *
+find_locked(tly_keycache_t *kc, const char *id)
+{
+    for (key_entry_t *e = kc->buckets[bucket_of(id)]; e != NULL; e = e->next)
+        if (strcmp(e->id, id) == 0)
+            return e;
+    return NULL;
+}
+
+void
+tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN],
+                 int scopes, int64_t rate, int64_t burst, bool revoked)
+{
+    pthread_rwlock_wrlock(&kc->lock);
+    key_entry_t *e = find_locked(kc, key_id);
+    if (e == NULL) {
+        /* entries live as long as the cache: a principal may point at one */
+        if ((e = calloc(1, sizeof(*e))) == NULL)
+            abort();
+        snprintf(e->id, sizeof(e->id), "%s", key_id);
+        pthread_mutex_init(&e->bucket_lock, NULL);
+        e->tokens = (double)burst;
+        e->last_us = tly_clock_mono_us();
+        size_t b = bucket_of(key_id);
+        e->next = kc->buckets[b];
+        kc->buckets[b] = e;
+    }
+    e->tenant_id = *tenant;
+    memcpy(e->hash, hash, TLY_KEY_HASH_LEN);
+    e->scopes = scopes;
+    e->revoked = revoked;
+    pthread_mutex_lock(&e->bucket_lock);
+    e->rate = rate;
+    e->burst = burst;
+    if (e->tokens > (double)burst)
+        e->tokens = (double)burst;
+    pthread_mutex_unlock(&e->bucket_lock);
+    pthread_rwlock_unlock(&kc->lock);
+}
+
+static bool
+load_row(tly_keycache_t *kc, PGresult *res, int row)
+{
+    tly_uuid_t tenant;
+    size_t hlen = 0;
+    int64_t rate, burst;
+    const char *id = PQgetvalue(res, row, 0);
+    if (!tly_uuid_parse(PQgetvalue(res, row, 1), &tenant))
+        return false;
+    unsigned char *hash = PQunescapeBytea((const unsigned char *)PQgetvalue(res, row, 2), &hlen);
+    int scopes = tly_scopes_parse(PQgetvalue(res, row, 3));
+    if (hash == NULL || hlen != TLY_KEY_HASH_LEN || scopes < 0 || !tly_rate_tier(PQgetvalue(res, row, 4), &rate, &burst)) {
+        PQfreemem(hash);
+        return false;
+    }
+    if (!PQgetisnull(res, row, 5))
+        rate = strtoll(PQgetvalue(res, row, 5), NULL, 10);
+    if (!PQgetisnull(res, row, 6))
+        burst = strtoll(PQgetvalue(res, row, 6), NULL, 10);
+    tly_keycache_put(kc, id, &tenant, hash, scopes, rate, burst, strcmp(PQgetvalue(res, row, 7), "t") == 0);
+    PQfreemem(hash);
+    return true;
+}
+
+/* Loads keys changed since the watermark; 0 on success. */
+static int
+refresh_once(tly_keycache_t *kc, PGconn *conn, char *err, size_t errcap)
+{
+    /* one second of overlap: rows committed late with an older updated_at */
+    const char *sql = "SELECT id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, revoked_at IS NOT NULL, "
+                      "(SELECT coalesce(max(updated_at), 'epoch') FROM api_keys)::text "
+                      "FROM api_keys WHERE updated_at >= $1::timestamptz - interval '1 second'";
+    const char *params[1] = {kc->since};
+    PGresult *res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
+    int ret = -1;
+    if (!tly_pg_ok(conn, res, "could not load api keys", err, errcap))
+        goto cleanup;
+    for (int i = 0; i < PQntuples(res); ++i)
+        if (!load_row(kc, res, i))
+            tly_logf(TLY_LOG_WARN, "skipping malformed api key %s", PQgetvalue(res, i, 0));
+    if (PQntuples(res) > 0)
+        snprintf(kc->since, sizeof(kc->since), "%s", PQgetvalue(res, 0, 8));
+    ret = 0;
+cleanup:
+    PQclear(res);
+    return ret;
+}
+
+static void *
+refresher_main(void *arg)
+{
+    tly_keycache_t *kc = arg;
+    PGconn *conn = NULL;
+    char err[512];
+    bool reported = false;
+    while (!atomic_load(&kc->stop)) {
+        if (tly_pg_broken(conn)) {
+            PQfinish(conn);
+            conn = tly_pg_connect(kc->dsn, err, sizeof(err));
+        }
+        if (conn != NULL && refresh_once(kc, conn, err, sizeof(err)) == 0) {
+            if (!atomic_load(&kc->ready) || reported)
+                tly_log(TLY_LOG_INFO, "api keys loaded", NULL);
+            atomic_store(&kc->ready, true);
+            reported = false;
+        } else if (!reported) {
+            tly_log(TLY_LOG_WARN, "could not refresh api keys", "error", err, NULL);
+            reported = true;
+        }
+        for (int slept = 0; slept < kc->refresh_ms && !atomic_load(&kc->stop); slept += 50)
+            usleep(50 * 1000);
+    }
+    PQfinish(conn);
+    return NULL;
+}
+
+tly_keycache_t *
+tly_keycache_create_offline(void)
+{
+    tly_keycache_t *kc = calloc(1, sizeof(*kc));
+    if (kc == NULL)
+        abort();
+    pthread_rwlock_init(&kc->lock, NULL);
+    snprintf(kc->since, sizeof(kc->since), "epoch");
+    atomic_store(&kc->ready, true);
+    return kc;
+}
+
+tly_keycache_t *
+tly_keycache_create(const char *dsn, int refresh_ms)
+{
+    tly_keycache_t *kc = tly_keycache_create_offline();
+    atomic_store(&kc->ready, false);
+    kc->dsn = strdup(dsn);
+    kc->refresh_ms = refresh_ms;
+    if (pthread_create(&kc->refresher, NULL, refresher_main, kc) != 0)
+        abort();
+    kc->has_thread = true;
+    return kc;
+}
+
+void
+tly_keycache_destroy(tly_keycache_t *kc)
+{
+    atomic_store(&kc->stop, true);
+    if (kc->has_thread)
+        pthread_join(kc->refresher, NULL);
+    for (size_t b = 0; b < NBUCKETS; ++b) {
+        for (key_entry_t *e = kc->buckets[b], *next; e != NULL; e = next) {
+            next = e->next;
+            pthread_mutex_destroy(&e->bucket_lock);
+            free(e);
+        }
+    }
+    pthread_rwlock_destroy(&kc->lock);
+    free(kc->dsn);
+    free(kc);
+}
+
+bool
+tly_keycache_ready(tly_keycache_t *kc)
+{
+    return atomic_load(&kc->ready);
+}
+
+tly_auth_result_t
+tly_keycache_check(tly_keycache_t *kc, const char *authorization, size_t len, tly_principal_t *out)
+{
+    static const char bearer[] = "Bearer ";
+    tly_key_parts_t parts;
+    uint8_t presented[TLY_KEY_HASH_LEN];
+    if (authorization == NULL || len == 0)
+        return TLY_AUTH_MISSING;
+    if (len < sizeof(bearer) - 1 || strncasecmp(authorization, bearer, sizeof(bearer) - 1) != 0 ||
+        !tly_key_parse(authorization + sizeof(bearer) - 1, len - (sizeof(bearer) - 1), &parts))
+        return TLY_AUTH_INVALID;
+    if (!tly_keycache_ready(kc))
+        return TLY_AUTH_UNAVAILABLE;
+    tly_key_hash(parts.secret, presented);
+    tly_auth_result_t result = TLY_AUTH_INVALID;
+    pthread_rwlock_rdlock(&kc->lock);
+    key_entry_t *e = find_locked(kc, parts.id);
+    if (e != NULL && tly_key_hash_equal(e->hash, presented) && !e->revoked) {
+        memcpy(out->key_id, e->id, sizeof(out->key_id));
+        out->tenant_id = e->tenant_id;
+        out->scopes = e->scopes;
+        out->entry = e;
+        result = TLY_AUTH_OK;
+    }
+    pthread_rwlock_unlock(&kc->lock);
+    return result;
+}
+
+static int64_t
+ceil_div(double num, double den)
+{
+    if (den <= 0)
+        return 1;
+    double q = num / den;
+    int64_t i = (int64_t)q;
+    return (double)i < q ? i + 1 : i;
+}
+
+void
+tly_keycache_take(tly_principal_t *principal, int64_t now_us, tly_rate_t *out)
+{
+    key_entry_t *e = principal->entry;
+    pthread_mutex_lock(&e->bucket_lock);
+    double elapsed = (double)(now_us - e->last_us) / 1e6;
+    if (elapsed > 0) {
+        e->tokens += elapsed * (double)e->rate;
+        if (e->tokens > (double)e->burst)
+            e->tokens = (double)e->burst;
+        e->last_us = now_us;
+    }
+    out->allowed = e->tokens >= 1.0;
+    if (out->allowed)
+        e->tokens -= 1.0;
+    out->burst = e->burst;
+    out->window = ceil_div((double)e->burst, (double)e->rate);
+    out->remaining = (int64_t)e->tokens;
+    out->reset = ceil_div((double)e->burst - e->tokens, (double)e->rate);
+    out->retry_after = out->allowed ? 0 : ceil_div(1.0 - e->tokens, (double)e->rate);
+    if (out->window < 1)
+        out->window = 1;
+    if (!out->allowed && out->retry_after < 1)
+        out->retry_after = 1;
+    pthread_mutex_unlock(&e->bucket_lock);
+}

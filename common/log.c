@@ -1,0 +1,132 @@
+/*
+ * JSON-lines logger. Each line is built in a stack buffer and written with one
+ * write(2), so lines from several threads never interleave.
+ */
+#include "tally/log.h"
+#include "tally/clock.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define LINE_MAX_BYTES 8192
+
+static const char *log_service = "tally";
+static tly_log_level_t log_min_level = TLY_LOG_INFO;
+static const char *level_names[] = {"debug", "info", "warn", "error"};
+
+void
+tly_log_init(const char *service, tly_log_level_t level)
+{
+    log_service = service;
+    log_min_level = level;
+}
+
+bool
+tly_log_level_parse(const char *s, tly_log_level_t *out)
+{
+    for (int i = 0; i < 4; ++i) {
+        if (strcmp(s, level_names[i]) == 0) {
+            *out = (tly_log_level_t)i;
+            return true;
+        }
+    }
+    return false;
+}
+
+bool
+tly_log_enabled(tly_log_level_t level)
+{
+    return level >= log_min_level;
+}
+
+typedef struct st_line_t {
+    char buf[LINE_MAX_BYTES];
+    size_t len;
+} line_t;
+
+static void
+put_raw(line_t *l, const char *s, size_t n)
+{
+    if (l->len + n >= sizeof(l->buf) - 2)
+        n = sizeof(l->buf) - 2 - l->len;
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
+}
+
+static void
+put_escaped(line_t *l, const char *s)
+{
+    put_raw(l, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; ++p) {
+        char esc[8];
+        if (*p == '"' || *p == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*p;
+            put_raw(l, esc, 2);
+        } else if (*p < 0x20) {
+            int n = snprintf(esc, sizeof(esc), "\\u%04x", *p);
+            put_raw(l, esc, (size_t)n);
+        } else {
+            put_raw(l, (const char *)p, 1);
+        }
+    }
+    put_raw(l, "\"", 1);
+}
+
+static void
+put_field(line_t *l, const char *key, const char *value)
+{
+    put_raw(l, ",", 1);
+    put_escaped(l, key);
+    put_raw(l, ":", 1);
+    put_escaped(l, value);
+}
+
+void
+tly_logv(tly_log_level_t level, const char *msg, va_list ap)
+{
+    if (!tly_log_enabled(level))
+        return;
+    line_t l;
+    char now[40];
+    l.len = 0;
+    tly_clock_format_rfc3339(tly_clock_now_us(), now, sizeof(now));
+    put_raw(&l, "{\"time\":", 8);
+    put_escaped(&l, now);
+    put_field(&l, "level", level_names[level]);
+    put_field(&l, "service", log_service);
+    put_field(&l, "msg", msg);
+    const char *key;
+    while ((key = va_arg(ap, const char *)) != NULL) {
+        const char *value = va_arg(ap, const char *);
+        if (value != NULL)
+            put_field(&l, key, value);
+    }
+    l.buf[l.len++] = '}';
+    l.buf[l.len++] = '\n';
+    ssize_t ignored = write(STDERR_FILENO, l.buf, l.len);
+    (void)ignored;
+}
+
+void
+tly_log(tly_log_level_t level, const char *msg, ...)
+{
+    va_list ap;
+    va_start(ap, msg);
+    tly_logv(level, msg, ap);
+    va_end(ap);
+}
+
+void
+tly_logf(tly_log_level_t level, const char *fmt, ...)
+{
+    if (!tly_log_enabled(level))
+        return;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    tly_log(level, msg, NULL);
+}

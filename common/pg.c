@@ -1,0 +1,51 @@
+/* Blocking libpq helpers with PostgreSQL-style error messages. */
+#include "tally/pg.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void
+copy_message(const char *what, const char *msg, char *err, size_t errcap)
+{
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        --n;
+    snprintf(err, errcap, "%s: %.*s", what, (int)n, msg);
+}
+
+PGconn *
+tly_pg_connect(const char *dsn, char *err, size_t errcap)
+{
+    PGconn *conn = PQconnectdb(dsn);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        copy_message("could not connect to postgresql", PQerrorMessage(conn), err, errcap);
+        PQfinish(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+bool
+tly_pg_ok(PGconn *conn, PGresult *res, const char *what, char *err, size_t errcap)
+{
+    ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return true;
+    copy_message(what, res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(conn), err, errcap);
+    return false;
+}
+
+int
+tly_pg_exec(PGconn *conn, const char *sql, char *err, size_t errcap)
+{
+    PGresult *res = PQexec(conn, sql);
+    bool ok = tly_pg_ok(conn, res, "could not execute statement", err, errcap);
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+bool
+tly_pg_broken(PGconn *conn)
+{
+    return conn == NULL || PQstatus(conn) != CONNECTION_OK;
+}

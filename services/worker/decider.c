@@ -1,0 +1,409 @@
+/*
+ * Ledger decider rules for accounts, as two tables: commands (request type ->
+ * rule -> outcome or rejection type) and outcomes (outcome type -> evolve).
+ * The next state is always computed by evolving the input state with the
+ * outcome just decided, so the live state and a rebuild from outcome events
+ * cannot diverge.
+ */
+#include "decider.h"
+#include "tally/clock.h"
+#include "tally/json.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define LABEL_MAX 200
+#define REFERENCE_MAX 200
+
+typedef struct st_rejection_t {
+    const char *code;
+    char detail[160];
+} rejection_t;
+
+/* Returns true when accepted (`*data` is the outcome's data), false when rejected (`rej` filled). */
+typedef bool (*decide_fn)(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej);
+typedef int (*evolve_fn)(tly_account_state_t *s, const tly_envelope_t *ev);
+
+typedef struct st_command_row_t {
+    const char *request_type;
+    const char *outcome_type;
+    const char *rejected_type;
+    decide_fn decide;
+} command_row_t;
+
+typedef struct st_outcome_row_t {
+    const char *type;
+    evolve_fn evolve;
+} outcome_row_t;
+
+static bool
+reject(rejection_t *rej, const char *code, const char *detail)
+{
+    rej->code = code;
+    snprintf(rej->detail, sizeof(rej->detail), "%s", detail);
+    return false;
+}
+
+/* --- request field checks ------------------------------------------------ */
+
+static bool
+currency_valid(const char *c)
+{
+    if (c == NULL || strlen(c) != 3)
+        return false;
+    for (int i = 0; i < 3; ++i)
+        if (c[i] < 'A' || c[i] > 'Z')
+            return false;
+    return true;
+}
+
+static bool
+string_field_ok(const json_t *data, const char *key, bool required, size_t max)
+{
+    json_t *v = json_object_get(data, key);
+    if (v == NULL || json_is_null(v))
+        return !required;
+    return json_is_string(v) && json_string_length(v) <= max;
+}
+
+/* Checks {amount: int > 0, currency: ISO code, reference?: string}. */
+static bool
+money_request_ok(const tly_envelope_t *req, int64_t *amount, const char **currency, rejection_t *rej)
+{
+    json_t *a = json_object_get(req->data, "amount");
+    *currency = tly_json_str(req->data, "currency");
+    if (!json_is_integer(a) || json_integer_value(a) <= 0)
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "amount must be a positive integer");
+    if (!currency_valid(*currency))
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "currency must be an ISO 4217 code");
+    if (!string_field_ok(req->data, "reference", false, REFERENCE_MAX))
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "reference must be a string of at most 200 characters");
+    *amount = (int64_t)json_integer_value(a);
+    return true;
+}
+
+/* The account must exist and belong to the request's tenant (another tenant's is "not found"). */
+static bool
+account_visible(const tly_account_state_t *s, const tly_envelope_t *req, rejection_t *rej)
+{
+    if (s == NULL || !s->exists || memcmp(&s->tenant_id, &req->tenant_id, sizeof(s->tenant_id)) != 0)
+        return reject(rej, TLY_CODE_ACCOUNT_NOT_FOUND, "account not found");
+    return true;
+}
+
+/* Visible, not closed, not frozen. */
+static bool
+account_usable(const tly_account_state_t *s, const tly_envelope_t *req, rejection_t *rej)
+{
+    if (!account_visible(s, req, rej))
+        return false;
+    if (s->status == TLY_ACCOUNT_CLOSED)
+        return reject(rej, TLY_CODE_ACCOUNT_CLOSED, "account is closed");
+    if (s->status == TLY_ACCOUNT_FROZEN)
+        return reject(rej, TLY_CODE_ACCOUNT_FROZEN, "account is frozen");
+    return true;
+}
+
+static json_t *
+reference_of(const tly_envelope_t *req)
+{
+    const char *r = tly_json_str(req->data, "reference");
+    return r != NULL ? json_string(r) : json_null();
+}
+
+/* --- rules --------------------------------------------------------------- */
+
+static bool
+decide_open(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
+{
+    const char *currency = tly_json_str(req->data, "currency");
+    if (!currency_valid(currency))
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "currency must be an ISO 4217 code");
+    if (!string_field_ok(req->data, "label", true, LABEL_MAX))
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "label must be a string of at most 200 characters");
+    if (s != NULL && s->exists)
+        return reject(rej, TLY_CODE_ACCOUNT_EXISTS, "account already exists");
+    *data = json_pack("{s:s, s:s}", "currency", currency, "label", tly_json_str(req->data, "label"));
+    return true;
+}
+
+static bool
+decide_deposit(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
+{
+    int64_t amount, after;
+    const char *currency;
+    if (!money_request_ok(req, &amount, &currency, rej) || !account_usable(s, req, rej))
+        return false;
+    if (strcmp(currency, s->currency) != 0)
+        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
+    if (__builtin_add_overflow(s->balance, amount, &after))
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "balance would overflow");
+    *data = json_pack("{s:I, s:s, s:I, s:o}", "amount", (json_int_t)amount, "currency", currency, "balance_after",
+                      (json_int_t)after, "reference", reference_of(req));
+    return true;
+}
+
+static bool
+decide_withdraw(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
+{
+    int64_t amount;
+    const char *currency;
+    if (!money_request_ok(req, &amount, &currency, rej) || !account_usable(s, req, rej))
+        return false;
+    if (strcmp(currency, s->currency) != 0)
+        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
+    if (amount > s->balance) /* the floor is zero; both are non-negative so no overflow */
+        return reject(rej, TLY_CODE_INSUFFICIENT_FUNDS, "balance is lower than the amount");
+    *data = json_pack("{s:I, s:s, s:I, s:o}", "amount", (json_int_t)amount, "currency", currency, "balance_after",
+                      (json_int_t)(s->balance - amount), "reference", reference_of(req));
+    return true;
+}
+
+static bool
+decide_freeze(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
+{
+    if (!account_usable(s, req, rej)) /* frozen -> account_frozen, closed -> account_closed */
+        return false;
+    *data = json_object();
+    return true;
+}
+
+static bool
+decide_unfreeze(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
+{
+    if (!account_visible(s, req, rej))
+        return false;
+    if (s->status == TLY_ACCOUNT_CLOSED)
+        return reject(rej, TLY_CODE_ACCOUNT_CLOSED, "account is closed");
+    if (s->status != TLY_ACCOUNT_FROZEN)
+        return reject(rej, TLY_CODE_ACCOUNT_NOT_FROZEN, "account is not frozen");
+    *data = json_object();
+    return true;
+}
+
+static bool
+decide_close(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
+{
+    if (!account_visible(s, req, rej))
+        return false;
+    if (s->status == TLY_ACCOUNT_CLOSED)
+        return reject(rej, TLY_CODE_ACCOUNT_CLOSED, "account is closed");
+    if (s->status == TLY_ACCOUNT_FROZEN)
+        return reject(rej, TLY_CODE_ACCOUNT_FROZEN, "account is frozen");
+    if (s->balance != 0)
+        return reject(rej, TLY_CODE_BALANCE_NOT_ZERO, "balance is not zero");
+    *data = json_object();
+    return true;
+}
+
+static const command_row_t commands[] = {
+    {"AccountOpenRequested", "AccountOpened", "AccountOpenRejected", decide_open},
+    {"DepositRequested", "FundsDeposited", "DepositRejected", decide_deposit},
+    {"WithdrawalRequested", "FundsWithdrawn", "WithdrawalRejected", decide_withdraw},
+    {"AccountFreezeRequested", "AccountFrozen", "AccountFreezeRejected", decide_freeze},
+    {"AccountUnfreezeRequested", "AccountUnfrozen", "AccountUnfreezeRejected", decide_unfreeze},
+    {"AccountCloseRequested", "AccountClosed", "AccountCloseRejected", decide_close},
+};
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+/* --- evolve -------------------------------------------------------------- */
+
+static int
+evolve_opened(tly_account_state_t *s, const tly_envelope_t *ev)
+{
+    const char *currency = tly_json_str(ev->data, "currency");
+    if (s->exists || !currency_valid(currency))
+        return -1;
+    memset(s, 0, sizeof(*s));
+    s->exists = true;
+    s->id = ev->aggregate_id;
+    s->tenant_id = ev->tenant_id;
+    memcpy(s->currency, currency, 4);
+    s->status = TLY_ACCOUNT_OPEN;
+    s->balance = 0;
+    s->version = 1;
+    return 0;
+}
+
+static int
+evolve_balance(tly_account_state_t *s, const tly_envelope_t *ev)
+{
+    json_t *after = json_object_get(ev->data, "balance_after");
+    if (!s->exists || !json_is_integer(after) || json_integer_value(after) < 0)
+        return -1;
+    s->balance = (int64_t)json_integer_value(after);
+    s->version++;
+    return 0;
+}
+
+static int
+evolve_status(tly_account_state_t *s, tly_account_status_t status)
+{
+    if (!s->exists)
+        return -1;
+    s->status = status;
+    s->version++;
+    return 0;
+}
+
+static int
+evolve_frozen(tly_account_state_t *s, const tly_envelope_t *ev)
+{
+    return evolve_status(s, TLY_ACCOUNT_FROZEN);
+}
+
+static int
+evolve_unfrozen(tly_account_state_t *s, const tly_envelope_t *ev)
+{
+    return evolve_status(s, TLY_ACCOUNT_OPEN);
+}
+
+static int
+evolve_closed(tly_account_state_t *s, const tly_envelope_t *ev)
+{
+    return evolve_status(s, TLY_ACCOUNT_CLOSED);
+}
+
+static const outcome_row_t outcomes[] = {
+    {"AccountOpened", evolve_opened},     {"FundsDeposited", evolve_balance}, {"FundsWithdrawn", evolve_balance},
+    {"AccountFrozen", evolve_frozen},     {"AccountUnfrozen", evolve_unfrozen}, {"AccountClosed", evolve_closed},
+};
+#define NOUTCOMES (sizeof(outcomes) / sizeof(outcomes[0]))
+
+/* --- public -------------------------------------------------------------- */
+
+static const command_row_t *
+find_command(const char *type)
+{
+    for (size_t i = 0; i < NCOMMANDS; ++i)
+        if (strcmp(commands[i].request_type, type) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+bool
+tly_decider_is_request(const char *type)
+{
+    return find_command(type) != NULL;
+}
+
+bool
+tly_decider_is_rejection(const char *type)
+{
+    for (size_t i = 0; i < NCOMMANDS; ++i)
+        if (strcmp(commands[i].rejected_type, type) == 0)
+            return true;
+    return false;
+}
+
+bool
+tly_decider_is_outcome(const char *type)
+{
+    for (size_t i = 0; i < NOUTCOMES; ++i)
+        if (strcmp(outcomes[i].type, type) == 0)
+            return true;
+    return tly_decider_is_rejection(type);
+}
+
+const char *
+tly_decider_rejection_of(const char *type)
+{
+    const command_row_t *row = find_command(type);
+    return row != NULL ? row->rejected_type : NULL;
+}
+
+int
+tly_decider_evolve(tly_account_state_t *state, const tly_envelope_t *event)
+{
+    for (size_t i = 0; i < NOUTCOMES; ++i) {
+        if (strcmp(outcomes[i].type, event->type) == 0) {
+            tly_account_state_t next = *state;
+            if (outcomes[i].evolve(&next, event) != 0)
+                return -1;
+            *state = next;
+            return 0;
+        }
+    }
+    return 0; /* rejections and unknown types change nothing */
+}
+
+static void
+emit(tly_decision_t *out, const tly_envelope_t *req, const char *type, json_t *data, int64_t now_us)
+{
+    tly_envelope_t *ev = &out->events[out->nevents++];
+    tly_envelope_derive(ev, req, type, TLY_DECIDER_EVENT_VERSION, data, NULL);
+    ev->occurred_at_us = now_us;
+}
+
+int
+tly_decider_reject(const tly_envelope_t *request, const char *code, const char *detail, int64_t now_us, tly_decision_t *out)
+{
+    const command_row_t *row = find_command(request->type);
+    memset(out, 0, sizeof(*out));
+    if (row == NULL)
+        return -1;
+    emit(out, request, row->rejected_type, json_pack("{s:s, s:s}", "code", code, "detail", detail), now_us);
+    out->rejected = true;
+    return 0;
+}
+
+int
+tly_decider_decide_at(const tly_account_state_t *state, const tly_envelope_t *request, int64_t now_us, tly_decision_t *out)
+{
+    const command_row_t *row = find_command(request->type);
+    json_t *data = NULL;
+    rejection_t rej = {NULL, ""};
+    memset(out, 0, sizeof(*out));
+    if (row == NULL)
+        return -1;
+    if (!row->decide(state, request, &data, &rej)) {
+        if (tly_decider_reject(request, rej.code, rej.detail, now_us, out) != 0)
+            return -1;
+        if (state != NULL)
+            out->next = *state;
+        return 0;
+    }
+    if (state != NULL)
+        out->next = *state;
+    emit(out, request, row->outcome_type, data, now_us);
+    if (tly_decider_evolve(&out->next, &out->events[0]) != 0) { /* a rule produced an event evolve refuses: a bug */
+        tly_decision_clear(out);
+        return -1;
+    }
+    out->state_changed = true;
+    return 0;
+}
+
+int
+tly_decider_decide(const tly_account_state_t *state, const tly_envelope_t *request, tly_decision_t *out)
+{
+    return tly_decider_decide_at(state, request, tly_clock_now_us(), out);
+}
+
+void
+tly_decision_clear(tly_decision_t *d)
+{
+    for (int i = 0; i < d->nevents; ++i)
+        tly_envelope_clear(&d->events[i]);
+    d->nevents = 0;
+}
+
+static const char *status_names[] = {"open", "frozen", "closed"};
+
+const char *
+tly_account_status_name(tly_account_status_t s)
+{
+    return status_names[s];
+}
+
+bool
+tly_account_status_parse(const char *s, tly_account_status_t *out)
+{
+    for (int i = 0; i < 3; ++i) {
+        if (strcmp(s, status_names[i]) == 0) {
+            *out = (tly_account_status_t)i;
+            return true;
+        }
+    }
+    return false;
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# A throwaway stack for the integration and end-to-end tests (ctest fixture
+# `stack`): the same processes as deploy/local/up.sh, through the same
+# deploy/local/lib.sh, but in a fresh directory and on free ports.
+#
+#   tests/stack.sh up DIR     wipe DIR, start everything, write DIR/env
+#   tests/stack.sh down DIR   stop everything `up DIR` started
+#
+# DIR/env has one KEY=VALUE per line, the value unquoted up to the end of the
+# line (TALLY_PG_DSN holds spaces): TALLY_URL (gateway), TALLY_COMMAND_URL,
+# TALLY_QUERY_URL, TALLY_API_KEY, TALLY_PG_DSN, TALLY_KAFKA_BROKERS,
+# TALLY_KAFKA_TOPIC, TALLY_KAFKA_PARTITIONS, TALLY_BIN, TALLY_VAR.
+# DIR/local.env holds the same, shell-quoted:  set -a; . DIR/local.env
+#
+# Binaries: $TALLY_BIN, else DIR/../bin if it holds tallyctl, else build/bin.
+set -euo pipefail
+
+# shellcheck source=deploy/local/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../deploy/local/lib.sh"
+
+marker=.tally-test-stack
+
+usage() { tly_die "usage: tests/stack.sh up|down DIR"; }
+
+pick_bin() {
+    local parent
+    parent=$(dirname "$1")
+    if [[ -z ${TALLY_BIN:-} && -x $parent/bin/tallyctl ]]; then
+        TALLY_BIN=$(cd "$parent/bin" && pwd)
+    fi
+}
+
+# Removes DIR, but only if it is ours (marker) or empty.
+wipe() {
+    local dir=$1
+    [[ -d $dir ]] || return 0
+    if [[ ! -f $dir/$marker && -n $(ls -A "$dir") ]]; then
+        tly_die "could not reuse $dir: it is not a test stack directory, not removing it"
+    fi
+    down "$dir"
+    rm -rf "$dir"
+}
+
+up() {
+    local dir=$1 t0=$EPOCHREALTIME
+    wipe "$dir"
+    mkdir -p "$dir"
+    touch "$dir/$marker"
+    read -r TALLY_PG_PORT TALLY_KAFKA_PORT TALLY_KAFKA_CONTROLLER_PORT \
+        TALLY_COMMAND_PORT TALLY_QUERY_PORT TALLY_GATEWAY_PORT < <(tly_free_ports 6)
+    pick_bin "$dir"
+    TALLY_VAR=$dir
+    tly_init
+    # A failed start leaves nothing running.
+    trap 'if (($? != 0)); then tly_stack_down; fi' EXIT
+    tly_stack_up test "$TALLY_VAR/env"
+    tly_write_env "$TALLY_VAR/env" raw
+    tly_write_env "$TALLY_VAR/local.env" shell
+    trap - EXIT
+    tly_log "test stack up in $TALLY_VAR ($(tly_since "$t0"))"
+}
+
+down() {
+    local dir=$1
+    [[ -f $dir/$marker ]] || return 0
+    pick_bin "$dir"
+    (
+        TALLY_VAR=$dir
+        tly_init
+        tly_stack_down
+    )
+}
+
+main() {
+    (($# == 2)) || usage
+    case $1 in
+    up) up "$2" ;;
+    down) down "$2" ;;
+    *) usage ;;
+    esac
+}
+
+main "$@"
