@@ -76,15 +76,14 @@ tly_http_send_json(h2o_req_t *req, int status, const json_t *v)
     free(s);
 }
 
-void
-tly_http_send_problem(h2o_req_t *req, int status, const char *code, const char *title, const char *detail,
-                      const json_t *errors)
+char *
+tly_http_problem_body(int status, const char *code, const char *detail, const json_t *errors)
 {
     char type[128];
     snprintf(type, sizeof(type), "/problems/%s", code);
     json_t *p = json_object();
     json_object_set_new(p, "type", json_string(type));
-    json_object_set_new(p, "title", json_string(title));
+    json_object_set_new(p, "title", json_string(tly_http_reason(status)));
     json_object_set_new(p, "status", json_integer(status));
     json_object_set_new(p, "detail", json_string(detail));
     json_object_set_new(p, "code", json_string(code));
@@ -92,6 +91,13 @@ tly_http_send_problem(h2o_req_t *req, int status, const char *code, const char *
         json_object_set(p, "errors", (json_t *)errors);
     char *s = tly_json_dump(p);
     json_decref(p);
+    return s;
+}
+
+void
+tly_http_send_problem(h2o_req_t *req, int status, const char *code, const char *detail, const json_t *errors)
+{
+    char *s = tly_http_problem_body(status, code, detail, errors);
     send_body(req, status, "application/problem+json", s, strlen(s));
     free(s);
 }
@@ -102,7 +108,7 @@ tly_http_send_unavailable(h2o_req_t *req, int status, const char *code, const ch
     char secs[16];
     snprintf(secs, sizeof(secs), "%d", retry_after);
     tly_http_add_header(req, "retry-after", secs);
-    tly_http_send_problem(req, status, code, tly_http_reason(status), detail, NULL);
+    tly_http_send_problem(req, status, code, detail, NULL);
 }
 
 void

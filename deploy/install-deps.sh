@@ -41,7 +41,7 @@ install() {
     no_default_cluster
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends \
+    apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "$@" >&2
 }

@@ -35,8 +35,11 @@ main() {
         printf 'fetching kafka %s jars into %s\n' "$version" "$libs" >&2
         rm -rf "$libs" "$stamp"
         mkdir -p "$libs"
-        mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DoutputDirectory="$libs" >&2 ||
-            die "could not fetch kafka: maven failed (network or proxy?)"
+        mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$libs" \
+            >"$cache/fetch.log" 2>&1 || {
+            tail -n 20 "$cache/fetch.log" >&2
+            die "could not fetch kafka: maven failed, see $cache/fetch.log"
+        }
         ls "$libs"/kafka_2.13-"$version".jar >/dev/null 2>&1 ||
             die "could not fetch kafka: kafka_2.13-$version.jar missing from $libs"
         printf '%s\n' "$sum" >"$stamp"

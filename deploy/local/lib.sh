@@ -44,7 +44,7 @@ tly_init() {
     mkdir -p "$TALLY_VAR/log" "$TALLY_VAR/run"
 }
 
-# Exports the environment contract of the C binaries (see README).
+# Exports the environment contract of the C binaries (same names everywhere).
 tly_export_env() {
     export TALLY_PG_DSN="host=$TALLY_VAR/pg/run port=$TALLY_PG_PORT dbname=tally user=tally"
     export TALLY_KAFKA_BROKERS="127.0.0.1:$TALLY_KAFKA_PORT"

@@ -87,7 +87,7 @@ const size_t tly_ctl_ncommands = sizeof(tly_ctl_commands) / sizeof(tly_ctl_comma
    so it sits in a table of its own. */
 static const tly_config_def_t pg_settings[] = {
     {"pg-dsn", "TALLY_PG_DSN", TLY_CONFIG_STRING, NULL, 0, 0, offsetof(tly_ctl_settings_t, pg_dsn),
-     "PostgreSQL connection string (database commands)"},
+     "PostgreSQL connection string; required by database commands"},
 };
 static const tly_config_def_t base_settings[] = {
     {"kafka-brokers", "TALLY_KAFKA_BROKERS", TLY_CONFIG_STRING, "127.0.0.1:9092", 0, 0,
@@ -160,8 +160,10 @@ static void
 print_settings(FILE *out, const tly_config_def_t *defs, size_t ndefs)
 {
     for (size_t i = 0; i < ndefs; ++i)
-        fprintf(out, "  %-24s %s (default: %s)\n", defs[i].env, defs[i].help,
-                defs[i].defval != NULL ? defs[i].defval : "none, required");
+        if (defs[i].defval != NULL)
+            fprintf(out, "  %-24s %s (default: %s)\n", defs[i].env, defs[i].help, defs[i].defval);
+        else
+            fprintf(out, "  %-24s %s\n", defs[i].env, defs[i].help);
 }
 
 void

@@ -23,11 +23,12 @@ void tly_http_send_json_text(h2o_req_t *req, int status, const char *body, size_
 void tly_http_send_json(h2o_req_t *req, int status, const json_t *v);
 
 /**
- * Sends an application/problem+json response: type "/problems/<code>", title,
- * status, detail, code, and `errors` (borrowed; may be NULL) as errors[].
+ * An RFC 9457 body: type "/problems/<code>", title (the reason phrase), status,
+ * detail, code, and `errors` (borrowed; may be NULL) as errors[]. Caller frees.
  */
-void tly_http_send_problem(h2o_req_t *req, int status, const char *code, const char *title, const char *detail,
-                           const json_t *errors);
+char *tly_http_problem_body(int status, const char *code, const char *detail, const json_t *errors);
+/** Sends tly_http_problem_body as application/problem+json. */
+void tly_http_send_problem(h2o_req_t *req, int status, const char *code, const char *detail, const json_t *errors);
 /** The same with a Retry-After header (seconds), for 429 and 503. */
 void tly_http_send_unavailable(h2o_req_t *req, int status, const char *code, const char *detail, int retry_after);
 

@@ -1,0 +1,51 @@
+/*
+ * The request frame every API handler shares: request id, route, principal,
+ * rate-limit state, logging of one JSON line per request, and a guard that
+ * notices when h2o disposes the request (the client went away) while an
+ * asynchronous step is still running, so a late answer is dropped instead of
+ * touching freed memory.
+ */
+#ifndef TALLY_API_H
+#define TALLY_API_H
+
+#include "tally/http.h"
+#include "tally/keycache.h"
+#include "tally/uuid.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct st_tly_api_req_t {
+    h2o_req_t *req; /* NULL once h2o disposed the request */
+    struct st_tly_api_req_t **guard;
+    size_t *inflight;
+    char request_id[130];
+    const char *route;
+    tly_principal_t principal; /* principal.entry == NULL until authenticated */
+    tly_rate_t rate;
+    tly_uuid_t job_id; /* logged when set */
+    int64_t started_us;
+} tly_api_req_t;
+
+/** Starts a frame for `req`; counts it in `*inflight` until tly_api_req_finish. */
+void tly_api_req_init(tly_api_req_t *ar, h2o_req_t *req, size_t *inflight);
+/** Ends the frame; the request itself lives on in h2o until its response is sent. */
+void tly_api_req_finish(tly_api_req_t *ar);
+
+/** Sends a JSON body with the common headers and logs the line. */
+void tly_api_send(tly_api_req_t *ar, int status, const char *content_type, const char *body, size_t len);
+void tly_api_problem(tly_api_req_t *ar, int status, const char *code, const char *detail, const json_t *errors);
+/** 503 with Retry-After: 1. */
+void tly_api_unavailable(tly_api_req_t *ar, const char *code, const char *detail);
+
+/**
+ * Authenticates, takes a rate-limit token and checks `scope`; sends the 401,
+ * 403, 429 or 503 itself and returns false when the request must stop.
+ */
+bool tly_api_authenticate_or_reply(tly_api_req_t *ar, tly_keycache_t *keys, int scope);
+
+/** Answers /healthz and /readyz (GET); returns false for any other request. */
+bool tly_api_health(h2o_req_t *req, bool ready, const json_t *reasons);
+
+#endif

@@ -1,0 +1,649 @@
+/*
+ * Fenced consumer: gather a batch from Kafka, apply it in one PostgreSQL
+ * transaction with the positions, retry or park what fails.
+ *
+ * Failure handling, in order of preference:
+ *   - transient PostgreSQL failure (connection, deadlock, shutdown): roll
+ *     back, back off (50 ms doubling to 5 s), retry the same batch; forever.
+ *   - one event fails for a reason of its own: commit the events before it,
+ *     retry it alone up to max_event_tries times, then park it in
+ *     dead_letters in the transaction that moves the position past it.
+ *   - not an envelope: parked at once (no retry can fix bytes).
+ *   - a schema version newer than the handler knows: the partition is paused
+ *     at that event (never skipped) until a newer worker takes over.
+ *   - fenced (the epoch moved: someone else owns the partition): roll back,
+ *     pause the partition and wait for the rebalance; if it is still ours
+ *     after a session timeout and a half, claim it again (new epoch) and
+ *     re-seek to the stored position.
+ */
+#include "consumer.h"
+#include "pgx.h"
+#include "tally/clock.h"
+#include "tally/kafka.h"
+#include "tally/log.h"
+#include "tally/pg.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define RECLAIM_AFTER_US (15 * 1000000LL) /* > session.timeout.ms (10 s) */
+#define FIRST_POLL_MS 100
+
+typedef struct st_partition_t {
+    bool assigned;
+    bool stopped;      /* paused: version too new, or fenced */
+    bool fenced;       /* stopped because the epoch moved */
+    bool stop_pending; /* TOO_NEW seen in the running transaction */
+    bool fence_pending; /* the position update of the running transaction matched no row */
+    bool touched;
+    int64_t epoch;
+    int64_t next_offset; /* committed position */
+    int64_t staged_next; /* position within the running transaction */
+    int64_t reclaim_at_us;
+    int64_t too_new_offset;
+} partition_t;
+
+typedef struct st_consumer_t {
+    const tly_consumer_config_t *cfg;
+    const tly_consumer_handler_t *h;
+    rd_kafka_t *rk;
+    PGconn *conn;
+    bool pg_up;
+    bool rebalanced; /* set by the rebalance callback: drop what was gathered */
+    partition_t *parts;
+    int nparts;
+    char event_error[1024]; /* last error of the event being retried */
+} consumer_t;
+
+typedef enum en_tx_result_t {
+    TX_OK,
+    TX_TRANSIENT,   /* retry the same range after a backoff */
+    TX_EVENT_ERROR, /* the event at *fail_at failed */
+    TX_FENCED,
+} tx_result_t;
+
+/* --- small helpers ------------------------------------------------------- */
+
+void
+tly_backoff_sleep(int *delay_ms, atomic_bool *stop)
+{
+    if (*delay_ms < 50)
+        *delay_ms = 50;
+    for (int slept = 0; slept < *delay_ms && !atomic_load(stop); slept += 50) {
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    *delay_ms = *delay_ms * 2 > 5000 ? 5000 : *delay_ms * 2;
+}
+
+static bool
+utf8_ok(const unsigned char *s, size_t len)
+{
+    for (size_t i = 0; i < len;) {
+        unsigned char c = s[i];
+        size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (c == 0 || n == 0 || i + n > len || (n == 2 && c < 0xc2))
+            return false;
+        for (size_t k = 1; k < n; ++k)
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+        i += n;
+    }
+    return true;
+}
+
+char *
+tly_text_or_hex(const char *buf, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (utf8_ok((const unsigned char *)buf, len)) {
+        char *s = malloc(len + 1);
+        if (s == NULL)
+            abort();
+        memcpy(s, buf, len);
+        s[len] = '\0';
+        return s;
+    }
+    char *s = malloc(2 * len + 3);
+    if (s == NULL)
+        abort();
+    s[0] = '\\';
+    s[1] = 'x';
+    for (size_t i = 0; i < len; ++i) {
+        s[2 + 2 * i] = hex[(unsigned char)buf[i] >> 4];
+        s[3 + 2 * i] = hex[(unsigned char)buf[i] & 0xf];
+    }
+    s[2 * len + 2] = '\0';
+    return s;
+}
+
+static partition_t *
+part_of(consumer_t *c, int32_t partition)
+{
+    return partition >= 0 && partition < c->nparts ? &c->parts[partition] : NULL;
+}
+
+static void
+grow_parts(consumer_t *c, int32_t partition)
+{
+    if (partition < c->nparts)
+        return;
+    int n = partition + 1;
+    partition_t *p = realloc(c->parts, sizeof(*p) * (size_t)n);
+    if (p == NULL)
+        abort();
+    memset(p + c->nparts, 0, sizeof(*p) * (size_t)(n - c->nparts));
+    c->parts = p;
+    c->nparts = n;
+}
+
+/* Connects (or reconnects) to PostgreSQL, logging only when the state changes. */
+static bool
+ensure_pg(consumer_t *c)
+{
+    char err[512];
+    if (!tly_pg_broken(c->conn))
+        return true;
+    if (c->conn != NULL)
+        PQfinish(c->conn);
+    c->conn = tly_pg_connect(c->cfg->pg_dsn, err, sizeof(err));
+    if (c->conn == NULL) {
+        if (c->pg_up)
+            tly_log(TLY_LOG_ERROR, "postgresql unavailable, retrying", "consumer", c->h->name, "error", err, NULL);
+        c->pg_up = false;
+        return false;
+    }
+    if (!c->pg_up)
+        tly_log(TLY_LOG_INFO, "connected to postgresql", "consumer", c->h->name, NULL);
+    c->pg_up = true;
+    return true;
+}
+
+static void
+rollback(consumer_t *c)
+{
+    char err[256];
+    if (!tly_pg_broken(c->conn) && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
+        (void)!tly_pg_exec(c->conn, "ROLLBACK", err, sizeof(err));
+}
+
+/* --- claiming partitions ------------------------------------------------- */
+
+/* Bumps the epoch of each partition in `list` and fills in its stored offset. One transaction. */
+static int
+claim(consumer_t *c, rd_kafka_topic_partition_list_t *list, char *err, size_t errcap)
+{
+    if (!ensure_pg(c)) {
+        snprintf(err, errcap, "postgresql unavailable");
+        return -1;
+    }
+    if (tly_pg_exec(c->conn, "BEGIN", err, errcap) != 0)
+        return -1;
+    for (int i = 0; i < list->cnt; ++i) {
+        rd_kafka_topic_partition_t *tp = &list->elems[i];
+        char part_s[16];
+        snprintf(part_s, sizeof(part_s), "%" PRId32, tp->partition);
+        const char *vals[] = {c->h->name, tp->topic, part_s};
+        PGresult *res = tly_pgx_query(c->conn, "claim partition",
+                                      "INSERT INTO consumer_positions (consumer, topic, partition, next_offset, epoch) "
+                                      "VALUES ($1, $2, $3, 0, 1) ON CONFLICT (consumer, topic, partition) DO UPDATE "
+                                      "SET epoch = consumer_positions.epoch + 1, updated_at = now() RETURNING next_offset, epoch",
+                                      3, vals, err, errcap);
+        if (res == NULL) {
+            rollback(c);
+            return -1;
+        }
+        grow_parts(c, tp->partition);
+        partition_t *p = &c->parts[tp->partition];
+        memset(p, 0, sizeof(*p));
+        p->assigned = true;
+        p->next_offset = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        p->epoch = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+        tp->offset = p->next_offset;
+        PQclear(res);
+    }
+    if (tly_pg_exec(c->conn, "COMMIT", err, errcap) != 0) {
+        rollback(c);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t rerr, rd_kafka_topic_partition_list_t *list, void *opaque)
+{
+    consumer_t *c = opaque;
+    char err[512];
+    c->rebalanced = true;
+    if (rerr != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        /* Revoked: nothing of the revoked partitions is in flight (we only poll between transactions). */
+        for (int i = 0; i < c->nparts; ++i)
+            c->parts[i].assigned = false;
+        rd_kafka_assign(rk, NULL);
+        tly_log(TLY_LOG_INFO, "partitions revoked", "consumer", c->h->name, NULL);
+        return;
+    }
+    int delay = 0;
+    while (claim(c, list, err, sizeof(err)) != 0) {
+        tly_log(TLY_LOG_WARN, "could not claim partitions, retrying", "consumer", c->h->name, "error", err, NULL);
+        if (atomic_load(c->cfg->stop)) {
+            rd_kafka_assign(rk, NULL);
+            return;
+        }
+        tly_backoff_sleep(&delay, c->cfg->stop);
+    }
+    rd_kafka_assign(rk, list);
+    char count[16];
+    snprintf(count, sizeof(count), "%d", list->cnt);
+    tly_log(TLY_LOG_INFO, "partitions assigned", "consumer", c->h->name, "count", count, NULL);
+}
+
+/* Re-claims fenced partitions that are still assigned to us after the grace period, and re-seeks. */
+static void
+reclaim_fenced(consumer_t *c)
+{
+    char err[512];
+    int64_t now = tly_clock_mono_us();
+    for (int i = 0; i < c->nparts; ++i) {
+        partition_t *p = &c->parts[i];
+        if (!p->assigned || !p->fenced || now < p->reclaim_at_us)
+            continue;
+        rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(list, c->cfg->topic, i);
+        if (claim(c, list, err, sizeof(err)) == 0) {
+            rd_kafka_error_t *e = rd_kafka_seek_partitions(c->rk, list, 5000);
+            if (e != NULL)
+                rd_kafka_error_destroy(e);
+            rd_kafka_resume_partitions(c->rk, list);
+            tly_log(TLY_LOG_WARN, "reclaimed a fenced partition", "consumer", c->h->name, NULL);
+        } else {
+            p->reclaim_at_us = now + 1000000;
+        }
+        rd_kafka_topic_partition_list_destroy(list);
+    }
+}
+
+static void
+pause_partition(consumer_t *c, int32_t partition)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(list, c->cfg->topic, partition);
+    rd_kafka_pause_partitions(c->rk, list);
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+/* --- gathering a batch ---------------------------------------------------- */
+
+static void
+msgs_clear(tly_consumer_msg_t *msgs, int n)
+{
+    for (int i = 0; i < n; ++i) {
+        if (msgs[i].parsed)
+            tly_envelope_clear(&msgs[i].env);
+        rd_kafka_message_destroy(msgs[i].rkm);
+    }
+}
+
+/* Keeps `rkm` when it belongs to a live partition and is not behind its position. */
+static bool
+keep(consumer_t *c, tly_consumer_msg_t *m, rd_kafka_message_t *rkm)
+{
+    if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (rkm->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            tly_log(TLY_LOG_WARN, "kafka consumer error", "consumer", c->h->name, "error", rd_kafka_message_errstr(rkm), NULL);
+        return false;
+    }
+    partition_t *p = part_of(c, rkm->partition);
+    if (p == NULL || !p->assigned || p->stopped || rkm->offset < p->next_offset)
+        return false;
+    memset(m, 0, sizeof(*m));
+    m->rkm = rkm;
+    m->parsed = tly_envelope_parse(rkm->payload != NULL ? rkm->payload : "", rkm->len, &m->env, m->parse_error,
+                                   sizeof(m->parse_error)) == 0;
+    if (!tly_kafka_header(rkm, "traceparent", m->traceparent, sizeof(m->traceparent)) ||
+        !tly_traceparent_valid(m->traceparent, strlen(m->traceparent)))
+        m->traceparent[0] = '\0';
+    return true;
+}
+
+/* Polls up to batch_max messages: waits FIRST_POLL_MS for the first, then batch_wait_ms for the rest. */
+static int
+gather(consumer_t *c, tly_consumer_msg_t *msgs)
+{
+    int n = 0;
+    int64_t deadline = 0;
+    c->rebalanced = false;
+    while (n < c->cfg->batch_max) {
+        int timeout = FIRST_POLL_MS;
+        if (n > 0) {
+            int64_t left = deadline - tly_clock_mono_us();
+            if (left <= 0)
+                break;
+            timeout = (int)((left + 999) / 1000);
+        }
+        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, timeout);
+        if (c->rebalanced) { /* positions were re-read: what we hold may be stale */
+            if (rkm != NULL)
+                rd_kafka_message_destroy(rkm);
+            msgs_clear(msgs, n);
+            n = 0;
+            c->rebalanced = false;
+            continue;
+        }
+        if (rkm == NULL) {
+            if (n == 0)
+                break;
+            continue;
+        }
+        if (!keep(c, &msgs[n], rkm)) {
+            rd_kafka_message_destroy(rkm);
+            continue;
+        }
+        if (n++ == 0)
+            deadline = tly_clock_mono_us() + (int64_t)c->cfg->batch_wait_ms * 1000;
+    }
+    return n;
+}
+
+/* --- the batch transaction ----------------------------------------------- */
+
+static int
+dedup_insert(consumer_t *c, const tly_consumer_msg_t *m, bool *fresh, char *err, size_t errcap)
+{
+    char id[TLY_UUID_STR_LEN + 1];
+    long affected = 0;
+    tly_uuid_format(&m->env.id, id);
+    const char *vals[] = {c->h->name, id};
+    if (tly_pgx_exec(c->conn, "record applied event",
+                     "INSERT INTO consumer_dedup (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", 2, vals,
+                     &affected, err, errcap) != 0)
+        return -1;
+    *fresh = affected == 1;
+    return 0;
+}
+
+static int
+dead_letter(consumer_t *c, const tly_consumer_msg_t *m, const char *why, int attempts, char *err, size_t errcap)
+{
+    char part_s[16], off_s[24], att_s[16], id[TLY_UUID_STR_LEN + 1];
+    snprintf(part_s, sizeof(part_s), "%" PRId32, m->rkm->partition);
+    snprintf(off_s, sizeof(off_s), "%" PRId64, m->rkm->offset);
+    snprintf(att_s, sizeof(att_s), "%d", attempts);
+    if (m->parsed)
+        tly_uuid_format(&m->env.id, id);
+    char *payload = tly_text_or_hex(m->rkm->payload != NULL ? m->rkm->payload : "", m->rkm->len);
+    const char *vals[] = {c->h->name, c->cfg->topic, part_s, off_s, m->parsed ? id : NULL, payload, why, att_s};
+    int ret = tly_pgx_exec(c->conn, "insert dead letter",
+                           "INSERT INTO dead_letters (consumer, topic, partition, \"offset\", event_id, payload, error, attempts) "
+                           "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                           8, vals, NULL, err, errcap);
+    free(payload);
+    if (ret == 0)
+        tly_log(TLY_LOG_ERROR, "event parked in dead_letters", "consumer", c->h->name, "partition", part_s, "offset", off_s,
+                "error", why, NULL);
+    return ret;
+}
+
+/* Handles one message inside the transaction. Returns 0, or -1 (the event's own failure) with `err`. */
+static int
+handle(consumer_t *c, tly_consumer_msg_t *m, partition_t *p, bool park, char *err, size_t errcap)
+{
+    if (!m->parsed)
+        return dead_letter(c, m, m->parse_error, 1, err, errcap);
+    switch (c->h->classify(c->h->ctx, &m->env)) {
+    case TLY_VERDICT_IGNORE:
+        return 0;
+    case TLY_VERDICT_TOO_NEW:
+        p->stop_pending = true;
+        p->too_new_offset = m->rkm->offset;
+        return 1; /* do not advance */
+    case TLY_VERDICT_APPLY:
+        break;
+    }
+    bool fresh = false;
+    if (dedup_insert(c, m, &fresh, err, errcap) != 0)
+        return -1;
+    if (!fresh)
+        return 0;
+    if (park) {
+        if (c->h->park != NULL && c->h->park(c->h->ctx, c->conn, m, c->event_error, err, errcap) != 0)
+            return -1;
+        return dead_letter(c, m, c->event_error, c->cfg->max_event_tries, err, errcap);
+    }
+    return c->h->apply(c->h->ctx, c->conn, m, err, errcap);
+}
+
+static tx_result_t
+update_positions(consumer_t *c, char *err, size_t errcap)
+{
+    bool fenced = false;
+    for (int i = 0; i < c->nparts; ++i) {
+        partition_t *p = &c->parts[i];
+        if (!p->touched)
+            continue;
+        char part_s[16], off_s[24], epoch_s[24];
+        long affected = 0;
+        snprintf(part_s, sizeof(part_s), "%d", i);
+        snprintf(off_s, sizeof(off_s), "%" PRId64, p->staged_next);
+        snprintf(epoch_s, sizeof(epoch_s), "%" PRId64, p->epoch);
+        const char *vals[] = {off_s, c->h->name, c->cfg->topic, part_s, epoch_s};
+        if (tly_pgx_exec(c->conn, "update position",
+                         "UPDATE consumer_positions SET next_offset = $1, updated_at = now() "
+                         "WHERE consumer = $2 AND topic = $3 AND partition = $4 AND epoch = $5",
+                         5, vals, &affected, err, errcap) != 0)
+            return TX_TRANSIENT;
+        if (affected == 0) {
+            p->fence_pending = true; /* applied after the rollback, in on_fenced */
+            fenced = true;
+        }
+    }
+    return fenced ? TX_FENCED : TX_OK;
+}
+
+static void
+on_fenced(consumer_t *c)
+{
+    for (int i = 0; i < c->nparts; ++i) {
+        partition_t *p = &c->parts[i];
+        if (p->fence_pending) {
+            char part_s[16];
+            snprintf(part_s, sizeof(part_s), "%d", i);
+            p->stopped = p->fenced = true;
+            p->reclaim_at_us = tly_clock_mono_us() + RECLAIM_AFTER_US;
+            pause_partition(c, i);
+            tly_log(TLY_LOG_WARN, "fenced: another worker claimed the partition", "consumer", c->h->name, "partition", part_s,
+                    NULL);
+        }
+    }
+}
+
+static void
+after_commit(consumer_t *c)
+{
+    for (int i = 0; i < c->nparts; ++i) {
+        partition_t *p = &c->parts[i];
+        if (p->touched)
+            p->next_offset = p->staged_next;
+        if (p->stop_pending && !p->stopped) {
+            char part_s[16], off_s[24];
+            snprintf(part_s, sizeof(part_s), "%d", i);
+            snprintf(off_s, sizeof(off_s), "%" PRId64, p->too_new_offset);
+            p->stopped = true;
+            pause_partition(c, i);
+            tly_log(TLY_LOG_ERROR, "event schema version is newer than this worker knows; partition paused until a newer "
+                                   "worker takes it",
+                    "consumer", c->h->name, "partition", part_s, "offset", off_s, NULL);
+        }
+    }
+}
+
+/* Applies msgs[start, end) in one transaction; `park` is the index to dead-letter instead of apply, or -1. */
+static tx_result_t
+run_tx(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, int park, int *fail_at, char *err, size_t errcap)
+{
+    tly_pgx_reset_last();
+    for (int i = 0; i < c->nparts; ++i) {
+        c->parts[i].touched = c->parts[i].stop_pending = c->parts[i].fence_pending = false;
+        c->parts[i].staged_next = c->parts[i].next_offset;
+    }
+    if (!ensure_pg(c) || tly_pg_exec(c->conn, "BEGIN", err, errcap) != 0)
+        return TX_TRANSIENT;
+    if (c->h->begin != NULL)
+        c->h->begin(c->h->ctx);
+    for (int i = start; i < end; ++i) {
+        tly_consumer_msg_t *m = &msgs[i];
+        partition_t *p = part_of(c, m->rkm->partition);
+        if (p == NULL || !p->assigned || p->stopped || p->stop_pending || m->rkm->offset < p->staged_next)
+            continue;
+        int r = handle(c, m, p, i == park, err, errcap);
+        if (r < 0) {
+            rollback(c);
+            *fail_at = i;
+            return tly_pgx_last_transient(c->conn) ? TX_TRANSIENT : TX_EVENT_ERROR;
+        }
+        if (r == 0) {
+            p->staged_next = m->rkm->offset + 1;
+            p->touched = true;
+        }
+    }
+    tx_result_t res = update_positions(c, err, errcap);
+    if (res == TX_OK && c->h->end != NULL && c->h->end(c->h->ctx, c->conn, err, errcap) != 0)
+        res = TX_TRANSIENT;
+    if (res == TX_OK && tly_pg_exec(c->conn, "COMMIT", err, errcap) != 0)
+        res = TX_TRANSIENT;
+    if (res != TX_OK) {
+        rollback(c);
+        if (res == TX_FENCED)
+            on_fenced(c);
+        return res;
+    }
+    after_commit(c);
+    return TX_OK;
+}
+
+/*
+ * Applies the whole batch, never skipping: transient failures retry forever
+ * (until stop), an event that fails on its own is isolated, retried and parked.
+ */
+static bool
+process_batch(consumer_t *c, tly_consumer_msg_t *msgs, int n)
+{
+    char err[1024];
+    int start = 0, failing = -1, tries = 0, delay = 0;
+    bool logged_transient = false;
+    while (start < n) {
+        int end = failing < 0 ? n : start < failing ? failing : start + 1;
+        int park = (failing == start && tries >= c->cfg->max_event_tries) ? start : -1;
+        int fail_at = -1;
+        switch (run_tx(c, msgs, start, end, park, &fail_at, err, sizeof(err))) {
+        case TX_OK:
+            start = end;
+            if (failing >= 0 && start > failing) {
+                failing = -1;
+                tries = 0;
+            }
+            delay = 0;
+            if (logged_transient)
+                tly_log(TLY_LOG_INFO, "batch committed after retries", "consumer", c->h->name, NULL);
+            logged_transient = false;
+            continue;
+        case TX_FENCED:
+            return true; /* the fenced partitions' messages are skipped; others were rolled back with them */
+        case TX_EVENT_ERROR:
+            if (fail_at != failing) {
+                failing = fail_at;
+                tries = 0;
+            }
+            tries++;
+            snprintf(c->event_error, sizeof(c->event_error), "%s", err);
+            tly_log(TLY_LOG_WARN, "could not apply event, retrying", "consumer", c->h->name, "error", err, NULL);
+            break;
+        case TX_TRANSIENT:
+            if (!logged_transient)
+                tly_log(TLY_LOG_ERROR, "batch failed, retrying", "consumer", c->h->name, "error", err, NULL);
+            logged_transient = true;
+            break;
+        }
+        if (atomic_load(c->cfg->stop))
+            return false; /* nothing of the rest is committed: it is redelivered to whoever owns it next */
+        tly_backoff_sleep(&delay, c->cfg->stop);
+    }
+    return false;
+}
+
+/*
+ * After a fence, the batch's other partitions were rolled back too; their
+ * messages are dropped here and fetched again by re-seeking to the committed
+ * positions (re-assigning the unchanged set of partitions).
+ */
+static void
+reseek_live(consumer_t *c)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(c->nparts > 0 ? c->nparts : 1);
+    for (int i = 0; i < c->nparts; ++i) {
+        partition_t *p = &c->parts[i];
+        if (p->assigned && !p->stopped)
+            rd_kafka_topic_partition_list_add(list, c->cfg->topic, i)->offset = p->next_offset;
+    }
+    if (list->cnt > 0) {
+        rd_kafka_error_t *e = rd_kafka_seek_partitions(c->rk, list, 5000);
+        if (e != NULL)
+            rd_kafka_error_destroy(e);
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+int
+tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t *handler)
+{
+    char err[512];
+    consumer_t c = {.cfg = cfg, .h = handler, .pg_up = true};
+    tly_consumer_msg_t *msgs = calloc((size_t)cfg->batch_max, sizeof(*msgs));
+    if (msgs == NULL)
+        abort();
+    c.rk = tly_kafka_consumer_create(cfg->brokers, cfg->group, on_rebalance, &c, err, sizeof(err));
+    if (c.rk == NULL) {
+        tly_log(TLY_LOG_ERROR, "could not create kafka consumer", "consumer", handler->name, "error", err, NULL);
+        free(msgs);
+        return -1;
+    }
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, cfg->topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t serr = rd_kafka_subscribe(c.rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (serr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        tly_log(TLY_LOG_ERROR, "could not subscribe", "consumer", handler->name, "error", rd_kafka_err2str(serr), NULL);
+        rd_kafka_destroy(c.rk);
+        free(msgs);
+        return -1;
+    }
+    int delay = 0;
+    while (!atomic_load(cfg->stop)) {
+        if (!ensure_pg(&c)) {
+            rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c.rk, 0); /* keep group membership alive */
+            if (rkm != NULL)
+                rd_kafka_message_destroy(rkm);
+            tly_backoff_sleep(&delay, cfg->stop);
+            continue;
+        }
+        delay = 0;
+        reclaim_fenced(&c);
+        int n = gather(&c, msgs);
+        if (n > 0) {
+            if (process_batch(&c, msgs, n))
+                reseek_live(&c);
+            msgs_clear(msgs, n);
+        }
+    }
+    rd_kafka_consumer_close(c.rk); /* leaves the group; revocation runs on_rebalance */
+    rd_kafka_destroy(c.rk);
+    if (c.conn != NULL)
+        PQfinish(c.conn);
+    free(c.parts);
+    free(msgs);
+    tly_log(TLY_LOG_INFO, "consumer stopped", "consumer", handler->name, NULL);
+    return 0;
+}

@@ -1,0 +1,83 @@
+/*
+ * The fenced consumer loop shared by the worker's roles.
+ *
+ * Positions live in PostgreSQL (consumer_positions), never in Kafka's
+ * committed offsets. On assignment the consumer bumps each partition's epoch
+ * and starts from the stored next_offset; every batch is one transaction that
+ * applies the events (skipping ids already in consumer_dedup) and moves the
+ * positions only WHERE epoch = the epoch it claimed. A worker that lost a
+ * partition in a rebalance therefore cannot commit over its new owner.
+ *
+ * A role plugs in through tly_consumer_handler_t; the handler does the
+ * role's writes inside the batch transaction and never commits.
+ */
+#ifndef TALLY_WORKER_CONSUMER_H
+#define TALLY_WORKER_CONSUMER_H
+
+#include "tally/envelope.h"
+
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum en_tly_verdict_t {
+    TLY_VERDICT_APPLY,   /* dedup, then handler->apply */
+    TLY_VERDICT_IGNORE,  /* not this role's business: advance the position */
+    TLY_VERDICT_TOO_NEW, /* a schema version this worker does not know: pause the partition */
+} tly_verdict_t;
+
+/** One Kafka record as the handler sees it; everything is borrowed for the call. */
+typedef struct st_tly_consumer_msg_t {
+    rd_kafka_message_t *rkm;
+    bool parsed;
+    tly_envelope_t env;                      /* valid when parsed */
+    char traceparent[TLY_TRACEPARENT_LEN + 1]; /* "" when absent or invalid */
+    char parse_error[160];
+} tly_consumer_msg_t;
+
+typedef struct st_tly_consumer_handler_t {
+    const char *name; /* consumer name in consumer_positions and consumer_dedup */
+    void *ctx;
+    tly_verdict_t (*classify)(void *ctx, const tly_envelope_t *env);
+    /** A batch transaction starts (reset per-batch caches). Optional. */
+    void (*begin)(void *ctx);
+    /** Applies one new event inside the transaction. 0 or -1 with `err`. */
+    int (*apply)(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, char *err, size_t errcap);
+    /** The event is being parked in dead_letters: make its job end. Optional. */
+    int (*park)(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, const char *why, char *err, size_t errcap);
+    /** Last statements before COMMIT (e.g. NOTIFY). Optional. */
+    int (*end)(void *ctx, PGconn *conn, char *err, size_t errcap);
+} tly_consumer_handler_t;
+
+typedef struct st_tly_consumer_config_t {
+    const char *brokers;
+    const char *topic;
+    const char *pg_dsn;
+    const char *group;   /* Kafka group id, e.g. "tally-decider" */
+    int batch_max;       /* messages per transaction */
+    int batch_wait_ms;   /* how long to gather a batch once one message is in */
+    int max_event_tries; /* failures of one event alone before it is parked */
+    atomic_bool *stop;   /* set by the signal thread; the batch in hand is finished first */
+} tly_consumer_config_t;
+
+/**
+ * Runs until `*cfg->stop`. Retries PostgreSQL and Kafka failures with capped
+ * exponential backoff and never exits because of them. Returns 0 after a
+ * clean close (group left), -1 when the consumer could not be created.
+ */
+int tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t *handler);
+
+/** Exponential backoff: 50 ms doubling to 5 s. Sleeps `*delay_ms` in slices, returns early on stop. */
+void tly_backoff_sleep(int *delay_ms, atomic_bool *stop);
+
+/**
+ * Copies `buf` into a NUL-terminated string PostgreSQL's text accepts: the
+ * bytes themselves when they are valid UTF-8 without NUL, else "\x" and hex.
+ * Caller frees.
+ */
+char *tly_text_or_hex(const char *buf, size_t len);
+
+#endif

@@ -1,0 +1,86 @@
+/*
+ * tally-worker: Kafka consumers of tally.events (ledger decider with its
+ * outbox relay, projector). Settings come from one table; SIGTERM/SIGINT
+ * finish the batch in hand, commit, leave the consumer groups and exit 0.
+ */
+#include "worker.h"
+#include "tally/config.h"
+#include "tally/log.h"
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+static const tly_config_def_t settings[] = {
+    {"pg-dsn", "TALLY_PG_DSN", TLY_CONFIG_STRING, NULL, 0, 0, offsetof(tly_worker_config_t, pg_dsn),
+     "PostgreSQL connection string"},
+    {"kafka-brokers", "TALLY_KAFKA_BROKERS", TLY_CONFIG_STRING, "127.0.0.1:9092", 0, 0,
+     offsetof(tly_worker_config_t, brokers), "Kafka bootstrap servers"},
+    {"kafka-topic", "TALLY_KAFKA_TOPIC", TLY_CONFIG_STRING, "tally.events", 0, 0, offsetof(tly_worker_config_t, topic),
+     "the event topic"},
+    {"roles", "TALLY_WORKER_ROLES", TLY_CONFIG_STRING, "decider,projector", 0, 0, offsetof(tly_worker_config_t, roles),
+     "comma-separated roles to run: decider (with the outbox relay), projector"},
+    {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, offsetof(tly_worker_config_t, log_level),
+     "debug, info, warn or error"},
+    {"batch-size", "TALLY_WORKER_BATCH_SIZE", TLY_CONFIG_INT, "500", 1, 10000, offsetof(tly_worker_config_t, batch_size),
+     "most events applied in one transaction"},
+    {"batch-wait-ms", "TALLY_WORKER_BATCH_WAIT_MS", TLY_CONFIG_INT, "5", 0, 1000, offsetof(tly_worker_config_t, batch_wait_ms),
+     "how long to gather a batch once its first event is in"},
+    {"max-event-tries", "TALLY_WORKER_MAX_EVENT_TRIES", TLY_CONFIG_INT, "5", 1, 100,
+     offsetof(tly_worker_config_t, max_event_tries), "failures of one event alone before it is parked in dead_letters"},
+};
+#define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
+
+int
+main(int argc, char **argv)
+{
+    tly_worker_config_t cfg;
+    char err[512];
+    unsigned roles = 0;
+    tly_log_level_t level;
+    atomic_bool stop = false;
+    int sig = 0, ret = 1;
+    memset(&cfg, 0, sizeof(cfg));
+    int r = tly_config_load(settings, NSETTINGS, &cfg, argc, argv, "usage: tally-worker [--name=value ...]", stdout, err,
+                            sizeof(err));
+    if (r != 0) {
+        if (r < 0)
+            fprintf(stderr, "tally-worker: %s\n", err);
+        ret = r > 0 ? 0 : 2;
+        goto cleanup;
+    }
+    if (!tly_log_level_parse(cfg.log_level, &level)) {
+        fprintf(stderr, "tally-worker: invalid value for log-level: \"%s\"\n", cfg.log_level);
+        ret = 2;
+        goto cleanup;
+    }
+    if (tly_worker_parse_roles(cfg.roles, &roles, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tally-worker: %s\n", err);
+        ret = 2;
+        goto cleanup;
+    }
+    tly_log_init("worker", level);
+
+    /* Block the signals before any thread exists (ours and librdkafka's) so that only sigwait sees them. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    tly_worker_t *w = tly_worker_start(&cfg, roles, &stop, err, sizeof(err));
+    if (w == NULL) {
+        tly_log(TLY_LOG_ERROR, "could not start", "error", err, NULL);
+        goto cleanup;
+    }
+    tly_log(TLY_LOG_INFO, "started", "roles", cfg.roles, "topic", cfg.topic, NULL);
+    sigwait(&set, &sig);
+    tly_log(TLY_LOG_INFO, "stopping", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+    atomic_store(&stop, true);
+    ret = tly_worker_join(w) == 0 ? 0 : 1;
+    tly_log(TLY_LOG_INFO, "stopped", NULL);
+cleanup:
+    tly_config_free(settings, NSETTINGS, &cfg);
+    return ret;
+}

@@ -1,0 +1,230 @@
+/*
+ * Outbox relay.
+ *
+ * One relay at a time: each pass runs in a transaction that first takes
+ * pg_try_advisory_xact_lock(RELAY_LOCK). We chose the advisory lock over
+ * SELECT ... FOR UPDATE SKIP LOCKED because SKIP LOCKED lets two relays
+ * publish disjoint slices concurrently, which can reorder two outcomes of
+ * the same account in Kafka; with one publisher, seq order (which is commit
+ * order per account, since the decider serialises an account's requests) is
+ * publish order. Other worker instances' relays simply idle.
+ *
+ * A pass: take up to 1000 rows in seq order, produce them all, wait for every
+ * delivery report (rd_kafka_flush), delete exactly the rows published (by
+ * seq list: a row with a lower seq may commit later and must not be deleted
+ * unseen), commit. A crash between produce and delete republishes the same
+ * events (same ids); consumers dedup by id (consumer_dedup).
+ *
+ * Wake-up: the decider NOTIFYs tally_outbox in its transaction; we LISTEN
+ * and also poll every 100 ms in case a notification is lost with a
+ * connection.
+ */
+#include "relay.h"
+#include "consumer.h" /* tly_backoff_sleep */
+#include "pgx.h"
+#include "tally/kafka.h"
+#include "tally/log.h"
+#include "tally/pg.h"
+
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RELAY_LOCK "7021820738937061376" /* any fixed bigint, shared by every relay instance */
+#define RELAY_BATCH 1000
+#define RELAY_POLL_MS 100
+#define DELIVERY_TIMEOUT_MS 30000
+
+typedef struct st_relay_t {
+    const tly_relay_config_t *cfg;
+    PGconn *conn;
+    bool pg_up;
+    rd_kafka_t *rk;
+    int delivered, failed;
+    char delivery_error[256];
+} relay_t;
+
+static void
+on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
+{
+    relay_t *r = opaque;
+    if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        r->failed++;
+        snprintf(r->delivery_error, sizeof(r->delivery_error), "%s", rd_kafka_err2str(rkm->err));
+    } else {
+        r->delivered++;
+    }
+}
+
+static bool
+ensure_pg(relay_t *r)
+{
+    char err[512];
+    if (!tly_pg_broken(r->conn))
+        return true;
+    if (r->conn != NULL)
+        PQfinish(r->conn);
+    r->conn = tly_pg_connect(r->cfg->pg_dsn, err, sizeof(err));
+    if (r->conn != NULL && tly_pg_exec(r->conn, "LISTEN tally_outbox", err, sizeof(err)) != 0) {
+        PQfinish(r->conn);
+        r->conn = NULL;
+    }
+    if (r->conn == NULL) {
+        if (r->pg_up)
+            tly_log(TLY_LOG_ERROR, "postgresql unavailable, retrying", "consumer", "relay", "error", err, NULL);
+        r->pg_up = false;
+        return false;
+    }
+    if (!r->pg_up)
+        tly_log(TLY_LOG_INFO, "connected to postgresql", "consumer", "relay", NULL);
+    r->pg_up = true;
+    return true;
+}
+
+/* Produces one row, waiting for queue space when the producer is full. */
+static int
+produce_row(relay_t *r, PGresult *res, int i, char *err, size_t errcap)
+{
+    const char *topic = PQgetvalue(res, i, 1), *key = PQgetvalue(res, i, 2), *payload = PQgetvalue(res, i, 3);
+    const char *type = PQgetvalue(res, i, 4), *tp = PQgetisnull(res, i, 6) ? NULL : PQgetvalue(res, i, 6);
+    int version = atoi(PQgetvalue(res, i, 5));
+    for (;;) {
+        rd_kafka_resp_err_t e = tly_kafka_produce_raw(r->rk, topic, key, payload, (size_t)PQgetlength(res, i, 3), type,
+                                                      version > 0 ? version : 1, tp, NULL);
+        if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+            return 0;
+        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            snprintf(err, errcap, "could not produce outbox row: %s", rd_kafka_err2str(e));
+            return -1;
+        }
+        rd_kafka_poll(r->rk, 10);
+    }
+}
+
+/* Deletes the published rows by their seq list. */
+static int
+delete_rows(relay_t *r, PGresult *res, char *err, size_t errcap)
+{
+    int n = PQntuples(res);
+    char *list = malloc((size_t)n * 21 + 3);
+    if (list == NULL)
+        abort();
+    size_t len = 0;
+    list[len++] = '{';
+    for (int i = 0; i < n; ++i)
+        len += (size_t)sprintf(list + len, "%s%s", i > 0 ? "," : "", PQgetvalue(res, i, 0));
+    list[len++] = '}';
+    list[len] = '\0';
+    const char *vals[] = {list};
+    int ret = tly_pgx_exec(r->conn, "delete published outbox rows", "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", 1,
+                           vals, NULL, err, errcap);
+    free(list);
+    return ret;
+}
+
+/* One pass. Returns rows published (0 when idle or another relay holds the lock), or -1 with `err`. */
+static int
+publish_once(relay_t *r, char *err, size_t errcap)
+{
+    PGresult *res = NULL;
+    int ret = -1;
+    if (tly_pg_exec(r->conn, "BEGIN", err, errcap) != 0)
+        return -1;
+    const char *lock_vals[] = {RELAY_LOCK};
+    res = tly_pgx_query(r->conn, "take the relay lock", "SELECT pg_try_advisory_xact_lock($1::bigint)", 1, lock_vals, err,
+                        errcap);
+    if (res == NULL)
+        goto cleanup;
+    bool locked = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    res = NULL;
+    if (!locked) {
+        ret = 0;
+        goto cleanup;
+    }
+    res = tly_pgx_query(r->conn, "read outbox",
+                        "SELECT seq, topic, msg_key, payload, headers->>'type', COALESCE(headers->>'version', '1'), "
+                        "headers->>'traceparent' FROM outbox ORDER BY seq LIMIT 1000",
+                        0, NULL, err, errcap);
+    if (res == NULL)
+        goto cleanup;
+    int n = PQntuples(res);
+    r->delivered = r->failed = 0;
+    for (int i = 0; i < n; ++i)
+        if (produce_row(r, res, i, err, errcap) != 0)
+            goto cleanup;
+    rd_kafka_flush(r->rk, DELIVERY_TIMEOUT_MS);
+    if (r->failed > 0 || r->delivered < n) {
+        snprintf(err, errcap, "could not publish outbox rows: %d of %d delivered: %s", r->delivered, n,
+                 r->failed > 0 ? r->delivery_error : "timed out");
+        goto cleanup;
+    }
+    if (n > 0 && delete_rows(r, res, err, errcap) != 0)
+        goto cleanup;
+    if (tly_pg_exec(r->conn, "COMMIT", err, errcap) != 0)
+        goto cleanup;
+    ret = n;
+cleanup:
+    if (res != NULL)
+        PQclear(res);
+    if (ret <= 0 && !tly_pg_broken(r->conn) && PQtransactionStatus(r->conn) != PQTRANS_IDLE) {
+        char ignored[128];
+        (void)!tly_pg_exec(r->conn, "ROLLBACK", ignored, sizeof(ignored));
+    }
+    return ret;
+}
+
+/* Waits for a NOTIFY on tally_outbox or RELAY_POLL_MS, whichever comes first. */
+static void
+wait_for_work(relay_t *r)
+{
+    struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
+    if (pfd.fd >= 0)
+        (void)poll(&pfd, 1, RELAY_POLL_MS);
+    PQconsumeInput(r->conn);
+    PGnotify *n;
+    while ((n = PQnotifies(r->conn)) != NULL)
+        PQfreemem(n);
+}
+
+int
+tly_relay_run(const tly_relay_config_t *cfg)
+{
+    char err[1024];
+    relay_t r = {.cfg = cfg, .pg_up = true};
+    r.rk = tly_kafka_producer_create(cfg->brokers, DELIVERY_TIMEOUT_MS - 5000, on_delivery, &r, err, sizeof(err));
+    if (r.rk == NULL) {
+        tly_log(TLY_LOG_ERROR, "could not create kafka producer", "consumer", "relay", "error", err, NULL);
+        return -1;
+    }
+    int delay = 0;
+    bool failing = false;
+    while (!atomic_load(cfg->stop)) {
+        if (!ensure_pg(&r)) {
+            tly_backoff_sleep(&delay, cfg->stop);
+            continue;
+        }
+        int n = publish_once(&r, err, sizeof(err));
+        if (n < 0) {
+            if (!failing)
+                tly_log(TLY_LOG_ERROR, "outbox relay failed, retrying", "consumer", "relay", "error", err, NULL);
+            failing = true;
+            tly_backoff_sleep(&delay, cfg->stop);
+            continue;
+        }
+        if (failing)
+            tly_log(TLY_LOG_INFO, "outbox relay recovered", "consumer", "relay", NULL);
+        failing = false;
+        delay = 0;
+        if (n < RELAY_BATCH)
+            wait_for_work(&r);
+    }
+    rd_kafka_flush(r.rk, 5000);
+    rd_kafka_destroy(r.rk);
+    if (r.conn != NULL)
+        PQfinish(r.conn);
+    tly_log(TLY_LOG_INFO, "relay stopped", "consumer", "relay", NULL);
+    return 0;
+}

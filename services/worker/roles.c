@@ -1,0 +1,239 @@
+/*
+ * Decider and projector roles. Each runs inside the fenced consumer's batch
+ * transaction: the decider's state, its outbox rows and the consumer position
+ * commit together, which is what makes its effects exactly once.
+ */
+#include "roles.h"
+#include "pgx.h"
+#include "projection.h"
+#include "tally/clock.h"
+#include "tally/json.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- decider ------------------------------------------------------------- */
+
+static tly_verdict_t
+decider_classify(void *ctx, const tly_envelope_t *env)
+{
+    if (!tly_decider_is_request(env->type))
+        return TLY_VERDICT_IGNORE; /* outcomes and other aggregates' events: not ours */
+    return env->version > TLY_DECIDER_EVENT_VERSION ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
+}
+
+static void
+decider_begin(void *ctx)
+{
+    tly_decider_role_t *r = ctx;
+    r->ncached = 0; /* a retried transaction must re-read what the rolled-back one saw */
+    r->wrote_outbox = false;
+}
+
+static tly_decider_cached_t *
+cache_find(tly_decider_role_t *r, const tly_uuid_t *id)
+{
+    for (int i = 0; i < r->ncached; ++i)
+        if (memcmp(&r->cache[i].id, id, sizeof(*id)) == 0)
+            return &r->cache[i];
+    return NULL;
+}
+
+/* Loads the account's state FOR UPDATE (or from this transaction's cache). */
+static int
+load_state(tly_decider_role_t *r, PGconn *conn, const tly_uuid_t *id, tly_account_state_t *out, char *err, size_t errcap)
+{
+    tly_decider_cached_t *hit = cache_find(r, id);
+    if (hit != NULL) {
+        *out = hit->state;
+        return 0;
+    }
+    char id_s[TLY_UUID_STR_LEN + 1];
+    tly_uuid_format(id, id_s);
+    const char *vals[] = {id_s};
+    PGresult *res = tly_pgx_query(conn, "load decider state",
+                                  "SELECT tenant_id, currency, status, balance, version FROM decider_accounts WHERE id = $1 "
+                                  "FOR UPDATE",
+                                  1, vals, err, errcap);
+    if (res == NULL)
+        return -1;
+    memset(out, 0, sizeof(*out));
+    out->id = *id;
+    if (PQntuples(res) == 1) {
+        out->exists = true;
+        snprintf(out->currency, sizeof(out->currency), "%s", PQgetvalue(res, 0, 1));
+        out->balance = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+        out->version = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+        if (!tly_uuid_parse(PQgetvalue(res, 0, 0), &out->tenant_id) ||
+            !tly_account_status_parse(PQgetvalue(res, 0, 2), &out->status)) {
+            snprintf(err, errcap, "could not load decider state: row %s is corrupt", id_s);
+            PQclear(res);
+            return -1;
+        }
+    }
+    PQclear(res);
+    return 0;
+}
+
+static void
+cache_put(tly_decider_role_t *r, const tly_account_state_t *s)
+{
+    tly_decider_cached_t *hit = cache_find(r, &s->id);
+    if (hit == NULL && r->ncached < TLY_DECIDER_CACHE_MAX) {
+        hit = &r->cache[r->ncached++];
+        hit->id = s->id;
+    }
+    if (hit != NULL) /* a full cache only costs a SELECT: the row is already ours in this transaction */
+        hit->state = *s;
+}
+
+static int
+store_state(PGconn *conn, const tly_account_state_t *s, char *err, size_t errcap)
+{
+    char id[TLY_UUID_STR_LEN + 1], tenant[TLY_UUID_STR_LEN + 1], balance[24], version[24];
+    tly_uuid_format(&s->id, id);
+    tly_uuid_format(&s->tenant_id, tenant);
+    snprintf(balance, sizeof(balance), "%" PRId64, s->balance);
+    snprintf(version, sizeof(version), "%" PRId64, s->version);
+    const char *vals[] = {id, tenant, s->currency, tly_account_status_name(s->status), balance, version};
+    return tly_pgx_exec(conn, "store decider state",
+                        "INSERT INTO decider_accounts (id, tenant_id, currency, status, balance, version) "
+                        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, "
+                        "balance = EXCLUDED.balance, version = EXCLUDED.version",
+                        6, vals, NULL, err, errcap);
+}
+
+/* Inserts the outcome into the outbox with a child span of the request's trace. */
+static int
+outbox_insert(tly_decider_role_t *r, PGconn *conn, const tly_consumer_msg_t *req, const tly_envelope_t *ev, char *err,
+              size_t errcap)
+{
+    char id[TLY_UUID_STR_LEN + 1], key[TLY_UUID_STR_LEN + 1], tp[TLY_TRACEPARENT_LEN + 1];
+    tly_uuid_format(&ev->id, id);
+    tly_uuid_format(&ev->aggregate_id, key);
+    if (req->traceparent[0] != '\0')
+        tly_traceparent_child(req->traceparent, tp);
+    else
+        tly_traceparent_new(tp);
+    json_t *h = json_pack("{s:s, s:i, s:s}", "type", ev->type, "version", ev->version, "traceparent", tp);
+    char *headers = tly_json_dump(h);
+    char *payload = tly_envelope_to_json(ev);
+    const char *vals[] = {id, r->topic, key, payload, headers};
+    int ret = tly_pgx_exec(conn, "insert outbox row",
+                           "INSERT INTO outbox (event_id, topic, msg_key, payload, headers) VALUES ($1, $2, $3, $4, $5) "
+                           "ON CONFLICT (event_id) DO NOTHING",
+                           5, vals, NULL, err, errcap);
+    free(payload);
+    free(headers);
+    json_decref(h);
+    if (ret == 0)
+        r->wrote_outbox = true;
+    return ret;
+}
+
+static int
+emit_all(tly_decider_role_t *r, PGconn *conn, const tly_consumer_msg_t *msg, tly_decision_t *d, char *err, size_t errcap)
+{
+    for (int i = 0; i < d->nevents; ++i)
+        if (outbox_insert(r, conn, msg, &d->events[i], err, errcap) != 0)
+            return -1;
+    return 0;
+}
+
+static int
+decider_apply(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, char *err, size_t errcap)
+{
+    tly_decider_role_t *r = ctx;
+    tly_account_state_t state;
+    tly_decision_t d;
+    int ret = -1;
+    memset(&d, 0, sizeof(d));
+    if (load_state(r, conn, &msg->env.aggregate_id, &state, err, errcap) != 0)
+        return -1;
+    if (tly_decider_decide(&state, &msg->env, &d) != 0) {
+        snprintf(err, errcap, "could not decide %s", msg->env.type);
+        return -1;
+    }
+    if (d.state_changed && store_state(conn, &d.next, err, errcap) != 0)
+        goto cleanup;
+    if (emit_all(r, conn, msg, &d, err, errcap) != 0)
+        goto cleanup;
+    if (d.state_changed)
+        cache_put(r, &d.next);
+    ret = 0;
+cleanup:
+    tly_decision_clear(&d);
+    return ret;
+}
+
+/* A parked request still gets an outcome, so that its job ends (failed, dead_lettered). */
+static int
+decider_park(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, const char *why, char *err, size_t errcap)
+{
+    tly_decision_t d;
+    if (tly_decider_reject(&msg->env, TLY_CODE_DEAD_LETTERED, why, tly_clock_now_us(), &d) != 0)
+        return 0;
+    int ret = emit_all(ctx, conn, msg, &d, err, errcap);
+    tly_decision_clear(&d);
+    return ret;
+}
+
+static int
+decider_end(void *ctx, PGconn *conn, char *err, size_t errcap)
+{
+    tly_decider_role_t *r = ctx;
+    if (!r->wrote_outbox)
+        return 0;
+    return tly_pgx_exec(conn, "notify the relay", "NOTIFY tally_outbox", 0, NULL, NULL, err, errcap);
+}
+
+void
+tly_decider_role_init(tly_consumer_handler_t *h, tly_decider_role_t *role, const char *topic)
+{
+    memset(role, 0, sizeof(*role));
+    role->topic = topic;
+    *h = (tly_consumer_handler_t){
+        .name = "decider",
+        .ctx = role,
+        .classify = decider_classify,
+        .begin = decider_begin,
+        .apply = decider_apply,
+        .park = decider_park,
+        .end = decider_end,
+    };
+}
+
+/* --- projector ----------------------------------------------------------- */
+
+static tly_verdict_t
+projector_classify(void *ctx, const tly_envelope_t *env)
+{
+    if (!tly_projection_knows(env->type))
+        return TLY_VERDICT_IGNORE;
+    return env->version > tly_projection_max_version(env->type) ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
+}
+
+static int
+projector_apply(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, char *err, size_t errcap)
+{
+    return tly_projection_apply(conn, &msg->env, TLY_MODEL_ALL, err, errcap);
+}
+
+static int
+projector_park(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, const char *why, char *err, size_t errcap)
+{
+    return tly_projection_job_dead_lettered(conn, &msg->env, why, err, errcap);
+}
+
+void
+tly_projector_role_init(tly_consumer_handler_t *h)
+{
+    *h = (tly_consumer_handler_t){
+        .name = "projector",
+        .classify = projector_classify,
+        .apply = projector_apply,
+        .park = projector_park,
+    };
+}

@@ -1,0 +1,40 @@
+/*
+ * Runs the worker's roles, each in its own thread: the decider consumer and
+ * its outbox relay (role "decider"), and the projector consumer (role
+ * "projector"). The thread that calls tly_worker_start keeps signals.
+ */
+#ifndef TALLY_WORKER_WORKER_H
+#define TALLY_WORKER_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TLY_ROLE_DECIDER (1u << 0)
+#define TLY_ROLE_PROJECTOR (1u << 1)
+
+typedef struct st_tly_worker_config_t {
+    char *pg_dsn;
+    char *brokers;
+    char *topic;
+    char *roles;
+    char *log_level;
+    int64_t batch_size;
+    int64_t batch_wait_ms;
+    int64_t max_event_tries;
+} tly_worker_config_t;
+
+typedef struct st_tly_worker_t tly_worker_t;
+
+/** Parses "decider,projector" (any order, no repeats needed) into a mask. Returns 0, or -1 with `err`. */
+int tly_worker_parse_roles(const char *s, unsigned *mask, char *err, size_t errcap) __attribute__((warn_unused_result));
+
+/** Starts the threads of `roles`; `cfg` and `stop` must outlive tly_worker_join. NULL with `err` on failure. */
+tly_worker_t *tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *stop, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
+/** Waits for every thread (they return once `*stop` is set) and frees. Returns 0 when all stopped cleanly. */
+int tly_worker_join(tly_worker_t *w);
+
+#endif

@@ -1,0 +1,109 @@
+/* API key shape, hashing, scopes, the key cache and the token bucket. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "tally/auth.h"
+#include "tally/keycache.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void
+test_generate_parse(void **state)
+{
+    tly_key_parts_t parts, back;
+    char key[TLY_KEY_LEN + 1];
+    tly_key_generate(&parts, key);
+    assert_int_equal(strlen(key), TLY_KEY_LEN);
+    assert_true(tly_key_parse(key, strlen(key), &back));
+    assert_string_equal(back.id, parts.id);
+    assert_string_equal(back.secret, parts.secret);
+    key[5] = 'X';
+    assert_false(tly_key_parse(key, strlen(key), &back));
+    assert_false(tly_key_parse("tly_live_short_x", 16, &back));
+}
+
+static void
+test_scopes(void **state)
+{
+    char s[64];
+    assert_int_equal(tly_scopes_parse("read,write"), TLY_SCOPE_READ | TLY_SCOPE_WRITE);
+    assert_int_equal(tly_scopes_parse("{admin}"), TLY_SCOPE_ADMIN);
+    assert_int_equal(tly_scopes_parse("read,root"), -1);
+    tly_scopes_format_pg(TLY_SCOPE_READ | TLY_SCOPE_ADMIN, s, sizeof(s));
+    assert_string_equal(s, "{read,admin}");
+    tly_scopes_format_pg(TLY_SCOPE_WRITE, s, sizeof(s));
+    assert_string_equal(s, "{write}");
+}
+
+static void
+test_cache_check(void **state)
+{
+    tly_keycache_t *kc = tly_keycache_create_offline();
+    tly_key_parts_t parts;
+    char key[TLY_KEY_LEN + 1], header[TLY_KEY_LEN + 16];
+    uint8_t hash[TLY_KEY_HASH_LEN];
+    tly_uuid_t tenant = tly_uuid_v4();
+    tly_principal_t p;
+    tly_key_generate(&parts, key);
+    tly_key_hash(parts.secret, hash);
+    tly_keycache_put(kc, parts.id, &tenant, hash, TLY_SCOPE_READ, 10, 20, false);
+    snprintf(header, sizeof(header), "Bearer %s", key);
+    assert_int_equal(tly_keycache_check(kc, header, strlen(header), &p), TLY_AUTH_OK);
+    assert_memory_equal(p.tenant_id.b, tenant.b, 16);
+    assert_int_equal(p.scopes, TLY_SCOPE_READ);
+    assert_int_equal(tly_keycache_check(kc, NULL, 0, &p), TLY_AUTH_MISSING);
+    header[strlen(header) - 1] ^= 1; /* wrong secret */
+    assert_int_equal(tly_keycache_check(kc, header, strlen(header), &p), TLY_AUTH_INVALID);
+    header[strlen(header) - 1] ^= 1;
+    tly_keycache_put(kc, parts.id, &tenant, hash, TLY_SCOPE_READ, 10, 20, true); /* revoked */
+    assert_int_equal(tly_keycache_check(kc, header, strlen(header), &p), TLY_AUTH_INVALID);
+    tly_keycache_destroy(kc);
+}
+
+static void
+test_token_bucket(void **state)
+{
+    tly_keycache_t *kc = tly_keycache_create_offline();
+    tly_key_parts_t parts;
+    char key[TLY_KEY_LEN + 1], header[TLY_KEY_LEN + 16];
+    uint8_t hash[TLY_KEY_HASH_LEN];
+    tly_uuid_t tenant = tly_uuid_v4();
+    tly_principal_t p;
+    tly_rate_t r;
+    tly_key_generate(&parts, key);
+    tly_key_hash(parts.secret, hash);
+    tly_keycache_put(kc, parts.id, &tenant, hash, TLY_SCOPE_READ, 10, 20, false);
+    snprintf(header, sizeof(header), "Bearer %s", key);
+    assert_int_equal(tly_keycache_check(kc, header, strlen(header), &p), TLY_AUTH_OK);
+    int64_t now = 1000000000;
+    for (int i = 0; i < 20; ++i) {
+        tly_keycache_take(&p, now, &r);
+        assert_true(r.allowed);
+        assert_int_equal(r.remaining, 19 - i);
+    }
+    tly_keycache_take(&p, now, &r);
+    assert_false(r.allowed);
+    assert_int_equal(r.retry_after, 1);
+    assert_int_equal(r.burst, 20);
+    assert_int_equal(r.window, 2);
+    assert_int_equal(r.reset, 2);
+    tly_keycache_take(&p, now + 100000, &r); /* 0.1 s at 10/s: one token back */
+    assert_true(r.allowed);
+    tly_keycache_destroy(kc);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_generate_parse),
+        cmocka_unit_test(test_scopes),
+        cmocka_unit_test(test_cache_check),
+        cmocka_unit_test(test_token_bucket),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
