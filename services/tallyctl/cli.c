@@ -90,12 +90,12 @@ static const tly_config_def_t pg_settings[] = {
      "PostgreSQL connection string; required by database commands"},
 };
 static const tly_config_def_t base_settings[] = {
-    {"kafka-brokers", "TALLY_KAFKA_BROKERS", TLY_CONFIG_STRING, "127.0.0.1:9092", 0, 0,
-     offsetof(tly_ctl_settings_t, kafka_brokers), "Kafka bootstrap servers"},
+    {"kafka-brokers", "TALLY_KAFKA_BROKERS", TLY_CONFIG_STRING, "127.0.0.1:9092", 0, 0, offsetof(tly_ctl_settings_t, kafka_brokers),
+     "Kafka bootstrap servers"},
     {"kafka-topic", "TALLY_KAFKA_TOPIC", TLY_CONFIG_STRING, "tally.events", 0, 0, offsetof(tly_ctl_settings_t, kafka_topic),
      "event topic"},
-    {"kafka-partitions", "TALLY_KAFKA_PARTITIONS", TLY_CONFIG_INT, "12", 1, 10000,
-     offsetof(tly_ctl_settings_t, kafka_partitions), "partitions of the event topic when tallyctl creates it"},
+    {"kafka-partitions", "TALLY_KAFKA_PARTITIONS", TLY_CONFIG_INT, "12", 1, 10000, offsetof(tly_ctl_settings_t, kafka_partitions),
+     "partitions of the event topic when tallyctl creates it"},
     {"migrations-dir", "TALLY_MIGRATIONS_DIR", TLY_CONFIG_STRING, TLY_CTL_DEFAULT_MIGRATIONS_DIR, 0, 0,
      offsetof(tly_ctl_settings_t, migrations_dir), "migration files"},
 };
@@ -298,7 +298,8 @@ tly_ctl_settings_load(int needs, tly_ctl_settings_t *s, char *err, size_t errcap
        belongs to the commands */
     if (tly_config_load(base_settings, NELEMS(base_settings), s, 1, argv0, "", stderr, err, errcap) != 0)
         return -1;
-    if ((needs & TLY_CTL_NEEDS_PG) != 0 && tly_config_load(pg_settings, NELEMS(pg_settings), s, 1, argv0, "", stderr, err, errcap) != 0)
+    if ((needs & TLY_CTL_NEEDS_PG) != 0 &&
+        tly_config_load(pg_settings, NELEMS(pg_settings), s, 1, argv0, "", stderr, err, errcap) != 0)
         return -1;
     return 0;
 }

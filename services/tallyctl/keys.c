@@ -15,6 +15,25 @@
 #define ERR_MAX 1024
 #define RFC3339(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+/* clang-format off */
+static const char list_sql[] =
+    "SELECT k.id, t.name AS tenant, array_to_string(k.scopes, ',') AS scopes, k.tier,"
+    " k.rate_per_sec || '/' || k.burst AS \"rate/burst\", k.label,"
+    " " RFC3339("k.created_at") " AS created_at, " RFC3339("k.revoked_at") " AS revoked_at"
+    " FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
+    " WHERE $1::uuid IS NULL OR k.tenant_id = $1::uuid"
+    " ORDER BY k.created_at, k.id";
+
+/* Revoking twice keeps the first revocation time and succeeds. The outer
+   SELECT sees the row as it was before the UPDATE in the CTE, which is what
+   the "revoked already at" message needs. */
+static const char revoke_sql[] =
+    "WITH r AS (UPDATE api_keys SET revoked_at = now(), updated_at = now()"
+    "           WHERE id = $1 AND revoked_at IS NULL RETURNING id)"
+    " SELECT (SELECT count(*) FROM r) AS revoked, " RFC3339("k.revoked_at")
+    " FROM api_keys k WHERE k.id = $1";
+/* clang-format on */
+
 /* What `keys create` was asked for, validated before any connection. */
 typedef struct st_key_request_t {
     const char *tenant;
@@ -132,13 +151,7 @@ tly_ctl_keys_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, 
     if (tenant != NULL && tly_ctl_tenant_resolve(conn, tenant, tenant_id, err, sizeof(err)) != 0)
         goto cleanup;
     param = tenant != NULL ? tenant_id : NULL;
-    res = tly_ctl_db_query(conn, "could not list api keys",
-                           "SELECT k.id, t.name AS tenant, array_to_string(k.scopes, ',') AS scopes, k.tier, "
-                           "k.rate_per_sec || '/' || k.burst AS \"rate/burst\", k.label, " RFC3339("k.created_at") " AS created_at, "
-                           RFC3339("k.revoked_at") " AS revoked_at "
-                           "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
-                           "WHERE $1::uuid IS NULL OR k.tenant_id = $1::uuid ORDER BY k.created_at, k.id",
-                           1, &param, err, sizeof(err));
+    res = tly_ctl_db_query(conn, "could not list api keys", list_sql, 1, &param, err, sizeof(err));
     if (res == NULL)
         goto cleanup;
     tly_ctl_db_print_table(res, stdout);
@@ -151,19 +164,11 @@ cleanup:
     return ret;
 }
 
-/* Revoking twice keeps the first revocation time and succeeds. The outer
-   SELECT sees the row as it was before the UPDATE in the CTE, which is what
-   the "revoked already at" message needs. */
 static int
 revoke(PGconn *conn, const char *id, char *err, size_t errcap)
 {
     int ret = -1;
-    PGresult *res = tly_ctl_db_query(conn, "could not revoke api key",
-                                     "WITH r AS (UPDATE api_keys SET revoked_at = now(), updated_at = now() "
-                                     "WHERE id = $1 AND revoked_at IS NULL RETURNING id) "
-                                     "SELECT (SELECT count(*) FROM r) AS revoked, " RFC3339("k.revoked_at") " "
-                                     "FROM api_keys k WHERE k.id = $1",
-                                     1, &id, err, errcap);
+    PGresult *res = tly_ctl_db_query(conn, "could not revoke api key", revoke_sql, 1, &id, err, errcap);
     if (res == NULL)
         goto cleanup;
     if (PQntuples(res) == 0) {
@@ -186,7 +191,8 @@ tly_ctl_keys_revoke(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings
     char err[ERR_MAX];
     int ret = TLY_CTL_FAIL;
     PGconn *conn = NULL;
-    if ((conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err))) == NULL || revoke(conn, args->pos[0], err, sizeof(err)) != 0)
+    if ((conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err))) == NULL ||
+        revoke(conn, args->pos[0], err, sizeof(err)) != 0)
         goto cleanup;
     ret = TLY_CTL_OK;
 cleanup:

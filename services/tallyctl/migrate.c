@@ -31,15 +31,15 @@ take_lock(PGconn *conn, char *err, size_t errcap)
 {
     const char *key[] = {TLY_CTL_MIGRATE_LOCK_KEY};
     int ret = -1;
-    PGresult *res = tly_ctl_db_query(conn, "could not take the migration lock", "SELECT pg_try_advisory_lock($1::bigint)", 1,
-                                     key, err, errcap);
+    PGresult *res =
+        tly_ctl_db_query(conn, "could not take the migration lock", "SELECT pg_try_advisory_lock($1::bigint)", 1, key, err, errcap);
     if (res == NULL)
         goto cleanup;
     if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
         PQclear(res);
         fprintf(stderr, "tallyctl: waiting for another tallyctl migrate to finish\n");
-        res = tly_ctl_db_query(conn, "could not take the migration lock", "SELECT pg_advisory_lock($1::bigint)", 1, key, err,
-                               errcap);
+        res =
+            tly_ctl_db_query(conn, "could not take the migration lock", "SELECT pg_advisory_lock($1::bigint)", 1, key, err, errcap);
         if (res == NULL)
             goto cleanup;
     }
@@ -137,8 +137,8 @@ apply_one(PGconn *conn, const tly_migration_t *m, char *err, size_t errcap)
     snprintf(version, sizeof(version), "%d", m->version);
     if (tly_pg_exec(conn, "BEGIN", err, errcap) != 0 || run_file(conn, m, err, errcap) != 0)
         goto cleanup;
-    res = tly_ctl_db_query(conn, "could not record migration", "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                           3, params, err, errcap);
+    res = tly_ctl_db_query(conn, "could not record migration",
+                           "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)", 3, params, err, errcap);
     if (res == NULL || tly_pg_exec(conn, "COMMIT", err, errcap) != 0)
         goto cleanup;
     fprintf(stderr, "tallyctl: applied migration %s (%.1f ms)\n", m->file, (double)(tly_clock_mono_us() - t0) / 1000.0);

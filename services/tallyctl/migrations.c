@@ -116,8 +116,8 @@ check_unique(const char *dir, const tly_migration_set_t *set, char *err, size_t 
 {
     for (size_t i = 1; i < set->n; ++i) {
         if (set->items[i].version == set->items[i - 1].version) {
-            snprintf(err, errcap, "migration files \"%s/%s\" and \"%s/%s\" have the same version %d", dir,
-                     set->items[i - 1].file, dir, set->items[i].file, set->items[i].version);
+            snprintf(err, errcap, "migration files \"%s/%s\" and \"%s/%s\" have the same version %d", dir, set->items[i - 1].file,
+                     dir, set->items[i].file, set->items[i].version);
             return -1;
         }
     }

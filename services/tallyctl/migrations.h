@@ -31,8 +31,7 @@ typedef struct st_tly_migration_set_t {
  * version above zero, '_', a name of [A-Za-z0-9_-], ".sql". Returns false for
  * anything else.
  */
-bool tly_migration_parse_name(const char *file, int *version, char *name, size_t namecap)
-    __attribute__((warn_unused_result));
+bool tly_migration_parse_name(const char *file, int *version, char *name, size_t namecap) __attribute__((warn_unused_result));
 
 /**
  * Loads every migration in `dir`, sorted by version. Files not ending in

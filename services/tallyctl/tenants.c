@@ -98,10 +98,11 @@ tly_ctl_tenants_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *setting
     PGresult *res = NULL;
     if ((conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err))) == NULL)
         goto cleanup;
-    res = tly_ctl_db_query(conn, "could not list tenants",
-                           "SELECT id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at "
-                           "FROM tenants ORDER BY tenants.created_at, id",
-                           0, NULL, err, sizeof(err));
+    res =
+        tly_ctl_db_query(conn, "could not list tenants",
+                         "SELECT id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at "
+                         "FROM tenants ORDER BY tenants.created_at, id",
+                         0, NULL, err, sizeof(err));
     if (res == NULL)
         goto cleanup;
     tly_ctl_db_print_table(res, stdout);

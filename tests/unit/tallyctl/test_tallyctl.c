@@ -124,8 +124,8 @@ test_help_overview(void **state)
         assert_non_null(strstr(text, tly_ctl_commands[i].name));
         assert_non_null(strstr(text, tly_ctl_commands[i].summary));
     }
-    const char *envs[] = {"TALLY_PG_DSN", "TALLY_KAFKA_BROKERS", "TALLY_KAFKA_TOPIC", "TALLY_KAFKA_PARTITIONS",
-                          "TALLY_MIGRATIONS_DIR", "127.0.0.1:9092", "tally.events"};
+    const char *envs[] = {"TALLY_PG_DSN",         "TALLY_KAFKA_BROKERS", "TALLY_KAFKA_TOPIC", "TALLY_KAFKA_PARTITIONS",
+                          "TALLY_MIGRATIONS_DIR", "127.0.0.1:9092",      "tally.events"};
     for (size_t i = 0; i < NELEMS(envs); ++i)
         assert_non_null(strstr(text, envs[i]));
     free(text);
@@ -260,8 +260,8 @@ test_migration_names(void **state)
     assert_string_equal(name, "add-index_2");
     assert_true(tly_migration_parse_name("7_x.sql", &v, name, sizeof(name)));
     assert_int_equal(v, 7);
-    const char *bad[] = {"0001init.sql", "0001_.sql",   "abcd_x.sql",  "0000_x.sql", "0001_x.SQL", "0001_x.sql.bak",
-                         "0001_a b.sql", "_x.sql",      "0001_x.sq",  "1234567890_x.sql", "0001_x",  "",
+    const char *bad[] = {"0001init.sql", "0001_.sql",    "abcd_x.sql", "0000_x.sql",       "0001_x.SQL", "0001_x.sql.bak",
+                         "0001_a b.sql", "_x.sql",       "0001_x.sq",  "1234567890_x.sql", "0001_x",     "",
                          ".sql",         "0001_a.b.sql", "0001_x/.sql"};
     for (size_t i = 0; i < NELEMS(bad); ++i)
         assert_false(tly_migration_parse_name(bad[i], &v, name, sizeof(name)));
