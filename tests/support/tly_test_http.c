@@ -30,7 +30,7 @@ load_env_file(void)
 const char *
 tly_test_env(const char *name)
 {
-    static char value[1024];
+    char value[1024];
     const char *v = getenv(name);
     if (v != NULL && v[0] != '\0')
         return v;
@@ -41,8 +41,14 @@ tly_test_env(const char *name)
         const char *end = strchr(line, '\n');
         size_t len = end != NULL ? (size_t)(end - line) : strlen(line);
         if (len > nlen && strncmp(line, name, nlen) == 0 && line[nlen] == '=') {
-            snprintf(value, sizeof(value), "%.*s", (int)(len - nlen - 1), line + nlen + 1);
-            return value;
+            const char *start = line + nlen + 1;
+            size_t vlen = len - nlen - 1;
+            if (vlen >= 2 && (start[0] == '\'' || start[0] == '"') && start[vlen - 1] == start[0]) {
+                ++start; /* the file may quote values for the shell */
+                vlen -= 2;
+            }
+            snprintf(value, sizeof(value), "%.*s", (int)vlen, start);
+            return strdup(value); /* lives as long as the test process */
         }
         line += len + (end != NULL ? 1 : 0);
     }

@@ -18,7 +18,7 @@ typedef struct st_tly_test_response_t {
     json_t *json;  /* parsed body or NULL */
 } tly_test_response_t;
 
-/** Value of setting `name`: the environment first, then the stack's env file. */
+/** Value of setting `name`: the environment first, then the stack's env file. Never freed. */
 const char *tly_test_env(const char *name);
 
 /**
