@@ -121,7 +121,7 @@ test_routes(void **state)
     assert_int_equal(k, TLY_CMD_OPEN_ACCOUNT);
     assert_true(tly_command_route("accounts", "withdrawals", &k));
     assert_int_equal(k, TLY_CMD_WITHDRAW);
-    assert_true(tly_command_route("transfers", NULL, &k));
+    assert_false(tly_command_route("transfers", NULL, &k)); /* until the saga runs */
     assert_false(tly_command_route("transfers", "deposits", &k));
     assert_false(tly_command_route("accounts", "explode", &k));
     assert_true(tly_command_spec(TLY_CMD_DEPOSIT)->needs_idempotency_key);
