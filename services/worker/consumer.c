@@ -325,13 +325,17 @@ gather(consumer_t *c, tly_consumer_msg_t *msgs)
             timeout = (int)((left + 999) / 1000);
         }
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, timeout);
-        if (c->rebalanced) { /* positions were re-read: what we hold may be stale */
-            if (rkm != NULL)
-                rd_kafka_message_destroy(rkm);
+        if (c->rebalanced) {
+            /*
+             * Positions were re-read: what we gathered before may be stale, but
+             * the message this poll returned is already from the new assignment
+             * (librdkafka discards outdated fetches), so it goes through keep()
+             * like any other. Dropping it too would lose it: the next poll
+             * returns its successor.
+             */
             msgs_clear(msgs, n);
             n = 0;
             c->rebalanced = false;
-            continue;
         }
         if (rkm == NULL) {
             if (n == 0)
