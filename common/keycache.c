@@ -102,6 +102,16 @@ tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenan
     pthread_rwlock_unlock(&kc->lock);
 }
 
+void
+tly_keycache_revoke(tly_keycache_t *kc, const char *key_id)
+{
+    pthread_rwlock_wrlock(&kc->lock);
+    key_entry_t *e = find_locked(kc, key_id);
+    if (e != NULL)
+        e->revoked = true;
+    pthread_rwlock_unlock(&kc->lock);
+}
+
 static bool
 load_row(tly_keycache_t *kc, PGresult *res, int row)
 {

@@ -44,6 +44,8 @@ typedef struct st_partition_t {
     int64_t staged_next; /* position within the running transaction */
     int64_t reclaim_at_us;
     int64_t too_new_offset;
+    int too_new_version;
+    char too_new_type[TLY_EVENT_TYPE_MAX];
 } partition_t;
 
 typedef struct st_consumer_t {
@@ -228,7 +230,8 @@ on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t rerr, rd_kafka_topic_partition_
     }
     int delay = 0;
     while (claim(c, list, err, sizeof(err)) != 0) {
-        tly_log(TLY_LOG_WARN, "could not claim partitions, retrying", "consumer", c->h->name, "error", err, NULL);
+        if (delay == 0) /* once per outage, not per attempt */
+            tly_log(TLY_LOG_WARN, "could not claim partitions, retrying", "consumer", c->h->name, "error", err, NULL);
         if (atomic_load(c->cfg->stop)) {
             rd_kafka_assign(rk, NULL);
             return;
@@ -403,6 +406,8 @@ handle(consumer_t *c, tly_consumer_msg_t *m, partition_t *p, bool park, char *er
     case TLY_VERDICT_TOO_NEW:
         p->stop_pending = true;
         p->too_new_offset = m->rkm->offset;
+        p->too_new_version = m->env.version;
+        memcpy(p->too_new_type, m->env.type, sizeof(p->too_new_type));
         return 1; /* do not advance */
     case TLY_VERDICT_APPLY:
         break;
@@ -472,14 +477,15 @@ after_commit(consumer_t *c)
         if (p->touched)
             p->next_offset = p->staged_next;
         if (p->stop_pending && !p->stopped) {
-            char part_s[16], off_s[24];
+            char part_s[16], off_s[24], ver_s[16];
             snprintf(part_s, sizeof(part_s), "%d", i);
             snprintf(off_s, sizeof(off_s), "%" PRId64, p->too_new_offset);
+            snprintf(ver_s, sizeof(ver_s), "%d", p->too_new_version);
             p->stopped = true;
             pause_partition(c, i);
             tly_log(TLY_LOG_ERROR, "event schema version is newer than this worker knows; partition paused until a newer "
                                    "worker takes it",
-                    "consumer", c->h->name, "partition", part_s, "offset", off_s, NULL);
+                    "consumer", c->h->name, "partition", part_s, "offset", off_s, "type", p->too_new_type, "version", ver_s, NULL);
         }
     }
 }

@@ -62,6 +62,9 @@ tly_auth_result_t tly_keycache_check(tly_keycache_t *kc, const char *authorizati
 /** Takes one token from the principal's bucket at time `now_us` (monotonic). */
 void tly_keycache_take(tly_principal_t *principal, int64_t now_us, tly_rate_t *out);
 
+/** Marks a key revoked in this process at once (the database is the caller's job). */
+void tly_keycache_revoke(tly_keycache_t *kc, const char *key_id);
+
 /* For tests: insert or replace an entry without a database. */
 void tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN],
                       int scopes, int64_t rate, int64_t burst, bool revoked);

@@ -1,0 +1,96 @@
+/*
+ * Internals shared by the command API's files: the per-thread context, the
+ * command operation (one command on its way from validation to 202) and the
+ * prepared statements. Not included by anything outside this directory.
+ */
+#ifndef TALLY_COMMAND_API_INTERNAL_H
+#define TALLY_COMMAND_API_INTERNAL_H
+
+#include "command_api.h"
+#include "commands.h"
+#include "tally/api.h"
+#include "tally/envelope.h"
+#include "tally/kafka.h"
+#include "tally/pgasync.h"
+
+#define CMD_MAX_BODY (64 * 1024)
+#define CMD_IDEMPOTENCY_KEY_MAX 255
+
+enum {
+    STMT_INSERT,
+    STMT_CLAIM,
+    STMT_ACCEPT,
+    STMT_FAIL,
+    STMT_KEY_CREATE,
+    STMT_KEY_REVOKE,
+    STMT__COUNT
+};
+extern const tly_pg_statement_t cmd_statements[STMT__COUNT];
+
+typedef struct st_cmd_thread_t {
+    tly_command_api_config_t *cfg;
+    tly_keycache_t *keys;
+    tly_pgpool_t *pg;
+    rd_kafka_t *producer;
+    h2o_socket_t *kafka_wakeup;
+    int wakeup_fds[2];
+    size_t inflight;
+} cmd_thread_t;
+
+typedef struct st_cmd_batch_t cmd_batch_t;
+
+typedef struct st_cmd_op_t {
+    tly_api_req_t api; /* request frame; api.req is NULL for batch items */
+    cmd_thread_t *thr;
+    cmd_batch_t *batch; /* the batch this op is an item of, or NULL */
+    size_t batch_index;
+    json_t *body; /* owns the strings that cmd borrows */
+    tly_command_t cmd;
+    tly_uuid_t job_id, event_id, resource_id;
+    char idem_key[CMD_IDEMPOTENCY_KEY_MAX + 1];
+    bool has_idem;
+    char hash_hex[65];
+    char traceparent[TLY_TRACEPARENT_LEN + 1];
+    char *response; /* the 202 body */
+} cmd_op_t;
+
+/** An op for an HTTP request (`req`), or for a batch item (`req` NULL, `batch` set). */
+cmd_op_t *cmd_op_create(cmd_thread_t *thr, h2o_req_t *req, cmd_batch_t *batch, size_t index);
+void cmd_op_destroy(cmd_op_t *op);
+
+/** Ends the op with a problem: sent to the client, or recorded as the batch item's result. */
+void cmd_op_problem(cmd_op_t *op, int status, const char *code, const char *detail, const json_t *errors);
+
+/**
+ * Resolves "/v1/accounts[/{id}/<action>]" into op->cmd.kind and
+ * op->resource_id (a new id for a new account); ends the op with 404 or 422
+ * and returns false when it cannot.
+ */
+bool cmd_op_route(cmd_op_t *op, const char *path, size_t len);
+/** Validates op->body for op->cmd.kind; ends the op with 422 and returns false when invalid. */
+bool cmd_op_validate(cmd_op_t *op);
+/** Takes the Idempotency-Key (`key` NULL when none was given); ends the op with 400 when required or malformed. */
+bool cmd_op_idempotency_key(cmd_op_t *op, const char *key, size_t len);
+
+/**
+ * Records, appends and accepts the validated command asynchronously; the op
+ * ends itself (202, 409, 422 or 503). `path` and `body` are hashed to
+ * recognise a repeated Idempotency-Key with a different request.
+ */
+void cmd_op_start(cmd_op_t *op, const char *path, size_t path_len, const char *body, size_t body_len);
+
+/** Kafka delivery report callback (the producer's dr_msg_cb). */
+void cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque);
+
+/** Called by an item op when it ends; takes `result`. */
+void cmd_batch_item_done(cmd_batch_t *batch, size_t index, json_t *result);
+
+/** POST /v1/batch. */
+void cmd_batch_handle(cmd_thread_t *thr, h2o_req_t *req);
+/** POST /v1/api-keys and DELETE /v1/api-keys/{id}. */
+void cmd_keys_handle(cmd_thread_t *thr, h2o_req_t *req, const h2o_iovec_t *segs, int nsegs);
+
+/** Parses the request body as strict JSON after the content-type and size checks; replies and returns NULL on failure. */
+json_t *cmd_body_or_reply(tly_api_req_t *api);
+
+#endif

@@ -1,0 +1,380 @@
+/*
+ * One command on its way to a 202: idempotency record, Kafka append (acks=all),
+ * acceptance record. Every step is asynchronous and comes back into the
+ * thread's h2o loop. An op ends exactly once, through op_end, which answers
+ * the client (or fills the batch item) and frees the op.
+ */
+#include "internal.h"
+#include "tally/clock.h"
+#include "tally/http.h"
+#include "tally/json.h"
+#include "tally/log.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
+    [STMT_INSERT] = {"insert_request",
+                     "INSERT INTO command_requests (job_id, event_id, tenant_id, idempotency_key, request_hash, state, "
+                     "locked_until, resource_type, resource_id) VALUES ($1, $2, $3, $4, decode($5, 'hex'), 'pending', "
+                     "now() + interval '15 seconds', $6, $7) ON CONFLICT (tenant_id, idempotency_key) "
+                     "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING job_id",
+                     7},
+    /* The same key was seen before: take it over when the earlier attempt
+       failed or its lease ran out, else report what it is. */
+    [STMT_CLAIM] = {"claim_request",
+                    "WITH cur AS (SELECT * FROM command_requests WHERE tenant_id = $1 AND idempotency_key = $2 FOR UPDATE), "
+                    "upd AS (UPDATE command_requests c SET state = 'pending', "
+                    "locked_until = now() + interval '15 seconds' FROM cur WHERE c.job_id = cur.job_id "
+                    "AND cur.request_hash = decode($3, 'hex') AND (cur.state = 'failed' OR "
+                    "(cur.state = 'pending' AND cur.locked_until < now())) RETURNING c.job_id) "
+                    "SELECT cur.job_id, cur.event_id, cur.request_hash = decode($3, 'hex'), cur.state, "
+                    "cur.response_body, cur.resource_id, (SELECT count(*) FROM upd) FROM cur",
+                    3},
+    [STMT_ACCEPT] = {"accept_request",
+                     "UPDATE command_requests SET state = 'accepted', response_status = 202, response_body = $2 "
+                     "WHERE job_id = $1",
+                     2},
+    [STMT_FAIL] = {"fail_request", "UPDATE command_requests SET state = 'failed' WHERE job_id = $1 AND state = 'pending'", 1},
+    [STMT_KEY_CREATE] = {"create_key",
+                         "INSERT INTO api_keys (id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, label) "
+                         "VALUES ($1, $2, decode($3, 'hex'), $4::text[], $5, $6, $7, $8) "
+                         "RETURNING to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                         8},
+    [STMT_KEY_REVOKE] = {"revoke_key",
+                         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), updated_at = now() "
+                         "WHERE id = $1 AND tenant_id = $2 RETURNING id",
+                         2},
+};
+
+cmd_op_t *
+cmd_op_create(cmd_thread_t *thr, h2o_req_t *req, cmd_batch_t *batch, size_t index)
+{
+    cmd_op_t *op = calloc(1, sizeof(*op));
+    if (op == NULL)
+        abort();
+    op->thr = thr;
+    op->batch = batch;
+    op->batch_index = index;
+    if (req != NULL) {
+        tly_api_req_init(&op->api, req, &thr->inflight);
+    } else {
+        op->api.inflight = &thr->inflight;
+        op->api.route = "/v1/batch item";
+        ++thr->inflight;
+    }
+    return op;
+}
+
+void
+cmd_op_destroy(cmd_op_t *op)
+{
+    tly_api_req_finish(&op->api);
+    json_decref(op->body);
+    free(op->response);
+    free(op);
+}
+
+/* Ends the op with `status` and a JSON body (problem or 202), then frees it. */
+static void
+op_end(cmd_op_t *op, int status, const char *body, bool replayed)
+{
+    if (op->batch != NULL) {
+        json_error_t jerr;
+        json_t *item = json_pack("{s:i}", "status", status);
+        json_object_set_new(item, status == 202 ? "job" : "problem", json_loads(body, 0, &jerr));
+        if (status == 202) {
+            json_t *job = json_object_get(item, "job");
+            json_object_set(item, "job", json_object_get(job, "job")); /* unwrap {"job":{...}} */
+        }
+        cmd_batch_item_done(op->batch, op->batch_index, item);
+    } else if (op->api.req != NULL) {
+        if (status == 202) {
+            char location[64], job[TLY_UUID_STR_LEN + 1];
+            tly_uuid_format(&op->job_id, job);
+            snprintf(location, sizeof(location), "/v1/jobs/%s", job);
+            tly_http_add_header(op->api.req, "location", location);
+            if (replayed)
+                tly_http_add_header(op->api.req, "idempotent-replayed", "true");
+            op->api.job_id = op->job_id;
+        }
+        tly_api_send(&op->api, status, status == 202 ? "application/json" : "application/problem+json", body, strlen(body));
+    }
+    cmd_op_destroy(op);
+}
+
+void
+cmd_op_problem(cmd_op_t *op, int status, const char *code, const char *detail, const json_t *errors)
+{
+    if (status == 503 && op->api.req != NULL)
+        tly_http_add_header(op->api.req, "retry-after", "1");
+    char *body = tly_http_problem_body(status, code, detail, errors);
+    op_end(op, status, body, false);
+    free(body);
+}
+
+/* ---- route and validation ---------------------------------------------- */
+
+bool
+cmd_op_route(cmd_op_t *op, const char *path, size_t len)
+{
+    char collection[32] = "", sub[32] = "", id[64] = "";
+    const char *p = path + 4, *end = path + len; /* after "/v1/" */
+    const char *parts[3];
+    size_t plen[3];
+    int n = 0;
+    if (len < 5 || memcmp(path, "/v1/", 4) != 0)
+        goto not_found;
+    while (p <= end && n < 4) {
+        const char *slash = memchr(p, '/', (size_t)(end - p));
+        const char *stop = slash != NULL ? slash : end;
+        if (n == 3)
+            goto not_found;
+        parts[n] = p;
+        plen[n++] = (size_t)(stop - p);
+        if (slash == NULL)
+            break;
+        p = slash + 1;
+    }
+    if (n != 1 && n != 3)
+        goto not_found;
+    snprintf(collection, sizeof(collection), "%.*s", (int)plen[0], parts[0]);
+    if (n == 3) {
+        snprintf(id, sizeof(id), "%.*s", (int)plen[1], parts[1]);
+        snprintf(sub, sizeof(sub), "%.*s", (int)plen[2], parts[2]);
+    }
+    if (!tly_command_route(collection, n == 3 ? sub : NULL, &op->cmd.kind))
+        goto not_found;
+    op->api.route = n == 3 ? "/v1/accounts/{id}/action" : "/v1/accounts";
+    if (n == 1) {
+        op->resource_id = tly_uuid_v4(); /* a new account */
+        return true;
+    }
+    if (plen[1] != TLY_UUID_STR_LEN || !tly_uuid_parse(id, &op->resource_id)) {
+        json_t *errors = json_array();
+        tly_http_field_error(errors, "id", "must be an account id (uuid)");
+        cmd_op_problem(op, 422, "validation_failed", "the account id in the path is malformed", errors);
+        json_decref(errors);
+        return false;
+    }
+    op->cmd.account_id = op->resource_id;
+    return true;
+not_found:
+    cmd_op_problem(op, 404, "not_found", "no such endpoint", NULL);
+    return false;
+}
+
+bool
+cmd_op_validate(cmd_op_t *op)
+{
+    json_t *errors = json_array();
+    bool ok = tly_command_validate(op->cmd.kind, op->body, &op->cmd, errors);
+    if (!ok)
+        cmd_op_problem(op, 422, "validation_failed", "the request has invalid fields; see errors", errors);
+    json_decref(errors);
+    return ok;
+}
+
+bool
+cmd_op_idempotency_key(cmd_op_t *op, const char *key, size_t len)
+{
+    if (key == NULL) {
+        if (!tly_command_spec(op->cmd.kind)->needs_idempotency_key)
+            return true;
+        cmd_op_problem(op, 400, "idempotency_key_required", "this request needs an Idempotency-Key", NULL);
+        return false;
+    }
+    bool ok = len > 0 && len <= CMD_IDEMPOTENCY_KEY_MAX;
+    for (size_t i = 0; ok && i < len; ++i)
+        ok = (unsigned char)key[i] >= 0x21 && (unsigned char)key[i] <= 0x7e;
+    if (!ok) {
+        cmd_op_problem(op, 400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible ASCII characters", NULL);
+        return false;
+    }
+    memcpy(op->idem_key, key, len);
+    op->idem_key[len] = '\0';
+    op->has_idem = true;
+    return true;
+}
+
+/* ---- the asynchronous steps -------------------------------------------- */
+
+static void
+on_failed_recorded(void *data, PGresult *res, const char *err)
+{
+    cmd_op_destroy(data);
+}
+
+/* The event may or may not be in the log: answer 503 and mark the record
+   failed, so that a retry with the same key appends it again (same event id). */
+static void
+op_give_up(cmd_op_t *op, const char *detail)
+{
+    char job[TLY_UUID_STR_LEN + 1];
+    const char *params[1] = {job};
+    cmd_op_t *rest = cmd_op_create(op->thr, NULL, NULL, 0); /* outlives the answer */
+    tly_uuid_format(&op->job_id, job);
+    cmd_op_problem(op, 503, "event_log_unavailable", detail, NULL);
+    tly_pgpool_exec(rest->thr->pg, STMT_FAIL, params, on_failed_recorded, rest);
+}
+
+static void
+on_accepted_recorded(void *data, PGresult *res, const char *err)
+{
+    cmd_op_t *op = data;
+    if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        /* the event is in the log and will be processed, but the job cannot be
+           shown yet: the client must not hold a 202 that 404s */
+        tly_log(TLY_LOG_ERROR, "could not record accepted command", "request_id", op->api.request_id, "error",
+                err != NULL ? err : PQresultErrorMessage(res), NULL);
+        cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded; retry with the same Idempotency-Key",
+                       NULL);
+        return;
+    }
+    op_end(op, 202, op->response, false);
+}
+
+void
+cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+{
+    cmd_op_t *op = msg->_private;
+    char job[TLY_UUID_STR_LEN + 1];
+    if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        tly_log(TLY_LOG_WARN, "could not append event", "request_id", op->api.request_id, "error", rd_kafka_err2str(msg->err),
+                NULL);
+        op_give_up(op, "the event log did not acknowledge the command in time; retry with the same Idempotency-Key");
+        return;
+    }
+    tly_uuid_format(&op->job_id, job);
+    const char *params[2] = {job, op->response};
+    tly_pgpool_exec(op->thr->pg, STMT_ACCEPT, params, on_accepted_recorded, op);
+}
+
+static char *
+build_response(cmd_op_t *op)
+{
+    char job[TLY_UUID_STR_LEN + 1], res[TLY_UUID_STR_LEN + 1], url[64], rurl[80];
+    tly_uuid_format(&op->job_id, job);
+    tly_uuid_format(&op->resource_id, res);
+    snprintf(url, sizeof(url), "/v1/jobs/%s", job);
+    const char *rtype = tly_command_spec(op->cmd.kind)->aggregate_type;
+    snprintf(rurl, sizeof(rurl), "/v1/%ss/%s", rtype, res);
+    json_t *resource = json_pack("{s:s, s:s, s:s}", "type", rtype, "id", res, "url", rurl);
+    json_t *o = json_pack("{s:{s:s, s:s, s:s, s:o}}", "job", "id", job, "status", "queued", "url", url, "resource", resource);
+    char *s = tly_json_dump(o);
+    json_decref(o);
+    return s;
+}
+
+static void
+op_produce(cmd_op_t *op)
+{
+    tly_envelope_t env;
+    const tly_command_spec_t *spec = tly_command_spec(op->cmd.kind);
+    memset(&env, 0, sizeof(env));
+    env.id = op->event_id;
+    snprintf(env.type, sizeof(env.type), "%s", spec->request_event);
+    env.version = 1;
+    snprintf(env.aggregate_type, sizeof(env.aggregate_type), "%s", spec->aggregate_type);
+    env.aggregate_id = op->resource_id;
+    env.tenant_id = op->api.principal.tenant_id;
+    env.job_id = op->job_id;
+    env.correlation_id = op->event_id;
+    env.occurred_at_us = tly_clock_now_us();
+    env.data = tly_command_event_data(&op->cmd);
+    free(op->response);
+    op->response = build_response(op);
+    rd_kafka_resp_err_t err = tly_kafka_produce_envelope(op->thr->producer, op->thr->cfg->topic, &env, op->traceparent, op);
+    json_decref(env.data);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        tly_log(TLY_LOG_WARN, "could not enqueue event", "request_id", op->api.request_id, "error", rd_kafka_err2str(err),
+                NULL);
+        op_give_up(op, "the event log is not accepting commands right now");
+    }
+}
+
+static void
+on_claimed(void *data, PGresult *res, const char *err)
+{
+    cmd_op_t *op = data;
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded", NULL);
+        return;
+    }
+    bool same = strcmp(PQgetvalue(res, 0, 2), "t") == 0, claimed = strcmp(PQgetvalue(res, 0, 6), "1") == 0;
+    const char *state = PQgetvalue(res, 0, 3);
+    if (!tly_uuid_parse(PQgetvalue(res, 0, 0), &op->job_id) || !tly_uuid_parse(PQgetvalue(res, 0, 1), &op->event_id) ||
+        !tly_uuid_parse(PQgetvalue(res, 0, 5), &op->resource_id)) {
+        cmd_op_problem(op, 503, "database_unavailable", "the command record is unreadable", NULL);
+    } else if (!same) {
+        cmd_op_problem(op, 422, "idempotency_key_reused",
+                       "this Idempotency-Key was used with a different request; use a new key for a new request", NULL);
+    } else if (claimed) {
+        /* an earlier attempt failed or was abandoned: append again with the
+           same event id, so a copy that did reach the log is applied once */
+        if (op->cmd.kind != TLY_CMD_OPEN_ACCOUNT && op->cmd.kind != TLY_CMD_TRANSFER)
+            op->cmd.account_id = op->resource_id;
+        op_produce(op);
+    } else if (strcmp(state, "accepted") == 0) {
+        op_end(op, 202, PQgetvalue(res, 0, 4), true);
+    } else {
+        cmd_op_problem(op, 409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being processed", NULL);
+    }
+}
+
+static void
+on_inserted(void *data, PGresult *res, const char *err)
+{
+    cmd_op_t *op = data;
+    char tenant[TLY_UUID_STR_LEN + 1];
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        tly_log(TLY_LOG_WARN, "could not record command", "request_id", op->api.request_id, "error",
+                err != NULL ? err : PQresultErrorMessage(res), NULL);
+        cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded", NULL);
+        return;
+    }
+    if (PQntuples(res) == 1) {
+        op_produce(op);
+        return;
+    }
+    tly_uuid_format(&op->api.principal.tenant_id, tenant);
+    const char *params[3] = {tenant, op->idem_key, op->hash_hex};
+    tly_pgpool_exec(op->thr->pg, STMT_CLAIM, params, on_claimed, op);
+}
+
+static void
+request_hash(cmd_op_t *op, const char *path, size_t path_len, const char *body, size_t body_len)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t digest[32];
+    unsigned int n = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(ctx, path, path_len) != 1 ||
+        EVP_DigestUpdate(ctx, "\n", 1) != 1 || EVP_DigestUpdate(ctx, body, body_len) != 1 ||
+        EVP_DigestFinal_ex(ctx, digest, &n) != 1)
+        abort();
+    EVP_MD_CTX_free(ctx);
+    for (size_t i = 0; i < 32; ++i) {
+        op->hash_hex[2 * i] = hex[digest[i] >> 4];
+        op->hash_hex[2 * i + 1] = hex[digest[i] & 0xf];
+    }
+    op->hash_hex[64] = '\0';
+}
+
+void
+cmd_op_start(cmd_op_t *op, const char *path, size_t path_len, const char *body, size_t body_len)
+{
+    char job[TLY_UUID_STR_LEN + 1], event[TLY_UUID_STR_LEN + 1], tenant[TLY_UUID_STR_LEN + 1], res[TLY_UUID_STR_LEN + 1];
+    request_hash(op, path, path_len, body, body_len);
+    op->job_id = tly_uuid_v4();
+    op->event_id = tly_uuid_v4();
+    tly_uuid_format(&op->job_id, job);
+    tly_uuid_format(&op->event_id, event);
+    tly_uuid_format(&op->api.principal.tenant_id, tenant);
+    tly_uuid_format(&op->resource_id, res);
+    const char *params[7] = {job, event, tenant, op->has_idem ? op->idem_key : NULL, op->hash_hex,
+                             tly_command_spec(op->cmd.kind)->aggregate_type, res};
+    tly_pgpool_exec(op->thr->pg, STMT_INSERT, params, on_inserted, op);
+}
