@@ -2,6 +2,7 @@
 #include "qa_params.h"
 #include "tally/clock.h"
 #include "tally/currency.h"
+#include "tally/http.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -188,7 +189,7 @@ qa_list_query_parse(qa_list_t list, const qa_pair_t *pairs, size_t n, qa_list_qu
         if (def != NULL)
             seen |= 1u << def->param;
         if (message != NULL)
-            tly_http_field_error_pure(errors, pairs[i].name, message);
+            tly_http_field_error(errors, pairs[i].name, message);
     }
     return json_array_size(errors) == before;
 }

@@ -194,7 +194,11 @@ jobs_queued(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
                         4, vals, NULL, err, errcap);
 }
 
-/* Moves a job to a terminal state once; a job already terminal is left alone. */
+/*
+ * Moves a job to a terminal state once; a job already terminal is left alone.
+ * NOTIFY tally_jobs '<job id>' tells long-polling readers (GET /v1/jobs/{id}
+ * with Prefer: wait) to look again.
+ */
 static int
 job_finish(PGconn *conn, const tly_envelope_t *env, const char *status, const char *code, const char *detail, char *err,
            size_t errcap)
@@ -205,11 +209,13 @@ job_finish(PGconn *conn, const tly_envelope_t *env, const char *status, const ch
     fields_of(env, &f);
     const char *vals[] = {f.job, f.tenant, status, f.aggregate, code, detail, f.when};
     return tly_pgx_exec(conn, "finish job",
-                        "INSERT INTO jobs (id, tenant_id, status, resource_type, resource_id, error_code, error_detail, "
-                        "version, created_at, updated_at) VALUES ($1, $2, $3, 'account', $4, $5, $6, 1, $7, $7) "
+                        "WITH done AS (INSERT INTO jobs (id, tenant_id, status, resource_type, resource_id, error_code, "
+                        "error_detail, version, created_at, updated_at) VALUES ($1, $2, $3, 'account', $4, $5, $6, 1, $7, $7) "
                         "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, error_code = EXCLUDED.error_code, "
                         "error_detail = EXCLUDED.error_detail, version = jobs.version + 1, updated_at = EXCLUDED.updated_at "
-                        "WHERE jobs.status NOT IN ('succeeded', 'failed')",
+                        "WHERE jobs.status NOT IN ('succeeded', 'failed') RETURNING id) "
+                        /* wakes the query API's Prefer: wait requests; delivered at commit */
+                        "SELECT pg_notify('tally_jobs', id::text) FROM done",
                         7, vals, NULL, err, errcap);
 }
 

@@ -1,0 +1,97 @@
+/*
+ * What the query API's handler files share: the per-thread context, the
+ * per-request operation, and the prepared statements. Not a public header.
+ */
+#ifndef TALLY_QUERY_INTERNAL_H
+#define TALLY_QUERY_INTERNAL_H
+
+#include "qa_params.h"
+#include "tally/api.h"
+#include "tally/keycache.h"
+#include "tally/pgasync.h"
+#include "tally/pglisten.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define QA_WAITER_BUCKETS 1024
+/* The channel the projector NOTIFYs with a job id when a job becomes terminal. */
+#define QA_JOBS_CHANNEL "tally_jobs"
+
+enum {
+    STMT_ACCOUNT,
+    STMT_JOB,
+    STMT_LIST_ACCOUNTS,
+    STMT_LIST_ENTRIES,
+    STMT__COUNT,
+};
+extern const tly_pg_statement_t qa_statements[STMT__COUNT];
+
+typedef struct st_query_op_t query_op_t;
+
+typedef struct st_query_thread_t {
+    h2o_loop_t *loop;
+    tly_keycache_t *keys;
+    tly_pgpool_t *pg;
+    tly_pglisten_t *listen;
+    const uint8_t *cursor_key; /* shared by every thread, read-only */
+    size_t cursor_keylen;
+    size_t inflight;
+    /* long-polls: one timeout list per whole second (h2o timeouts are fixed) */
+    h2o_timeout_t wait_timeouts[QA_WAIT_MAX + 1];
+    h2o_timeout_t tick_timeout;
+    h2o_timeout_entry_t tick;
+    query_op_t *waiters[QA_WAITER_BUCKETS]; /* job id → waiting requests */
+    size_t nwaiters;
+} query_thread_t;
+
+struct st_query_op_t {
+    tly_api_req_t api;
+    query_thread_t *thr;
+    const char *what; /* "account", "job": the 404 detail and the ETag prefix */
+    char id_text[TLY_UUID_STR_LEN + 1];
+    char tenant[TLY_UUID_STR_LEN + 1];
+    tly_uuid_t id;
+    /* lists */
+    qa_list_query_t list;
+    uint8_t filters[16];
+    const char *base_path; /* "/v1/accounts" or "/v1/accounts/{id}/entries", from the pool */
+    /* long-poll (jobs with Prefer: wait) */
+    int wait_s;              /* -1: no wait preference */
+    bool waiting;            /* linked in the waiter map and a wait timeout */
+    bool querying;           /* a read of the job is in flight */
+    bool dirty;              /* notified while the read was in flight: read again */
+    bool expired;            /* the wait is over: answer with the next read */
+    query_op_t *next_waiter; /* bucket chain */
+    h2o_timeout_entry_t timer;
+    query_op_t **dispose_guard; /* in the request's pool: set to NULL when the op goes */
+};
+
+/** Ends the frame and frees the op. */
+void qa_op_destroy(query_op_t *op);
+
+/**
+ * Answers 200 (or 304 when If-None-Match matches) with a JSON body and its
+ * ETag (`etag` quoted, strong), gzip-compressed when it is over 1 KiB and the
+ * client accepts gzip (the ETag is then sent weak: another representation).
+ */
+void qa_send_json(query_op_t *op, const char *body, size_t len, const char *etag);
+
+/** gzip `in`; caller frees `*out`. False if zlib failed. */
+bool qa_gzip(const char *in, size_t len, char **out, size_t *outlen) __attribute__((warn_unused_result));
+
+/** A 503 for a failed read, logged once. */
+void qa_read_failed(query_op_t *op, PGresult *res, const char *err);
+
+/** GET /v1/accounts and /v1/accounts/{id}/entries: parses, validates and queries, or replies. */
+void qa_list_start(query_op_t *op, qa_list_t list, h2o_iovec_t account_seg);
+
+/** GET /v1/jobs/{id}: reads the job, holding the request for Prefer: wait=N. */
+void qa_job_start(query_op_t *op);
+
+/** Per-thread long-poll machinery: listener, timeouts, shutdown. */
+void qa_jobs_thread_init(query_thread_t *thr, const char *dsn);
+void qa_jobs_thread_dispose(query_thread_t *thr);
+
+#endif
