@@ -1,7 +1,10 @@
 /*
- * Query API handlers. Each read is one prepared statement that filters by the
- * caller's tenant, so another tenant's resource is indistinguishable from a
- * missing one (404 either way, same body, same single query).
+ * Query API: settings, prepared statements, routing and the per-thread
+ * context. Each read is one prepared statement that filters by the caller's
+ * tenant, so another tenant's resource is indistinguishable from a missing
+ * one (404 either way, same body, same single query). Lists live in
+ * qa_lists.c, jobs and their long-poll in qa_jobs.c, answers (ETag, 304,
+ * gzip) in qa_respond.c.
  */
 #include "query_api.h"
 #include "tally/api.h"
@@ -11,37 +14,61 @@
 #include "tally/log.h"
 #include "tally/pgasync.h"
 #include "tally/server.h"
+#include "query_internal.h"
+
+#include <openssl/sha.h>
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { STMT_ACCOUNT, STMT_JOB, STMT__COUNT };
-static const tly_pg_statement_t statements[STMT__COUNT] = {
-    [STMT_ACCOUNT] = {"get_account",
-                      "SELECT json_build_object('id', id, 'currency', currency, 'label', label, 'status', status, "
-                      "'balance', balance, 'version', version, 'created_at', "
-                      "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'updated_at', "
-                      "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text, version "
-                      "FROM accounts WHERE id = $1 AND tenant_id = $2",
-                      2},
+#define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+#define US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
+#define ACCOUNT_JSON                                                                                                       \
+    "json_build_object('id', id, 'currency', currency, 'label', label, 'status', status, 'balance', balance, 'version', " \
+    "version, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")::text"
+
+const tly_pg_statement_t qa_statements[STMT__COUNT] = {
+    [STMT_ACCOUNT] = {"get_account", "SELECT " ACCOUNT_JSON ", version FROM accounts WHERE id = $1 AND tenant_id = $2", 2},
     /* The projected job, or, before the projector saw its event, the command
        record of an accepted request: a job that got a 202 is never 404. */
     [STMT_JOB] = {"get_job",
-                  "SELECT json_build_object('id', id, 'status', status, 'created_at', "
-                  "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'updated_at', "
-                  "to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'resource', "
+                  "SELECT json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', "
+                  TS("updated_at") ", 'resource', "
                   "json_build_object('type', resource_type, 'id', resource_id, 'url', "
                   "'/v1/' || resource_type || 's/' || resource_id), 'error', "
                   "CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, 'detail', "
-                  "error_detail) END)::text, version FROM ("
+                  "error_detail) END)::text, version, status FROM ("
                   "SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "
                   "version + 1 AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "
                   "UNION ALL SELECT job_id, 'queued', created_at, created_at, resource_type, resource_id, NULL, NULL, 1 "
                   "FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state = 'accepted' "
                   "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1",
                   2},
+    /* $1 tenant, ($2, $3) exclusive lower position, $4 exclusive upper
+       created_at, $5 status, $6 currency (NULL: any), $7 limit + 1 */
+    [STMT_LIST_ACCOUNTS] = {"list_accounts",
+                            "SELECT " ACCOUNT_JSON ", " US("created_at") ", id FROM accounts WHERE tenant_id = $1 "
+                            "AND (created_at, id) > ($2::timestamptz, $3::uuid) AND created_at < $4::timestamptz "
+                            "AND ($5::text IS NULL OR status = $5::text) AND ($6::text IS NULL OR currency = $6::text) "
+                            "ORDER BY created_at, id LIMIT $7::int",
+                            7},
+    /* $1 account, $2 tenant, ($3, $4) lower position, $5 upper created_at,
+       $6 kind, $7 limit + 1. No row: no such account (for this tenant); one
+       row of NULLs: the account has no entry on this page. */
+    [STMT_LIST_ENTRIES] = {"list_entries",
+                           "SELECT e.body, e.us, e.id FROM accounts a LEFT JOIN LATERAL ("
+                           "SELECT json_build_object('id', id, 'account_id', account_id, 'kind', kind, 'amount', amount, "
+                           "'currency', currency, 'balance_after', balance_after, 'transfer_id', transfer_id, 'job_id', "
+                           "job_id, 'created_at', " TS("created_at") ")::text AS body, " US("created_at") " AS us, id "
+                           "FROM ledger_entries WHERE account_id = a.id AND tenant_id = $2 "
+                           "AND (created_at, id) > ($3::timestamptz, $4::uuid) AND created_at < $5::timestamptz "
+                           "AND ($6::text IS NULL OR kind = $6::text) ORDER BY created_at, id LIMIT $7::int) e ON true "
+                           "WHERE a.id = $1 AND a.tenant_id = $2",
+                           7},
 };
+#undef TS
+#undef US
 
 const tly_config_def_t tly_query_api_settings[] = {
 #define OFF(f) offsetof(tly_query_api_config_t, f)
@@ -52,57 +79,16 @@ const tly_config_def_t tly_query_api_settings[] = {
     {"pg-pool", "TALLY_PG_POOL", TLY_CONFIG_INT, "4", 1, 64, OFF(pg_pool), "PostgreSQL connections per thread"},
     {"key-refresh-ms", "TALLY_KEY_REFRESH_MS", TLY_CONFIG_INT, "1000", 100, 5000, OFF(key_refresh_ms),
      "how often API key changes (revocations) are loaded"},
+    {"cursor-secret", "TALLY_CURSOR_SECRET", TLY_CONFIG_STRING, "", 0, 0, OFF(cursor_secret),
+     "key that signs page cursors; the same on every instance (unset: random, cursors die with the process)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
 #undef OFF
 };
 const size_t tly_query_api_nsettings = sizeof(tly_query_api_settings) / sizeof(tly_query_api_settings[0]);
 
-typedef struct st_query_thread_t {
-    tly_keycache_t *keys;
-    tly_pgpool_t *pg;
-    size_t inflight;
-} query_thread_t;
-
-typedef struct st_query_op_t {
-    tly_api_req_t api;
-    query_thread_t *thr;
-    const char *what; /* "account" or "job", for the 404 detail */
-} query_op_t;
-
 static tly_keycache_t *shared_keys;
-
-static void
-op_destroy(query_op_t *op)
-{
-    tly_api_req_finish(&op->api);
-    free(op);
-}
-
-/* True when If-None-Match lists `etag` or is "*". */
-static bool
-etag_matches(h2o_req_t *req, const char *etag)
-{
-    h2o_iovec_t inm = tly_http_header(req, "if-none-match");
-    if (inm.base == NULL)
-        return false;
-    size_t elen = strlen(etag);
-    const char *p = inm.base, *end = inm.base + inm.len;
-    while (p < end) {
-        while (p < end && (*p == ' ' || *p == ','))
-            ++p;
-        const char *start = p;
-        while (p < end && *p != ',')
-            ++p;
-        const char *stop = p;
-        while (stop > start && stop[-1] == ' ')
-            --stop;
-        size_t n = (size_t)(stop - start);
-        if ((n == 1 && *start == '*') || (n == elen && memcmp(start, etag, n) == 0) ||
-            (n == elen + 2 && memcmp(start, "W/", 2) == 0 && memcmp(start + 2, etag, elen) == 0))
-            return true;
-    }
-    return false;
-}
+static uint8_t cursor_key[64];
+static size_t cursor_keylen;
 
 static void
 on_resource(void *data, PGresult *res, const char *err)
@@ -110,49 +96,85 @@ on_resource(void *data, PGresult *res, const char *err)
     query_op_t *op = data;
     char etag[48], detail[64];
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        tly_log(TLY_LOG_WARN, "could not read", "request_id", op->api.request_id, "error",
-                err != NULL ? err : PQresultErrorMessage(res), NULL);
-        tly_api_unavailable(&op->api, "database_unavailable", "the read models cannot be reached right now");
+        qa_read_failed(op, res, err);
     } else if (PQntuples(res) == 0) {
         snprintf(detail, sizeof(detail), "no such %s", op->what);
         tly_api_problem(&op->api, 404, "not_found", detail, NULL);
-    } else if (op->api.req != NULL) {
+    } else {
         snprintf(etag, sizeof(etag), "\"%s-v%s\"", op->what, PQgetvalue(res, 0, 1));
-        tly_http_add_header(op->api.req, "etag", etag);
-        const char *body = PQgetvalue(res, 0, 0);
-        tly_api_send(&op->api, etag_matches(op->api.req, etag) ? 304 : 200, "application/json", body, strlen(body));
+        qa_send_json(op, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0), etag);
     }
-    op_destroy(op);
+    qa_op_destroy(op);
 }
 
-/* Routes GET /v1/accounts/{id} and /v1/jobs/{id}; replies itself when it cannot. */
+/* Parses the {id} segment; replies 422 itself when it is not a uuid. */
 static bool
-route_or_reply(query_op_t *op, size_t *stmt, tly_uuid_t *id)
+id_or_reply(query_op_t *op, h2o_iovec_t seg)
 {
-    h2o_iovec_t segs[3];
-    char text[64];
-    int n = tly_http_path_segments(op->api.req, segs, 2);
-    if (n == 2 && tly_http_seg_is(segs[0], "accounts")) {
-        *stmt = STMT_ACCOUNT;
-        op->what = "account";
-        op->api.route = "/v1/accounts/{id}";
-    } else if (n == 2 && tly_http_seg_is(segs[0], "jobs")) {
-        *stmt = STMT_JOB;
-        op->what = "job";
-        op->api.route = "/v1/jobs/{id}";
-    } else {
-        tly_api_problem(&op->api, 404, "not_found", "no such endpoint", NULL);
-        return false;
-    }
-    snprintf(text, sizeof(text), "%.*s", (int)segs[1].len, segs[1].base);
-    if (segs[1].len != TLY_UUID_STR_LEN || !tly_uuid_parse(text, id)) {
+    snprintf(op->id_text, sizeof(op->id_text), "%.*s", (int)(seg.len < 40 ? seg.len : 40), seg.base);
+    if (seg.len != TLY_UUID_STR_LEN || !tly_uuid_parse(op->id_text, &op->id)) {
         json_t *errors = json_array();
         tly_http_field_error(errors, "id", "must be a uuid");
         tly_api_problem(&op->api, 422, "validation_failed", "the id in the path is malformed", errors);
         json_decref(errors);
         return false;
     }
+    tly_uuid_format(&op->id, op->id_text);
     return true;
+}
+
+/* A single resource takes no query parameters. */
+static bool
+no_query_or_reply(query_op_t *op)
+{
+    h2o_req_t *req = op->api.req;
+    if (req->query_at == SIZE_MAX || req->query_at + 1 == req->path.len)
+        return true;
+    json_t *errors = json_array();
+    tly_http_field_error(errors, "query", "this endpoint takes no query parameters");
+    tly_api_problem(&op->api, 422, "validation_failed", "some query parameters are invalid", errors);
+    json_decref(errors);
+    return false;
+}
+
+static void
+start_resource(query_op_t *op, h2o_iovec_t seg, const char *what, const char *route)
+{
+    op->what = what;
+    op->api.route = route;
+    if (!id_or_reply(op, seg) || !no_query_or_reply(op)) {
+        qa_op_destroy(op);
+        return;
+    }
+    if (strcmp(what, "job") == 0) {
+        qa_job_start(op);
+        return;
+    }
+    const char *params[2] = {op->id_text, op->tenant};
+    tly_pgpool_exec(op->thr->pg, STMT_ACCOUNT, params, on_resource, op);
+}
+
+/* Routes an authenticated GET or HEAD; every branch answers or starts a read that will. */
+static void
+route(query_op_t *op)
+{
+    h2o_iovec_t segs[4];
+    int n = tly_http_path_segments(op->api.req, segs, 3);
+    bool accounts = n >= 1 && tly_http_seg_is(segs[0], "accounts");
+    if (accounts && n == 1) {
+        op->api.route = "/v1/accounts";
+        qa_list_start(op, QA_LIST_ACCOUNTS, h2o_iovec_init(NULL, 0));
+    } else if (accounts && n == 2) {
+        start_resource(op, segs[1], "account", "/v1/accounts/{id}");
+    } else if (accounts && n == 3 && tly_http_seg_is(segs[2], "entries")) {
+        op->api.route = "/v1/accounts/{id}/entries";
+        qa_list_start(op, QA_LIST_ENTRIES, segs[1]);
+    } else if (n == 2 && tly_http_seg_is(segs[0], "jobs")) {
+        start_resource(op, segs[1], "job", "/v1/jobs/{id}");
+    } else {
+        tly_api_problem(&op->api, 404, "not_found", "no such endpoint", NULL);
+        qa_op_destroy(op);
+    }
 }
 
 static bool
@@ -169,31 +191,27 @@ static int
 on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     query_thread_t *thr = tly_server_thread_of(req)->app;
-    char id_text[TLY_UUID_STR_LEN + 1], tenant[TLY_UUID_STR_LEN + 1];
-    size_t stmt;
-    tly_uuid_t id;
     if (health_or_reply(req, thr))
         return 0;
     query_op_t *op = calloc(1, sizeof(*op));
     if (op == NULL)
         abort();
     op->thr = thr;
+    op->wait_s = -1;
     tly_api_req_init(&op->api, req, &thr->inflight);
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) &&
         !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) {
         tly_http_add_header(req, "allow", "GET, HEAD");
         tly_api_problem(&op->api, 405, "method_not_allowed", "the query API serves GET and HEAD", NULL);
-        goto done;
+        qa_op_destroy(op);
+        return 0;
     }
-    if (!tly_api_authenticate_or_reply(&op->api, thr->keys, TLY_SCOPE_READ) || !route_or_reply(op, &stmt, &id))
-        goto done;
-    tly_uuid_format(&id, id_text);
-    tly_uuid_format(&op->api.principal.tenant_id, tenant);
-    const char *params[2] = {id_text, tenant};
-    tly_pgpool_exec(thr->pg, stmt, params, on_resource, op);
-    return 0;
-done:
-    op_destroy(op);
+    if (!tly_api_authenticate_or_reply(&op->api, thr->keys, TLY_SCOPE_READ)) {
+        qa_op_destroy(op);
+        return 0;
+    }
+    tly_uuid_format(&op->api.principal.tenant_id, op->tenant);
+    route(op);
     return 0;
 }
 
@@ -204,8 +222,12 @@ thread_init(tly_server_thread_t *t, void *arg)
     query_thread_t *thr = calloc(1, sizeof(*thr));
     if (thr == NULL)
         abort();
+    thr->loop = t->loop;
     thr->keys = shared_keys;
-    thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, statements, STMT__COUNT);
+    thr->cursor_key = cursor_key;
+    thr->cursor_keylen = cursor_keylen;
+    thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, qa_statements, STMT__COUNT);
+    qa_jobs_thread_init(thr, cfg->pg_dsn);
     return thr;
 }
 
@@ -219,13 +241,30 @@ static void
 thread_dispose(void *app)
 {
     query_thread_t *thr = app;
-    tly_pgpool_destroy(thr->pg);
+    qa_jobs_thread_dispose(thr); /* destroys the pool too, after the waiters */
     free(thr);
+}
+
+/* The cursor key: SHA-256 of TALLY_CURSOR_SECRET, or random bytes for this process only. */
+static void
+load_cursor_key(const char *secret)
+{
+    if (secret != NULL && secret[0] != '\0') {
+        SHA256((const unsigned char *)secret, strlen(secret), cursor_key);
+        cursor_keylen = SHA256_DIGEST_LENGTH;
+        return;
+    }
+    tly_random_bytes(cursor_key, 32);
+    cursor_keylen = 32;
+    tly_log(TLY_LOG_WARN, "cursor secret is not set: using a random one, so page cursors will not survive a restart "
+                          "nor work on another instance; set TALLY_CURSOR_SECRET to the same value on every instance",
+            NULL);
 }
 
 int
 tly_query_api_run(tly_query_api_config_t *cfg)
 {
+    load_cursor_key(cfg->cursor_secret);
     shared_keys = tly_keycache_create(cfg->pg_dsn, (int)cfg->key_refresh_ms);
     tly_server_config_t server = {
         .name = "query-api",

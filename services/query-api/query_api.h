@@ -17,6 +17,7 @@ typedef struct st_tly_query_api_config_t {
     int64_t threads;
     int64_t pg_pool;
     int64_t key_refresh_ms;
+    char *cursor_secret;
     char *log_level;
 } tly_query_api_config_t;
 
