@@ -1,9 +1,12 @@
 /* librdkafka set-up shared by every service, and envelope production. */
 #include "tally/kafka.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int
 conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err, size_t errcap)
@@ -182,4 +185,54 @@ cleanup:
         rd_kafka_NewTopic_destroy(nt);
     rd_kafka_destroy(rk);
     return ret;
+}
+
+struct st_tly_kafka_probe_t {
+    rd_kafka_t *rk;
+    int interval_ms;
+    atomic_bool ok, stop;
+    pthread_t thread;
+};
+
+static void *
+probe_main(void *arg)
+{
+    tly_kafka_probe_t *p = arg;
+    while (!atomic_load(&p->stop)) {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(p->rk, 0, NULL, &md, 1000);
+        atomic_store(&p->ok, err == RD_KAFKA_RESP_ERR_NO_ERROR && md->broker_cnt > 0);
+        if (md != NULL)
+            rd_kafka_metadata_destroy(md);
+        for (int slept = 0; slept < p->interval_ms && !atomic_load(&p->stop); slept += 50)
+            usleep(50 * 1000);
+    }
+    return NULL;
+}
+
+tly_kafka_probe_t *
+tly_kafka_probe_start(rd_kafka_t *rk, int interval_ms)
+{
+    tly_kafka_probe_t *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        abort();
+    p->rk = rk;
+    p->interval_ms = interval_ms;
+    if (pthread_create(&p->thread, NULL, probe_main, p) != 0)
+        abort();
+    return p;
+}
+
+bool
+tly_kafka_probe_ok(tly_kafka_probe_t *p)
+{
+    return atomic_load(&p->ok);
+}
+
+void
+tly_kafka_probe_stop(tly_kafka_probe_t *p)
+{
+    atomic_store(&p->stop, true);
+    pthread_join(p->thread, NULL);
+    free(p);
 }

@@ -38,6 +38,7 @@ const size_t tly_command_api_nsettings = sizeof(tly_command_api_settings) / size
 
 
 static tly_keycache_t *shared_keys;
+static tly_kafka_probe_t *kafka_probe;
 
 json_t *
 cmd_body_or_reply(tly_api_req_t *api)
@@ -117,9 +118,9 @@ handle_command(cmd_thread_t *thr, h2o_req_t *req)
 static bool
 health_or_reply(h2o_req_t *req, cmd_thread_t *thr)
 {
-    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys);
-    json_t *reasons = json_pack("{s:b, s:b}", "postgresql", pg, "api_keys", keys);
-    bool answered = tly_api_health(req, pg && keys, reasons);
+    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys), kafka = tly_kafka_probe_ok(kafka_probe);
+    json_t *reasons = json_pack("{s:b, s:b, s:b}", "postgresql", pg, "api_keys", keys, "kafka", kafka);
+    bool answered = tly_api_health(req, pg && keys && kafka, reasons);
     json_decref(reasons);
     return answered;
 }
@@ -202,6 +203,14 @@ thread_dispose(void *app)
 int
 tly_command_api_run(tly_command_api_config_t *cfg)
 {
+    char err[512];
+    /* a producer of its own for the readiness probe: it outlives every thread */
+    rd_kafka_t *probe_rk = tly_kafka_producer_create(cfg->kafka_brokers, 1000, NULL, NULL, err, sizeof(err));
+    if (probe_rk == NULL) {
+        tly_log(TLY_LOG_ERROR, "could not start kafka client", "error", err, NULL);
+        return 1;
+    }
+    kafka_probe = tly_kafka_probe_start(probe_rk, 1000);
     shared_keys = tly_keycache_create(cfg->pg_dsn, (int)cfg->key_refresh_ms);
     tly_server_config_t server = {
         .name = "command-api",
@@ -218,5 +227,7 @@ tly_command_api_run(tly_command_api_config_t *cfg)
     };
     int ret = tly_server_run(&server);
     tly_keycache_destroy(shared_keys);
+    tly_kafka_probe_stop(kafka_probe);
+    rd_kafka_destroy(probe_rk);
     return ret == 0 ? 0 : 1;
 }

@@ -54,4 +54,14 @@ bool tly_kafka_header(const rd_kafka_message_t *msg, const char *name, char *out
 int tly_kafka_create_topic(const char *brokers, const char *topic, int partitions, int timeout_ms, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
+/**
+ * A background probe of broker reachability for /readyz: a thread that asks
+ * `rk` for cluster metadata every `interval_ms` (timeout 1 s) and records the
+ * answer. `rk` is borrowed and must outlive the probe.
+ */
+typedef struct st_tly_kafka_probe_t tly_kafka_probe_t;
+tly_kafka_probe_t *tly_kafka_probe_start(rd_kafka_t *rk, int interval_ms);
+bool tly_kafka_probe_ok(tly_kafka_probe_t *probe);
+void tly_kafka_probe_stop(tly_kafka_probe_t *probe);
+
 #endif
