@@ -176,3 +176,11 @@ tly_http_request_id(h2o_req_t *req)
     }
     return out;
 }
+
+const char *
+tly_http_allow(h2o_req_t *req, const char *own)
+{
+    if (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/v1/accounts")))
+        return "GET, HEAD, POST";
+    return own;
+}

@@ -93,7 +93,7 @@ handle_command(cmd_thread_t *thr, h2o_req_t *req)
 {
     cmd_op_t *op = cmd_op_create(thr, req, NULL, 0);
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("POST"))) {
-        tly_http_add_header(req, "allow", "POST");
+        tly_http_add_header(req, "allow", tly_http_allow(req, "POST"));
         cmd_op_problem(op, 405, "method_not_allowed", "the command API takes POST; reads go to GET on the same URL", NULL);
         return;
     }

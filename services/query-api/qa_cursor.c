@@ -101,16 +101,14 @@ qa_cursor_encode(const qa_cursor_t *c, const uint8_t *key, size_t keylen, char *
 }
 
 qa_cursor_result_t
-qa_cursor_decode(const char *text, const uint8_t *key, size_t keylen, const uint8_t filters[QA_CURSOR_HASH_LEN],
-                 qa_cursor_t *out)
+qa_cursor_decode(const char *text, const uint8_t *key, size_t keylen, const uint8_t filters[QA_CURSOR_HASH_LEN], qa_cursor_t *out)
 {
     uint8_t raw[RAW_LEN + 1], mac[MAC_LEN];
     static const uint8_t zero[MAC_LEN];
     if (qa_base64url_decode(text, strlen(text), raw, sizeof(raw)) != RAW_LEN)
         return QA_CURSOR_INVALID;
     sign(raw, key, keylen, mac);
-    if (CRYPTO_memcmp(mac, raw + PAYLOAD_LEN, MAC_LEN) != 0 || CRYPTO_memcmp(mac, zero, MAC_LEN) == 0 ||
-        raw[0] != CURSOR_VERSION)
+    if (CRYPTO_memcmp(mac, raw + PAYLOAD_LEN, MAC_LEN) != 0 || CRYPTO_memcmp(mac, zero, MAC_LEN) == 0 || raw[0] != CURSOR_VERSION)
         return QA_CURSOR_INVALID;
     if (CRYPTO_memcmp(raw + 25, filters, QA_CURSOR_HASH_LEN) != 0)
         return QA_CURSOR_MISMATCH;

@@ -76,8 +76,8 @@ lower_bound_or_reply(query_op_t *op, char *t_out, char *id_out)
         tly_uuid_format(&c.id, id_out);
         return true;
     case QA_CURSOR_MISMATCH:
-        tly_api_problem(&op->api, 400, "invalid_cursor",
-                        "the cursor was made for other filters; start again without a cursor", NULL);
+        tly_api_problem(&op->api, 400, "invalid_cursor", "the cursor was made for other filters; start again without a cursor",
+                        NULL);
         return false;
     case QA_CURSOR_INVALID:
     default:
@@ -192,8 +192,8 @@ exec_page(query_op_t *op, const char *lo_t, const char *lo_id)
         snprintf(hi_t, sizeof(hi_t), "infinity");
     snprintf(limit, sizeof(limit), "%d", q->limit + 1);
     if (q->list == QA_LIST_ACCOUNTS) {
-        const char *params[7] = {op->tenant, lo_t, lo_id, hi_t, q->status[0] ? q->status : NULL,
-                                 q->currency[0] ? q->currency : NULL, limit};
+        const char *params[7] = {
+            op->tenant, lo_t, lo_id, hi_t, q->status[0] ? q->status : NULL, q->currency[0] ? q->currency : NULL, limit};
         tly_pgpool_exec(thr->pg, STMT_LIST_ACCOUNTS, params, on_page, op);
     } else {
         const char *params[7] = {op->id_text, op->tenant, lo_t, lo_id, hi_t, q->kind[0] ? q->kind : NULL, limit};

@@ -198,9 +198,8 @@ void
 qa_list_query_canonical(const qa_list_query_t *q, const char *scope, char *out, size_t cap)
 {
     snprintf(out, cap, "%s\n%s\nstatus=%s\ncurrency=%s\nkind=%s\nafter=%s%lld\nbefore=%s%lld",
-             q->list == QA_LIST_ACCOUNTS ? "accounts" : "entries", scope, q->status, q->currency, q->kind,
-             q->has_after ? "" : "-", q->has_after ? (long long)q->after_us : 0LL, q->has_before ? "" : "-",
-             q->has_before ? (long long)q->before_us : 0LL);
+             q->list == QA_LIST_ACCOUNTS ? "accounts" : "entries", scope, q->status, q->currency, q->kind, q->has_after ? "" : "-",
+             q->has_after ? (long long)q->after_us : 0LL, q->has_before ? "" : "-", q->has_before ? (long long)q->before_us : 0LL);
 }
 
 /* Appends "&name=value" with the value percent-encoded where needed. */

@@ -17,7 +17,7 @@
 #define QA_WAIT_MAX 30
 
 typedef struct st_qa_pair_t {
-    const char *name;  /* decoded, NUL-terminated, inside the caller's buffer */
+    const char *name; /* decoded, NUL-terminated, inside the caller's buffer */
     const char *value;
 } qa_pair_t;
 

@@ -81,7 +81,7 @@ qa_send_json(query_op_t *op, const char *body, size_t len, const char *etag)
         free(gz);
         return;
     }
-    if (compress) /* zlib failed: send the identity representation and its strong tag */
+    if (compress) /* zlib failed: send the identity body; the weak tag still names the same content */
         tly_log(TLY_LOG_WARN, "could not compress response", "request_id", op->api.request_id, NULL);
     tly_api_send(&op->api, 200, "application/json", body, len);
 }
@@ -90,6 +90,9 @@ void
 qa_read_failed(query_op_t *op, PGresult *res, const char *err)
 {
     tly_log(TLY_LOG_WARN, "could not read", "request_id", op->api.request_id, "route", op->api.route, "error",
-            err != NULL ? err : res != NULL ? PQresultErrorMessage(res) : "no result", NULL);
+            err != NULL   ? err
+            : res != NULL ? PQresultErrorMessage(res)
+                          : "no result",
+            NULL);
     tly_api_unavailable(&op->api, "database_unavailable", "the read models cannot be reached right now");
 }

@@ -24,48 +24,53 @@
 
 #define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 #define US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
-#define ACCOUNT_JSON                                                                                                       \
-    "json_build_object('id', id, 'currency', currency, 'label', label, 'status', status, 'balance', balance, 'version', " \
+#define ACCOUNT_JSON                                                                                                               \
+    "json_build_object('id', id, 'currency', currency, 'label', label, 'status', status, 'balance', balance, 'version', "          \
     "version, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")::text"
 
 const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     [STMT_ACCOUNT] = {"get_account", "SELECT " ACCOUNT_JSON ", version FROM accounts WHERE id = $1 AND tenant_id = $2", 2},
     /* The projected job, or, before the projector saw its event, the command
        record of an accepted request: a job that got a 202 is never 404. */
-    [STMT_JOB] = {"get_job",
-                  "SELECT json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', "
-                  TS("updated_at") ", 'resource', "
-                  "json_build_object('type', resource_type, 'id', resource_id, 'url', "
-                  "'/v1/' || resource_type || 's/' || resource_id), 'error', "
-                  "CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, 'detail', "
-                  "error_detail) END)::text, version, status FROM ("
-                  "SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "
-                  "version + 1 AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "
-                  "UNION ALL SELECT job_id, 'queued', created_at, created_at, resource_type, resource_id, NULL, NULL, 1 "
-                  "FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state = 'accepted' "
-                  "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1",
-                  2},
+    [STMT_JOB] =
+        {"get_job",
+         "SELECT json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', " TS(
+             "updated_at") ", 'resource', "
+                           "json_build_object('type', resource_type, 'id', resource_id, 'url', "
+                           "'/v1/' || resource_type || 's/' || resource_id), 'error', "
+                           "CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, 'detail', "
+                           "error_detail) END)::text, version, status FROM ("
+                           "SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "
+                           "version + 1 AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "
+                           "UNION ALL SELECT job_id, 'queued', created_at, created_at, resource_type, resource_id, NULL, NULL, 1 "
+                           "FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state = 'accepted' "
+                           "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1",
+         2},
     /* $1 tenant, ($2, $3) exclusive lower position, $4 exclusive upper
        created_at, $5 status, $6 currency (NULL: any), $7 limit + 1 */
-    [STMT_LIST_ACCOUNTS] = {"list_accounts",
-                            "SELECT " ACCOUNT_JSON ", " US("created_at") ", id FROM accounts WHERE tenant_id = $1 "
-                            "AND (created_at, id) > ($2::timestamptz, $3::uuid) AND created_at < $4::timestamptz "
-                            "AND ($5::text IS NULL OR status = $5::text) AND ($6::text IS NULL OR currency = $6::text) "
-                            "ORDER BY created_at, id LIMIT $7::int",
-                            7},
+    [STMT_LIST_ACCOUNTS] =
+        {"list_accounts",
+         "SELECT " ACCOUNT_JSON
+         ", " US("created_at") ", id FROM accounts WHERE tenant_id = $1 "
+                               "AND (created_at, id) > ($2::timestamptz, $3::uuid) AND created_at < $4::timestamptz "
+                               "AND ($5::text IS NULL OR status = $5::text) AND ($6::text IS NULL OR currency = $6::text) "
+                               "ORDER BY created_at, id LIMIT $7::int",
+         7},
     /* $1 account, $2 tenant, ($3, $4) lower position, $5 upper created_at,
        $6 kind, $7 limit + 1. No row: no such account (for this tenant); one
        row of NULLs: the account has no entry on this page. */
-    [STMT_LIST_ENTRIES] = {"list_entries",
-                           "SELECT e.body, e.us, e.id FROM accounts a LEFT JOIN LATERAL ("
-                           "SELECT json_build_object('id', id, 'account_id', account_id, 'kind', kind, 'amount', amount, "
-                           "'currency', currency, 'balance_after', balance_after, 'transfer_id', transfer_id, 'job_id', "
-                           "job_id, 'created_at', " TS("created_at") ")::text AS body, " US("created_at") " AS us, id "
+    [STMT_LIST_ENTRIES] =
+        {"list_entries",
+         "SELECT e.body, e.us, e.id FROM accounts a LEFT JOIN LATERAL ("
+         "SELECT json_build_object('id', id, 'account_id', account_id, 'kind', kind, 'amount', amount, "
+         "'currency', currency, 'balance_after', balance_after, 'transfer_id', transfer_id, 'job_id', "
+         "job_id, 'created_at', " TS("created_at") ")::text AS body, " US(
+             "created_at") " AS us, id "
                            "FROM ledger_entries WHERE account_id = a.id AND tenant_id = $2 "
                            "AND (created_at, id) > ($3::timestamptz, $4::uuid) AND created_at < $5::timestamptz "
                            "AND ($6::text IS NULL OR kind = $6::text) ORDER BY created_at, id LIMIT $7::int) e ON true "
                            "WHERE a.id = $1 AND a.tenant_id = $2",
-                           7},
+         7},
 };
 #undef TS
 #undef US
@@ -201,7 +206,7 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
     tly_api_req_init(&op->api, req, &thr->inflight);
     if (!h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) &&
         !h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))) {
-        tly_http_add_header(req, "allow", "GET, HEAD");
+        tly_http_add_header(req, "allow", tly_http_allow(req, "GET, HEAD"));
         tly_api_problem(&op->api, 405, "method_not_allowed", "the query API serves GET and HEAD", NULL);
         qa_op_destroy(op);
         return 0;
@@ -256,8 +261,9 @@ load_cursor_key(const char *secret)
     }
     tly_random_bytes(cursor_key, 32);
     cursor_keylen = 32;
-    tly_log(TLY_LOG_WARN, "cursor secret is not set: using a random one, so page cursors will not survive a restart "
-                          "nor work on another instance; set TALLY_CURSOR_SECRET to the same value on every instance",
+    tly_log(TLY_LOG_WARN,
+            "cursor secret is not set: using a random one, so page cursors will not survive a restart "
+            "nor work on another instance; set TALLY_CURSOR_SECRET to the same value on every instance",
             NULL);
 }
 

@@ -68,12 +68,11 @@ static void
 make_tenant(const char *prefix, char *tenant, char *key)
 {
     char cmd[512];
-    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants create --name %s-%d-%ld", prefix, (int)getpid(),
-             (long)time(NULL));
+    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants create --name %s-%d-%ld", prefix, (int)getpid(), (long)time(NULL));
     tenant[0] = key[0] = '\0';
     sh(cmd, tenant, 64);
-    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" keys create --tenant %s --scopes read,write --rate 5000 --burst 5000 2>/dev/null",
-             tenant);
+    snprintf(cmd, sizeof(cmd),
+             "\"$TALLY_BIN/tallyctl\" keys create --tenant %s --scopes read,write --rate 5000 --burst 5000 2>/dev/null", tenant);
     sh(cmd, key, 128);
     /* the APIs load new keys within a second */
     for (int i = 0; i < 100; ++i) {
@@ -166,7 +165,8 @@ test_paging_with_inserts(void **state)
         assert_int_equal(r.status, 200);
         json_t *data = json_object_get(r.json, "data"), *item;
         size_t i;
-        json_array_foreach(data, i, item) {
+        json_array_foreach(data, i, item)
+        {
             const char *created = jstr(item, "created_at");
             assert_true(strcmp(created, last_created) >= 0); /* (created_at, id) order */
             snprintf(last_created, sizeof(last_created), "%s", created);
@@ -198,10 +198,10 @@ test_paging_with_inserts(void **state)
         if (seen[i] != 1)
             fail_msg("account %s seen %d times", ids[i], seen[i]);
     assert_true(total >= n && total <= n + inserted);
-    print_message("paged %d accounts (%d inserted while paging, %d of them seen) in %d pages in %.1f s\n", n, inserted,
-                  total - n, pages, now_s() - t2);
+    print_message("paged %d accounts (%d inserted while paging, %d of them seen) in %d pages in %.1f s\n", n, inserted, total - n,
+                  pages, now_s() - t2);
     snprintf(account_a, sizeof(account_a), "%.36s", ids[0]);
-    snprintf(job_a, sizeof(job_a), "%s", jobs[0] + strlen("/v1/jobs/"));
+    snprintf(job_a, sizeof(job_a), "%.36s", jobs[0] + strlen("/v1/jobs/"));
 }
 
 /* --- cursors --------------------------------------------------------------- */
@@ -236,8 +236,9 @@ test_cursor_tampered_and_foreign(void **state)
         snprintf(path, sizeof(path), "/v1/accounts?limit=2&currency=EUR&cursor=%s", bad);
         expect_problem(path, key_a, NULL, 400, "invalid_cursor");
     }
-    expect_problem("/v1/accounts?cursor=AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-                   key_a, NULL, 400, "invalid_cursor");
+    expect_problem(
+        "/v1/accounts?cursor=AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        key_a, NULL, 400, "invalid_cursor");
     expect_problem("/v1/accounts?cursor=not*base64", key_a, NULL, 400, "invalid_cursor");
 }
 
@@ -381,8 +382,8 @@ test_bad_input(void **state)
     snprintf(path, sizeof(path), "/v1/accounts/%s?limit=1", account_a);
     expect_problem(path, key_a, NULL, 422, "validation_failed");
     expect_problem("/v1/accounts?limit=1", NULL, NULL, 401, "unauthenticated");
-    tly_test_response_t r = tly_test_request("GET", "/v1/accounts?status=open&currency=EUR&created_after=2000-01-01T00:00:00%2B01:00",
-                                             key_a, NULL, NULL);
+    tly_test_response_t r = tly_test_request(
+        "GET", "/v1/accounts?status=open&currency=EUR&created_after=2000-01-01T00:00:00%2B01:00", key_a, NULL, NULL);
     assert_int_equal(r.status, 200);
     tly_test_response_free(&r);
 }
@@ -519,7 +520,8 @@ test_long_poll_real_job_returns_early(void **state)
     char path[256], idem[128], job_url[128], applied[32];
     snprintf(path, sizeof(path), "/v1/accounts/%s/deposits", account_a);
     tly_test_idem_header(idem, sizeof(idem));
-    tly_test_response_t r = tly_test_request("POST", path, key_a, "{\"amount\":5,\"currency\":\"USD\"}", (const char *[]){idem, NULL});
+    tly_test_response_t r =
+        tly_test_request("POST", path, key_a, "{\"amount\":5,\"currency\":\"USD\"}", (const char *[]){idem, NULL});
     assert_int_equal(r.status, 202);
     snprintf(job_url, sizeof(job_url), "%s", jstr(json_object_get(r.json, "job"), "url"));
     tly_test_response_free(&r);
@@ -613,7 +615,7 @@ test_thousand_waiters(void **state)
     CURLM *multi = curl_multi_init();
     for (int i = 0; i < N; ++i) {
         easy[i] = curl_easy_init();
-        snprintf(url, sizeof(url), "%s/v1/jobs/%s", base, ids[i]);
+        snprintf(url, sizeof(url), "%.900s/v1/jobs/%.36s", base, ids[i]);
         curl_easy_setopt(easy[i], CURLOPT_URL, url);
         curl_easy_setopt(easy[i], CURLOPT_HTTPHEADER, hdrs);
         curl_easy_setopt(easy[i], CURLOPT_WRITEFUNCTION, on_body);

@@ -48,6 +48,13 @@ int tly_http_path_segments(h2o_req_t *req, h2o_iovec_t *segs, int max);
 /** True when segment `seg` equals `s`. */
 bool tly_http_seg_is(h2o_iovec_t seg, const char *s);
 
+/**
+ * The Allow header for a 405 on this URL, across the gateway: both APIs serve
+ * /v1/accounts (GET lists, POST opens), every other URL belongs to one API,
+ * whose own methods are `own`.
+ */
+const char *tly_http_allow(h2o_req_t *req, const char *own);
+
 /** The request's X-Request-Id if a sane one was given, else a new uuid; from the pool. */
 const char *tly_http_request_id(h2o_req_t *req);
 

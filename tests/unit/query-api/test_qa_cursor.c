@@ -39,7 +39,7 @@ test_base64url(void **state)
     assert_int_equal(qa_base64url_decode("YW+j", 4, back, sizeof(back)), -1); /* standard alphabet */
     assert_int_equal(qa_base64url_decode("YW==", 4, back, sizeof(back)), -1); /* padding */
     assert_int_equal(qa_base64url_decode("YWK", 3, back, sizeof(back)), -1);  /* non-zero leftover bits */
-    assert_int_equal(qa_base64url_decode("YWJjYWJj", 8, back, 3), -1);       /* short output */
+    assert_int_equal(qa_base64url_decode("YWJjYWJj", 8, back, 3), -1);        /* short output */
 }
 
 static void

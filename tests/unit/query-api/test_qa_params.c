@@ -59,9 +59,10 @@ test_accounts_filters(void **state)
     assert_true(parse(QA_LIST_ACCOUNTS, "", &q, &e));
     assert_int_equal(q.limit, 20);
     json_decref(e);
-    assert_true(parse(QA_LIST_ACCOUNTS,
-                      "limit=100&status=frozen&currency=EUR&created_after=2026-01-01T00:00:00Z&created_before=2026-01-01T01:00:00%2B01:00",
-                      &q, &e));
+    assert_true(
+        parse(QA_LIST_ACCOUNTS,
+              "limit=100&status=frozen&currency=EUR&created_after=2026-01-01T00:00:00Z&created_before=2026-01-01T01:00:00%2B01:00",
+              &q, &e));
     assert_int_equal(q.limit, 100);
     assert_string_equal(q.status, "frozen");
     assert_string_equal(q.currency, "EUR");
@@ -71,7 +72,7 @@ test_accounts_filters(void **state)
     assert_false(parse(QA_LIST_ACCOUNTS, "limit=0&status=gone&currency=EURO&created_after=yesterday&kind=deposit&limit=5", &q, &e));
     assert_int_equal(json_array_size(e), 6);
     assert_string_equal(error_field(e, 0), "limit");
-    assert_string_equal(error_field(e, 4), "kind"); /* entries only */
+    assert_string_equal(error_field(e, 4), "kind");  /* entries only */
     assert_string_equal(error_field(e, 5), "limit"); /* repeated */
     json_decref(e);
     const char *bad_limits[] = {"limit=", "limit=101", "limit=-1", "limit=1.5", "limit=0020", "limit=abc"};
@@ -174,8 +175,9 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_split),          cmocka_unit_test(test_accounts_filters), cmocka_unit_test(test_entries_filters),
-        cmocka_unit_test(test_canonical_and_next), cmocka_unit_test(test_if_none_match), cmocka_unit_test(test_prefer),
+        cmocka_unit_test(test_split),           cmocka_unit_test(test_accounts_filters),
+        cmocka_unit_test(test_entries_filters), cmocka_unit_test(test_canonical_and_next),
+        cmocka_unit_test(test_if_none_match),   cmocka_unit_test(test_prefer),
         cmocka_unit_test(test_accept_encoding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
