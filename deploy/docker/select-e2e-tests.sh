@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Copies the end-to-end test programs of a build into DEST, for the image's
-# `e2e` mode: the ctest tests labelled integration or e2e that are programs
-# in BUILD/bin (the stack fixture's scripts are not), except those whose
-# source (tests/*/NAME.c) needs what a container of the stack lacks:
+# `e2e` mode: the programs in BUILD/bin that ctest runs for its tests
+# labelled integration or e2e (scripts such as the stack fixture's are not
+# programs in BUILD/bin), except those whose source (tests/*/NAME.c, NAME
+# the program's) needs what a container of the stack lacks:
 #   TALLY_VAR  the local runner's state: the test controls the stack's
 #              processes (e.g. freezes the broker)
 #   psql       the PostgreSQL client, which the runtime image leaves out
@@ -10,12 +11,14 @@
 #   select-e2e-tests.sh BUILD SRC DEST
 set -euo pipefail
 
-build=$1 src=$2 dest=$3
+build=$(cd "$1" && pwd) src=$2 dest=$3
 mkdir -p "$dest"
 shopt -s nullglob
-ctest --test-dir "$build" -N -L '^(integration|e2e)$' | sed -n 's/^ *Test *#[0-9]*: *//p' |
-    while read -r t; do
-        [[ -x $build/bin/$t ]] || continue
+# "N: Test command: <program> <args>" for each test with those labels.
+ctest --test-dir "$build" -N -V -L '^(integration|e2e)$' | sed -n 's/^[0-9]*: Test command: \([^ ]*\).*/\1/p' |
+    while read -r program; do
+        [[ $program == "$build/bin/"* && -x $program ]] || continue
+        t=${program##*/}
         sources=("$src"/tests/*/"$t".c)
         if ((${#sources[@]} > 0)) && grep -q 'TALLY_VAR' "${sources[@]}"; then
             printf 'not shipped: %s (reads TALLY_VAR: controls the local stack)\n' "$t"
@@ -25,6 +28,6 @@ ctest --test-dir "$build" -N -L '^(integration|e2e)$' | sed -n 's/^ *Test *#[0-9
             printf 'not shipped: %s (runs psql, which the image has not)\n' "$t"
             continue
         fi
-        cp "$build/bin/$t" "$dest/"
+        cp "$program" "$dest/"
         printf 'shipped: %s\n' "$t"
     done

@@ -102,7 +102,7 @@ def copy_sources(ins):
 patterns = dockerignore_patterns()
 if not ignored("build", patterns) or not ignored("build/CMakeCache.txt", patterns):
     fail(".dockerignore must exclude build/ (a host CMakeCache.txt breaks the image's cmake)")
-for must in (".git", "var"):
+for must in (".git", "var", "bench"):
     if not ignored(must, patterns):
         fail(".dockerignore should exclude %s" % must)
 
@@ -190,14 +190,15 @@ if "ctest" not in build_text or "-L unit" not in build_text:
 # Every pkg-config module CMake asks for comes from a -dev package of the
 # build stage (pkg-config --path + dpkg -S on this machine).
 modules = set()
-for dirpath, _, files in os.walk(ROOT):
-    if "/build" in dirpath[len(ROOT):] or "/.git" in dirpath[len(ROOT):]:
+cmake_files = [os.path.join(ROOT, "CMakeLists.txt")]
+for top in ("common", "services", "tests"):
+    for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+        cmake_files += [os.path.join(dirpath, f) for f in files if f == "CMakeLists.txt"]
+for path in cmake_files:
+    if "/tests/fuzz/" in path:  # only with -DTALLY_FUZZ=ON, never in the image
         continue
-    for f in files:
-        if f == "CMakeLists.txt":
-            text = open(os.path.join(dirpath, f)).read()
-            for m in re.finditer(r"pkg_check_modules\(\s*\w+\s+([^)]*)\)", text):
-                modules |= {w for w in m.group(1).split() if w not in ("REQUIRED", "IMPORTED_TARGET", "QUIET")}
+    for m in re.finditer(r"pkg_check_modules\(\s*\w+\s+([^)]*)\)", open(path).read()):
+        modules |= {w for w in m.group(1).split() if w not in ("REQUIRED", "IMPORTED_TARGET", "QUIET")}
 have_dpkg = shutil.which("dpkg") and shutil.which("pkg-config")
 
 
