@@ -78,7 +78,7 @@ main(int argc, char **argv)
     ok(c, PQexec(c, TABLE_DDL("bench_accounts_copy")), "create");
 
     /* (a) one statement: INSERT ... VALUES ($1..$5), ... ON CONFLICT DO UPDATE */
-    size_t cap = (size_t)batch * 80 + 512;
+    size_t cap = (size_t)batch * 200 + 512;
     char *sql = malloc(cap);
     size_t len = (size_t)snprintf(sql, cap, "INSERT INTO bench_accounts (id, tenant_id, currency, label, status, balance, "
                                             "version, created_at, updated_at) VALUES ");

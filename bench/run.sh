@@ -345,6 +345,29 @@ worker_start() { # extra args, e.g. --roles=decider
     svc_pid tally-worker >/dev/null || die "tally-worker did not start (see $TALLY_VAR/log/tally-worker.log)"
 }
 
+# After each scenario: every service still alive? A dead one is recorded (a
+# figure with goal "alive") and restarted the way lib.sh starts it, so the
+# next scenarios still run.
+check_alive() {
+    local scen=$1 s port
+    for s in "${SERVICES[@]}"; do
+        svc_pid "$s" >/dev/null && continue
+        log "$s DIED during $scen (see $TALLY_VAR/log/$s.log and dmesg); restarting it"
+        rec "crash.$scen.$s" "$s died during $scen" 1 count "" "" "value<1" \
+            "$(dmesg 2>/dev/null | grep -F "${s:0:15}" | tail -n 1 | sed 's/^\[[^]]*\] //' | cut -c1-160)"
+        case $s in
+        tally-command-api) port=$(port_of "$TALLY_COMMAND_URL") ;;
+        tally-query-api) port=$(port_of "$TALLY_QUERY_URL") ;;
+        *) port= ;;
+        esac
+        (
+            . "$ROOT/deploy/local/lib.sh"
+            tly_init
+            tly_service_start "$s" $port
+        ) >>"$WORK/stack.log" 2>&1 || die "could not restart $s"
+    done
+}
+
 q() { psql "$TALLY_PG_DSN" -qAtc "$1"; }
 
 # Waits until SQL $1 returns >= $2; prints seconds since $3 (EPOCHREALTIME) at the first and at the last step.
@@ -495,6 +518,7 @@ main() {
     for s in "${scenarios[@]}"; do
         [[ $s == kafka ]] && continue
         "scenario_$s"
+        check_alive "$s"
     done
     scenario_kafka_ceiling
     log "done in $((SECONDS - t0)) s"

@@ -55,6 +55,18 @@ tly_export_env() {
     export TALLY_COMMAND_URL="http://127.0.0.1:$TALLY_COMMAND_PORT"
     export TALLY_QUERY_URL="http://127.0.0.1:$TALLY_QUERY_PORT"
     export TALLY_BIN TALLY_VAR
+    tly_cursor_secret
+}
+
+# The key that signs the query API's pagination cursors: made once per state
+# directory, so cursors survive restarts of the query API.
+tly_cursor_secret() {
+    local file=$TALLY_VAR/cursor.secret
+    if [[ ! -s $file ]]; then
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$file")
+    fi
+    TALLY_CURSOR_SECRET=$(<"$file")
+    export TALLY_CURSOR_SECRET
 }
 
 # --- ports ------------------------------------------------------------------
