@@ -59,8 +59,8 @@ log_request(tly_api_req_t *ar, int status)
     snprintf(st, sizeof(st), "%d", status);
     snprintf(ms, sizeof(ms), "%.3f", (double)(tly_clock_mono_us() - ar->started_us) / 1000.0);
     snprintf(method, sizeof(method), "%.*s", (int)req->method.len, req->method.base);
-    tly_log(TLY_LOG_INFO, "request", "request_id", ar->request_id, "tenant", tenant[0] ? tenant : NULL, "method", method,
-            "route", ar->route, "status", st, "latency_ms", ms, "job_id", job[0] ? job : NULL, NULL);
+    tly_log(TLY_LOG_INFO, "request", "request_id", ar->request_id, "tenant", tenant[0] ? tenant : NULL, "method", method, "route",
+            ar->route, "status", st, "latency_ms", ms, "job_id", job[0] ? job : NULL, NULL);
 }
 
 void

@@ -58,8 +58,10 @@ tly_config_print_help(const tly_config_def_t *defs, size_t ndefs, const char *us
     for (size_t i = 0; i < ndefs; ++i) {
         const tly_config_def_t *d = &defs[i];
         fprintf(out, "  --%s=%s\n      %s (env %s; default %s", d->name,
-                d->type == TLY_CONFIG_INT ? "N" : d->type == TLY_CONFIG_BOOL ? "BOOL" : "VALUE", d->help, d->env,
-                d->defval != NULL ? d->defval : "required");
+                d->type == TLY_CONFIG_INT    ? "N"
+                : d->type == TLY_CONFIG_BOOL ? "BOOL"
+                                             : "VALUE",
+                d->help, d->env, d->defval != NULL ? d->defval : "required");
         if (d->type == TLY_CONFIG_INT)
             fprintf(out, "; %lld..%lld", (long long)d->min, (long long)d->max);
         fprintf(out, ")\n");
@@ -67,8 +69,8 @@ tly_config_print_help(const tly_config_def_t *defs, size_t ndefs, const char *us
 }
 
 int
-tly_config_load(const tly_config_def_t *defs, size_t ndefs, void *cfg, int argc, char **argv, const char *usage,
-                FILE *help_out, char *err, size_t errcap)
+tly_config_load(const tly_config_def_t *defs, size_t ndefs, void *cfg, int argc, char **argv, const char *usage, FILE *help_out,
+                char *err, size_t errcap)
 {
     for (size_t i = 0; i < ndefs; ++i) {
         const tly_config_def_t *d = &defs[i];

@@ -120,8 +120,7 @@ tly_envelope_clear(tly_envelope_t *env)
 }
 
 void
-tly_envelope_derive(tly_envelope_t *out, const tly_envelope_t *cause, const char *type, int version, json_t *data,
-                    const char *salt)
+tly_envelope_derive(tly_envelope_t *out, const tly_envelope_t *cause, const char *type, int version, json_t *data, const char *salt)
 {
     char name[TLY_UUID_STR_LEN + TLY_EVENT_TYPE_MAX + 130];
     char cause_id[TLY_UUID_STR_LEN + 1];

@@ -12,7 +12,8 @@ tly_json_depth(const json_t *v)
     if (json_is_object(v)) {
         const char *key;
         json_t *child;
-        json_object_foreach((json_t *)v, key, child) {
+        json_object_foreach((json_t *)v, key, child)
+        {
             int d = tly_json_depth(child);
             if (d > max)
                 max = d;
@@ -22,7 +23,8 @@ tly_json_depth(const json_t *v)
     if (json_is_array(v)) {
         size_t i;
         json_t *child;
-        json_array_foreach(v, i, child) {
+        json_array_foreach(v, i, child)
+        {
             int d = tly_json_depth(child);
             if (d > max)
                 max = d;

@@ -21,16 +21,14 @@ conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err, 
 
 rd_kafka_t *
 tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
-                          void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque, char *err,
-                          size_t errcap)
+                          void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque, char *err, size_t errcap)
 {
     char timeout[32], rderr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     snprintf(timeout, sizeof(timeout), "%d", message_timeout_ms);
     if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 || conf_set(conf, "acks", "all", err, errcap) != 0 ||
         conf_set(conf, "enable.idempotence", "true", err, errcap) != 0 ||
-        conf_set(conf, "message.timeout.ms", timeout, err, errcap) != 0 ||
-        conf_set(conf, "linger.ms", "1", err, errcap) != 0 ||
+        conf_set(conf, "message.timeout.ms", timeout, err, errcap) != 0 || conf_set(conf, "linger.ms", "1", err, errcap) != 0 ||
         conf_set(conf, "compression.type", "lz4", err, errcap) != 0 ||
         conf_set(conf, "socket.nagle.disable", "true", err, errcap) != 0) {
         rd_kafka_conf_destroy(conf);
@@ -98,8 +96,7 @@ tly_kafka_produce_raw(rd_kafka_t *rk, const char *topic, const char *key, const 
 }
 
 rd_kafka_resp_err_t
-tly_kafka_produce_envelope(rd_kafka_t *rk, const char *topic, const tly_envelope_t *env, const char *traceparent,
-                           void *msg_opaque)
+tly_kafka_produce_envelope(rd_kafka_t *rk, const char *topic, const tly_envelope_t *env, const char *traceparent, void *msg_opaque)
 {
     char key[TLY_UUID_STR_LEN + 1];
     tly_uuid_format(&env->aggregate_id, key);
@@ -172,7 +169,7 @@ tly_kafka_create_topic(const char *brokers, const char *topic, int partitions, i
     if (terr != RD_KAFKA_RESP_ERR_NO_ERROR && terr != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
         snprintf(err, errcap, "could not create topic %s: %s", topic,
                  n > 0 && rd_kafka_topic_result_error_string(results[0]) ? rd_kafka_topic_result_error_string(results[0])
-                                                                          : rd_kafka_err2str(terr));
+                                                                         : rd_kafka_err2str(terr));
         goto cleanup;
     }
     ret = 0;

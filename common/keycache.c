@@ -72,8 +72,8 @@ find_locked(tly_keycache_t *kc, const char *id)
 }
 
 void
-tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN],
-                 int scopes, int64_t rate, int64_t burst, bool revoked)
+tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN], int scopes,
+                 int64_t rate, int64_t burst, bool revoked)
 {
     pthread_rwlock_wrlock(&kc->lock);
     key_entry_t *e = find_locked(kc, key_id);

@@ -31,7 +31,7 @@ typedef struct st_pg_conn_t {
     h2o_socket_t *sock;
     int watched_fd; /* libpq's fd that `sock` duplicates */
     conn_state_t state;
-    size_t prepared;  /* statements prepared so far */
+    size_t prepared;   /* statements prepared so far */
     pg_query_t *query; /* in flight */
     PGresult *last;
     h2o_timeout_entry_t retry;

@@ -41,13 +41,15 @@ parse_create(key_op_t *op)
     json_t *errors = json_array(), *scopes = json_object_get(op->body, "scopes");
     const char *key;
     json_t *v;
-    json_object_foreach(op->body, key, v) {
+    json_object_foreach(op->body, key, v)
+    {
         if (strcmp(key, "scopes") != 0 && strcmp(key, "tier") != 0 && strcmp(key, "label") != 0)
             tly_http_field_error(errors, key, "unknown field");
     }
     op->scopes = 0;
     size_t i;
-    json_array_foreach(scopes, i, v) {
+    json_array_foreach(scopes, i, v)
+    {
         int bit = json_is_string(v) ? tly_scopes_parse(json_string_value(v)) : -1;
         if (bit <= 0 || strchr(json_string_value(v), ',') != NULL) {
             tly_http_field_error(errors, "scopes", "each scope is one of read, write, admin");
@@ -83,16 +85,15 @@ on_created(void *data, PGresult *res, const char *err)
         key_op_destroy(op);
         return;
     }
-    tly_keycache_put(op->thr->keys, op->parts.id, &op->api.principal.tenant_id, op->hash, op->scopes, op->rate, op->burst,
-                     false);
+    tly_keycache_put(op->thr->keys, op->parts.id, &op->api.principal.tenant_id, op->hash, op->scopes, op->rate, op->burst, false);
     json_t *scopes = json_array();
     static const char *names[] = {"read", "write", "admin"};
     for (int i = 0; i < 3; ++i)
         if (op->scopes & (1 << i))
             json_array_append_new(scopes, json_string(names[i]));
     const char *label = tly_json_str(op->body, "label");
-    json_t *o = json_pack("{s:s, s:s, s:o, s:s, s:s, s:s}", "id", op->parts.id, "key", op->key, "scopes", scopes, "tier",
-                          op->tier, "label", label != NULL ? label : "", "created_at", PQgetvalue(res, 0, 0));
+    json_t *o = json_pack("{s:s, s:s, s:o, s:s, s:s, s:s}", "id", op->parts.id, "key", op->key, "scopes", scopes, "tier", op->tier,
+                          "label", label != NULL ? label : "", "created_at", PQgetvalue(res, 0, 0));
     char *s = tly_json_dump(o);
     tly_api_send(&op->api, 201, "application/json", s, strlen(s));
     free(s);

@@ -36,7 +36,6 @@ const tly_config_def_t tly_command_api_settings[] = {
 };
 const size_t tly_command_api_nsettings = sizeof(tly_command_api_settings) / sizeof(tly_command_api_settings[0]);
 
-
 static tly_keycache_t *shared_keys;
 static tly_kafka_probe_t *kafka_probe;
 
@@ -86,7 +85,6 @@ take_traceparent(cmd_op_t *op)
         tly_traceparent_new(op->traceparent);
     }
 }
-
 
 static void
 handle_command(cmd_thread_t *thr, h2o_req_t *req)
@@ -164,7 +162,8 @@ thread_init(tly_server_thread_t *t, void *arg)
         abort();
     thr->cfg = cfg;
     thr->keys = shared_keys;
-    thr->producer = tly_kafka_producer_create(cfg->kafka_brokers, (int)cfg->kafka_timeout_ms, cmd_on_delivery, thr, err, sizeof(err));
+    thr->producer =
+        tly_kafka_producer_create(cfg->kafka_brokers, (int)cfg->kafka_timeout_ms, cmd_on_delivery, thr, err, sizeof(err));
     if (thr->producer == NULL || pipe2(thr->wakeup_fds, O_CLOEXEC | O_NONBLOCK) != 0) {
         tly_log(TLY_LOG_ERROR, "could not start kafka producer", "error", err, NULL);
         free(thr);

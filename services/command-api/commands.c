@@ -30,7 +30,7 @@ static const int allowed_fields[TLY_CMD__COUNT] = {
 static const struct {
     const char *name;
     field_t bit;
-} field_names[] = {{"currency", F_CURRENCY}, {"label", F_LABEL},     {"amount", F_AMOUNT},
+} field_names[] = {{"currency", F_CURRENCY},   {"label", F_LABEL},       {"amount", F_AMOUNT},
                    {"reference", F_REFERENCE}, {"from_account", F_FROM}, {"to_account", F_TO}};
 
 const tly_command_spec_t *
@@ -86,7 +86,8 @@ check_unknown_fields(tly_command_kind_t kind, const json_t *body, json_t *errors
 {
     const char *key;
     json_t *value;
-    json_object_foreach((json_t *)body, key, value) {
+    json_object_foreach((json_t *)body, key, value)
+    {
         if ((field_bit(key) & allowed_fields[kind]) == 0)
             tly_http_field_error(errors, key, "unknown field");
     }

@@ -16,15 +16,7 @@
 #define CMD_MAX_BODY (64 * 1024)
 #define CMD_IDEMPOTENCY_KEY_MAX 255
 
-enum {
-    STMT_INSERT,
-    STMT_CLAIM,
-    STMT_ACCEPT,
-    STMT_FAIL,
-    STMT_KEY_CREATE,
-    STMT_KEY_REVOKE,
-    STMT__COUNT
-};
+enum { STMT_INSERT, STMT_CLAIM, STMT_ACCEPT, STMT_FAIL, STMT_KEY_CREATE, STMT_KEY_REVOKE, STMT__COUNT };
 extern const tly_pg_statement_t cmd_statements[STMT__COUNT];
 
 typedef struct st_cmd_thread_t {

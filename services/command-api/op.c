@@ -289,8 +289,7 @@ op_produce(cmd_op_t *op)
     rd_kafka_resp_err_t err = tly_kafka_produce_envelope(op->thr->producer, op->thr->cfg->topic, &env, op->traceparent, op);
     json_decref(env.data);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        tly_log(TLY_LOG_WARN, "could not enqueue event", "request_id", op->api.request_id, "error", rd_kafka_err2str(err),
-                NULL);
+        tly_log(TLY_LOG_WARN, "could not enqueue event", "request_id", op->api.request_id, "error", rd_kafka_err2str(err), NULL);
         op_give_up(op, "the event log is not accepting commands right now");
     }
 }
@@ -374,7 +373,7 @@ cmd_op_start(cmd_op_t *op, const char *path, size_t path_len, const char *body, 
     tly_uuid_format(&op->event_id, event);
     tly_uuid_format(&op->api.principal.tenant_id, tenant);
     tly_uuid_format(&op->resource_id, res);
-    const char *params[7] = {job, event, tenant, op->has_idem ? op->idem_key : NULL, op->hash_hex,
-                             tly_command_spec(op->cmd.kind)->aggregate_type, res};
+    const char *params[7] = {
+        job, event, tenant, op->has_idem ? op->idem_key : NULL, op->hash_hex, tly_command_spec(op->cmd.kind)->aggregate_type, res};
     tly_pgpool_exec(op->thr->pg, STMT_INSERT, params, on_inserted, op);
 }

@@ -34,9 +34,9 @@
 
 typedef struct st_partition_t {
     bool assigned;
-    bool stopped;      /* paused: version too new, or fenced */
-    bool fenced;       /* stopped because the epoch moved */
-    bool stop_pending; /* TOO_NEW seen in the running transaction */
+    bool stopped;       /* paused: version too new, or fenced */
+    bool fenced;        /* stopped because the epoch moved */
+    bool stop_pending;  /* TOO_NEW seen in the running transaction */
     bool fence_pending; /* the position update of the running transaction matched no row */
     bool touched;
     int64_t epoch;
@@ -365,8 +365,8 @@ dedup_insert(consumer_t *c, const tly_consumer_msg_t *m, bool *fresh, char *err,
     tly_uuid_format(&m->env.id, id);
     const char *vals[] = {c->h->name, id};
     if (tly_pgx_exec(c->conn, "record applied event",
-                     "INSERT INTO consumer_dedup (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", 2, vals,
-                     &affected, err, errcap) != 0)
+                     "INSERT INTO consumer_dedup (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", 2, vals, &affected,
+                     err, errcap) != 0)
         return -1;
     *fresh = affected == 1;
     return 0;
@@ -483,8 +483,9 @@ after_commit(consumer_t *c)
             snprintf(ver_s, sizeof(ver_s), "%d", p->too_new_version);
             p->stopped = true;
             pause_partition(c, i);
-            tly_log(TLY_LOG_ERROR, "event schema version is newer than this worker knows; partition paused until a newer "
-                                   "worker takes it",
+            tly_log(TLY_LOG_ERROR,
+                    "event schema version is newer than this worker knows; partition paused until a newer "
+                    "worker takes it",
                     "consumer", c->h->name, "partition", part_s, "offset", off_s, "type", p->too_new_type, "version", ver_s, NULL);
         }
     }

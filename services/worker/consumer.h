@@ -33,7 +33,7 @@ typedef enum en_tly_verdict_t {
 typedef struct st_tly_consumer_msg_t {
     rd_kafka_message_t *rkm;
     bool parsed;
-    tly_envelope_t env;                      /* valid when parsed */
+    tly_envelope_t env;                        /* valid when parsed */
     char traceparent[TLY_TRACEPARENT_LEN + 1]; /* "" when absent or invalid */
     char parse_error[160];
 } tly_consumer_msg_t;

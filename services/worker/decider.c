@@ -265,8 +265,8 @@ evolve_closed(tly_account_state_t *s, const tly_envelope_t *ev)
 }
 
 static const outcome_row_t outcomes[] = {
-    {"AccountOpened", evolve_opened},     {"FundsDeposited", evolve_balance}, {"FundsWithdrawn", evolve_balance},
-    {"AccountFrozen", evolve_frozen},     {"AccountUnfrozen", evolve_unfrozen}, {"AccountClosed", evolve_closed},
+    {"AccountOpened", evolve_opened}, {"FundsDeposited", evolve_balance},   {"FundsWithdrawn", evolve_balance},
+    {"AccountFrozen", evolve_frozen}, {"AccountUnfrozen", evolve_unfrozen}, {"AccountClosed", evolve_closed},
 };
 #define NOUTCOMES (sizeof(outcomes) / sizeof(outcomes[0]))
 

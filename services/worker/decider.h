@@ -42,8 +42,8 @@ typedef struct st_tly_account_state_t {
 typedef struct st_tly_decision_t {
     tly_envelope_t events[TLY_DECISION_MAX_EVENTS]; /* owned: tly_decision_clear */
     int nevents;
-    bool rejected;          /* events[0] is a <Xxx>Rejected */
-    bool state_changed;     /* next differs from the input state */
+    bool rejected;      /* events[0] is a <Xxx>Rejected */
+    bool state_changed; /* next differs from the input state */
     tly_account_state_t next;
 } tly_decision_t;
 
@@ -75,8 +75,8 @@ const char *tly_decider_rejection_of(const char *type);
  * state. Outcome events carry `now_us` as occurred_at. Returns 0, or -1 when
  * `request` is not a request type this decider knows (nothing is filled).
  */
-int tly_decider_decide_at(const tly_account_state_t *state, const tly_envelope_t *request, int64_t now_us,
-                          tly_decision_t *out) __attribute__((warn_unused_result));
+int tly_decider_decide_at(const tly_account_state_t *state, const tly_envelope_t *request, int64_t now_us, tly_decision_t *out)
+    __attribute__((warn_unused_result));
 /** tly_decider_decide_at with the wall clock. */
 int tly_decider_decide(const tly_account_state_t *state, const tly_envelope_t *request, tly_decision_t *out)
     __attribute__((warn_unused_result));
@@ -85,8 +85,8 @@ int tly_decider_decide(const tly_account_state_t *state, const tly_envelope_t *r
  * A rejection of `request` with `code` and `detail` whatever the state (used
  * when a request is parked in dead_letters, so that its job still ends).
  */
-int tly_decider_reject(const tly_envelope_t *request, const char *code, const char *detail, int64_t now_us,
-                       tly_decision_t *out) __attribute__((warn_unused_result));
+int tly_decider_reject(const tly_envelope_t *request, const char *code, const char *detail, int64_t now_us, tly_decision_t *out)
+    __attribute__((warn_unused_result));
 
 /**
  * Applies outcome event `event` to `state` in place. Rejections and unknown

@@ -15,8 +15,8 @@
 static const tly_config_def_t settings[] = {
     {"pg-dsn", "TALLY_PG_DSN", TLY_CONFIG_STRING, NULL, 0, 0, offsetof(tly_worker_config_t, pg_dsn),
      "PostgreSQL connection string"},
-    {"kafka-brokers", "TALLY_KAFKA_BROKERS", TLY_CONFIG_STRING, "127.0.0.1:9092", 0, 0,
-     offsetof(tly_worker_config_t, brokers), "Kafka bootstrap servers"},
+    {"kafka-brokers", "TALLY_KAFKA_BROKERS", TLY_CONFIG_STRING, "127.0.0.1:9092", 0, 0, offsetof(tly_worker_config_t, brokers),
+     "Kafka bootstrap servers"},
     {"kafka-topic", "TALLY_KAFKA_TOPIC", TLY_CONFIG_STRING, "tally.events", 0, 0, offsetof(tly_worker_config_t, topic),
      "the event topic"},
     {"roles", "TALLY_WORKER_ROLES", TLY_CONFIG_STRING, "decider,projector", 0, 0, offsetof(tly_worker_config_t, roles),
@@ -27,8 +27,8 @@ static const tly_config_def_t settings[] = {
      "most events applied in one transaction"},
     {"batch-wait-ms", "TALLY_WORKER_BATCH_WAIT_MS", TLY_CONFIG_INT, "5", 0, 1000, offsetof(tly_worker_config_t, batch_wait_ms),
      "how long to gather a batch once its first event is in"},
-    {"max-event-tries", "TALLY_WORKER_MAX_EVENT_TRIES", TLY_CONFIG_INT, "5", 1, 100,
-     offsetof(tly_worker_config_t, max_event_tries), "failures of one event alone before it is parked in dead_letters"},
+    {"max-event-tries", "TALLY_WORKER_MAX_EVENT_TRIES", TLY_CONFIG_INT, "5", 1, 100, offsetof(tly_worker_config_t, max_event_tries),
+     "failures of one event alone before it is parked in dead_letters"},
 };
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
 
@@ -42,8 +42,8 @@ main(int argc, char **argv)
     atomic_bool stop = false;
     int sig = 0, ret = 1;
     memset(&cfg, 0, sizeof(cfg));
-    int r = tly_config_load(settings, NSETTINGS, &cfg, argc, argv, "usage: tally-worker [--name=value ...]", stdout, err,
-                            sizeof(err));
+    int r =
+        tly_config_load(settings, NSETTINGS, &cfg, argc, argv, "usage: tally-worker [--name=value ...]", stdout, err, sizeof(err));
     if (r != 0) {
         if (r < 0)
             fprintf(stderr, "tally-worker: %s\n", err);

@@ -16,8 +16,8 @@
  * result (caller PQclears) or NULL with "could not <what>: <server message>"
  * in `err`; the failed result's SQLSTATE is kept for tly_pgx_last_transient.
  */
-PGresult *tly_pgx_query(PGconn *conn, const char *what, const char *sql, int n, const char *const *vals, char *err,
-                        size_t errcap) __attribute__((warn_unused_result));
+PGresult *tly_pgx_query(PGconn *conn, const char *what, const char *sql, int n, const char *const *vals, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
 
 /** As tly_pgx_query without rows; `*affected` (optional) gets the row count. Returns 0 or -1. */
 int tly_pgx_exec(PGconn *conn, const char *what, const char *sql, int n, const char *const *vals, long *affected, char *err,

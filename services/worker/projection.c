@@ -69,8 +69,7 @@ str_field(const tly_envelope_t *env, const char *key, const char **out, char *er
 
 /* Runs an UPDATE of one account row; an absent row is an error (its AccountOpened was never applied). */
 static int
-update_account(PGconn *conn, const tly_envelope_t *env, const char *sql, int n, const char *const *vals, char *err,
-               size_t errcap)
+update_account(PGconn *conn, const tly_envelope_t *env, const char *sql, int n, const char *const *vals, char *err, size_t errcap)
 {
     long affected = 0;
     if (tly_pgx_exec(conn, "update account", sql, n, vals, &affected, err, errcap) != 0)
@@ -110,9 +109,8 @@ accounts_balance(PGconn *conn, const tly_envelope_t *env, char *err, size_t errc
     fields_of(env, &f);
     snprintf(after_s, sizeof(after_s), "%" PRId64, after);
     const char *vals[] = {f.aggregate, after_s, f.when};
-    return update_account(conn, env,
-                          "UPDATE accounts SET balance = $2, version = version + 1, updated_at = $3 WHERE id = $1", 3, vals,
-                          err, errcap);
+    return update_account(conn, env, "UPDATE accounts SET balance = $2, version = version + 1, updated_at = $3 WHERE id = $1", 3,
+                          vals, err, errcap);
 }
 
 static int
@@ -121,8 +119,8 @@ accounts_status(PGconn *conn, const tly_envelope_t *env, const char *status, cha
     fields_t f;
     fields_of(env, &f);
     const char *vals[] = {f.aggregate, status, f.when};
-    return update_account(conn, env, "UPDATE accounts SET status = $2, version = version + 1, updated_at = $3 WHERE id = $1",
-                          3, vals, err, errcap);
+    return update_account(conn, env, "UPDATE accounts SET status = $2, version = version + 1, updated_at = $3 WHERE id = $1", 3,
+                          vals, err, errcap);
 }
 
 static int
@@ -158,8 +156,8 @@ ledger_entry(PGconn *conn, const tly_envelope_t *env, const char *kind, int sign
     fields_of(env, &f);
     snprintf(amount_s, sizeof(amount_s), "%" PRId64, sign * amount);
     snprintf(after_s, sizeof(after_s), "%" PRId64, after);
-    const char *vals[] = {f.id, f.tenant, f.aggregate, kind, amount_s, currency, after_s,
-                          tly_uuid_is_nil(&env->job_id) ? NULL : f.job, f.when};
+    const char *vals[] = {
+        f.id, f.tenant, f.aggregate, kind, amount_s, currency, after_s, tly_uuid_is_nil(&env->job_id) ? NULL : f.job, f.when};
     return tly_pgx_exec(conn, "insert ledger entry",
                         "INSERT INTO ledger_entries (id, tenant_id, account_id, kind, amount, currency, balance_after, job_id, "
                         "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",

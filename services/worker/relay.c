@@ -118,8 +118,8 @@ delete_rows(relay_t *r, PGresult *res, char *err, size_t errcap)
     list[len++] = '}';
     list[len] = '\0';
     const char *vals[] = {list};
-    int ret = tly_pgx_exec(r->conn, "delete published outbox rows", "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", 1,
-                           vals, NULL, err, errcap);
+    int ret = tly_pgx_exec(r->conn, "delete published outbox rows", "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", 1, vals,
+                           NULL, err, errcap);
     free(list);
     return ret;
 }
@@ -133,8 +133,7 @@ publish_once(relay_t *r, char *err, size_t errcap)
     if (tly_pg_exec(r->conn, "BEGIN", err, errcap) != 0)
         return -1;
     const char *lock_vals[] = {RELAY_LOCK};
-    res = tly_pgx_query(r->conn, "take the relay lock", "SELECT pg_try_advisory_xact_lock($1::bigint)", 1, lock_vals, err,
-                        errcap);
+    res = tly_pgx_query(r->conn, "take the relay lock", "SELECT pg_try_advisory_xact_lock($1::bigint)", 1, lock_vals, err, errcap);
     if (res == NULL)
         goto cleanup;
     bool locked = strcmp(PQgetvalue(res, 0, 0), "t") == 0;

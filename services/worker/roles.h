@@ -19,8 +19,8 @@ typedef struct st_tly_decider_cached_t {
 
 /* Per-batch state of the decider role; lives as long as the consumer. */
 typedef struct st_tly_decider_role_t {
-    const char *topic;   /* where outcomes go (outbox.topic) */
-    bool wrote_outbox;   /* NOTIFY the relay at commit */
+    const char *topic; /* where outcomes go (outbox.topic) */
+    bool wrote_outbox; /* NOTIFY the relay at commit */
     int ncached;
     tly_decider_cached_t cache[TLY_DECIDER_CACHE_MAX]; /* states loaded FOR UPDATE in this transaction */
 } tly_decider_role_t;

@@ -49,8 +49,7 @@ static void
 test_api_keys(void **state)
 {
     char path[80];
-    tly_test_response_t r =
-        tly_test_request("POST", "/v1/api-keys", key, "{\"scopes\":[\"read\"],\"label\":\"reader\"}", NULL);
+    tly_test_response_t r = tly_test_request("POST", "/v1/api-keys", key, "{\"scopes\":[\"read\"],\"label\":\"reader\"}", NULL);
     assert_int_equal(r.status, 201);
     char *reader = strdup(json_string_value(json_object_get(r.json, "key")));
     snprintf(path, sizeof(path), "/v1/api-keys/%s", json_string_value(json_object_get(r.json, "id")));

@@ -158,8 +158,8 @@ test_error_statuses(void **state)
     expect_problem("POST", "/v1/accounts", key, "{\"currency\":\"EUR\",\"currency\":\"USD\",\"label\":\"x\"}", NULL, 400,
                    "duplicate_key");
     expect_problem("POST", "/v1/accounts", key, "{\"currency\":\"EURO\"}", NULL, 422, "validation_failed");
-    expect_problem("POST", "/v1/accounts/6b1f2e51-8c0d-4a3e-9f27-440b5da193c8/deposits", key,
-                   "{\"amount\":1,\"currency\":\"EUR\"}", NULL, 400, "idempotency_key_required");
+    expect_problem("POST", "/v1/accounts/6b1f2e51-8c0d-4a3e-9f27-440b5da193c8/deposits", key, "{\"amount\":1,\"currency\":\"EUR\"}",
+                   NULL, 400, "idempotency_key_required");
     expect_problem("POST", "/v1/accounts/not-a-uuid/deposits", key, "{\"amount\":1,\"currency\":\"EUR\"}", with_idem, 422,
                    "validation_failed");
     expect_problem("GET", "/v1/accounts/6b1f2e51-8c0d-4a3e-9f27-440b5da193c8", key, NULL, NULL, 404, "not_found");

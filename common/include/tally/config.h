@@ -19,12 +19,12 @@ typedef enum en_tly_config_type_t {
 } tly_config_type_t;
 
 typedef struct st_tly_config_def_t {
-    const char *name;    /* flag name: --name=value */
-    const char *env;     /* environment variable */
+    const char *name; /* flag name: --name=value */
+    const char *env;  /* environment variable */
     tly_config_type_t type;
-    const char *defval;  /* default, as text; NULL for required strings */
-    int64_t min, max;    /* bounds for TLY_CONFIG_INT */
-    size_t offset;       /* offsetof the field in the service's config struct */
+    const char *defval; /* default, as text; NULL for required strings */
+    int64_t min, max;   /* bounds for TLY_CONFIG_INT */
+    size_t offset;      /* offsetof the field in the service's config struct */
     const char *help;
 } tly_config_def_t;
 
@@ -36,8 +36,8 @@ typedef struct st_tly_config_def_t {
  * to `help_out`, or -1 on error. Strings are heap copies owned by `cfg`; free
  * them with tly_config_free.
  */
-int tly_config_load(const tly_config_def_t *defs, size_t ndefs, void *cfg, int argc, char **argv, const char *usage,
-                    FILE *help_out, char *err, size_t errcap) __attribute__((warn_unused_result));
+int tly_config_load(const tly_config_def_t *defs, size_t ndefs, void *cfg, int argc, char **argv, const char *usage, FILE *help_out,
+                    char *err, size_t errcap) __attribute__((warn_unused_result));
 void tly_config_free(const tly_config_def_t *defs, size_t ndefs, void *cfg);
 /** Prints the generated help text for the table. */
 void tly_config_print_help(const tly_config_def_t *defs, size_t ndefs, const char *usage, FILE *out);

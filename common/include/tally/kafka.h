@@ -18,8 +18,8 @@
  * says it failed. `opaque` is passed to `dr_cb`. Returns NULL with `err` set.
  */
 rd_kafka_t *tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
-                                      void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque,
-                                      char *err, size_t errcap) __attribute__((warn_unused_result));
+                                      void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque, char *err,
+                                      size_t errcap) __attribute__((warn_unused_result));
 
 /**
  * Creates a consumer in `group` with auto-commit off and auto offset reset to
@@ -43,9 +43,8 @@ rd_kafka_resp_err_t tly_kafka_produce_envelope(rd_kafka_t *rk, const char *topic
  * Produces a pre-serialised payload with the given key and headers (used by
  * the outbox relay, which stores the wire form).
  */
-rd_kafka_resp_err_t tly_kafka_produce_raw(rd_kafka_t *rk, const char *topic, const char *key, const char *payload,
-                                          size_t len, const char *type, int version, const char *traceparent,
-                                          void *msg_opaque);
+rd_kafka_resp_err_t tly_kafka_produce_raw(rd_kafka_t *rk, const char *topic, const char *key, const char *payload, size_t len,
+                                          const char *type, int version, const char *traceparent, void *msg_opaque);
 
 /** Copies header `name` of `msg` into `out` (NUL-terminated); false when absent. */
 bool tly_kafka_header(const rd_kafka_message_t *msg, const char *name, char *out, size_t cap);

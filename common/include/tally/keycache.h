@@ -38,10 +38,10 @@ typedef struct st_tly_principal_t {
 
 typedef struct st_tly_rate_t {
     bool allowed;
-    int64_t burst;     /* bucket size: RateLimit-Policy q */
-    int64_t window;    /* seconds to refill an empty bucket: RateLimit-Policy w */
-    int64_t remaining; /* whole tokens left after this request */
-    int64_t reset;     /* seconds until the bucket is full again */
+    int64_t burst;       /* bucket size: RateLimit-Policy q */
+    int64_t window;      /* seconds to refill an empty bucket: RateLimit-Policy w */
+    int64_t remaining;   /* whole tokens left after this request */
+    int64_t reset;       /* seconds until the bucket is full again */
     int64_t retry_after; /* when !allowed: seconds until one token is back */
 } tly_rate_t;
 

@@ -10,7 +10,7 @@
  * `run(cfg)` and frees the settings. Returns the process exit code: run's, 0
  * after --help, 2 on a bad setting.
  */
-int tly_service_main(const char *name, const tly_config_def_t *defs, size_t ndefs, void *cfg, size_t log_level_offset,
-                     int argc, char **argv, const char *usage, int (*run)(void *cfg));
+int tly_service_main(const char *name, const tly_config_def_t *defs, size_t ndefs, void *cfg, size_t log_level_offset, int argc,
+                     char **argv, const char *usage, int (*run)(void *cfg));
 
 #endif

@@ -27,7 +27,8 @@ has_error(json_t *errors, const char *field)
 {
     size_t i;
     json_t *e;
-    json_array_foreach(errors, i, e) {
+    json_array_foreach(errors, i, e)
+    {
         if (strcmp(json_string_value(json_object_get(e, "field")), field) == 0)
             return true;
     }
@@ -78,17 +79,20 @@ test_amounts(void **state)
 {
     bool ok;
     tly_command_t cmd;
-    const char *bad[] = {"{\"amount\":0,\"currency\":\"EUR\"}", "{\"amount\":-5,\"currency\":\"EUR\"}",
-                         "{\"amount\":1.5,\"currency\":\"EUR\"}", "{\"amount\":\"10\",\"currency\":\"EUR\"}",
-                         "{\"amount\":9007199254740992,\"currency\":\"EUR\"}", "{\"currency\":\"EUR\"}"};
+    const char *bad[] = {"{\"amount\":0,\"currency\":\"EUR\"}",
+                         "{\"amount\":-5,\"currency\":\"EUR\"}",
+                         "{\"amount\":1.5,\"currency\":\"EUR\"}",
+                         "{\"amount\":\"10\",\"currency\":\"EUR\"}",
+                         "{\"amount\":9007199254740992,\"currency\":\"EUR\"}",
+                         "{\"currency\":\"EUR\"}"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
         json_t *errors = validate(TLY_CMD_DEPOSIT, bad[i], &ok, &cmd);
         assert_false(ok);
         assert_true(has_error(errors, "amount"));
         json_decref(errors);
     }
-    json_t *errors = validate(TLY_CMD_DEPOSIT, "{\"amount\":9007199254740991,\"currency\":\"JPY\",\"reference\":\"r1\"}", &ok,
-                              &cmd);
+    json_t *errors =
+        validate(TLY_CMD_DEPOSIT, "{\"amount\":9007199254740991,\"currency\":\"JPY\",\"reference\":\"r1\"}", &ok, &cmd);
     assert_true(ok);
     assert_int_equal(cmd.amount, 9007199254740991LL);
     json_decref(errors);

@@ -26,8 +26,13 @@ static void
 test_rejects(void **state)
 {
     int64_t us;
-    const char *bad[] = {"2026-02-30T00:00:00Z", "2026-11-22 10:00:00Z", "2026-11-22T10:00:00", "2026-11-22T25:00:00Z",
-                         "2026-11-22T10:00:00.Z", "2026-11-22T10:00:00Zjunk", ""};
+    const char *bad[] = {"2026-02-30T00:00:00Z",
+                         "2026-11-22 10:00:00Z",
+                         "2026-11-22T10:00:00",
+                         "2026-11-22T25:00:00Z",
+                         "2026-11-22T10:00:00.Z",
+                         "2026-11-22T10:00:00Zjunk",
+                         ""};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i)
         assert_false(tly_clock_parse_rfc3339(bad[i], &us));
     assert_true(tly_clock_parse_rfc3339("2024-02-29T00:00:00Z", &us));

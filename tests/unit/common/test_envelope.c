@@ -129,8 +129,10 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_roundtrip),           cmocka_unit_test(test_rejects_bad_envelopes),
-        cmocka_unit_test(test_derive_is_deterministic), cmocka_unit_test(test_traceparent),
+        cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_rejects_bad_envelopes),
+        cmocka_unit_test(test_derive_is_deterministic),
+        cmocka_unit_test(test_traceparent),
         cmocka_unit_test(test_uuid_parse_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -150,8 +150,8 @@ test_open_invalid_request(void **state)
 {
     expect_rejected(NULL, request("AccountOpenRequested", &tenant_a, json_pack("{s:s, s:s}", "currency", "eur", "label", "x")),
                     "AccountOpenRejected", "invalid_request");
-    expect_rejected(NULL, request("AccountOpenRequested", &tenant_a, json_pack("{s:s}", "currency", "EUR")),
-                    "AccountOpenRejected", "invalid_request");
+    expect_rejected(NULL, request("AccountOpenRequested", &tenant_a, json_pack("{s:s}", "currency", "EUR")), "AccountOpenRejected",
+                    "invalid_request");
     expect_rejected(NULL, request("AccountOpenRequested", &tenant_a, json_pack("{s:i, s:s}", "currency", 978, "label", "x")),
                     "AccountOpenRejected", "invalid_request");
 }
@@ -224,8 +224,7 @@ test_freeze_unfreeze(void **state)
                     "account_not_frozen");
     expect_rejected(NULL, request("AccountFreezeRequested", &tenant_a, json_object()), "AccountFreezeRejected",
                     "account_not_found");
-    expect_rejected(&s, request("AccountFreezeRequested", &tenant_b, json_object()), "AccountFreezeRejected",
-                    "account_not_found");
+    expect_rejected(&s, request("AccountFreezeRequested", &tenant_b, json_object()), "AccountFreezeRejected", "account_not_found");
 }
 
 static void
@@ -234,13 +233,11 @@ test_close(void **state)
     tly_account_state_t s = open_account("EUR", 5);
     expect_rejected(&s, request("AccountCloseRequested", &tenant_a, json_object()), "AccountCloseRejected", "balance_not_zero");
     tly_account_state_t frozen = with_status(s, "AccountFreezeRequested", "AccountFrozen");
-    expect_rejected(&frozen, request("AccountCloseRequested", &tenant_a, json_object()), "AccountCloseRejected",
-                    "account_frozen");
+    expect_rejected(&frozen, request("AccountCloseRequested", &tenant_a, json_object()), "AccountCloseRejected", "account_frozen");
     accept(&s, money("WithdrawalRequested", 5, "EUR"), "FundsWithdrawn", NULL);
     s = with_status(s, "AccountCloseRequested", "AccountClosed");
     assert_int_equal(s.status, TLY_ACCOUNT_CLOSED);
-    expect_rejected(NULL, request("AccountCloseRequested", &tenant_a, json_object()), "AccountCloseRejected",
-                    "account_not_found");
+    expect_rejected(NULL, request("AccountCloseRequested", &tenant_a, json_object()), "AccountCloseRejected", "account_not_found");
 }
 
 static void
@@ -250,8 +247,7 @@ test_closed_accepts_nothing(void **state)
     expect_rejected(&s, money("DepositRequested", 1, "EUR"), "DepositRejected", "account_closed");
     expect_rejected(&s, money("WithdrawalRequested", 1, "EUR"), "WithdrawalRejected", "account_closed");
     expect_rejected(&s, request("AccountFreezeRequested", &tenant_a, json_object()), "AccountFreezeRejected", "account_closed");
-    expect_rejected(&s, request("AccountUnfreezeRequested", &tenant_a, json_object()), "AccountUnfreezeRejected",
-                    "account_closed");
+    expect_rejected(&s, request("AccountUnfreezeRequested", &tenant_a, json_object()), "AccountUnfreezeRejected", "account_closed");
     expect_rejected(&s, request("AccountCloseRequested", &tenant_a, json_object()), "AccountCloseRejected", "account_closed");
     expect_rejected(&s, request("AccountOpenRequested", &tenant_a, json_pack("{s:s, s:s}", "currency", "EUR", "label", "x")),
                     "AccountOpenRejected", "account_exists");
@@ -329,7 +325,8 @@ test_evolve_refuses_impossible_events(void **state)
     tly_account_state_t s;
     memset(&s, 0, sizeof(s));
     tly_envelope_t cause = money("DepositRequested", 5, "EUR"), ev;
-    tly_envelope_derive(&ev, &cause, "FundsDeposited", 1, json_pack("{s:i, s:s, s:i}", "amount", 5, "currency", "EUR", "balance_after", 5), NULL);
+    tly_envelope_derive(&ev, &cause, "FundsDeposited", 1,
+                        json_pack("{s:i, s:s, s:i}", "amount", 5, "currency", "EUR", "balance_after", 5), NULL);
     assert_int_equal(tly_decider_evolve(&s, &ev), -1); /* no such account */
     assert_false(s.exists);
     tly_envelope_clear(&ev);
