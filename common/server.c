@@ -91,12 +91,42 @@ stop_accepting(tly_server_thread_t *t)
     h2o_context_request_shutdown(&t->ctx);
 }
 
+/*
+ * Everything h2o-related for a thread is created on that thread: h2o keeps
+ * per-thread (__thread) buffer recycling, and a socket remembers the thread it
+ * was created on; a socket made on the main thread and used on a loop thread
+ * would share the main thread's recycle list with every other loop thread.
+ */
+static bool
+thread_setup(tly_server_thread_t *t)
+{
+    tly_server_config_t *cfg = t->config;
+    t->loop = h2o_evloop_create();
+    h2o_context_init(&t->ctx, t->loop, &globalconf);
+    t->accept_ctx.ctx = &t->ctx;
+    t->accept_ctx.hosts = globalconf.hosts;
+    t->listener = h2o_evloop_socket_create(t->loop, t->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
+    t->listener->data = t;
+    h2o_socket_read_start(t->listener, on_accept);
+    t->app = cfg->thread_init(t, cfg->arg);
+    if (t->app == NULL) {
+        tly_logf(TLY_LOG_ERROR, "could not initialise thread %zu", t->index);
+        return false;
+    }
+    return true;
+}
+
 static void *
 thread_main(void *arg)
 {
     tly_server_thread_t *t = arg;
     tly_server_config_t *cfg = t->config;
     int64_t deadline = 0;
+    if (!thread_setup(t)) {
+        t->failed = true;
+        atomic_store(&stopping, true);
+        return NULL;
+    }
     while (1) {
         h2o_evloop_run(t->loop, 50);
         if (!tly_server_stopping())
@@ -115,26 +145,19 @@ thread_main(void *arg)
     return NULL;
 }
 
+/* Binds here, so that a port in use is reported at once; the rest happens on the thread. */
 static int
-start_thread(tly_server_thread_t *t, h2o_hostconf_t *hostconf, char *err, size_t errcap)
+start_thread(tly_server_thread_t *t, char *err, size_t errcap)
 {
     tly_server_config_t *cfg = t->config;
-    int fd = open_listener(cfg->host, cfg->port, err, errcap);
-    if (fd < 0)
+    if ((t->listen_fd = open_listener(cfg->host, cfg->port, err, errcap)) < 0)
         return -1;
-    t->loop = h2o_evloop_create();
-    h2o_context_init(&t->ctx, t->loop, &globalconf);
-    t->accept_ctx.ctx = &t->ctx;
-    t->accept_ctx.hosts = globalconf.hosts;
-    t->listener = h2o_evloop_socket_create(t->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
-    t->listener->data = t;
-    h2o_socket_read_start(t->listener, on_accept);
-    t->app = cfg->thread_init(t, cfg->arg);
-    if (t->app == NULL) {
-        snprintf(err, errcap, "could not initialise thread %zu", t->index);
+    if (pthread_create(&t->tid, NULL, thread_main, t) != 0) {
+        snprintf(err, errcap, "could not start thread %zu", t->index);
+        close(t->listen_fd);
         return -1;
     }
-    return pthread_create(&t->tid, NULL, thread_main, t) == 0 ? 0 : -1;
+    return 0;
 }
 
 int
@@ -163,7 +186,7 @@ tly_server_run(tly_server_config_t *cfg)
     for (; started < cfg->threads; ++started) {
         threads[started].config = cfg;
         threads[started].index = started;
-        if (start_thread(&threads[started], hostconf, err, sizeof(err)) != 0) {
+        if (start_thread(&threads[started], err, sizeof(err)) != 0) {
             tly_log(TLY_LOG_ERROR, err, NULL);
             atomic_store(&stopping, true);
             break;
@@ -171,10 +194,13 @@ tly_server_run(tly_server_config_t *cfg)
     }
     if (started == cfg->threads)
         tly_logf(TLY_LOG_INFO, "%s listening on %s:%u with %zu threads", cfg->name, cfg->host, cfg->port, cfg->threads);
-    for (size_t i = 0; i < started; ++i)
+    bool failed = started != cfg->threads;
+    for (size_t i = 0; i < started; ++i) {
         pthread_join(threads[i].tid, NULL);
+        failed = failed || threads[i].failed;
+    }
     free(threads);
-    if (started != cfg->threads)
+    if (failed)
         return -1;
     tly_logf(TLY_LOG_INFO, "%s stopped", cfg->name);
     return 0;

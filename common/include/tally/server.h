@@ -20,8 +20,10 @@ typedef struct st_tly_server_thread_t {
     h2o_context_t ctx;
     h2o_accept_ctx_t accept_ctx;
     h2o_socket_t *listener;
-    void *app; /* what config->thread_init returned */
+    void *app; /* what config->thread_init returned, on this thread */
     pthread_t tid;
+    int listen_fd;
+    bool failed; /* thread_init returned NULL */
 } tly_server_thread_t;
 
 typedef struct st_tly_server_config_t {
@@ -31,7 +33,7 @@ typedef struct st_tly_server_config_t {
     size_t threads;
     size_t max_body; /* h2o's own body limit; handlers enforce the API's */
     int (*on_req)(h2o_handler_t *self, h2o_req_t *req);
-    /** Creates the per-thread application context (pools, producer...). */
+    /** Creates the per-thread application context (pools, producer...); runs on the thread itself. */
     void *(*thread_init)(tly_server_thread_t *thread, void *arg);
     /** Number of requests still being answered; the loop runs until 0 at shutdown. */
     size_t (*thread_inflight)(void *app);
