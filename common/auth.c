@@ -4,6 +4,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,11 +53,24 @@ tly_key_generate(tly_key_parts_t *parts, char *key_out)
     snprintf(key_out, TLY_KEY_LEN + 1, "%s%s_%s", TLY_KEY_PREFIX, parts->id, parts->secret);
 }
 
+/* Fetched once: an implicit fetch per EVP_Digest call was a tenth of the
+   query API's instructions per request (callgrind). */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void
+sha256_fetch(void)
+{
+    if ((sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
+        abort();
+}
+
 void
 tly_key_hash(const char *secret, uint8_t out[TLY_KEY_HASH_LEN])
 {
     unsigned int n = 0;
-    if (EVP_Digest(secret, strlen(secret), out, &n, EVP_sha256(), NULL) != 1 || n != TLY_KEY_HASH_LEN)
+    pthread_once(&sha256_once, sha256_fetch);
+    if (EVP_Digest(secret, strlen(secret), out, &n, sha256_md, NULL) != 1 || n != TLY_KEY_HASH_LEN)
         abort(); /* only on out-of-memory */
 }
 

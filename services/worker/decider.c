@@ -196,6 +196,77 @@ decide_close(const tly_account_state_t *s, const tly_envelope_t *req, json_t **d
     return true;
 }
 
+/* --- transfer steps (sent by the saga, one account each) ------------------ */
+
+/* {transfer_id: uuid, amount: int > 0, currency: ISO code}. */
+static bool
+transfer_step_ok(const tly_envelope_t *req, int64_t *amount, const char **currency, const char **transfer_id, rejection_t *rej)
+{
+    tly_uuid_t t;
+    *transfer_id = tly_json_str(req->data, "transfer_id");
+    if (*transfer_id == NULL || !tly_uuid_parse(*transfer_id, &t))
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "transfer_id must be a uuid");
+    return money_request_ok(req, amount, currency, rej);
+}
+
+static bool
+decide_transfer_debit(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
+{
+    int64_t amount;
+    const char *currency, *transfer;
+    if (!transfer_step_ok(req, &amount, &currency, &transfer, rej) || !account_usable(s, req, rej))
+        return false;
+    if (strcmp(currency, s->currency) != 0)
+        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the source account's");
+    if (amount > s->balance)
+        return reject(rej, TLY_CODE_INSUFFICIENT_FUNDS, "balance is lower than the amount");
+    *data = json_pack("{s:s, s:I, s:s, s:I}", "transfer_id", transfer, "amount", (json_int_t)amount, "currency", currency,
+                      "balance_after", (json_int_t)(s->balance - amount));
+    return true;
+}
+
+static bool
+decide_transfer_credit(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
+{
+    int64_t amount, after;
+    const char *currency, *transfer;
+    if (!transfer_step_ok(req, &amount, &currency, &transfer, rej) || !account_usable(s, req, rej))
+        return false;
+    if (strcmp(currency, s->currency) != 0)
+        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the destination account's");
+    if (__builtin_add_overflow(s->balance, amount, &after))
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "balance would overflow");
+    *data = json_pack("{s:s, s:I, s:s, s:I}", "transfer_id", transfer, "amount", (json_int_t)amount, "currency", currency,
+                      "balance_after", (json_int_t)after);
+    return true;
+}
+
+/*
+ * The compensation of a debit whose credit failed. It is NEVER rejected for
+ * the account's state: a frozen or closed source still gets its money back,
+ * because the alternative is money that left one account and reached none.
+ * The only refusals are a malformed request or an account this tenant never
+ * had (neither can follow a real debit); the saga re-sends the reversal until
+ * it is applied, so a compensation is never abandoned. No overflow is
+ * possible in practice (the amount was on this account before) but it is
+ * checked rather than wrapped.
+ */
+static bool
+decide_debit_reversal(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
+{
+    int64_t amount, after;
+    const char *currency, *transfer;
+    if (!transfer_step_ok(req, &amount, &currency, &transfer, rej) || !account_visible(s, req, rej))
+        return false;
+    if (strcmp(currency, s->currency) != 0)
+        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
+    if (__builtin_add_overflow(s->balance, amount, &after))
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "balance would overflow");
+    *data = json_pack("{s:s, s:I, s:s, s:I}", "transfer_id", transfer, "amount", (json_int_t)amount, "currency", currency,
+                      "balance_after", (json_int_t)after);
+    return true;
+}
+
 static const command_row_t commands[] = {
     {"AccountOpenRequested", "AccountOpened", "AccountOpenRejected", decide_open},
     {"DepositRequested", "FundsDeposited", "DepositRejected", decide_deposit},
@@ -203,6 +274,10 @@ static const command_row_t commands[] = {
     {"AccountFreezeRequested", "AccountFrozen", "AccountFreezeRejected", decide_freeze},
     {"AccountUnfreezeRequested", "AccountUnfrozen", "AccountUnfreezeRejected", decide_unfreeze},
     {"AccountCloseRequested", "AccountClosed", "AccountCloseRejected", decide_close},
+    {"TransferDebitRequested", "AccountDebited", "AccountDebitRejected", decide_transfer_debit},
+    {"TransferCreditRequested", "AccountCredited", "AccountCreditRejected", decide_transfer_credit},
+    /* DebitReversalRejected exists only for a reversal that cannot be applied at all (see decide_debit_reversal) */
+    {"DebitReversalRequested", "DebitReversed", "DebitReversalRejected", decide_debit_reversal},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -267,6 +342,7 @@ evolve_closed(tly_account_state_t *s, const tly_envelope_t *ev)
 static const outcome_row_t outcomes[] = {
     {"AccountOpened", evolve_opened}, {"FundsDeposited", evolve_balance},   {"FundsWithdrawn", evolve_balance},
     {"AccountFrozen", evolve_frozen}, {"AccountUnfrozen", evolve_unfrozen}, {"AccountClosed", evolve_closed},
+    {"AccountDebited", evolve_balance}, {"AccountCredited", evolve_balance},   {"DebitReversed", evolve_balance},
 };
 #define NOUTCOMES (sizeof(outcomes) / sizeof(outcomes[0]))
 
@@ -342,7 +418,11 @@ tly_decider_reject(const tly_envelope_t *request, const char *code, const char *
     memset(out, 0, sizeof(*out));
     if (row == NULL)
         return -1;
-    emit(out, request, row->rejected_type, json_pack("{s:s, s:s}", "code", code, "detail", detail), now_us);
+    json_t *data = json_pack("{s:s, s:s}", "code", code, "detail", detail);
+    const char *transfer = tly_json_str(request->data, "transfer_id");
+    if (transfer != NULL) /* the saga finds its transfer by it */
+        json_object_set_new(data, "transfer_id", json_string(transfer));
+    emit(out, request, row->rejected_type, data, now_us);
     out->rejected = true;
     return 0;
 }
