@@ -2,6 +2,7 @@
 #include "tally/api.h"
 #include "tally/clock.h"
 #include "tally/log.h"
+#include "tally/metrics.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,13 @@ tly_api_req_init(tly_api_req_t *ar, h2o_req_t *req, size_t *inflight)
     ar->route = "unknown";
     ar->started_us = tly_clock_mono_us();
     snprintf(ar->request_id, sizeof(ar->request_id), "%s", tly_http_request_id(req));
+    h2o_iovec_t tp = tly_http_header(req, "traceparent");
+    if (tp.base != NULL && tly_traceparent_valid(tp.base, tp.len)) {
+        memcpy(ar->traceparent, tp.base, TLY_TRACEPARENT_LEN);
+        ar->traceparent[TLY_TRACEPARENT_LEN] = '\0';
+    } else {
+        tly_traceparent_new(ar->traceparent);
+    }
     ar->guard = h2o_mem_alloc_shared(&req->pool, sizeof(*ar->guard), on_req_disposed);
     *ar->guard = ar;
     ++*inflight;
@@ -47,20 +55,25 @@ add_rate_headers(h2o_req_t *req, const tly_rate_t *rate)
     tly_http_add_header(req, "ratelimit", v);
 }
 
+/* The access line and the HTTP metrics: one place every API answer goes through. */
 static void
 log_request(tly_api_req_t *ar, int status)
 {
-    char tenant[TLY_UUID_STR_LEN + 1] = "", job[TLY_UUID_STR_LEN + 1] = "", st[8], ms[32], method[16];
+    char tenant[TLY_UUID_STR_LEN + 1] = "", job[TLY_UUID_STR_LEN + 1] = "", st[16], ms[48], method[16], trace[33];
     h2o_req_t *req = ar->req;
+    int64_t elapsed_us = tly_clock_mono_us() - ar->started_us;
     if (ar->principal.entry != NULL)
         tly_uuid_format(&ar->principal.tenant_id, tenant);
     if (!tly_uuid_is_nil(&ar->job_id))
         tly_uuid_format(&ar->job_id, job);
     snprintf(st, sizeof(st), "%d", status);
-    snprintf(ms, sizeof(ms), "%.3f", (double)(tly_clock_mono_us() - ar->started_us) / 1000.0);
-    snprintf(method, sizeof(method), "%.*s", (int)req->method.len, req->method.base);
-    tly_log(TLY_LOG_INFO, "request", "request_id", ar->request_id, "tenant", tenant[0] ? tenant : NULL, "method", method, "route",
-            ar->route, "status", st, "latency_ms", ms, "job_id", job[0] ? job : NULL, NULL);
+    snprintf(ms, sizeof(ms), "%.3f", (double)elapsed_us / 1000.0);
+    snprintf(method, sizeof(method), "%.*s", (int)(req->method.len < 15 ? req->method.len : 15), req->method.base);
+    tly_log_trace_id_of(ar->traceparent, trace);
+    tly_metrics_http_request(ar->route, method, status, (double)elapsed_us / 1e6);
+    tly_log(TLY_LOG_INFO, "request", "request_id", ar->request_id, "trace_id", trace[0] ? trace : NULL, "tenant",
+            tenant[0] ? tenant : NULL, "method", method, "route", ar->route, "status", st, "latency_ms", ms, "job_id",
+            job[0] ? job : NULL, NULL);
 }
 
 void
@@ -124,6 +137,7 @@ tly_api_authenticate_or_reply(tly_api_req_t *ar, tly_keycache_t *keys, int scope
     tly_keycache_take(&ar->principal, tly_clock_mono_us(), &ar->rate);
     if (!ar->rate.allowed) {
         char secs[24];
+        tly_metrics_rate_limited();
         snprintf(secs, sizeof(secs), "%lld", (long long)ar->rate.retry_after);
         tly_http_add_header(ar->req, "retry-after", secs);
         tly_api_problem(ar, 429, "rate_limited", "too many requests for this API key; retry after the time given", NULL);

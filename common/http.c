@@ -198,7 +198,9 @@ tly_http_request_id(h2o_req_t *req)
 const char *
 tly_http_allow(h2o_req_t *req, const char *own)
 {
-    if (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/v1/accounts")))
+    /* collections that are read on the query API and written on the command API */
+    if (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/v1/accounts")) ||
+        h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/v1/transfers")))
         return "GET, HEAD, POST";
     return own;
 }

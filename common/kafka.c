@@ -1,5 +1,6 @@
 /* librdkafka set-up shared by every service, and envelope production. */
 #include "tally/kafka.h"
+#include "tally/log.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -7,6 +8,31 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/*
+ * librdkafka's own messages ("%4|...|FAIL|..." on stderr by default) as JSON
+ * lines through tly_log. Called from librdkafka's threads; tly_log writes
+ * each line with one write(2).
+ */
+static void
+on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    /* syslog levels: 0-3 emerg..err, 4 warning, 5 notice, 6 info, 7 debug */
+    tly_log_level_t l = level <= 3 ? TLY_LOG_ERROR : level == 4 ? TLY_LOG_WARN : level <= 6 ? TLY_LOG_INFO : TLY_LOG_DEBUG;
+    char lv[16];
+    snprintf(lv, sizeof(lv), "%d", level);
+    tly_log(l, buf, "component", "librdkafka", "facility", fac, "client", rk != NULL ? rd_kafka_name(rk) : NULL, "syslog_level",
+            lv, NULL);
+}
+
+/* A configuration with Tally's logging; every client is made from one. */
+static rd_kafka_conf_t *
+conf_new(void)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    return conf;
+}
 
 static int
 conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err, size_t errcap)
@@ -24,7 +50,7 @@ tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
                           void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque, char *err, size_t errcap)
 {
     char timeout[32], rderr[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_t *conf = conf_new();
     snprintf(timeout, sizeof(timeout), "%d", message_timeout_ms);
     if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 || conf_set(conf, "acks", "all", err, errcap) != 0 ||
         conf_set(conf, "enable.idempotence", "true", err, errcap) != 0 ||
@@ -51,7 +77,7 @@ tly_kafka_consumer_create(const char *brokers, const char *group,
                           void *opaque, char *err, size_t errcap)
 {
     char rderr[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_t *conf = conf_new();
     if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 || conf_set(conf, "group.id", group, err, errcap) != 0 ||
         conf_set(conf, "enable.auto.commit", "false", err, errcap) != 0 ||
         conf_set(conf, "enable.auto.offset.store", "false", err, errcap) != 0 ||
@@ -131,7 +157,7 @@ tly_kafka_create_topic(const char *brokers, const char *topic, int partitions, i
     rd_kafka_NewTopic_t *nt = NULL;
     rd_kafka_queue_t *q = NULL;
     rd_kafka_event_t *ev = NULL;
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_t *conf = conf_new();
     if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0) {
         rd_kafka_conf_destroy(conf);
         return -1;

@@ -14,6 +14,49 @@
 static const char *log_service = "tally";
 static tly_log_level_t log_min_level = TLY_LOG_INFO;
 static const char *level_names[] = {"debug", "info", "warn", "error"};
+static __thread char thread_trace[33];
+
+static bool
+lower_hex(const char *s, size_t n)
+{
+    bool nonzero = false;
+    for (size_t i = 0; i < n; ++i) {
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+        nonzero = nonzero || s[i] != '0';
+    }
+    return nonzero;
+}
+
+bool
+tly_log_trace_id_of(const char *tp, char *out)
+{
+    out[0] = '\0';
+    if (tp == NULL)
+        return false;
+    size_t len = strlen(tp);
+    if (len == 32 && lower_hex(tp, 32)) {
+        memcpy(out, tp, 33);
+        return true;
+    }
+    if (len != 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-' || !lower_hex(tp + 3, 32))
+        return false;
+    memcpy(out, tp + 3, 32);
+    out[32] = '\0';
+    return true;
+}
+
+void
+tly_log_trace_set(const char *traceparent)
+{
+    tly_log_trace_id_of(traceparent, thread_trace);
+}
+
+const char *
+tly_log_trace_id(void)
+{
+    return thread_trace;
+}
 
 void
 tly_log_init(const char *service, tly_log_level_t level)
@@ -98,11 +141,16 @@ tly_logv(tly_log_level_t level, const char *msg, va_list ap)
     put_field(&l, "service", log_service);
     put_field(&l, "msg", msg);
     const char *key;
+    bool traced = false;
     while ((key = va_arg(ap, const char *)) != NULL) {
         const char *value = va_arg(ap, const char *);
-        if (value != NULL)
+        if (value != NULL) {
             put_field(&l, key, value);
+            traced = traced || strcmp(key, "trace_id") == 0;
+        }
     }
+    if (!traced && thread_trace[0] != '\0')
+        put_field(&l, "trace_id", thread_trace);
     l.buf[l.len++] = '}';
     l.buf[l.len++] = '\n';
     ssize_t ignored = write(STDERR_FILENO, l.buf, l.len);
@@ -129,4 +177,20 @@ tly_logf(tly_log_level_t level, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     tly_log(level, msg, NULL);
+}
+
+void
+tly_log_pq_notice(void *arg, const char *message)
+{
+    static const char *warn_prefixes[] = {"WARNING:", "ERROR:", "FATAL:", "PANIC:"};
+    char msg[1024];
+    size_t n = strlen(message);
+    while (n > 0 && (message[n - 1] == '\n' || message[n - 1] == ' '))
+        --n;
+    snprintf(msg, sizeof(msg), "%.*s", (int)(n < sizeof(msg) - 1 ? n : sizeof(msg) - 1), message);
+    tly_log_level_t level = TLY_LOG_INFO;
+    for (size_t i = 0; i < sizeof(warn_prefixes) / sizeof(warn_prefixes[0]); ++i)
+        if (strncmp(msg, warn_prefixes[i], strlen(warn_prefixes[i])) == 0)
+            level = TLY_LOG_WARN;
+    tly_log(level, msg, "component", "libpq", NULL);
 }

@@ -1,5 +1,6 @@
 /* Blocking libpq helpers with PostgreSQL-style error messages. */
 #include "tally/pg.h"
+#include "tally/log.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +18,8 @@ PGconn *
 tly_pg_connect(const char *dsn, char *err, size_t errcap)
 {
     PGconn *conn = PQconnectdb(dsn);
+    if (conn != NULL)
+        PQsetNoticeProcessor(conn, tly_log_pq_notice, NULL);
     if (PQstatus(conn) != CONNECTION_OK) {
         copy_message("could not connect to postgresql", PQerrorMessage(conn), err, errcap);
         PQfinish(conn);

@@ -6,6 +6,7 @@
  * libpq socket: h2o owns (and closes) the duplicate, libpq keeps the original.
  */
 #include "tally/pgasync.h"
+#include "tally/log.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -277,6 +278,8 @@ static void
 conn_open(pg_conn_t *c)
 {
     c->pg = PQconnectStart(c->pool->dsn);
+    if (c->pg != NULL)
+        PQsetNoticeProcessor(c->pg, tly_log_pq_notice, NULL);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD || PQsetnonblocking(c->pg, 1) != 0) {
         conn_fail(c, "could not connect to postgresql");
         return;

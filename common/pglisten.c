@@ -5,6 +5,7 @@
  * back to BROKEN on any failure, from where a timer re-opens the connection.
  */
 #include "tally/pglisten.h"
+#include "tally/log.h"
 
 #include <libpq-fe.h>
 #include <stdlib.h>
@@ -207,6 +208,8 @@ static void
 listen_open(tly_pglisten_t *l)
 {
     l->pg = PQconnectStart(l->dsn);
+    if (l->pg != NULL)
+        PQsetNoticeProcessor(l->pg, tly_log_pq_notice, NULL);
     if (l->pg == NULL || PQstatus(l->pg) == CONNECTION_BAD || PQsetnonblocking(l->pg, 1) != 0) {
         listen_fail(l);
         return;

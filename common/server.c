@@ -1,7 +1,9 @@
 /* Multi-threaded h2o server with graceful shutdown. See tally/server.h. */
 #include "tally/server.h"
+#include "tally/admin.h"
 #include "tally/clock.h"
 #include "tally/log.h"
+#include "tally/metrics.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -16,6 +18,7 @@
 
 static atomic_bool stopping;
 static h2o_globalconf_t globalconf;
+static h2o_globalconf_t admin_globalconf;
 
 bool
 tly_server_stopping(void)
@@ -35,39 +38,6 @@ tly_server_thread_of(h2o_req_t *req)
     return H2O_STRUCT_FROM_MEMBER(tly_server_thread_t, ctx, req->conn->ctx);
 }
 
-static int
-open_listener(const char *host, uint16_t port, char *err, size_t errcap)
-{
-    struct sockaddr_in addr;
-    int fd = -1, on = 1;
-    const char *what = "socket";
-    memset(&addr, 0, sizeof(addr));
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
-        snprintf(err, errcap, "invalid listen address \"%s\"", host);
-        return -1;
-    }
-    if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-        goto Error;
-    what = "setsockopt";
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0)
-        goto Error;
-    what = "bind";
-    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0)
-        goto Error;
-    what = "listen";
-    if (listen(fd, SOMAXCONN) != 0)
-        goto Error;
-    return fd;
-Error:
-    snprintf(err, errcap, "could not %s on %s:%u: %s", what, host, port, strerror(errno));
-    if (fd >= 0)
-        close(fd);
-    return -1;
-}
-
 static void
 on_accept(h2o_socket_t *listener, const char *err)
 {
@@ -81,6 +51,35 @@ on_accept(h2o_socket_t *listener, const char *err)
 }
 
 static void
+on_admin_accept(h2o_socket_t *listener, const char *err)
+{
+    tly_server_thread_t *t = listener->data;
+    h2o_socket_t *sock;
+    if (err != NULL || (sock = h2o_evloop_socket_accept(listener)) == NULL)
+        return;
+    h2o_accept(&t->admin_accept_ctx, sock);
+}
+
+static bool
+admin_ready(void *arg, json_t *reasons)
+{
+    tly_server_thread_t *t = arg;
+    if (tly_server_stopping()) {
+        json_object_set_new(reasons, "stopping", json_true());
+        return false;
+    }
+    return t->config->thread_ready == NULL || t->config->thread_ready(t->app, reasons);
+}
+
+static int
+on_admin_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    tly_server_thread_t *t = H2O_STRUCT_FROM_MEMBER(tly_server_thread_t, admin_ctx, req->conn->ctx);
+    tly_admin_handle(req, admin_ready, t);
+    return 0;
+}
+
+static void
 stop_accepting(tly_server_thread_t *t)
 {
     if (t->listener == NULL)
@@ -89,6 +88,12 @@ stop_accepting(tly_server_thread_t *t)
     h2o_socket_close(t->listener);
     t->listener = NULL;
     h2o_context_request_shutdown(&t->ctx);
+    if (t->admin_listener != NULL) {
+        h2o_socket_read_stop(t->admin_listener);
+        h2o_socket_close(t->admin_listener);
+        t->admin_listener = NULL;
+        h2o_context_request_shutdown(&t->admin_ctx);
+    }
 }
 
 /*
@@ -108,6 +113,15 @@ thread_setup(tly_server_thread_t *t)
     t->listener = h2o_evloop_socket_create(t->loop, t->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
     t->listener->data = t;
     h2o_socket_read_start(t->listener, on_accept);
+    if (t->admin_fd >= 0) {
+        /* a context of its own on the same loop, so the API's handlers never see admin requests */
+        h2o_context_init(&t->admin_ctx, t->loop, &admin_globalconf);
+        t->admin_accept_ctx.ctx = &t->admin_ctx;
+        t->admin_accept_ctx.hosts = admin_globalconf.hosts;
+        t->admin_listener = h2o_evloop_socket_create(t->loop, t->admin_fd, H2O_SOCKET_FLAG_DONT_READ);
+        t->admin_listener->data = t;
+        h2o_socket_read_start(t->admin_listener, on_admin_accept);
+    }
     t->app = cfg->thread_init(t, cfg->arg);
     if (t->app == NULL) {
         tly_logf(TLY_LOG_ERROR, "could not initialise thread %zu", t->index);
@@ -150,11 +164,19 @@ static int
 start_thread(tly_server_thread_t *t, char *err, size_t errcap)
 {
     tly_server_config_t *cfg = t->config;
-    if ((t->listen_fd = open_listener(cfg->host, cfg->port, err, errcap)) < 0)
+    t->admin_fd = -1;
+    if ((t->listen_fd = tly_admin_listen(cfg->host, cfg->port, true, err, errcap)) < 0)
         return -1;
+    /* One admin listener, on the first thread, without SO_REUSEPORT. Taken by
+       another process: the API still serves, without its admin endpoint
+       (an error line says so; e.g. a second instance on one host). */
+    if (t->index == 0 && cfg->admin_port != 0 && (t->admin_fd = tly_admin_listen(cfg->host, cfg->admin_port, false, err, errcap)) < 0)
+        tly_log(TLY_LOG_ERROR, "admin endpoint unavailable, serving without it", "error", err, NULL);
     if (pthread_create(&t->tid, NULL, thread_main, t) != 0) {
         snprintf(err, errcap, "could not start thread %zu", t->index);
         close(t->listen_fd);
+        if (t->admin_fd >= 0)
+            close(t->admin_fd);
         return -1;
     }
     return 0;
@@ -178,6 +200,14 @@ tly_server_run(tly_server_config_t *cfg)
     h2o_pathconf_t *pathconf = h2o_config_register_path(hostconf, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(pathconf, sizeof(*handler));
     handler->on_req = cfg->on_req;
+    if (cfg->admin_port != 0) {
+        h2o_config_init(&admin_globalconf);
+        admin_globalconf.server_name = globalconf.server_name;
+        h2o_hostconf_t *admin_host = h2o_config_register_host(&admin_globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+        h2o_handler_t *admin = h2o_create_handler(h2o_config_register_path(admin_host, "/", 0), sizeof(*admin));
+        admin->on_req = on_admin_req;
+        tly_metrics_register_all();
+    }
 
     tly_server_thread_t *threads = calloc(cfg->threads, sizeof(*threads));
     if (threads == NULL)
@@ -192,8 +222,12 @@ tly_server_run(tly_server_config_t *cfg)
             break;
         }
     }
-    if (started == cfg->threads)
+    if (started == cfg->threads) {
         tly_logf(TLY_LOG_INFO, "%s listening on %s:%u with %zu threads", cfg->name, cfg->host, cfg->port, cfg->threads);
+        if (threads[0].admin_fd >= 0)
+            tly_logf(TLY_LOG_INFO, "%s admin endpoint on %s:%u (/metrics, /healthz, /readyz)", cfg->name, cfg->host,
+                     cfg->admin_port);
+    }
     bool failed = started != cfg->threads;
     for (size_t i = 0; i < started; ++i) {
         pthread_join(threads[i].tid, NULL);

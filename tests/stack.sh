@@ -8,7 +8,8 @@
 #
 # DIR/env has one KEY=VALUE per line, the value unquoted up to the end of the
 # line (TALLY_PG_DSN holds spaces): TALLY_URL (gateway), TALLY_COMMAND_URL,
-# TALLY_QUERY_URL, TALLY_API_KEY, TALLY_PG_DSN, TALLY_KAFKA_BROKERS,
+# TALLY_QUERY_URL, TALLY_COMMAND_ADMIN_URL, TALLY_QUERY_ADMIN_URL,
+# TALLY_WORKER_ADMIN_URL (/metrics, /healthz, /readyz), TALLY_API_KEY, TALLY_PG_DSN, TALLY_KAFKA_BROKERS,
 # TALLY_KAFKA_TOPIC, TALLY_KAFKA_PARTITIONS, TALLY_BIN, TALLY_VAR.
 # DIR/local.env holds the same, shell-quoted:  set -a; . DIR/local.env
 #
@@ -47,7 +48,8 @@ up() {
     mkdir -p "$dir"
     touch "$dir/$marker"
     read -r TALLY_PG_PORT TALLY_KAFKA_PORT TALLY_KAFKA_CONTROLLER_PORT \
-        TALLY_COMMAND_PORT TALLY_QUERY_PORT TALLY_GATEWAY_PORT < <(tly_free_ports 6)
+        TALLY_COMMAND_PORT TALLY_QUERY_PORT TALLY_GATEWAY_PORT \
+        TALLY_COMMAND_ADMIN_PORT TALLY_QUERY_ADMIN_PORT TALLY_WORKER_ADMIN_PORT < <(tly_free_ports 9)
     pick_bin "$dir"
     TALLY_VAR=$dir
     tly_init

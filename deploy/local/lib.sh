@@ -41,6 +41,10 @@ tly_init() {
     TALLY_COMMAND_PORT=${TALLY_COMMAND_PORT:-8081}
     TALLY_QUERY_PORT=${TALLY_QUERY_PORT:-8082}
     TALLY_GATEWAY_PORT=${TALLY_GATEWAY_PORT:-8080}
+    # admin endpoints (/metrics, /healthz, /readyz), one per service
+    TALLY_COMMAND_ADMIN_PORT=${TALLY_COMMAND_ADMIN_PORT:-9181}
+    TALLY_QUERY_ADMIN_PORT=${TALLY_QUERY_ADMIN_PORT:-9182}
+    TALLY_WORKER_ADMIN_PORT=${TALLY_WORKER_ADMIN_PORT:-9183}
     mkdir -p "$TALLY_VAR/log" "$TALLY_VAR/run"
 }
 
@@ -54,6 +58,9 @@ tly_export_env() {
     export TALLY_URL="http://127.0.0.1:$TALLY_GATEWAY_PORT"
     export TALLY_COMMAND_URL="http://127.0.0.1:$TALLY_COMMAND_PORT"
     export TALLY_QUERY_URL="http://127.0.0.1:$TALLY_QUERY_PORT"
+    export TALLY_COMMAND_ADMIN_URL="http://127.0.0.1:$TALLY_COMMAND_ADMIN_PORT"
+    export TALLY_QUERY_ADMIN_URL="http://127.0.0.1:$TALLY_QUERY_ADMIN_PORT"
+    export TALLY_WORKER_ADMIN_URL="http://127.0.0.1:$TALLY_WORKER_ADMIN_PORT"
     export TALLY_BIN TALLY_VAR
     tly_cursor_secret
 }
@@ -167,7 +174,7 @@ tly_stop() {
             tly_wait 5 tly_dead "$name" "$pattern" || true
         fi
     fi
-    rm -f "$TALLY_VAR/run/$name.pid" "$TALLY_VAR/run/$name.port"
+    rm -f "$TALLY_VAR/run/$name.pid" "$TALLY_VAR/run/$name.port" "$TALLY_VAR/run/$name.admin-port"
 }
 
 # Size of a file in bytes (0 if missing): where a new start's log begins.
@@ -181,9 +188,9 @@ tly_log_tail() {
 }
 
 # Port that process $1 (command line contains $2) was started on if it is
-# still running, else $3.
+# still running, else $3. $4: which port (default "port"; "admin-port").
 tly_recorded_port() {
-    local file=$TALLY_VAR/run/$1.port
+    local file=$TALLY_VAR/run/$1.${4:-port}
     if [[ -f $file ]] && tly_alive "$1" "$2"; then cat "$file"; else printf '%s\n' "$3"; fi
 }
 
@@ -492,26 +499,32 @@ tly_api_ready() {
         curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$2/healthz" 2>/dev/null
 }
 
-# Starts service $1 (tally-command-api, tally-query-api: port $2 and
-# /healthz; tally-worker: no port, alive after 1 s).
+# Starts service $1 with its admin endpoint on port $3 (tally-command-api,
+# tally-query-api: port $2 and /healthz; tally-worker: $2 empty, alive after
+# 1 s and its admin /healthz answering).
 tly_service_start() {
-    local name=$1 port=${2:-} t0=$EPOCHREALTIME log=$TALLY_VAR/log/$1.log offset ok=true
+    local name=$1 port=${2:-} admin=${3:-0} t0=$EPOCHREALTIME log=$TALLY_VAR/log/$1.log offset ok=true
     tly_require_bin "$name"
     if tly_alive "$name" "/$name"; then
         tly_log "$name already running"
         return 0
     fi
     [[ -z $port ]] || tly_require_port_free "$name" "$port"
+    [[ $admin == 0 ]] || tly_require_port_free "$name admin endpoint" "$admin"
     offset=$(tly_log_offset "$log")
-    tly_log "starting $name${port:+ on 127.0.0.1:$port}"
+    tly_log "starting $name${port:+ on 127.0.0.1:$port}, admin endpoint on 127.0.0.1:$admin"
+    printf '%s\n' "$admin" >"$TALLY_VAR/run/$name.admin-port"
     if [[ -n $port ]]; then
-        TALLY_HTTP_PORT=$port tly_spawn "$name" "$log" "$TALLY_BIN/$name"
+        TALLY_HTTP_PORT=$port TALLY_ADMIN_PORT=$admin tly_spawn "$name" "$log" "$TALLY_BIN/$name"
         printf '%s\n' "$port" >"$TALLY_VAR/run/$name.port"
         tly_wait 30 tly_api_ready "$name" "$port" || ok=false
     else
-        tly_spawn "$name" "$log" env -u TALLY_HTTP_PORT "$TALLY_BIN/$name"
+        tly_spawn "$name" "$log" env -u TALLY_HTTP_PORT TALLY_ADMIN_PORT="$admin" "$TALLY_BIN/$name"
         sleep 1
         tly_alive "$name" "/$name" || ok=false
+        if $ok && [[ $admin != 0 ]]; then
+            tly_wait 10 tly_api_ready "$name" "$admin" || ok=false
+        fi
     fi
     if ! $ok; then
         tly_log_tail "$log" "$offset"
@@ -584,6 +597,11 @@ tly_adopt_running_ports() {
         "/tally-query-api" "$TALLY_QUERY_PORT")
     TALLY_GATEWAY_PORT=$(tly_recorded_port nginx "$TALLY_VAR/nginx/nginx.conf" "$TALLY_GATEWAY_PORT")
     TALLY_KAFKA_PORT=$(tly_recorded_port kafka "$TALLY_VAR/kafka/server.properties" "$TALLY_KAFKA_PORT")
+    TALLY_COMMAND_ADMIN_PORT=$(tly_recorded_port tally-command-api \
+        "/tally-command-api" "$TALLY_COMMAND_ADMIN_PORT" admin-port)
+    TALLY_QUERY_ADMIN_PORT=$(tly_recorded_port tally-query-api \
+        "/tally-query-api" "$TALLY_QUERY_ADMIN_PORT" admin-port)
+    TALLY_WORKER_ADMIN_PORT=$(tly_recorded_port tally-worker "/tally-worker" "$TALLY_WORKER_ADMIN_PORT" admin-port)
 }
 
 # Starts whatever is not running yet. $1: tenant name, $2: env file that
@@ -599,9 +617,9 @@ tly_stack_up() {
     tly_create_topic
     tly_migrate
     tly_ensure_api_key "$1" "$2"
-    tly_service_start tally-command-api "$TALLY_COMMAND_PORT"
-    tly_service_start tally-query-api "$TALLY_QUERY_PORT"
-    tly_service_start tally-worker
+    tly_service_start tally-command-api "$TALLY_COMMAND_PORT" "$TALLY_COMMAND_ADMIN_PORT"
+    tly_service_start tally-query-api "$TALLY_QUERY_PORT" "$TALLY_QUERY_ADMIN_PORT"
+    tly_service_start tally-worker "" "$TALLY_WORKER_ADMIN_PORT"
     tly_gateway_start
     tly_export_env
     tly_log "stack ready ($(tly_since "$t0"))"
@@ -625,6 +643,7 @@ tly_write_env() {
     (
         umask 077
         for name in TALLY_URL TALLY_API_KEY TALLY_COMMAND_URL TALLY_QUERY_URL \
+            TALLY_COMMAND_ADMIN_URL TALLY_QUERY_ADMIN_URL TALLY_WORKER_ADMIN_URL \
             TALLY_PG_DSN TALLY_KAFKA_BROKERS TALLY_KAFKA_TOPIC \
             TALLY_KAFKA_PARTITIONS TALLY_BIN TALLY_VAR; do
             value=${!name}

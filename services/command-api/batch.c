@@ -105,7 +105,7 @@ cmd_batch_handle(cmd_thread_t *thr, h2o_req_t *req)
         json_decref(errors);
         goto fail;
     }
-    tly_traceparent_new(traceparent);
+    tly_traceparent_child(b->api.traceparent, traceparent); /* items keep the caller's trace */
     b->results = json_array();
     for (size_t i = 0; i < json_array_size(requests); ++i)
         json_array_append_new(b->results, json_null());

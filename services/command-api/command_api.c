@@ -25,6 +25,8 @@ const tly_config_def_t tly_command_api_settings[] = {
     {"topic", "TALLY_KAFKA_TOPIC", TLY_CONFIG_STRING, "tally.events", 0, 0, OFF(topic), "the event log topic"},
     {"host", "TALLY_HTTP_HOST", TLY_CONFIG_STRING, "127.0.0.1", 0, 0, OFF(host), "address to listen on"},
     {"port", "TALLY_HTTP_PORT", TLY_CONFIG_INT, "8081", 1, 65535, OFF(port), "port to listen on"},
+    {"admin-port", "TALLY_ADMIN_PORT", TLY_CONFIG_INT, "9181", 0, 65535, OFF(admin_port),
+     "port of /metrics, /healthz and /readyz (on the same address; 0: none)"},
     {"threads", "TALLY_HTTP_THREADS", TLY_CONFIG_INT, "2", 1, 64, OFF(threads), "event-loop threads"},
     {"pg-pool", "TALLY_PG_POOL", TLY_CONFIG_INT, "4", 1, 64, OFF(pg_pool), "PostgreSQL connections per thread"},
     {"kafka-timeout-ms", "TALLY_KAFKA_TIMEOUT_MS", TLY_CONFIG_INT, "5000", 100, 60000, OFF(kafka_timeout_ms),
@@ -72,18 +74,11 @@ cmd_body_or_reply(tly_api_req_t *api)
     }
 }
 
+/* The next hop of the request's trace (the caller's traceparent, or the one the frame started). */
 static void
 take_traceparent(cmd_op_t *op)
 {
-    h2o_iovec_t tp = tly_http_header(op->api.req, "traceparent");
-    char parent[TLY_TRACEPARENT_LEN + 1];
-    if (tp.base != NULL && tly_traceparent_valid(tp.base, tp.len)) {
-        memcpy(parent, tp.base, TLY_TRACEPARENT_LEN);
-        parent[TLY_TRACEPARENT_LEN] = '\0';
-        tly_traceparent_child(parent, op->traceparent);
-    } else {
-        tly_traceparent_new(op->traceparent);
-    }
+    tly_traceparent_child(op->api.traceparent, op->traceparent);
 }
 
 static void
@@ -113,12 +108,23 @@ handle_command(cmd_thread_t *thr, h2o_req_t *req)
                  req->entity.len);
 }
 
+/* PostgreSQL reachable, API keys loaded, the broker answering. */
+static bool
+thread_ready(void *app, json_t *reasons)
+{
+    cmd_thread_t *thr = app;
+    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys), kafka = tly_kafka_probe_ok(kafka_probe);
+    json_object_set_new(reasons, "postgresql", json_boolean(pg));
+    json_object_set_new(reasons, "api_keys", json_boolean(keys));
+    json_object_set_new(reasons, "kafka", json_boolean(kafka));
+    return pg && keys && kafka;
+}
+
 static bool
 health_or_reply(h2o_req_t *req, cmd_thread_t *thr)
 {
-    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys), kafka = tly_kafka_probe_ok(kafka_probe);
-    json_t *reasons = json_pack("{s:b, s:b, s:b}", "postgresql", pg, "api_keys", keys, "kafka", kafka);
-    bool answered = tly_api_health(req, pg && keys && kafka, reasons);
+    json_t *reasons = json_object();
+    bool answered = tly_api_health(req, thread_ready(thr, reasons), reasons);
     json_decref(reasons);
     return answered;
 }
@@ -223,6 +229,8 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         .thread_dispose = thread_dispose,
         .arg = cfg,
         .shutdown_grace_ms = 8000,
+        .admin_port = (uint16_t)cfg->admin_port,
+        .thread_ready = thread_ready,
     };
     int ret = tly_server_run(&server);
     tly_keycache_destroy(shared_keys);

@@ -18,6 +18,7 @@ typedef struct st_tly_command_api_config_t {
     char *topic;
     char *host;
     int64_t port;
+    int64_t admin_port;
     int64_t threads;
     int64_t pg_pool;
     int64_t kafka_timeout_ms;

@@ -43,12 +43,12 @@ bool
 tly_command_route(const char *collection, const char *sub, tly_command_kind_t *out)
 {
     if (sub == NULL) {
-        /* POST /v1/transfers is validated already (TLY_CMD_TRANSFER) but not
-           routed: a 202 is a promise, and no worker role runs the transfer
-           saga yet, so accepting one would leave its job queued forever. */
-        if (strcmp(collection, "accounts") != 0)
+        if (strcmp(collection, "accounts") == 0)
+            *out = TLY_CMD_OPEN_ACCOUNT;
+        else if (strcmp(collection, "transfers") == 0)
+            *out = TLY_CMD_TRANSFER; /* the worker's saga role runs it to a terminal state */
+        else
             return false;
-        *out = TLY_CMD_OPEN_ACCOUNT;
         return true;
     }
     if (strcmp(collection, "accounts") != 0)

@@ -9,6 +9,7 @@
 #include "tally/http.h"
 #include "tally/json.h"
 #include "tally/log.h"
+#include "tally/metrics.h"
 
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -81,6 +82,8 @@ cmd_op_destroy(cmd_op_t *op)
 static void
 op_end(cmd_op_t *op, int status, const char *body, bool replayed)
 {
+    if (replayed)
+        tly_metrics_idempotency_replay();
     if (op->batch != NULL) {
         json_error_t jerr;
         json_t *item = json_pack("{s:i}", "status", status);
@@ -147,9 +150,9 @@ cmd_op_route(cmd_op_t *op, const char *path, size_t len)
     }
     if (!tly_command_route(collection, n == 3 ? sub : NULL, &op->cmd.kind))
         goto not_found;
-    op->api.route = n == 3 ? "/v1/accounts/{id}/action" : "/v1/accounts";
+    op->api.route = n == 3 ? "/v1/accounts/{id}/action" : op->cmd.kind == TLY_CMD_TRANSFER ? "/v1/transfers" : "/v1/accounts";
     if (n == 1) {
-        op->resource_id = tly_uuid_v4(); /* a new account */
+        op->resource_id = tly_uuid_v4(); /* a new account or transfer */
         return true;
     }
     if (plen[1] != TLY_UUID_STR_LEN || !tly_uuid_parse(id, &op->resource_id)) {
@@ -201,6 +204,14 @@ cmd_op_idempotency_key(cmd_op_t *op, const char *key, size_t len)
 
 /* ---- the asynchronous steps -------------------------------------------- */
 
+/* The trace id of the op's event (batch items have no request frame of their own), for log lines; a static per thread. */
+static const char *
+trace_of(const cmd_op_t *op)
+{
+    static __thread char trace[33];
+    return tly_log_trace_id_of(op->traceparent, trace) ? trace : NULL;
+}
+
 static void
 on_failed_recorded(void *data, PGresult *res, const char *err)
 {
@@ -227,7 +238,8 @@ on_accepted_recorded(void *data, PGresult *res, const char *err)
     if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
         /* the event is in the log and will be processed, but the job cannot be
            shown yet: the client must not hold a 202 that 404s */
-        tly_log(TLY_LOG_ERROR, "could not record accepted command", "request_id", op->api.request_id, "error",
+        tly_log(TLY_LOG_ERROR, "could not record accepted command", "request_id", op->api.request_id, "trace_id", trace_of(op),
+                "error",
                 err != NULL ? err : PQresultErrorMessage(res), NULL);
         cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded; retry with the same Idempotency-Key",
                        NULL);
@@ -241,9 +253,11 @@ cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
     cmd_op_t *op = msg->_private;
     char job[TLY_UUID_STR_LEN + 1];
+    int64_t latency_us = rd_kafka_message_latency(msg);
+    tly_metrics_kafka_delivery(msg->err == RD_KAFKA_RESP_ERR_NO_ERROR, latency_us >= 0 ? (double)latency_us / 1e6 : 0.0);
     if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        tly_log(TLY_LOG_WARN, "could not append event", "request_id", op->api.request_id, "error", rd_kafka_err2str(msg->err),
-                NULL);
+        tly_log(TLY_LOG_WARN, "could not append event", "request_id", op->api.request_id, "trace_id", trace_of(op), "error",
+                rd_kafka_err2str(msg->err), NULL);
         op_give_up(op, "the event log did not acknowledge the command in time; retry with the same Idempotency-Key");
         return;
     }
@@ -289,7 +303,9 @@ op_produce(cmd_op_t *op)
     rd_kafka_resp_err_t err = tly_kafka_produce_envelope(op->thr->producer, op->thr->cfg->topic, &env, op->traceparent, op);
     json_decref(env.data);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        tly_log(TLY_LOG_WARN, "could not enqueue event", "request_id", op->api.request_id, "error", rd_kafka_err2str(err), NULL);
+        tly_metrics_kafka_enqueue_error();
+        tly_log(TLY_LOG_WARN, "could not enqueue event", "request_id", op->api.request_id, "trace_id", trace_of(op), "error",
+                rd_kafka_err2str(err), NULL);
         op_give_up(op, "the event log is not accepting commands right now");
     }
 }
@@ -329,7 +345,7 @@ on_inserted(void *data, PGresult *res, const char *err)
     cmd_op_t *op = data;
     char tenant[TLY_UUID_STR_LEN + 1];
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        tly_log(TLY_LOG_WARN, "could not record command", "request_id", op->api.request_id, "error",
+        tly_log(TLY_LOG_WARN, "could not record command", "request_id", op->api.request_id, "trace_id", trace_of(op), "error",
                 err != NULL ? err : PQresultErrorMessage(res), NULL);
         cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded", NULL);
         return;

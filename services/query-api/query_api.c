@@ -27,6 +27,11 @@
 #define ACCOUNT_JSON                                                                                                               \
     "json_build_object('id', id, 'currency', currency, 'label', label, 'status', status, 'balance', balance, 'version', "          \
     "version, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")::text"
+#define TRANSFER_JSON                                                                                                              \
+    "json_build_object('id', id, 'from_account', from_account, 'to_account', to_account, 'amount', amount, 'currency', "           \
+    "currency, 'reference', reference, 'status', status, 'compensated', compensated, 'error', CASE WHEN error_code IS NULL "       \
+    "THEN NULL ELSE json_build_object('code', error_code, 'detail', error_detail) END, 'job_id', job_id, 'version', version, "     \
+    "'timeline', timeline, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")::text"
 
 const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     [STMT_ACCOUNT] = {"get_account", "SELECT " ACCOUNT_JSON ", version FROM accounts WHERE id = $1 AND tenant_id = $2", 2},
@@ -71,6 +76,19 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
                            "AND ($6::text IS NULL OR kind = $6::text) ORDER BY created_at, id LIMIT $7::int) e ON true "
                            "WHERE a.id = $1 AND a.tenant_id = $2",
          7},
+    /* Transfers: a row is shown once its TransferRequested is projected (from_account set). */
+    [STMT_TRANSFER] = {"get_transfer",
+                       "SELECT " TRANSFER_JSON ", version FROM transfers WHERE id = $1 AND tenant_id = $2 "
+                       "AND from_account IS NOT NULL",
+                       2},
+    /* $1 tenant, ($2, $3) exclusive lower position, $4 account (either side; NULL: any), $5 status, $6 limit + 1 */
+    [STMT_LIST_TRANSFERS] = {"list_transfers",
+                             "SELECT " TRANSFER_JSON ", " US(
+                                 "created_at") ", id FROM transfers WHERE tenant_id = $1 "
+                                               "AND from_account IS NOT NULL AND (created_at, id) > ($2::timestamptz, $3::uuid) "
+                                               "AND ($4::uuid IS NULL OR from_account = $4::uuid OR to_account = $4::uuid) "
+                                               "AND ($5::text IS NULL OR status = $5::text) ORDER BY created_at, id LIMIT $6::int",
+                             6},
 };
 #undef TS
 #undef US
@@ -80,6 +98,8 @@ const tly_config_def_t tly_query_api_settings[] = {
     {"pg-dsn", "TALLY_PG_DSN", TLY_CONFIG_STRING, NULL, 0, 0, OFF(pg_dsn), "libpq connection string"},
     {"host", "TALLY_HTTP_HOST", TLY_CONFIG_STRING, "127.0.0.1", 0, 0, OFF(host), "address to listen on"},
     {"port", "TALLY_HTTP_PORT", TLY_CONFIG_INT, "8082", 1, 65535, OFF(port), "port to listen on"},
+    {"admin-port", "TALLY_ADMIN_PORT", TLY_CONFIG_INT, "9182", 0, 65535, OFF(admin_port),
+     "port of /metrics, /healthz and /readyz (on the same address; 0: none)"},
     {"threads", "TALLY_HTTP_THREADS", TLY_CONFIG_INT, "2", 1, 64, OFF(threads), "event-loop threads"},
     {"pg-pool", "TALLY_PG_POOL", TLY_CONFIG_INT, "4", 1, 64, OFF(pg_pool), "PostgreSQL connections per thread"},
     {"key-refresh-ms", "TALLY_KEY_REFRESH_MS", TLY_CONFIG_INT, "1000", 100, 5000, OFF(key_refresh_ms),
@@ -156,7 +176,7 @@ start_resource(query_op_t *op, h2o_iovec_t seg, const char *what, const char *ro
         return;
     }
     const char *params[2] = {op->id_text, op->tenant};
-    tly_pgpool_exec(op->thr->pg, STMT_ACCOUNT, params, on_resource, op);
+    tly_pgpool_exec(op->thr->pg, strcmp(what, "transfer") == 0 ? STMT_TRANSFER : STMT_ACCOUNT, params, on_resource, op);
 }
 
 /* Routes an authenticated GET or HEAD; every branch answers or starts a read that will. */
@@ -174,6 +194,11 @@ route(query_op_t *op)
     } else if (accounts && n == 3 && tly_http_seg_is(segs[2], "entries")) {
         op->api.route = "/v1/accounts/{id}/entries";
         qa_list_start(op, QA_LIST_ENTRIES, segs[1]);
+    } else if (n == 1 && tly_http_seg_is(segs[0], "transfers")) {
+        op->api.route = "/v1/transfers";
+        qa_transfers_list_start(op);
+    } else if (n == 2 && tly_http_seg_is(segs[0], "transfers")) {
+        start_resource(op, segs[1], "transfer", "/v1/transfers/{id}");
     } else if (n == 2 && tly_http_seg_is(segs[0], "jobs")) {
         start_resource(op, segs[1], "job", "/v1/jobs/{id}");
     } else {
@@ -182,12 +207,22 @@ route(query_op_t *op)
     }
 }
 
+/* PostgreSQL reachable and API keys loaded (also the admin port's /readyz). */
+static bool
+thread_ready(void *app, json_t *reasons)
+{
+    query_thread_t *thr = app;
+    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys);
+    json_object_set_new(reasons, "postgresql", json_boolean(pg));
+    json_object_set_new(reasons, "api_keys", json_boolean(keys));
+    return pg && keys;
+}
+
 static bool
 health_or_reply(h2o_req_t *req, query_thread_t *thr)
 {
-    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys);
-    json_t *reasons = json_pack("{s:b, s:b}", "postgresql", pg, "api_keys", keys);
-    bool answered = tly_api_health(req, pg && keys, reasons);
+    json_t *reasons = json_object();
+    bool answered = tly_api_health(req, thread_ready(thr, reasons), reasons);
     json_decref(reasons);
     return answered;
 }
@@ -284,6 +319,8 @@ tly_query_api_run(tly_query_api_config_t *cfg)
         .thread_dispose = thread_dispose,
         .arg = cfg,
         .shutdown_grace_ms = 5000,
+        .admin_port = (uint16_t)cfg->admin_port,
+        .thread_ready = thread_ready,
     };
     int ret = tly_server_run(&server);
     tly_keycache_destroy(shared_keys);

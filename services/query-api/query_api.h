@@ -14,6 +14,7 @@ typedef struct st_tly_query_api_config_t {
     char *pg_dsn;
     char *host;
     int64_t port;
+    int64_t admin_port;
     int64_t threads;
     int64_t pg_pool;
     int64_t key_refresh_ms;

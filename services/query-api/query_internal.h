@@ -24,6 +24,8 @@ enum {
     STMT_JOB,
     STMT_LIST_ACCOUNTS,
     STMT_LIST_ENTRIES,
+    STMT_TRANSFER,
+    STMT_LIST_TRANSFERS,
     STMT__COUNT,
 };
 extern const tly_pg_statement_t qa_statements[STMT__COUNT];
@@ -56,7 +58,8 @@ struct st_query_op_t {
     /* lists */
     qa_list_query_t list;
     uint8_t filters[16];
-    const char *base_path; /* "/v1/accounts" or "/v1/accounts/{id}/entries", from the pool */
+    const char *base_path;    /* "/v1/accounts" or "/v1/accounts/{id}/entries", from the pool */
+    char transfer_status[16]; /* GET /v1/transfers?status= ("" when not given); the account goes in id_text */
     /* long-poll (jobs with Prefer: wait) */
     int wait_s;              /* -1: no wait preference */
     bool waiting;            /* linked in the waiter map and a wait timeout */
@@ -86,6 +89,9 @@ void qa_read_failed(query_op_t *op, PGresult *res, const char *err);
 
 /** GET /v1/accounts and /v1/accounts/{id}/entries: parses, validates and queries, or replies. */
 void qa_list_start(query_op_t *op, qa_list_t list, h2o_iovec_t account_seg);
+
+/** GET /v1/transfers?account=&status=: parses, validates and queries, or replies (qa_transfers.c). */
+void qa_transfers_list_start(query_op_t *op);
 
 /** GET /v1/jobs/{id}: reads the job, holding the request for Prefer: wait=N. */
 void qa_job_start(query_op_t *op);

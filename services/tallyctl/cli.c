@@ -4,10 +4,15 @@
  * (migrate.c, tenants.c, keys.c, topics.c) and never parse argv themselves.
  */
 #include "cli.h"
+#include "dlq.h"
+#include "sagas.h"
+#include "events.h"
 #include "keys.h"
 #include "migrate.h"
 #include "tenants.h"
 #include "topics.h"
+#include "verify.h"
+#include "replay.h"
 
 #include "tally/config.h"
 
@@ -80,6 +85,82 @@ const tly_ctl_cmd_t tly_ctl_commands[] = {
      .examples = {"tallyctl keys verify \"$TALLY_API_KEY\"", "printenv TALLY_API_KEY | tallyctl keys verify -"},
      .needs = TLY_CTL_NEEDS_PG,
      .handler = tly_ctl_keys_verify},
+    {.name = "replay",
+     .summary = "rebuild read models from the event log into a shadow schema and swap them in (or keep a copy)",
+     .usage = "replay [--projection NAME...] [--until TIME|P:O,...] [--into SCHEMA] [--restart] [--batch N] [--quiet]",
+     .options = {{"projection", "NAME", false, "read model to rebuild: accounts, ledger_entries, jobs (default: all)", .repeat = true},
+                 {"until", "TIME", false, "point in time (RFC 3339) or end offsets \"0:120,1:98\"; no swap"},
+                 {"into", "SCHEMA", false, "leave the copy in this schema; no swap"},
+                 {"restart", "", false, "drop an unfinished replay instead of resuming it", .flag = true},
+                 {"batch", "N", false, "events per transaction (default 2000)"},
+                 {"quiet", "", false, "no progress output", .flag = true}},
+     .examples = {"tallyctl replay", "tallyctl replay --projection accounts --projection ledger_entries",
+                  "tallyctl replay --until 2026-11-22T14:00:00Z --into balances_1400", "tallyctl replay --restart"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_replay_cmd},
+    {.name = "verify",
+     .summary = "rebuild into a throw-away shadow, compare with the live read models, check the ledger invariants",
+     .usage = "verify [--projection NAME...] [--batch N] [--quiet]",
+     .options = {{"projection", "NAME", false, "read model to compare (default: all)", .repeat = true},
+                 {"batch", "N", false, "events per transaction of the rebuild (default 2000)"},
+                 {"quiet", "", false, "no progress output", .flag = true}},
+     .examples = {"tallyctl verify", "tallyctl verify --projection accounts --quiet"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_verify_cmd},
+    {.name = "events tail",
+     .summary = "print events of the log, one line each (time, partition@offset, type, aggregate, job, id)",
+     .usage = "events tail [--follow] [--type TYPE] [--aggregate ID] [--from TIME] [--last N]",
+     .options = {{"follow", "", false, "keep printing new events until interrupted", .flag = true},
+                 {"type", "TYPE", false, "only events of this type, e.g. FundsDeposited"},
+                 {"aggregate", "ID", false, "only events of this aggregate (account id)"},
+                 {"from", "TIME", false, "start at this time (RFC 3339) instead of the end"},
+                 {"last", "N", false, "print the last N (default 20; with --from: all)"}},
+     .examples = {"tallyctl events tail", "tallyctl events tail --follow --type FundsDeposited",
+                  "tallyctl events tail --aggregate 0b9c6f7e-1d2a-4c3b-9e8f-7a6b5c4d3e2f --from 2026-11-22T14:00:00Z"},
+     .handler = tly_ctl_events_tail},
+    {.name = "events show",
+     .summary = "print one event (by id) with its partition, offset, key and headers",
+     .usage = "events show EVENT_ID",
+     .positional = "EVENT_ID",
+     .examples = {"tallyctl events show 5d1e2c3b-4a59-4f68-8e7d-6c5b4a392817"},
+     .handler = tly_ctl_events_show},
+    {.name = "sagas list",
+     .summary = "list transfer sagas still in flight (or the stuck ones, or all)",
+     .usage = "sagas list [--stuck] [--all]",
+     .options = {{"stuck", "", false, "only sagas still in flight past their limit (TALLY_SAGA_STUCK_MS)", true},
+                 {"all", "", false, "finished sagas too (the 1,000 oldest)", true}},
+     .examples = {"tallyctl sagas list", "tallyctl sagas list --stuck"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_sagas_list},
+    {.name = "dlq list",
+     .summary = "list the dead letters the worker parked",
+     .usage = "dlq list [--consumer NAME]",
+     .options = {{"consumer", "NAME", false, "only this consumer's: projector or decider"}},
+     .examples = {"tallyctl dlq list", "tallyctl dlq list --consumer projector"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_dlq_list},
+    {.name = "dlq show",
+     .summary = "print one dead letter with its error and event",
+     .usage = "dlq show ID",
+     .positional = "ID",
+     .examples = {"tallyctl dlq show 42"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_dlq_show},
+    {.name = "dlq retry",
+     .summary = "apply a projector dead letter through its projection and remove it (decider ones: refused, see --help)",
+     .usage = "dlq retry ID",
+     .positional = "ID",
+     .examples = {"tallyctl dlq retry 42",
+                  "# a decider dead letter already has its outcome (XxxRejected, dead_lettered): the client resends"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_dlq_retry},
+    {.name = "dlq discard",
+     .summary = "delete a dead letter without applying it",
+     .usage = "dlq discard ID",
+     .positional = "ID",
+     .examples = {"tallyctl dlq discard 42"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_dlq_discard},
 };
 const size_t tly_ctl_ncommands = sizeof(tly_ctl_commands) / sizeof(tly_ctl_commands[0]);
 
@@ -171,7 +252,7 @@ tly_ctl_print_help(FILE *out)
 {
     fprintf(out, "tallyctl: operator command line for Tally\n\nusage: tallyctl COMMAND [OPTIONS]\n\ncommands:\n");
     for (size_t i = 0; i < tly_ctl_ncommands; ++i)
-        fprintf(out, "  %-16s %s\n", tly_ctl_commands[i].name, tly_ctl_commands[i].summary);
+        fprintf(out, "  %-18s %s\n", tly_ctl_commands[i].name, tly_ctl_commands[i].summary);
     fprintf(out, "\nsettings (environment):\n");
     print_settings(out, pg_settings, NELEMS(pg_settings));
     print_settings(out, base_settings, NELEMS(base_settings));
@@ -185,7 +266,7 @@ tly_ctl_print_group_help(const char *group, FILE *out)
     fprintf(out, "usage: tallyctl %s COMMAND [OPTIONS]\n\ncommands:\n", group);
     for (size_t i = 0; i < tly_ctl_ncommands; ++i)
         if (in_group(&tly_ctl_commands[i], group))
-            fprintf(out, "  %-16s %s\n", tly_ctl_commands[i].name, tly_ctl_commands[i].summary);
+            fprintf(out, "  %-18s %s\n", tly_ctl_commands[i].name, tly_ctl_commands[i].summary);
 }
 
 void
@@ -195,9 +276,12 @@ tly_ctl_print_cmd_help(const tly_ctl_cmd_t *cmd, FILE *out)
     if (cmd->options[0].name != NULL)
         fprintf(out, "\noptions:\n");
     for (const tly_ctl_opt_t *o = cmd->options; o->name != NULL; ++o) {
-        char flag[64];
-        snprintf(flag, sizeof(flag), "--%s %s", o->name, o->metavar);
-        fprintf(out, "  %-18s %s%s\n", flag, o->help, o->required ? " (required)" : "");
+        char flag[160];
+        if (o->flag)
+            snprintf(flag, sizeof(flag), "--%s", o->name);
+        else
+            snprintf(flag, sizeof(flag), "--%s %s%s", o->name, o->metavar, o->repeat ? "..." : "");
+        fprintf(out, "  %-22s %s%s\n", flag, o->help, o->required ? " (required)" : "");
     }
     if (cmd->examples[0] != NULL)
         fprintf(out, "\nexamples:\n");
@@ -232,16 +316,40 @@ take_option(const tly_ctl_cmd_t *cmd, int argc, char **argv, int *i, tly_ctl_arg
         snprintf(err, errcap, "unknown option \"--%.*s\" for \"%s\"", (int)len, arg, cmd->name);
         return -1;
     }
-    if (out->values[o] != NULL) {
+    if (out->values[o] != NULL && !cmd->options[o].repeat) {
         snprintf(err, errcap, "option \"--%s\" given more than once", cmd->options[o].name);
         return -1;
+    }
+    if (cmd->options[o].flag) {
+        if (eq != NULL) {
+            snprintf(err, errcap, "option \"--%s\" takes no value", cmd->options[o].name);
+            return -1;
+        }
+        out->values[o] = "1";
+        ++*i;
+        return 0;
     }
     if (eq == NULL && *i + 1 >= argc) {
         snprintf(err, errcap, "option \"--%s\" needs a value (%s)", cmd->options[o].name, cmd->options[o].metavar);
         return -1;
     }
-    out->values[o] = eq != NULL ? eq + 1 : argv[++*i];
+    const char *value = eq != NULL ? eq + 1 : argv[++*i];
     ++*i;
+    if (out->values[o] == NULL) {
+        out->values[o] = value;
+        return 0;
+    }
+    /* a repeated option: join with "," */
+    size_t have = strlen(out->values[o]);
+    if (have + 1 + strlen(value) >= sizeof(out->joined[o])) {
+        snprintf(err, errcap, "option \"--%s\": too many values", cmd->options[o].name);
+        return -1;
+    }
+    if (out->values[o] != out->joined[o])
+        memmove(out->joined[o], out->values[o], have + 1);
+    out->joined[o][have] = ',';
+    memcpy(out->joined[o] + have + 1, value, strlen(value) + 1);
+    out->values[o] = out->joined[o];
     return 0;
 }
 

@@ -30,9 +30,11 @@ enum {
 
 typedef struct st_tly_ctl_opt_t {
     const char *name;    /* "tenant" for --tenant; NULL ends the list */
-    const char *metavar; /* "NAME"; every option takes a value */
+    const char *metavar; /* "NAME"; "" for a flag */
     bool required;
     const char *help;
+    bool flag;   /* takes no value: its value is "1" when given */
+    bool repeat; /* may be given several times: the values are joined with "," */
 } tly_ctl_opt_t;
 
 /** Settings from the environment (same variable names as every service). */
@@ -49,6 +51,7 @@ typedef struct st_tly_ctl_args_t {
     const char *values[TLY_CTL_MAX_OPTS]; /* borrowed from argv; NULL when absent */
     const char *pos[TLY_CTL_MAX_POS];     /* positional arguments, borrowed */
     int npos;
+    char joined[TLY_CTL_MAX_OPTS][512]; /* values of repeated options, joined with "," */
 } tly_ctl_args_t;
 
 typedef struct st_tly_ctl_cmd_t tly_ctl_cmd_t;

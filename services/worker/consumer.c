@@ -17,10 +17,12 @@
  *     re-seek to the stored position.
  */
 #include "consumer.h"
+#include "admin.h"
 #include "pgx.h"
 #include "tally/clock.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
+#include "tally/metrics.h"
 #include "tally/pg.h"
 
 #include <inttypes.h>
@@ -222,8 +224,11 @@ on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t rerr, rd_kafka_topic_partition_
     c->rebalanced = true;
     if (rerr != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         /* Revoked: nothing of the revoked partitions is in flight (we only poll between transactions). */
-        for (int i = 0; i < c->nparts; ++i)
+        for (int i = 0; i < c->nparts; ++i) {
             c->parts[i].assigned = false;
+            tly_metrics_consumer_lag_clear(c->h->name, i);
+        }
+        tly_worker_admin_assigned(c->h->name, false);
         rd_kafka_assign(rk, NULL);
         tly_log(TLY_LOG_INFO, "partitions revoked", "consumer", c->h->name, NULL);
         return;
@@ -239,6 +244,7 @@ on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t rerr, rd_kafka_topic_partition_
         tly_backoff_sleep(&delay, c->cfg->stop);
     }
     rd_kafka_assign(rk, list);
+    tly_worker_admin_assigned(c->h->name, true);
     char count[16];
     snprintf(count, sizeof(count), "%d", list->cnt);
     tly_log(TLY_LOG_INFO, "partitions assigned", "consumer", c->h->name, "count", count, NULL);
@@ -319,6 +325,7 @@ gather(consumer_t *c, tly_consumer_msg_t *msgs)
     int n = 0;
     int64_t deadline = 0;
     c->rebalanced = false;
+    tly_log_trace_set(NULL); /* no event in hand */
     while (n < c->cfg->batch_max) {
         int timeout = FIRST_POLL_MS;
         if (n > 0) {
@@ -389,6 +396,8 @@ dead_letter(consumer_t *c, const tly_consumer_msg_t *m, const char *why, int att
                            8, vals, NULL, err, errcap);
     free(payload);
     if (ret == 0)
+        tly_metrics_dead_letter(c->h->name);
+    if (ret == 0)
         tly_log(TLY_LOG_ERROR, "event parked in dead_letters", "consumer", c->h->name, "partition", part_s, "offset", off_s,
                 "error", why, NULL);
     return ret;
@@ -422,7 +431,19 @@ handle(consumer_t *c, tly_consumer_msg_t *m, partition_t *p, bool park, char *er
             return -1;
         return dead_letter(c, m, c->event_error, c->cfg->max_event_tries, err, errcap);
     }
-    return c->h->apply(c->h->ctx, c->conn, m, err, errcap);
+    int r = c->h->apply(c->h->ctx, c->conn, m, err, errcap);
+    if (r == 0 && tly_log_enabled(TLY_LOG_INFO)) {
+        /* inside the batch transaction: a batch that is rolled back and retried logs its events again */
+        char id[TLY_UUID_STR_LEN + 1], job[TLY_UUID_STR_LEN + 1], part_s[16], off_s[24];
+        tly_uuid_format(&m->env.id, id);
+        if (!tly_uuid_is_nil(&m->env.job_id))
+            tly_uuid_format(&m->env.job_id, job);
+        snprintf(part_s, sizeof(part_s), "%" PRId32, m->rkm->partition);
+        snprintf(off_s, sizeof(off_s), "%" PRId64, m->rkm->offset);
+        tly_log(TLY_LOG_INFO, "event applied", "consumer", c->h->name, "type", m->env.type, "event_id", id, "job_id",
+                tly_uuid_is_nil(&m->env.job_id) ? NULL : job, "partition", part_s, "offset", off_s, NULL);
+    }
+    return r;
 }
 
 static tx_result_t
@@ -474,8 +495,10 @@ after_commit(consumer_t *c)
 {
     for (int i = 0; i < c->nparts; ++i) {
         partition_t *p = &c->parts[i];
-        if (p->touched)
+        if (p->touched) {
+            tly_metrics_events_applied(c->h->name, (uint64_t)(p->staged_next - p->next_offset));
             p->next_offset = p->staged_next;
+        }
         if (p->stop_pending && !p->stopped) {
             char part_s[16], off_s[24], ver_s[16];
             snprintf(part_s, sizeof(part_s), "%d", i);
@@ -509,6 +532,7 @@ run_tx(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, int park, in
         partition_t *p = part_of(c, m->rkm->partition);
         if (p == NULL || !p->assigned || p->stopped || p->stop_pending || m->rkm->offset < p->staged_next)
             continue;
+        tly_log_trace_set(m->traceparent); /* every line about this event carries its trace id */
         int r = handle(c, m, p, i == park, err, errcap);
         if (r < 0) {
             rollback(c);
@@ -648,6 +672,9 @@ tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t 
                 reseek_live(&c);
             msgs_clear(msgs, n);
         }
+        for (int i = 0; i < c.nparts; ++i)
+            if (c.parts[i].assigned)
+                tly_worker_admin_lag(c.rk, handler->name, cfg->topic, i, c.parts[i].next_offset);
     }
     rd_kafka_consumer_close(c.rk); /* leaves the group; revocation runs on_rebalance */
     rd_kafka_destroy(c.rk);

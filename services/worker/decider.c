@@ -8,6 +8,7 @@
 #include "decider.h"
 #include "tally/clock.h"
 #include "tally/json.h"
+#include "tally/upcast.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -138,8 +139,8 @@ decide_deposit(const tly_account_state_t *s, const tly_envelope_t *req, json_t *
         return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
     if (__builtin_add_overflow(s->balance, amount, &after))
         return reject(rej, TLY_CODE_INVALID_REQUEST, "balance would overflow");
-    *data = json_pack("{s:I, s:s, s:I, s:o}", "amount", (json_int_t)amount, "currency", currency, "balance_after",
-                      (json_int_t)after, "reference", reference_of(req));
+    *data = json_pack("{s:I, s:s, s:I, s:o, s:s}", "amount", (json_int_t)amount, "currency", currency, "balance_after",
+                      (json_int_t)after, "reference", reference_of(req), "channel", "api");
     return true;
 }
 
@@ -340,9 +341,9 @@ evolve_closed(tly_account_state_t *s, const tly_envelope_t *ev)
 }
 
 static const outcome_row_t outcomes[] = {
-    {"AccountOpened", evolve_opened}, {"FundsDeposited", evolve_balance},   {"FundsWithdrawn", evolve_balance},
-    {"AccountFrozen", evolve_frozen}, {"AccountUnfrozen", evolve_unfrozen}, {"AccountClosed", evolve_closed},
-    {"AccountDebited", evolve_balance}, {"AccountCredited", evolve_balance},   {"DebitReversed", evolve_balance},
+    {"AccountOpened", evolve_opened},   {"FundsDeposited", evolve_balance},   {"FundsWithdrawn", evolve_balance},
+    {"AccountFrozen", evolve_frozen},   {"AccountUnfrozen", evolve_unfrozen}, {"AccountClosed", evolve_closed},
+    {"AccountDebited", evolve_balance}, {"AccountCredited", evolve_balance},  {"DebitReversed", evolve_balance},
 };
 #define NOUTCOMES (sizeof(outcomes) / sizeof(outcomes[0]))
 
@@ -407,7 +408,7 @@ static void
 emit(tly_decision_t *out, const tly_envelope_t *req, const char *type, json_t *data, int64_t now_us)
 {
     tly_envelope_t *ev = &out->events[out->nevents++];
-    tly_envelope_derive(ev, req, type, TLY_DECIDER_EVENT_VERSION, data, NULL);
+    tly_envelope_derive(ev, req, type, tly_event_latest_version(type), data, NULL);
     ev->occurred_at_us = now_us;
 }
 

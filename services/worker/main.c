@@ -1,9 +1,10 @@
 /*
- * tally-worker: Kafka consumers of tally.events (ledger decider with its
- * outbox relay, projector). Settings come from one table; SIGTERM/SIGINT
+ * tally-worker: Kafka consumers of tally.events (ledger decider, transfer
+ * saga, outbox relay, projector). Settings come from one table; SIGTERM/SIGINT
  * finish the batch in hand, commit, leave the consumer groups and exit 0.
  */
 #include "worker.h"
+#include "admin.h"
 #include "tally/config.h"
 #include "tally/log.h"
 
@@ -19,16 +20,27 @@ static const tly_config_def_t settings[] = {
      "Kafka bootstrap servers"},
     {"kafka-topic", "TALLY_KAFKA_TOPIC", TLY_CONFIG_STRING, "tally.events", 0, 0, offsetof(tly_worker_config_t, topic),
      "the event topic"},
-    {"roles", "TALLY_WORKER_ROLES", TLY_CONFIG_STRING, "decider,projector", 0, 0, offsetof(tly_worker_config_t, roles),
-     "comma-separated roles to run: decider (with the outbox relay), projector"},
+    {"roles", "TALLY_WORKER_ROLES", TLY_CONFIG_STRING, "decider,saga,projector", 0, 0, offsetof(tly_worker_config_t, roles),
+     "comma-separated roles to run: decider, saga (transfer saga and its deadlines), projector; decider and saga run the "
+     "outbox relay"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, offsetof(tly_worker_config_t, log_level),
      "debug, info, warn or error"},
     {"batch-size", "TALLY_WORKER_BATCH_SIZE", TLY_CONFIG_INT, "500", 1, 10000, offsetof(tly_worker_config_t, batch_size),
      "most events applied in one transaction"},
     {"batch-wait-ms", "TALLY_WORKER_BATCH_WAIT_MS", TLY_CONFIG_INT, "5", 0, 1000, offsetof(tly_worker_config_t, batch_wait_ms),
      "how long to gather a batch once its first event is in"},
+    {"admin-host", "TALLY_HTTP_HOST", TLY_CONFIG_STRING, "127.0.0.1", 0, 0, offsetof(tly_worker_config_t, admin_host),
+     "address of the admin endpoint"},
+    {"admin-port", "TALLY_ADMIN_PORT", TLY_CONFIG_INT, "9183", 0, 65535, offsetof(tly_worker_config_t, admin_port),
+     "port of /metrics, /healthz and /readyz (0: none)"},
     {"max-event-tries", "TALLY_WORKER_MAX_EVENT_TRIES", TLY_CONFIG_INT, "5", 1, 100, offsetof(tly_worker_config_t, max_event_tries),
      "failures of one event alone before it is parked in dead_letters"},
+    {"saga-step-timeout-ms", "TALLY_SAGA_STEP_TIMEOUT_MS", TLY_CONFIG_INT, "10000", 100, 3600000,
+     offsetof(tly_worker_config_t, saga_step_timeout_ms),
+     "a transfer step without an outcome this long is sent again (same event id: applied once)"},
+    {"saga-stuck-ms", "TALLY_SAGA_STUCK_MS", TLY_CONFIG_INT, "300000", 1000, 604800000,
+     offsetof(tly_worker_config_t, saga_stuck_ms),
+     "a transfer unfinished this long after it started is reported stuck (transfer_sagas.stuck_at)"},
 };
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
 
@@ -69,6 +81,11 @@ main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+    /* not fatal: the worker's work does not need it (and extra local workers share the default port) */
+    tly_worker_admin_t *admin =
+        tly_worker_admin_start(cfg.admin_host, (int)cfg.admin_port, cfg.pg_dsn, cfg.brokers, cfg.roles, err, sizeof(err));
+    if (admin == NULL)
+        tly_log(TLY_LOG_ERROR, "admin endpoint unavailable, running without it", "error", err, NULL);
     tly_worker_t *w = tly_worker_start(&cfg, roles, &stop, err, sizeof(err));
     if (w == NULL) {
         tly_log(TLY_LOG_ERROR, "could not start", "error", err, NULL);
@@ -79,6 +96,7 @@ main(int argc, char **argv)
     tly_log(TLY_LOG_INFO, "stopping", "signal", sig == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
     atomic_store(&stop, true);
     ret = tly_worker_join(w) == 0 ? 0 : 1;
+    tly_worker_admin_stop(admin);
     tly_log(TLY_LOG_INFO, "stopped", NULL);
 cleanup:
     tly_config_free(settings, NSETTINGS, &cfg);

@@ -1,6 +1,6 @@
 /*
  * Read-model projections: one apply function per event type per read model
- * (accounts, ledger_entries, jobs). They run inside the caller's transaction
+ * (accounts, ledger_entries, jobs, transfers). They run inside the caller's transaction
  * and know nothing of Kafka, positions or dedup, so the live projector and
  * `tallyctl replay` run exactly the same code.
  */
@@ -17,7 +17,8 @@ typedef enum en_tly_read_model_t {
     TLY_MODEL_ACCOUNTS = 1 << 0,
     TLY_MODEL_LEDGER = 1 << 1,
     TLY_MODEL_JOBS = 1 << 2,
-    TLY_MODEL_ALL = TLY_MODEL_ACCOUNTS | TLY_MODEL_LEDGER | TLY_MODEL_JOBS,
+    TLY_MODEL_TRANSFERS = 1 << 3,
+    TLY_MODEL_ALL = TLY_MODEL_ACCOUNTS | TLY_MODEL_LEDGER | TLY_MODEL_JOBS | TLY_MODEL_TRANSFERS,
 } tly_read_model_t;
 
 /** True when the projections have a row for `type` (whatever its version). */

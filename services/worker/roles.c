@@ -105,22 +105,20 @@ store_state(PGconn *conn, const tly_account_state_t *s, char *err, size_t errcap
                         6, vals, NULL, err, errcap);
 }
 
-/* Inserts the outcome into the outbox with a child span of the request's trace. */
-static int
-outbox_insert(tly_decider_role_t *r, PGconn *conn, const tly_consumer_msg_t *req, const tly_envelope_t *ev, char *err,
-              size_t errcap)
+int
+tly_outbox_insert(PGconn *conn, const char *topic, const char *parent_tp, const tly_envelope_t *ev, char *err, size_t errcap)
 {
     char id[TLY_UUID_STR_LEN + 1], key[TLY_UUID_STR_LEN + 1], tp[TLY_TRACEPARENT_LEN + 1];
     tly_uuid_format(&ev->id, id);
     tly_uuid_format(&ev->aggregate_id, key);
-    if (req->traceparent[0] != '\0')
-        tly_traceparent_child(req->traceparent, tp);
+    if (parent_tp != NULL && parent_tp[0] != '\0')
+        tly_traceparent_child(parent_tp, tp);
     else
         tly_traceparent_new(tp);
     json_t *h = json_pack("{s:s, s:i, s:s}", "type", ev->type, "version", ev->version, "traceparent", tp);
     char *headers = tly_json_dump(h);
     char *payload = tly_envelope_to_json(ev);
-    const char *vals[] = {id, r->topic, key, payload, headers};
+    const char *vals[] = {id, topic, key, payload, headers};
     int ret = tly_pgx_exec(conn, "insert outbox row",
                            "INSERT INTO outbox (event_id, topic, msg_key, payload, headers) VALUES ($1, $2, $3, $4, $5) "
                            "ON CONFLICT (event_id) DO NOTHING",
@@ -128,9 +126,18 @@ outbox_insert(tly_decider_role_t *r, PGconn *conn, const tly_consumer_msg_t *req
     free(payload);
     free(headers);
     json_decref(h);
-    if (ret == 0)
-        r->wrote_outbox = true;
     return ret;
+}
+
+/* Inserts the outcome into the outbox with a child span of the request's trace. */
+static int
+outbox_insert(tly_decider_role_t *r, PGconn *conn, const tly_consumer_msg_t *req, const tly_envelope_t *ev, char *err,
+              size_t errcap)
+{
+    if (tly_outbox_insert(conn, r->topic, req->traceparent, ev, err, errcap) != 0)
+        return -1;
+    r->wrote_outbox = true;
+    return 0;
 }
 
 static int
@@ -202,6 +209,205 @@ tly_decider_role_init(tly_consumer_handler_t *h, tly_decider_role_t *role, const
         .apply = decider_apply,
         .park = decider_park,
         .end = decider_end,
+    };
+}
+
+/* --- saga ---------------------------------------------------------------- */
+
+#define US_OF(col) "COALESCE((extract(epoch FROM " col ") * 1000000)::bigint, 0)"
+#define TS_OF(n) "('epoch'::timestamptz + $" #n "::bigint * interval '1 microsecond')"
+
+int
+tly_saga_load(PGconn *conn, const tly_uuid_t *transfer, tly_saga_state_t *out, char *err, size_t errcap)
+{
+    char id_s[TLY_UUID_STR_LEN + 1];
+    tly_uuid_format(transfer, id_s);
+    const char *vals[] = {id_s};
+    PGresult *res = tly_pgx_query(
+        conn, "load saga",
+        "SELECT tenant_id, job_id, request_event_id, from_account, to_account, amount, currency, state, "
+        "COALESCE(error_code, ''), COALESCE(error_detail, ''), attempt, sends, step_cause_id, " US_OF("step_at") ", " US_OF(
+            "deadline_at") ", " US_OF("stuck_at") ", " US_OF("created_at") ", version FROM transfer_sagas WHERE transfer_id = $1 "
+                                                                           "FOR UPDATE",
+        1, vals, err, errcap);
+    if (res == NULL)
+        return -1;
+    memset(out, 0, sizeof(*out));
+    out->transfer_id = *transfer;
+    if (PQntuples(res) == 1) {
+        out->exists = true;
+        bool ok = tly_uuid_parse(PQgetvalue(res, 0, 0), &out->tenant_id) &&
+                  (PQgetisnull(res, 0, 1) || tly_uuid_parse(PQgetvalue(res, 0, 1), &out->job_id)) &&
+                  tly_uuid_parse(PQgetvalue(res, 0, 2), &out->request_event_id) &&
+                  tly_uuid_parse(PQgetvalue(res, 0, 3), &out->from_account) &&
+                  tly_uuid_parse(PQgetvalue(res, 0, 4), &out->to_account) &&
+                  tly_saga_status_parse(PQgetvalue(res, 0, 7), &out->status) &&
+                  (PQgetisnull(res, 0, 12) || tly_uuid_parse(PQgetvalue(res, 0, 12), &out->step_cause_id));
+        out->amount = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+        snprintf(out->currency, sizeof(out->currency), "%.3s", PQgetvalue(res, 0, 6));
+        snprintf(out->error_code, sizeof(out->error_code), "%s", PQgetvalue(res, 0, 8));
+        snprintf(out->error_detail, sizeof(out->error_detail), "%s", PQgetvalue(res, 0, 9));
+        out->attempt = atoi(PQgetvalue(res, 0, 10));
+        out->sends = atoi(PQgetvalue(res, 0, 11));
+        out->step_at_us = strtoll(PQgetvalue(res, 0, 13), NULL, 10);
+        out->deadline_us = strtoll(PQgetvalue(res, 0, 14), NULL, 10);
+        out->stuck_at_us = strtoll(PQgetvalue(res, 0, 15), NULL, 10);
+        out->created_us = strtoll(PQgetvalue(res, 0, 16), NULL, 10);
+        out->version = strtoll(PQgetvalue(res, 0, 17), NULL, 10);
+        if (!ok) {
+            snprintf(err, errcap, "could not load saga: row %s is corrupt", id_s);
+            PQclear(res);
+            return -1;
+        }
+    }
+    PQclear(res);
+    return 0;
+}
+
+int
+tly_saga_store(PGconn *conn, const tly_saga_state_t *s, char *err, size_t errcap)
+{
+    char id[TLY_UUID_STR_LEN + 1], tenant[TLY_UUID_STR_LEN + 1], job[TLY_UUID_STR_LEN + 1], req[TLY_UUID_STR_LEN + 1];
+    char from[TLY_UUID_STR_LEN + 1], to[TLY_UUID_STR_LEN + 1], cause[TLY_UUID_STR_LEN + 1];
+    char amount[24], attempt[16], sends[16], step_at[24], deadline[24], stuck[24], created[24], version[24];
+    tly_uuid_format(&s->transfer_id, id);
+    tly_uuid_format(&s->tenant_id, tenant);
+    tly_uuid_format(&s->job_id, job);
+    tly_uuid_format(&s->request_event_id, req);
+    tly_uuid_format(&s->from_account, from);
+    tly_uuid_format(&s->to_account, to);
+    tly_uuid_format(&s->step_cause_id, cause);
+    snprintf(amount, sizeof(amount), "%" PRId64, s->amount);
+    snprintf(attempt, sizeof(attempt), "%d", s->attempt);
+    snprintf(sends, sizeof(sends), "%d", s->sends);
+    snprintf(step_at, sizeof(step_at), "%" PRId64, s->step_at_us);
+    snprintf(deadline, sizeof(deadline), "%" PRId64, s->deadline_us);
+    snprintf(stuck, sizeof(stuck), "%" PRId64, s->stuck_at_us);
+    snprintf(created, sizeof(created), "%" PRId64, s->created_us);
+    snprintf(version, sizeof(version), "%" PRId64, s->version);
+    const char *vals[] = {id,
+                          tenant,
+                          tly_uuid_is_nil(&s->job_id) ? NULL : job,
+                          req,
+                          from,
+                          to,
+                          amount,
+                          s->currency,
+                          tly_saga_status_name(s->status),
+                          s->error_code[0] != '\0' ? s->error_code : NULL,
+                          s->error_code[0] != '\0' ? s->error_detail : NULL,
+                          attempt,
+                          sends,
+                          tly_uuid_is_nil(&s->step_cause_id) ? NULL : cause,
+                          s->step_at_us != 0 ? step_at : NULL,
+                          s->deadline_us != 0 ? deadline : NULL,
+                          s->stuck_at_us != 0 ? stuck : NULL,
+                          created,
+                          version};
+    return tly_pgx_exec(conn, "store saga",
+                        "INSERT INTO transfer_sagas (transfer_id, tenant_id, job_id, request_event_id, from_account, to_account, "
+                        "amount, currency, state, error_code, error_detail, attempt, sends, step_cause_id, step_at, deadline_at, "
+                        "stuck_at, created_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+                        "$14, " TS_OF(15) ", " TS_OF(16) ", " TS_OF(17) ", " TS_OF(
+                            18) ", $19) "
+                                "ON CONFLICT (transfer_id) DO UPDATE SET state = EXCLUDED.state, error_code = EXCLUDED.error_code, "
+                                "error_detail = EXCLUDED.error_detail, attempt = EXCLUDED.attempt, sends = EXCLUDED.sends, "
+                                "step_cause_id = EXCLUDED.step_cause_id, step_at = EXCLUDED.step_at, deadline_at = "
+                                "EXCLUDED.deadline_at, "
+                                "stuck_at = EXCLUDED.stuck_at, version = EXCLUDED.version, updated_at = now()",
+                        19, vals, NULL, err, errcap);
+}
+
+static tly_verdict_t
+saga_classify(void *ctx, const tly_envelope_t *env)
+{
+    if (!tly_saga_handles(env->type))
+        return TLY_VERDICT_IGNORE;
+    return env->version > TLY_SAGA_EVENT_VERSION ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
+}
+
+static void
+saga_begin(void *ctx)
+{
+    ((tly_saga_role_t *)ctx)->wrote_outbox = false;
+}
+
+/* Advances the event's saga once (the consumer dedups by event id; saga.c ignores what does not fit the state). */
+static int
+saga_apply(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, char *err, size_t errcap)
+{
+    tly_saga_role_t *r = ctx;
+    tly_uuid_t transfer;
+    tly_saga_state_t state;
+    tly_saga_step_t step;
+    int ret = -1;
+    if (!tly_saga_transfer_of(&msg->env, &transfer))
+        return 0; /* an account event of no transfer (cannot happen for these types): nothing to advance */
+    if (tly_saga_load(conn, &transfer, &state, err, errcap) != 0)
+        return -1;
+    if (tly_saga_on_event(&state, &msg->env, &r->cfg, tly_clock_now_us(), &step) != 0) {
+        snprintf(err, errcap, "could not advance the saga with %s", msg->env.type);
+        return -1;
+    }
+    if (step.changed && tly_saga_store(conn, &step.next, err, errcap) != 0)
+        goto cleanup;
+    for (int i = 0; i < step.nevents; ++i) {
+        if (tly_outbox_insert(conn, r->topic, msg->traceparent, &step.events[i], err, errcap) != 0)
+            goto cleanup;
+        r->wrote_outbox = true;
+    }
+    ret = 0;
+cleanup:
+    tly_saga_step_clear(&step);
+    return ret;
+}
+
+/*
+ * A parked saga event: a TransferRequested that could not start its saga still
+ * ends its job (the projector fails it on TransferRejected). A parked outcome
+ * leaves its saga where it is; the deadline re-sends the step, whose outcome
+ * (deduplicated by the decider) then comes again only if it was never
+ * decided: the saga is reported stuck and needs an operator.
+ */
+static int
+saga_park(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, const char *why, char *err, size_t errcap)
+{
+    tly_saga_role_t *r = ctx;
+    if (strcmp(msg->env.type, "TransferRequested") != 0)
+        return 0;
+    tly_envelope_t ev;
+    tly_envelope_derive(&ev, &msg->env, "TransferRejected", TLY_SAGA_EVENT_VERSION,
+                        json_pack("{s:s, s:s}", "code", TLY_CODE_DEAD_LETTERED, "detail", why), NULL);
+    int ret = tly_outbox_insert(conn, r->topic, msg->traceparent, &ev, err, errcap);
+    if (ret == 0)
+        r->wrote_outbox = true;
+    tly_envelope_clear(&ev);
+    return ret;
+}
+
+static int
+saga_end(void *ctx, PGconn *conn, char *err, size_t errcap)
+{
+    tly_saga_role_t *r = ctx;
+    if (!r->wrote_outbox)
+        return 0;
+    return tly_pgx_exec(conn, "notify the relay", "NOTIFY tally_outbox", 0, NULL, NULL, err, errcap);
+}
+
+void
+tly_saga_role_init(tly_consumer_handler_t *h, tly_saga_role_t *role, const char *topic, const tly_saga_config_t *cfg)
+{
+    memset(role, 0, sizeof(*role));
+    role->topic = topic;
+    role->cfg = *cfg;
+    *h = (tly_consumer_handler_t){
+        .name = "saga",
+        .ctx = role,
+        .classify = saga_classify,
+        .begin = saga_begin,
+        .apply = saga_apply,
+        .park = saga_park,
+        .end = saga_end,
     };
 }
 

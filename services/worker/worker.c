@@ -16,12 +16,14 @@ typedef struct st_consumer_thread_t {
 } consumer_thread_t;
 
 struct st_tly_worker_t {
-    pthread_t threads[3];
+    pthread_t threads[6];
     int nthreads;
-    consumer_thread_t decider, projector;
+    consumer_thread_t decider, saga, projector;
     tly_decider_role_t decider_role;
+    tly_saga_role_t saga_role;
+    tly_saga_timer_config_t timer_cfg;
     tly_relay_config_t relay_cfg;
-    int relay_result;
+    int relay_result, timer_result;
 };
 
 int
@@ -34,8 +36,10 @@ tly_worker_parse_roles(const char *s, unsigned *mask, char *err, size_t errcap)
             *mask |= TLY_ROLE_DECIDER;
         else if (n == 9 && strncmp(s, "projector", n) == 0)
             *mask |= TLY_ROLE_PROJECTOR;
+        else if (n == 4 && strncmp(s, "saga", n) == 0)
+            *mask |= TLY_ROLE_SAGA;
         else {
-            snprintf(err, errcap, "invalid value for roles: unknown role \"%.*s\" (known: decider, projector)", (int)n, s);
+            snprintf(err, errcap, "invalid value for roles: unknown role \"%.*s\" (known: decider, saga, projector)", (int)n, s);
             return -1;
         }
         s += n;
@@ -62,6 +66,14 @@ run_relay(void *arg)
 {
     tly_worker_t *w = arg;
     w->relay_result = tly_relay_run(&w->relay_cfg);
+    return NULL;
+}
+
+static void *
+run_saga_timer(void *arg)
+{
+    tly_worker_t *w = arg;
+    w->timer_result = tly_saga_timer_run(&w->timer_cfg);
     return NULL;
 }
 
@@ -101,8 +113,20 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
     if (roles & TLY_ROLE_DECIDER) {
         consumer_cfg(&w->decider.cfg, cfg, "tally-decider", stop);
         tly_decider_role_init(&w->decider.handler, &w->decider_role, cfg->topic);
+        if (spawn(w, run_consumer, &w->decider, err, errcap) != 0)
+            goto fail;
+    }
+    if (roles & TLY_ROLE_SAGA) {
+        tly_saga_config_t saga = {.step_timeout_us = cfg->saga_step_timeout_ms * 1000, .stuck_after_us = cfg->saga_stuck_ms * 1000};
+        consumer_cfg(&w->saga.cfg, cfg, "tally-saga", stop);
+        tly_saga_role_init(&w->saga.handler, &w->saga_role, cfg->topic, &saga);
+        w->timer_cfg = (tly_saga_timer_config_t){.pg_dsn = cfg->pg_dsn, .topic = cfg->topic, .saga = saga, .stop = stop};
+        if (spawn(w, run_consumer, &w->saga, err, errcap) != 0 || spawn(w, run_saga_timer, w, err, errcap) != 0)
+            goto fail;
+    }
+    if (roles & (TLY_ROLE_DECIDER | TLY_ROLE_SAGA)) { /* both write the outbox */
         w->relay_cfg = (tly_relay_config_t){.brokers = cfg->brokers, .pg_dsn = cfg->pg_dsn, .stop = stop};
-        if (spawn(w, run_consumer, &w->decider, err, errcap) != 0 || spawn(w, run_relay, w, err, errcap) != 0)
+        if (spawn(w, run_relay, w, err, errcap) != 0)
             goto fail;
     }
     if (roles & TLY_ROLE_PROJECTOR) {
@@ -123,7 +147,10 @@ tly_worker_join(tly_worker_t *w)
 {
     for (int i = 0; i < w->nthreads; ++i)
         pthread_join(w->threads[i], NULL);
-    int ret = w->decider.result != 0 || w->projector.result != 0 || w->relay_result != 0 ? -1 : 0;
+    int ret =
+        w->decider.result != 0 || w->saga.result != 0 || w->projector.result != 0 || w->relay_result != 0 || w->timer_result != 0
+            ? -1
+            : 0;
     free(w);
     return ret;
 }

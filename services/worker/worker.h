@@ -1,7 +1,8 @@
 /*
- * Runs the worker's roles, each in its own thread: the decider consumer and
- * its outbox relay (role "decider"), and the projector consumer (role
- * "projector"). The thread that calls tly_worker_start keeps signals.
+ * Runs the worker's roles, each in its own thread: the decider consumer (role
+ * "decider"), the transfer saga consumer and its deadline timer (role
+ * "saga"), the outbox relay (with either of those) and the projector
+ * consumer (role "projector"). The thread that calls tly_worker_start keeps signals.
  */
 #ifndef TALLY_WORKER_WORKER_H
 #define TALLY_WORKER_WORKER_H
@@ -13,6 +14,7 @@
 
 #define TLY_ROLE_DECIDER (1u << 0)
 #define TLY_ROLE_PROJECTOR (1u << 1)
+#define TLY_ROLE_SAGA (1u << 2)
 
 typedef struct st_tly_worker_config_t {
     char *pg_dsn;
@@ -23,11 +25,15 @@ typedef struct st_tly_worker_config_t {
     int64_t batch_size;
     int64_t batch_wait_ms;
     int64_t max_event_tries;
+    int64_t saga_step_timeout_ms; /* a saga step without an outcome this long is sent again */
+    int64_t saga_stuck_ms;        /* a saga unfinished this long is reported stuck */
+    char *admin_host;
+    int64_t admin_port;
 } tly_worker_config_t;
 
 typedef struct st_tly_worker_t tly_worker_t;
 
-/** Parses "decider,projector" (any order, no repeats needed) into a mask. Returns 0, or -1 with `err`. */
+/** Parses "decider,saga,projector" (any order, no repeats needed) into a mask. Returns 0, or -1 with `err`. */
 int tly_worker_parse_roles(const char *s, unsigned *mask, char *err, size_t errcap) __attribute__((warn_unused_result));
 
 /** Starts the threads of `roles`; `cfg` and `stop` must outlive tly_worker_join. NULL with `err` on failure. */

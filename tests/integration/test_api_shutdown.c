@@ -55,6 +55,7 @@ start_api(int port, char *log_path)
         setenv("TALLY_PG_DSN", tly_test_env("TALLY_PG_DSN"), 1);
         setenv("TALLY_KAFKA_BROKERS", tly_test_env("TALLY_KAFKA_BROKERS"), 1);
         setenv("TALLY_HTTP_PORT", portbuf, 1);
+        setenv("TALLY_ADMIN_PORT", "0", 1); /* no admin listener: the stack's API holds its port */
         execl(bin, bin, (char *)NULL);
         _exit(127);
     }

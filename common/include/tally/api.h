@@ -8,6 +8,7 @@
 #ifndef TALLY_API_H
 #define TALLY_API_H
 
+#include "tally/envelope.h"
 #include "tally/http.h"
 #include "tally/keycache.h"
 #include "tally/uuid.h"
@@ -26,6 +27,9 @@ typedef struct st_tly_api_req_t {
     tly_rate_t rate;
     tly_uuid_t job_id; /* logged when set */
     int64_t started_us;
+    /* the request's W3C traceparent when it sent a valid one, else a new
+       trace; its trace id is logged, and commands carry it to Kafka */
+    char traceparent[TLY_TRACEPARENT_LEN + 1];
 } tly_api_req_t;
 
 /** Starts a frame for `req`; counts it in `*inflight` until tly_api_req_finish. */
@@ -33,7 +37,7 @@ void tly_api_req_init(tly_api_req_t *ar, h2o_req_t *req, size_t *inflight);
 /** Ends the frame; the request itself lives on in h2o until its response is sent. */
 void tly_api_req_finish(tly_api_req_t *ar);
 
-/** Sends a JSON body with the common headers and logs the line. */
+/** Sends a JSON body with the common headers, logs the line and counts it in the HTTP metrics. */
 void tly_api_send(tly_api_req_t *ar, int status, const char *content_type, const char *body, size_t len);
 void tly_api_problem(tly_api_req_t *ar, int status, const char *code, const char *detail, const json_t *errors);
 /** 503 with Retry-After: 1. */

@@ -32,6 +32,26 @@ bool tly_log_enabled(tly_log_level_t level);
 void tly_log(tly_log_level_t level, const char *msg, ...);
 void tly_logv(tly_log_level_t level, const char *msg, va_list ap);
 
+/**
+ * Sets the trace this thread is working for: every later line of this thread
+ * carries "trace_id" (unless the line gives one itself) until it is cleared
+ * with NULL or "". Takes a W3C traceparent ("00-<trace id>-<span>-<flags>")
+ * or a bare 32-hex trace id; anything else clears it.
+ */
+void tly_log_trace_set(const char *traceparent);
+/** The trace id set on this thread, or "" (thread-local storage). */
+const char *tly_log_trace_id(void);
+/** Writes the 32-hex trace id of a valid traceparent to `out` (33 bytes); false and "" when invalid. */
+bool tly_log_trace_id_of(const char *traceparent, char *out);
+
+/**
+ * A libpq notice processor (PQsetNoticeProcessor(conn, tly_log_pq_notice,
+ * NULL)): libpq's own messages, e.g. "FATAL: terminating connection due to
+ * administrator command" when the server stops, as JSON lines instead of raw
+ * text on stderr. Warn level for WARNING, ERROR, FATAL and PANIC, else info.
+ */
+void tly_log_pq_notice(void *arg, const char *message);
+
 /** printf-style message without fields, for simple cases. */
 void tly_logf(tly_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

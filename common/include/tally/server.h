@@ -9,6 +9,7 @@
 
 #define H2O_USE_LIBUV 0
 #include <h2o.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -24,6 +25,11 @@ typedef struct st_tly_server_thread_t {
     pthread_t tid;
     int listen_fd;
     bool failed; /* thread_init returned NULL */
+    /* the admin endpoint (thread 0 only, when config->admin_port != 0) */
+    h2o_context_t admin_ctx;
+    h2o_accept_ctx_t admin_accept_ctx;
+    h2o_socket_t *admin_listener;
+    int admin_fd;
 } tly_server_thread_t;
 
 typedef struct st_tly_server_config_t {
@@ -41,6 +47,14 @@ typedef struct st_tly_server_config_t {
     void (*thread_dispose)(void *app);
     void *arg;
     int shutdown_grace_ms; /* how long in-flight work may take after SIGTERM */
+    /**
+     * Admin endpoint (tally/admin.h: /metrics, /healthz, /readyz) on
+     * host:admin_port, served by the first thread's loop; 0: none. A port
+     * that cannot be bound is logged as an error and the API runs without it.
+     */
+    uint16_t admin_port;
+    /** Readiness for the admin /readyz, run on the first thread with its app: one boolean per check. NULL: ready. */
+    bool (*thread_ready)(void *app, json_t *reasons);
 } tly_server_config_t;
 
 /** Runs until SIGTERM or SIGINT; returns 0 after a clean stop, -1 if it could not start. */

@@ -125,7 +125,10 @@ test_routes(void **state)
     assert_int_equal(k, TLY_CMD_OPEN_ACCOUNT);
     assert_true(tly_command_route("accounts", "withdrawals", &k));
     assert_int_equal(k, TLY_CMD_WITHDRAW);
-    assert_false(tly_command_route("transfers", NULL, &k)); /* until the saga runs */
+    assert_true(tly_command_route("transfers", NULL, &k));
+    assert_int_equal(k, TLY_CMD_TRANSFER);
+    assert_true(tly_command_spec(TLY_CMD_TRANSFER)->needs_idempotency_key);
+    assert_string_equal(tly_command_spec(TLY_CMD_TRANSFER)->aggregate_type, "transfer");
     assert_false(tly_command_route("transfers", "deposits", &k));
     assert_false(tly_command_route("accounts", "explode", &k));
     assert_true(tly_command_spec(TLY_CMD_DEPOSIT)->needs_idempotency_key);

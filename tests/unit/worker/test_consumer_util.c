@@ -51,8 +51,12 @@ test_parse_roles(void **state)
     assert_int_equal(m, TLY_ROLE_DECIDER | TLY_ROLE_PROJECTOR);
     assert_int_equal(tly_worker_parse_roles("projector", &m, err, sizeof(err)), 0);
     assert_int_equal(m, TLY_ROLE_PROJECTOR);
-    assert_int_equal(tly_worker_parse_roles("saga", &m, err, sizeof(err)), -1);
-    assert_non_null(strstr(err, "saga"));
+    assert_int_equal(tly_worker_parse_roles("saga", &m, err, sizeof(err)), 0);
+    assert_int_equal(m, TLY_ROLE_SAGA);
+    assert_int_equal(tly_worker_parse_roles("projector,saga,decider", &m, err, sizeof(err)), 0);
+    assert_int_equal(m, TLY_ROLE_DECIDER | TLY_ROLE_SAGA | TLY_ROLE_PROJECTOR);
+    assert_int_equal(tly_worker_parse_roles("sagas", &m, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "sagas"));
     assert_int_equal(tly_worker_parse_roles("", &m, err, sizeof(err)), -1);
 }
 

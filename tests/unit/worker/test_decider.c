@@ -353,6 +353,103 @@ test_reject_helper_and_tables(void **state)
     tly_envelope_clear(&req);
 }
 
+/* --- transfer steps (sent by the saga) ------------------------------------ */
+
+#define TRANSFER_ID "0b7e8a3c-5d7f-4c51-9a43-6f1c2d7e9b10"
+
+static tly_envelope_t
+step(const char *type, json_int_t amount, const char *currency)
+{
+    return request(type, &tenant_a,
+                   json_pack("{s:s, s:I, s:s}", "transfer_id", TRANSFER_ID, "amount", amount, "currency", currency));
+}
+
+static void
+expect_step_rejected(const tly_account_state_t *s, tly_envelope_t req, const char *type, const char *code)
+{
+    tly_decision_t d = decide(s, req);
+    assert_true(d.rejected);
+    assert_string_equal(d.events[0].type, type);
+    assert_string_equal(tly_json_str(d.events[0].data, "code"), code);
+    assert_string_equal(tly_json_str(d.events[0].data, "transfer_id"), TRANSFER_ID); /* the saga finds its row by it */
+    tly_decision_clear(&d);
+}
+
+static void
+test_transfer_debit(void **state)
+{
+    tly_account_state_t s = open_account("EUR", 100);
+    assert_int_equal(accept(&s, step("TransferDebitRequested", 60, "EUR"), "AccountDebited", "balance_after"), 40);
+    assert_int_equal(s.balance, 40);
+    assert_int_equal(s.version, 3);
+    assert_int_equal(accept(&s, step("TransferDebitRequested", 40, "EUR"), "AccountDebited", "balance_after"), 0);
+    expect_step_rejected(&s, step("TransferDebitRequested", 1, "EUR"), "AccountDebitRejected", "insufficient_funds");
+    s = open_account("EUR", 100);
+    expect_step_rejected(&s, step("TransferDebitRequested", 1, "USD"), "AccountDebitRejected", "currency_mismatch");
+    expect_step_rejected(NULL, step("TransferDebitRequested", 1, "EUR"), "AccountDebitRejected", "account_not_found");
+    tly_account_state_t frozen = with_status(s, "AccountFreezeRequested", "AccountFrozen");
+    expect_step_rejected(&frozen, step("TransferDebitRequested", 1, "EUR"), "AccountDebitRejected", "account_frozen");
+    tly_account_state_t closed = with_status(open_account("EUR", 0), "AccountCloseRequested", "AccountClosed");
+    expect_step_rejected(&closed, step("TransferDebitRequested", 1, "EUR"), "AccountDebitRejected", "account_closed");
+    tly_account_state_t other = s;
+    other.tenant_id = tenant_b; /* another tenant's account does not exist for this one */
+    expect_step_rejected(&other, step("TransferDebitRequested", 1, "EUR"), "AccountDebitRejected", "account_not_found");
+    /* the step carries its transfer: without it the request is invalid */
+    expect_rejected(&s, money("TransferDebitRequested", 1, "EUR"), "AccountDebitRejected", "invalid_request");
+}
+
+static void
+test_transfer_credit(void **state)
+{
+    tly_account_state_t s = open_account("EUR", 5);
+    tly_decision_t d = decide(&s, step("TransferCreditRequested", 20, "EUR"));
+    assert_string_equal(d.events[0].type, "AccountCredited");
+    assert_string_equal(tly_json_str(d.events[0].data, "transfer_id"), TRANSFER_ID);
+    assert_int_equal(json_integer_value(json_object_get(d.events[0].data, "balance_after")), 25);
+    assert_int_equal(json_integer_value(json_object_get(d.events[0].data, "amount")), 20);
+    assert_int_equal(d.next.balance, 25);
+    tly_decision_clear(&d);
+    expect_step_rejected(&s, step("TransferCreditRequested", 1, "GBP"), "AccountCreditRejected", "currency_mismatch");
+    expect_step_rejected(NULL, step("TransferCreditRequested", 1, "EUR"), "AccountCreditRejected", "account_not_found");
+    tly_account_state_t frozen = with_status(s, "AccountFreezeRequested", "AccountFrozen");
+    expect_step_rejected(&frozen, step("TransferCreditRequested", 1, "EUR"), "AccountCreditRejected", "account_frozen");
+    tly_account_state_t closed = with_status(open_account("EUR", 0), "AccountCloseRequested", "AccountClosed");
+    expect_step_rejected(&closed, step("TransferCreditRequested", 1, "EUR"), "AccountCreditRejected", "account_closed");
+}
+
+static void
+test_reversal_is_never_refused_for_state(void **state)
+{
+    tly_account_state_t s = open_account("EUR", 100);
+    accept(&s, step("TransferDebitRequested", 70, "EUR"), "AccountDebited", NULL);
+    /* frozen or closed after the debit: the money still goes back */
+    tly_account_state_t frozen = with_status(s, "AccountFreezeRequested", "AccountFrozen");
+    assert_int_equal(accept(&frozen, step("DebitReversalRequested", 70, "EUR"), "DebitReversed", "balance_after"), 100);
+    assert_int_equal(frozen.status, TLY_ACCOUNT_FROZEN);
+    tly_account_state_t closed = s;
+    closed.status = TLY_ACCOUNT_CLOSED;
+    assert_int_equal(accept(&closed, step("DebitReversalRequested", 70, "EUR"), "DebitReversed", "balance_after"), 100);
+    assert_int_equal(accept(&s, step("DebitReversalRequested", 70, "EUR"), "DebitReversed", "balance_after"), 100);
+    /* only what cannot follow a real debit is refused */
+    expect_step_rejected(NULL, step("DebitReversalRequested", 1, "EUR"), "DebitReversalRejected", "account_not_found");
+    assert_true(tly_decider_is_request("DebitReversalRequested"));
+    assert_true(tly_decider_is_outcome("DebitReversed"));
+    assert_true(tly_decider_is_rejection("AccountCreditRejected"));
+    assert_string_equal(tly_decider_rejection_of("TransferDebitRequested"), "AccountDebitRejected");
+}
+
+static void
+test_parked_step_rejection_keeps_transfer(void **state)
+{
+    tly_envelope_t req = step("TransferCreditRequested", 5, "EUR");
+    tly_decision_t d;
+    assert_int_equal(tly_decider_reject(&req, "dead_lettered", "boom", NOW, &d), 0);
+    assert_string_equal(d.events[0].type, "AccountCreditRejected");
+    assert_string_equal(tly_json_str(d.events[0].data, "transfer_id"), TRANSFER_ID);
+    tly_decision_clear(&d);
+    tly_envelope_clear(&req);
+}
+
 int
 main(void)
 {
@@ -371,6 +468,10 @@ main(void)
         cmocka_unit_test(test_state_rebuilds_from_outcomes),
         cmocka_unit_test(test_evolve_refuses_impossible_events),
         cmocka_unit_test(test_reject_helper_and_tables),
+        cmocka_unit_test(test_transfer_debit),
+        cmocka_unit_test(test_transfer_credit),
+        cmocka_unit_test(test_reversal_is_never_refused_for_state),
+        cmocka_unit_test(test_parked_step_rejection_keeps_transfer),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -1,0 +1,1508 @@
+/*
+ * Replay: tally.events from offset 0 into a shadow schema, through the
+ * worker's projection functions (projection.h), never the decider, never a
+ * producer. See README.md in this directory for the phases and the swap.
+ *
+ * Bookkeeping lives in the shadow schema itself, committed in the same
+ * transaction as the rows it describes:
+ *   _replay_meta       mode, models, --until, state (running, done, swapped)
+ *   _replay_positions  per partition: next offset to apply, target end offset
+ *   _replay_dedup      event ids applied (the log may hold an event twice)
+ *   _replay_failures   events the projection refused (what the live
+ *                      projector would have parked in dead_letters)
+ * so a replay killed at any moment resumes where its last batch committed.
+ */
+#include "replay.h"
+#include "db.h"
+#include "pgx.h"
+#include "projection.h"
+
+#include "tally/clock.h"
+#include "tally/envelope.h"
+#include "tally/pg.h"
+#include "tally/upcast.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REPLAY_LOCK_KEY 7246016001LL /* pg advisory lock: one replay or verify at a time */
+#define MAX_PARTS 4096
+#define CATCHUP_ROUNDS 8
+#define CATCHUP_CLOSE_ENOUGH 2000 /* events behind the projector at which the final, locked catch-up starts */
+#define STALL_US (60 * 1000000LL)
+#define FINAL_TRIES 5
+
+/* --- read models --------------------------------------------------------- */
+
+/* The models of projection.h by table name. "transfers" is every bit of
+   TLY_MODEL_ALL that is not one of the three below (the saga's model), and
+   exists only when that is non-zero and public.transfers is a table. */
+#define KNOWN_MASK ((unsigned)TLY_MODEL_ACCOUNTS | (unsigned)TLY_MODEL_LEDGER | (unsigned)TLY_MODEL_JOBS)
+static const struct {
+    const char *name;
+    const char *table;
+    unsigned mask;
+} model_names[] = {
+    {"accounts", "accounts", TLY_MODEL_ACCOUNTS},
+    {"ledger_entries", "ledger_entries", TLY_MODEL_LEDGER},
+    {"ledger", "ledger_entries", TLY_MODEL_LEDGER},
+    {"jobs", "jobs", TLY_MODEL_JOBS},
+    {"transfers", "transfers", (unsigned)TLY_MODEL_ALL & ~KNOWN_MASK},
+};
+#define NMODEL_NAMES (sizeof(model_names) / sizeof(model_names[0]))
+
+static bool
+table_exists(PGconn *conn, const char *table)
+{
+    char err[256], q[160];
+    snprintf(q, sizeof(q), "public.%s", table);
+    const char *vals[] = {q};
+    PGresult *res = tly_ctl_db_query(conn, "look up table", "SELECT to_regclass($1) IS NOT NULL", 1, vals, err, sizeof(err));
+    bool ok = res != NULL && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return ok;
+}
+
+static bool
+model_available(PGconn *conn, size_t i)
+{
+    return model_names[i].mask != 0 && (conn == NULL || table_exists(conn, model_names[i].table));
+}
+
+int
+tly_ctl_models_parse(PGconn *conn, const char *list, unsigned *mask, const char **tables, int *ntables, char *err, size_t errcap)
+{
+    *mask = 0;
+    *ntables = 0;
+    if (list == NULL) {
+        for (size_t i = 0; i < NMODEL_NAMES; ++i) {
+            if (strcmp(model_names[i].name, model_names[i].table) != 0 || !model_available(conn, i))
+                continue;
+            *mask |= model_names[i].mask;
+            tables[(*ntables)++] = model_names[i].table;
+        }
+        return 0;
+    }
+    for (const char *p = list; *p != '\0';) {
+        size_t n = strcspn(p, ",");
+        size_t i;
+        for (i = 0; i < NMODEL_NAMES; ++i)
+            if (strlen(model_names[i].name) == n && memcmp(model_names[i].name, p, n) == 0)
+                break;
+        if (i == NMODEL_NAMES || !model_available(conn, i)) {
+            snprintf(err, errcap, "unknown read model \"%.*s\" (known: accounts, ledger_entries, jobs%s)", (int)n, p,
+                     model_available(conn, 4) ? ", transfers" : "");
+            return -1;
+        }
+        if ((*mask & model_names[i].mask) == 0) {
+            *mask |= model_names[i].mask;
+            tables[(*ntables)++] = model_names[i].table;
+        }
+        p += n;
+        p += strspn(p, ",");
+    }
+    if (*ntables == 0) {
+        snprintf(err, errcap, "--projection names no read model");
+        return -1;
+    }
+    return 0;
+}
+
+int
+tly_ctl_until_parse(const char *s, int64_t *until_us, bool *has_time, int64_t *ends, int maxends, int *nends, char *err,
+                    size_t errcap)
+{
+    *has_time = false;
+    *nends = 0;
+    for (int i = 0; i < maxends; ++i)
+        ends[i] = -1;
+    if (tly_clock_parse_rfc3339(s, until_us)) {
+        *has_time = true;
+        return 0;
+    }
+    for (const char *p = s; *p != '\0';) {
+        char *end;
+        errno = 0;
+        long part = strtol(p, &end, 10);
+        if (end == p || *end != ':' || part < 0 || part >= maxends || errno != 0)
+            goto bad;
+        p = end + 1;
+        long long off = strtoll(p, &end, 10);
+        if (end == p || off < 0 || errno != 0 || (*end != ',' && *end != '\0'))
+            goto bad;
+        ends[part] = off;
+        if (part + 1 > *nends)
+            *nends = (int)part + 1;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (*nends > 0)
+        return 0;
+bad:
+    snprintf(err, errcap, "--until must be an RFC 3339 time (2026-11-22T14:00:00Z) or partition:offset pairs (0:1200,1:980)");
+    return -1;
+}
+
+bool
+tly_ctl_schema_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63 || !(islower((unsigned char)s[0]) || s[0] == '_'))
+        return false;
+    for (size_t i = 0; i < n; ++i)
+        if (!(islower((unsigned char)s[i]) || isdigit((unsigned char)s[i]) || s[i] == '_'))
+            return false;
+    return strcmp(s, "public") != 0 && strncmp(s, "pg_", 3) != 0 && strcmp(s, "information_schema") != 0;
+}
+
+/* --- a set of event ids (open addressing, tombstones) --------------------- */
+
+typedef struct st_idset_t {
+    uint8_t (*keys)[16];
+    uint8_t *state; /* 0 empty, 1 used, 2 deleted */
+    size_t cap, used;
+} idset_t;
+
+static uint64_t
+id_hash(const uint8_t *k)
+{
+    uint64_t h;
+    memcpy(&h, k + 8, sizeof(h)); /* v4 and v5 ids: random bits here */
+    return h * 0x9e3779b97f4a7c15ULL;
+}
+
+static void idset_add(idset_t *s, const uint8_t *k);
+
+static void
+idset_grow(idset_t *s)
+{
+    idset_t old = *s;
+    s->cap = old.cap == 0 ? 1 << 16 : old.cap * 2;
+    s->keys = malloc(s->cap * 16);
+    s->state = calloc(s->cap, 1);
+    if (s->keys == NULL || s->state == NULL)
+        abort();
+    s->used = 0;
+    for (size_t i = 0; i < old.cap; ++i)
+        if (old.state[i] == 1)
+            idset_add(s, old.keys[i]);
+    free(old.keys);
+    free(old.state);
+}
+
+static bool
+idset_find(const idset_t *s, const uint8_t *k, size_t *slot)
+{
+    if (s->cap == 0)
+        return false;
+    for (size_t i = id_hash(k) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+        if (s->state[i] == 0)
+            return false;
+        if (s->state[i] == 1 && memcmp(s->keys[i], k, 16) == 0) {
+            *slot = i;
+            return true;
+        }
+    }
+}
+
+static void
+idset_add(idset_t *s, const uint8_t *k)
+{
+    if ((s->used + 1) * 2 > s->cap)
+        idset_grow(s);
+    size_t i = id_hash(k) & (s->cap - 1);
+    while (s->state[i] == 1)
+        i = (i + 1) & (s->cap - 1);
+    memcpy(s->keys[i], k, 16);
+    if (s->state[i] == 0)
+        s->used++;
+    s->state[i] = 1;
+}
+
+static void
+idset_del(idset_t *s, const uint8_t *k)
+{
+    size_t slot;
+    if (idset_find(s, k, &slot))
+        s->state[slot] = 2;
+}
+
+/* --- the replay ---------------------------------------------------------- */
+
+struct st_tly_ctl_replay_t {
+    tly_ctl_replay_opts_t o;
+    const tly_ctl_settings_t *s;
+    PGconn *conn;
+    rd_kafka_t *rk;
+    char schema[TLY_CTL_SCHEMA_MAX];
+    int shadow_n;
+    bool created;
+    unsigned mask;
+    const char *tables[TLY_CTL_MAX_TABLES];
+    int ntables;
+    char models_text[128];
+    int64_t until_us;
+    bool has_until;
+    int64_t until_end[MAX_PARTS];
+    int nparts;
+    int64_t *pos, *staged, *end, *gpos, *saved_pos;
+    bool *reached;
+    idset_t seen;
+    uint8_t (*fresh)[16];
+    size_t nfresh, fresh_cap;
+    rd_kafka_message_t **msgs;
+    /* statistics */
+    int64_t processed, applied, dups, failed, skipped;
+    int64_t t0_us, last_print_us, phase_total;
+    bool tty;
+    int batches;
+    bool in_final;
+};
+
+PGconn *
+tly_ctl_replay_conn(tly_ctl_replay_t *r)
+{
+    return r->conn;
+}
+const char *
+tly_ctl_replay_schema(const tly_ctl_replay_t *r)
+{
+    return r->schema;
+}
+int
+tly_ctl_replay_tables(const tly_ctl_replay_t *r, const char *const **tables)
+{
+    *tables = r->tables;
+    return r->ntables;
+}
+int64_t
+tly_ctl_replay_failed(const tly_ctl_replay_t *r)
+{
+    return r->failed;
+}
+
+static int
+exec(tly_ctl_replay_t *r, const char *sql, char *err, size_t errcap)
+{
+    return tly_pg_exec(r->conn, sql, err, errcap);
+}
+
+static int
+execf(tly_ctl_replay_t *r, char *err, size_t errcap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int
+execf(tly_ctl_replay_t *r, char *err, size_t errcap, const char *fmt, ...)
+{
+    char sql[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(sql, sizeof(sql), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(sql)) {
+        snprintf(err, errcap, "statement too long");
+        return -1;
+    }
+    return tly_pg_exec(r->conn, sql, err, errcap);
+}
+
+static PGresult *
+queryf(tly_ctl_replay_t *r, const char *what, int n, const char *const *vals, char *err, size_t errcap, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+static PGresult *
+queryf(tly_ctl_replay_t *r, const char *what, int n, const char *const *vals, char *err, size_t errcap, const char *fmt, ...)
+{
+    char sql[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof(sql), fmt, ap);
+    va_end(ap);
+    return tly_ctl_db_query(r->conn, what, sql, n, vals, err, errcap);
+}
+
+static void
+rollback(tly_ctl_replay_t *r)
+{
+    char err[256];
+    if (!tly_pg_broken(r->conn) && PQtransactionStatus(r->conn) != PQTRANS_IDLE)
+        (void)!tly_pg_exec(r->conn, "ROLLBACK", err, sizeof(err));
+}
+
+/* --- progress ------------------------------------------------------------ */
+
+static int64_t
+remaining(const tly_ctl_replay_t *r)
+{
+    int64_t left = 0;
+    for (int p = 0; p < r->nparts; ++p)
+        if (r->end[p] > r->staged[p])
+            left += r->end[p] - r->staged[p];
+    return left;
+}
+
+static void
+progress(tly_ctl_replay_t *r, bool force)
+{
+    if (r->o.quiet)
+        return;
+    int64_t now = tly_clock_mono_us();
+    if (!force && now - r->last_print_us < (r->tty ? 200000 : 2000000))
+        return;
+    r->last_print_us = now;
+    double secs = (double)(now - r->t0_us) / 1e6;
+    double rate = secs > 0 ? (double)r->processed / secs : 0;
+    int64_t left = remaining(r);
+    double eta = rate > 0 ? (double)left / rate : 0;
+    char lag[256] = "";
+    size_t used = 0;
+    int shown = 0;
+    for (int p = 0; p < r->nparts && used + 24 < sizeof(lag); ++p) {
+        int64_t l = r->end[p] - r->staged[p];
+        if (l <= 0)
+            continue;
+        if (shown++ == 8) {
+            used += (size_t)snprintf(lag + used, sizeof(lag) - used, " ...");
+            break;
+        }
+        used += (size_t)snprintf(lag + used, sizeof(lag) - used, " p%d:%" PRId64, p, l);
+    }
+    int64_t total = r->processed + left;
+    double frac = total > 0 ? (double)r->processed / (double)total : 1.0;
+    if (r->tty) {
+        char bar[31];
+        int fill = (int)(frac * 30);
+        for (int i = 0; i < 30; ++i)
+            bar[i] = i < fill ? '#' : '.';
+        bar[30] = '\0';
+        fprintf(stderr, "\r\033[K[%s] %3d%% %" PRId64 "/%" PRId64 " events %.0f ev/s ETA %.0fs lag%s", bar, (int)(frac * 100),
+                r->processed, total, rate, eta, shown > 0 ? lag : " 0");
+        if (force)
+            fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "replay %s: %" PRId64 "/%" PRId64 " events (%d%%), %.0f events/s, eta %.0fs, lag%s\n", r->schema,
+                r->processed, total, (int)(frac * 100), rate, eta, shown > 0 ? lag : " 0");
+    }
+}
+
+void
+tly_ctl_replay_summary(const tly_ctl_replay_t *r, FILE *out)
+{
+    double secs = (double)(tly_clock_mono_us() - r->t0_us) / 1e6;
+    fprintf(out,
+            "%" PRId64 " events read (%" PRId64 " applied, %" PRId64 " duplicates, %" PRId64 " failed, %" PRId64
+            " skipped) in %.1f s: %.0f events/s\n",
+            r->processed, r->applied, r->dups, r->failed, r->skipped, secs, secs > 0 ? (double)r->processed / secs : 0);
+}
+
+/* --- kafka --------------------------------------------------------------- */
+
+static int
+kafka_open(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    char rderr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    const char *kv[][2] = {
+        {"bootstrap.servers", r->s->kafka_brokers},
+        {"group.id", "tallyctl-replay"}, /* required by the API; partitions are assigned, never subscribed or committed */
+        {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"},
+        {"enable.partition.eof", "true"},
+        {"auto.offset.reset", "earliest"},
+        {"isolation.level", "read_committed"},
+        {"fetch.wait.max.ms", "10"},
+        {"queued.min.messages", "200000"},
+    };
+    for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); ++i) {
+        if (rd_kafka_conf_set(conf, kv[i][0], kv[i][1], rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK) {
+            snprintf(err, errcap, "could not set kafka %s: %s", kv[i][0], rderr);
+            rd_kafka_conf_destroy(conf);
+            return -1;
+        }
+    }
+    r->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, rderr, sizeof(rderr));
+    if (r->rk == NULL) {
+        snprintf(err, errcap, "could not create kafka consumer: %s", rderr);
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_poll_set_consumer(r->rk);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(r->rk, r->s->kafka_topic, NULL);
+    rd_kafka_resp_err_t e = rd_kafka_metadata(r->rk, 0, rkt, &md, 10000);
+    rd_kafka_topic_destroy(rkt);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR || md->topic_cnt != 1 || md->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errcap, "could not read the partitions of %s: %s", r->s->kafka_topic,
+                 rd_kafka_err2str(e != RD_KAFKA_RESP_ERR_NO_ERROR ? e : md->topics[0].err));
+        if (md != NULL)
+            rd_kafka_metadata_destroy(md);
+        return -1;
+    }
+    r->nparts = md->topics[0].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    if (r->nparts <= 0 || r->nparts > MAX_PARTS) {
+        snprintf(err, errcap, "topic %s has %d partitions", r->s->kafka_topic, r->nparts);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+high_watermarks(tly_ctl_replay_t *r, int64_t *high, char *err, size_t errcap)
+{
+    for (int p = 0; p < r->nparts; ++p) {
+        int64_t lo, hi;
+        rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(r->rk, r->s->kafka_topic, p, &lo, &hi, 10000);
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            snprintf(err, errcap, "could not read the end of partition %d: %s", p, rd_kafka_err2str(e));
+            return -1;
+        }
+        if (lo > 0 && r->pos[p] < lo) {
+            snprintf(err, errcap, "partition %d starts at offset %" PRId64 ": events before it were deleted, so the log no longer "
+                                  "holds the whole history",
+                     p, lo);
+            return -1;
+        }
+        high[p] = hi;
+    }
+    return 0;
+}
+
+/* The live projector's committed positions (0 where it never claimed a partition). */
+static int
+projector_positions(tly_ctl_replay_t *r, int64_t *out, char *err, size_t errcap)
+{
+    const char *vals[] = {r->s->kafka_topic};
+    PGresult *res = tly_ctl_db_query(r->conn, "could not read the projector's positions",
+                                     "SELECT partition, next_offset FROM public.consumer_positions "
+                                     "WHERE consumer = 'projector' AND topic = $1",
+                                     1, vals, err, errcap);
+    if (res == NULL)
+        return -1;
+    for (int p = 0; p < r->nparts; ++p)
+        out[p] = 0;
+    for (int i = 0; i < PQntuples(res); ++i) {
+        int p = atoi(PQgetvalue(res, i, 0));
+        if (p >= 0 && p < r->nparts)
+            out[p] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Sets the targets: high watermarks (capped by --until offsets), or for a swap or verify also by the projector's positions. */
+static int
+set_targets(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    int64_t *high = calloc((size_t)r->nparts, sizeof(*high)), *proj = calloc((size_t)r->nparts, sizeof(*proj));
+    int ret = -1;
+    if (high == NULL || proj == NULL)
+        abort();
+    if (high_watermarks(r, high, err, errcap) != 0)
+        goto out;
+    if (r->o.mode != TLY_REPLAY_COPY && projector_positions(r, proj, err, errcap) != 0)
+        goto out;
+    for (int p = 0; p < r->nparts; ++p) {
+        int64_t e = high[p];
+        if (r->until_end[p] >= 0 && r->until_end[p] < e)
+            e = r->until_end[p];
+        if (r->o.mode != TLY_REPLAY_COPY && proj[p] < e)
+            e = proj[p]; /* never ahead of the live tables: the swap needs the shadow at the projector's positions */
+        r->end[p] = e;
+    }
+    ret = 0;
+out:
+    free(high);
+    free(proj);
+    return ret;
+}
+
+static int
+assign_from_positions(tly_ctl_replay_t *r, int *nassigned)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(r->nparts);
+    *nassigned = 0;
+    for (int p = 0; p < r->nparts; ++p) {
+        r->gpos[p] = r->pos[p];
+        r->staged[p] = r->pos[p];
+        r->reached[p] = r->pos[p] >= r->end[p];
+        if (!r->reached[p]) {
+            rd_kafka_topic_partition_list_add(list, r->s->kafka_topic, p)->offset = r->pos[p];
+            ++*nassigned;
+        }
+    }
+    rd_kafka_resp_err_t e = rd_kafka_assign(r->rk, list);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR && list->cnt > 0)
+        rd_kafka_resume_partitions(r->rk, list); /* paused when the previous phase reached its end */
+    rd_kafka_topic_partition_list_destroy(list);
+    return e == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : -1;
+}
+
+static void
+pause_one(tly_ctl_replay_t *r, int p)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(list, r->s->kafka_topic, p);
+    rd_kafka_pause_partitions(r->rk, list);
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+static bool
+all_reached(const tly_ctl_replay_t *r)
+{
+    for (int p = 0; p < r->nparts; ++p)
+        if (!r->reached[p])
+            return false;
+    return true;
+}
+
+/* Polls up to batch messages of [gpos, end) per partition. Returns the count; sets reached[] on the way. */
+static int
+gather(tly_ctl_replay_t *r)
+{
+    int n = 0;
+    while (n < r->o.batch && !all_reached(r)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(r->rk, n == 0 ? 200 : 5);
+        if (m == NULL) {
+            if (n > 0)
+                break;
+            return 0;
+        }
+        int p = m->partition;
+        if (p < 0 || p >= r->nparts) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            if (m->offset >= r->end[p] && !r->reached[p]) {
+                r->reached[p] = true; /* everything before the end was delivered already */
+                pause_one(r, p);
+            }
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            fprintf(stderr, "tallyctl: kafka: %s\n", rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        if (r->reached[p] || m->offset < r->gpos[p]) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        if (m->offset >= r->end[p]) {
+            r->reached[p] = true;
+            pause_one(r, p);
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        r->gpos[p] = m->offset + 1;
+        if (r->gpos[p] >= r->end[p]) {
+            r->reached[p] = true;
+            pause_one(r, p);
+        }
+        r->msgs[n++] = m;
+    }
+    return n;
+}
+
+/* --- applying a batch ---------------------------------------------------- */
+
+typedef enum en_ev_result_t {
+    EV_OK,
+    EV_FAILED,    /* the event's own failure (fast mode: redo the batch with savepoints) */
+    EV_TRANSIENT, /* PostgreSQL trouble: roll back, retry later */
+    EV_FATAL,     /* cannot go on (a version this tallyctl does not know) */
+} ev_result_t;
+
+static void
+fresh_push(tly_ctl_replay_t *r, const uint8_t *id)
+{
+    if (r->nfresh == r->fresh_cap) {
+        r->fresh_cap = r->fresh_cap == 0 ? 4096 : r->fresh_cap * 2;
+        r->fresh = realloc(r->fresh, r->fresh_cap * 16);
+        if (r->fresh == NULL)
+            abort();
+    }
+    memcpy(r->fresh[r->nfresh++], id, 16);
+}
+
+static int
+record_failure(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t *env, const char *why, char *err,
+               size_t errcap)
+{
+    char part[16], off[24], id[TLY_UUID_STR_LEN + 1];
+    snprintf(part, sizeof(part), "%" PRId32, m->partition);
+    snprintf(off, sizeof(off), "%" PRId64, m->offset);
+    if (env != NULL)
+        tly_uuid_format(&env->id, id);
+    const char *vals[] = {part, off, env != NULL ? id : NULL, env != NULL ? env->type : NULL, why};
+    PGresult *res = queryf(r, "could not record a failed event", 5, vals, err, errcap,
+                           "INSERT INTO %s._replay_failures (partition, \"offset\", event_id, type, error) "
+                           "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                           r->schema);
+    PQclear(res);
+    r->failed++;
+    return res != NULL ? 0 : -1;
+}
+
+static ev_result_t
+apply_one(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t *env, bool slow, char *err, size_t errcap)
+{
+    char why[1024];
+    tly_pgx_reset_last();
+    if (slow && exec(r, "SAVEPOINT ev", err, errcap) != 0)
+        return EV_TRANSIENT;
+    if (tly_projection_apply(r->conn, env, r->mask, why, sizeof(why)) == 0) {
+        r->applied++;
+        return slow && exec(r, "RELEASE SAVEPOINT ev", err, errcap) != 0 ? EV_TRANSIENT : EV_OK;
+    }
+    bool transient = tly_pgx_last_transient(r->conn);
+    snprintf(err, errcap, "%s", why);
+    if (!slow)
+        return transient ? EV_TRANSIENT : EV_FAILED;
+    if (exec(r, "ROLLBACK TO SAVEPOINT ev", err, errcap) != 0 || transient)
+        return EV_TRANSIENT;
+    /* As the live projector does when it parks an event: its job ends failed (dead_lettered). */
+    char ignored[512];
+    if (tly_projection_job_dead_lettered(r->conn, env, why, ignored, sizeof(ignored)) != 0 &&
+        exec(r, "ROLLBACK TO SAVEPOINT ev", err, errcap) != 0)
+        return EV_TRANSIENT;
+    if (exec(r, "RELEASE SAVEPOINT ev", err, errcap) != 0)
+        return EV_TRANSIENT;
+    fprintf(stderr, "tallyctl: partition %" PRId32 " offset %" PRId64 ": %s\n", m->partition, m->offset, why);
+    return record_failure(r, m, env, why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
+}
+
+static ev_result_t
+process(tly_ctl_replay_t *r, const rd_kafka_message_t *m, bool slow, char *err, size_t errcap)
+{
+    tly_envelope_t env, up;
+    char why[256];
+    r->processed++;
+    if (tly_envelope_parse(m->payload != NULL ? m->payload : "", m->len, &env, why, sizeof(why)) != 0) {
+        if (!slow) {
+            snprintf(err, errcap, "%s", why);
+            return EV_FAILED;
+        }
+        return record_failure(r, m, NULL, why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
+    }
+    if (!tly_projection_knows(env.type)) {
+        r->skipped++;
+        tly_envelope_clear(&env);
+        return EV_OK;
+    }
+    int maxv = tly_projection_max_version(env.type);
+    if (env.version > maxv) {
+        snprintf(err, errcap,
+                 "partition %" PRId32 " offset %" PRId64 ": %s version %d is newer than this tallyctl knows (%d); "
+                 "upgrade tallyctl and run the replay again (it resumes here)",
+                 m->partition, m->offset, env.type, env.version, maxv);
+        tly_envelope_clear(&env);
+        return EV_FATAL;
+    }
+    if (tly_upcast(&env, maxv, &up, why, sizeof(why)) != 0) {
+        tly_envelope_clear(&env);
+        if (!slow) {
+            snprintf(err, errcap, "%s", why);
+            return EV_FAILED;
+        }
+        return record_failure(r, m, NULL, why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
+    }
+    tly_envelope_clear(&env);
+    ev_result_t res = EV_OK;
+    size_t slot;
+    if (r->has_until && up.occurred_at_us > r->until_us) {
+        r->skipped++;
+    } else if (idset_find(&r->seen, up.id.b, &slot)) {
+        r->dups++;
+    } else {
+        idset_add(&r->seen, up.id.b);
+        fresh_push(r, up.id.b);
+        res = apply_one(r, m, &up, slow, err, errcap);
+    }
+    tly_envelope_clear(&up);
+    return res;
+}
+
+/* Writes the ids applied since `from` to _replay_dedup with COPY. */
+static int
+save_dedup(tly_ctl_replay_t *r, size_t from, char *err, size_t errcap)
+{
+    char sql[256];
+    if (from >= r->nfresh)
+        return 0;
+    snprintf(sql, sizeof(sql), "COPY %s._replay_dedup (event_id) FROM STDIN", r->schema);
+    PGresult *res = PQexec(r->conn, sql);
+    if (PQresultStatus(res) != PGRES_COPY_IN) {
+        snprintf(err, errcap, "could not save applied event ids: %s", PQerrorMessage(r->conn));
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    char buf[64 * 1024];
+    size_t used = 0;
+    int ok = 1;
+    for (size_t i = from; i < r->nfresh && ok == 1; ++i) {
+        tly_uuid_t u;
+        memcpy(u.b, r->fresh[i], 16);
+        tly_uuid_format(&u, buf + used);
+        used += TLY_UUID_STR_LEN;
+        buf[used++] = '\n';
+        if (used + TLY_UUID_STR_LEN + 2 > sizeof(buf)) {
+            ok = PQputCopyData(r->conn, buf, (int)used);
+            used = 0;
+        }
+    }
+    if (ok == 1 && used > 0)
+        ok = PQputCopyData(r->conn, buf, (int)used);
+    if (PQputCopyEnd(r->conn, ok == 1 ? NULL : "aborted") != 1)
+        ok = 0;
+    bool failed = ok != 1;
+    while ((res = PQgetResult(r->conn)) != NULL) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK && !failed) {
+            snprintf(err, errcap, "could not save applied event ids: %s", PQresultErrorMessage(res));
+            failed = true;
+        }
+        PQclear(res);
+    }
+    return failed ? -1 : 0;
+}
+
+static int
+save_positions(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    size_t cap = (size_t)r->nparts * 48 + 16;
+    char *parts = malloc(cap), *offs = malloc(cap), *ends = malloc(cap);
+    if (parts == NULL || offs == NULL || ends == NULL)
+        abort();
+    size_t a = 0, b = 0, c = 0;
+    parts[a++] = '{', offs[b++] = '{', ends[c++] = '{';
+    for (int p = 0; p < r->nparts; ++p) {
+        int64_t next = r->reached[p] && r->staged[p] < r->end[p] ? r->end[p] : r->staged[p];
+        a += (size_t)snprintf(parts + a, cap - a, "%s%d", p > 0 ? "," : "", p);
+        b += (size_t)snprintf(offs + b, cap - b, "%s%" PRId64, p > 0 ? "," : "", next);
+        c += (size_t)snprintf(ends + c, cap - c, "%s%" PRId64, p > 0 ? "," : "", r->end[p]);
+    }
+    snprintf(parts + a, cap - a, "}");
+    snprintf(offs + b, cap - b, "}");
+    snprintf(ends + c, cap - c, "}");
+    const char *vals[] = {parts, offs, ends};
+    PGresult *res = queryf(r, "could not save replay positions", 3, vals, err, errcap,
+                           "INSERT INTO %s._replay_positions AS rp (partition, next_offset, end_offset) "
+                           "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[]) "
+                           "ON CONFLICT (partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
+                           "end_offset = EXCLUDED.end_offset WHERE rp.next_offset IS DISTINCT FROM EXCLUDED.next_offset "
+                           "OR rp.end_offset IS DISTINCT FROM EXCLUDED.end_offset",
+                           r->schema);
+    free(parts);
+    free(offs);
+    free(ends);
+    PQclear(res);
+    return res != NULL ? 0 : -1;
+}
+
+typedef struct st_counters_t {
+    int64_t processed, applied, dups, failed, skipped;
+} counters_t;
+
+static void
+counters_save(const tly_ctl_replay_t *r, counters_t *c)
+{
+    *c = (counters_t){r->processed, r->applied, r->dups, r->failed, r->skipped};
+}
+
+static void
+counters_restore(tly_ctl_replay_t *r, const counters_t *c)
+{
+    r->processed = c->processed, r->applied = c->applied, r->dups = c->dups, r->failed = c->failed, r->skipped = c->skipped;
+}
+
+/* Forgets the ids applied since `from` (their transaction rolled back). */
+static void
+forget_fresh(tly_ctl_replay_t *r, size_t from)
+{
+    for (size_t i = from; i < r->nfresh; ++i)
+        idset_del(&r->seen, r->fresh[i]);
+    r->nfresh = from;
+}
+
+/*
+ * Applies msgs[0, n) and the positions. own_tx: in a transaction of its own,
+ * committed; else inside the final transaction (always with savepoints).
+ * Returns 0, -1 fatal, -2 transient (rolled back when own_tx).
+ */
+static int
+run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
+{
+    bool slow = !own_tx;
+    counters_t before;
+    size_t fresh_from = r->nfresh;
+    counters_save(r, &before);
+    int64_t *staged0 = malloc(sizeof(int64_t) * (size_t)r->nparts);
+    if (staged0 == NULL)
+        abort();
+    memcpy(staged0, r->staged, sizeof(int64_t) * (size_t)r->nparts);
+    int ret = -2;
+    for (;;) {
+        if (own_tx && exec(r, "BEGIN", err, errcap) != 0)
+            goto out;
+        ev_result_t res = EV_OK;
+        for (int i = 0; i < n && res == EV_OK; ++i) {
+            res = process(r, r->msgs[i], slow, err, errcap);
+            r->staged[r->msgs[i]->partition] = r->msgs[i]->offset + 1;
+        }
+        if (res == EV_OK && save_dedup(r, fresh_from, err, errcap) != 0)
+            res = EV_TRANSIENT;
+        if (res == EV_OK && save_positions(r, err, errcap) != 0)
+            res = EV_TRANSIENT;
+        if (res == EV_OK && own_tx && exec(r, "COMMIT", err, errcap) != 0)
+            res = EV_TRANSIENT;
+        if (res == EV_OK)
+            break;
+        if (own_tx)
+            rollback(r);
+        forget_fresh(r, fresh_from);
+        counters_restore(r, &before);
+        memcpy(r->staged, staged0, sizeof(int64_t) * (size_t)r->nparts);
+        if (res == EV_FAILED && !slow) {
+            slow = true; /* an event failed on its own: redo with a savepoint per event to isolate it */
+            continue;
+        }
+        ret = res == EV_FATAL ? -1 : -2;
+        goto out;
+    }
+    for (int p = 0; p < r->nparts; ++p) {
+        if (r->reached[p] && r->staged[p] < r->end[p])
+            r->staged[p] = r->end[p];
+        if (own_tx)
+            r->pos[p] = r->staged[p];
+    }
+    if (own_tx)
+        r->nfresh = 0; /* committed: nothing to forget any more */
+    ret = 0;
+out:
+    free(staged0);
+    return ret;
+}
+
+static void
+free_msgs(tly_ctl_replay_t *r, int n)
+{
+    for (int i = 0; i < n; ++i)
+        rd_kafka_message_destroy(r->msgs[i]);
+}
+
+static void
+sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Replays [pos, end) of every partition. Returns 0, 1 (max_batches reached), -1 fatal, -2 transient (final phase). */
+static int
+run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
+{
+    int nassigned;
+    if (assign_from_positions(r, &nassigned) != 0) {
+        snprintf(err, errcap, "could not assign the partitions of %s", r->s->kafka_topic);
+        return -1;
+    }
+    if (nassigned == 0)
+        return 0;
+    int64_t last_progress = tly_clock_mono_us();
+    while (!all_reached(r)) {
+        int n = gather(r);
+        int64_t now = tly_clock_mono_us();
+        if (n == 0 && !all_reached(r)) {
+            if (now - last_progress > STALL_US) {
+                snprintf(err, errcap, "no events from %s for %d s while %" PRId64 " are still expected; is the broker up?",
+                         r->s->kafka_topic, (int)(STALL_US / 1000000), remaining(r));
+                return -1;
+            }
+            continue;
+        }
+        last_progress = now;
+        int rc, tries = 0, delay = 50;
+        while ((rc = run_batch(r, n, own_tx, err, errcap)) == -2 && own_tx && ++tries < 20) {
+            fprintf(stderr, "tallyctl: batch failed, retrying: %s\n", err);
+            if (tly_pg_broken(r->conn))
+                PQreset(r->conn);
+            sleep_ms(delay);
+            delay = delay * 2 > 5000 ? 5000 : delay * 2;
+        }
+        free_msgs(r, n);
+        if (rc != 0)
+            return rc;
+        progress(r, false);
+        if (own_tx && r->o.max_batches > 0 && ++r->batches >= r->o.max_batches)
+            return 1;
+    }
+    /* a phase with nothing but end-of-partition markers still moves positions */
+    if (own_tx) {
+        int rc = run_batch(r, 0, true, err, errcap);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* --- the shadow schema ---------------------------------------------------- */
+
+/* Creates the read-model tables like public's: same columns, defaults, checks, and constraint and index names. */
+static int
+create_table_like(tly_ctl_replay_t *r, const char *t, char *err, size_t errcap)
+{
+    if (execf(r, err, errcap,
+              "CREATE TABLE %s.%s (LIKE public.%s INCLUDING ALL EXCLUDING INDEXES)",
+              r->schema, t, t) != 0)
+        return -1;
+    char q[160];
+    snprintf(q, sizeof(q), "public.%s", t);
+    const char *vals[] = {q};
+    /* unique/primary/exclusion constraints by name, then the other indexes by name */
+    PGresult *res = tly_ctl_db_query(r->conn, "could not read the indexes of a read model",
+                                     "SELECT 'ALTER TABLE %s ADD CONSTRAINT ' || quote_ident(c.conname) || ' ' || "
+                                     "pg_get_constraintdef(c.oid) FROM pg_constraint c WHERE c.conrelid = $1::regclass "
+                                     "AND c.contype IN ('p', 'u', 'x') "
+                                     "UNION ALL SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = "
+                                     "$1::regclass AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = "
+                                     "i.indexrelid AND c.conrelid = i.indrelid)",
+                                     1, vals, err, errcap);
+    if (res == NULL)
+        return -1;
+    int ret = 0;
+    for (int i = 0; i < PQntuples(res) && ret == 0; ++i) {
+        const char *def = PQgetvalue(res, i, 0);
+        char sql[2048], on[200], target[200];
+        if (strncmp(def, "ALTER TABLE %s", 14) == 0) {
+            snprintf(sql, sizeof(sql), "ALTER TABLE %s.%s%s", r->schema, t, def + 14);
+        } else {
+            /* CREATE [UNIQUE] INDEX name ON public.t USING ... -> ON <schema>.t */
+            snprintf(on, sizeof(on), " ON public.%s ", t);
+            snprintf(target, sizeof(target), " ON %s.%s ", r->schema, t);
+            const char *at = strstr(def, on);
+            if (at == NULL) {
+                snprintf(err, errcap, "could not copy index: %s", def);
+                ret = -1;
+                break;
+            }
+            snprintf(sql, sizeof(sql), "%.*s%s%s", (int)(at - def), def, target, at + strlen(on));
+        }
+        ret = exec(r, sql, err, errcap);
+    }
+    PQclear(res);
+    return ret;
+}
+
+static int
+create_shadow(tly_ctl_replay_t *r, const char *until_text, char *err, size_t errcap)
+{
+    if (exec(r, "BEGIN", err, errcap) != 0)
+        return -1;
+    if (execf(r, err, errcap, "CREATE SCHEMA %s", r->schema) != 0)
+        goto fail;
+    for (int i = 0; i < r->ntables; ++i)
+        if (create_table_like(r, r->tables[i], err, errcap) != 0)
+            goto fail;
+    if (execf(r, err, errcap,
+              "CREATE TABLE %s._replay_meta (mode text NOT NULL, models text NOT NULL, until text NOT NULL, "
+              "state text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz)",
+              r->schema) != 0 ||
+        execf(r, err, errcap,
+              "CREATE TABLE %s._replay_positions (partition integer PRIMARY KEY, next_offset bigint NOT NULL, "
+              "end_offset bigint NOT NULL)",
+              r->schema) != 0 ||
+        execf(r, err, errcap, "CREATE TABLE %s._replay_dedup (event_id uuid PRIMARY KEY)", r->schema) != 0 ||
+        execf(r, err, errcap,
+              "CREATE TABLE %s._replay_failures (partition integer NOT NULL, \"offset\" bigint NOT NULL, event_id uuid, "
+              "type text, error text NOT NULL, PRIMARY KEY (partition, \"offset\"))",
+              r->schema) != 0 ||
+        /* The projections NOTIFY tally_jobs for long-polling readers; a replay must not wake them a million times.
+           search_path puts this schema before pg_catalog, so this no-op is the pg_notify they call. */
+        execf(r, err, errcap, "CREATE FUNCTION %s.pg_notify(text, text) RETURNS void LANGUAGE sql AS 'SELECT NULL::void'",
+              r->schema) != 0)
+        goto fail;
+    const char *mode = r->o.mode == TLY_REPLAY_SWAP ? "swap" : r->o.mode == TLY_REPLAY_COPY ? "copy" : "verify";
+    const char *vals[] = {mode, r->models_text, until_text};
+    PGresult *res = queryf(r, "could not write replay metadata", 3, vals, err, errcap,
+                           "INSERT INTO %s._replay_meta (mode, models, until, state) VALUES ($1, $2, $3, 'running')", r->schema);
+    if (res == NULL)
+        goto fail;
+    PQclear(res);
+    if (exec(r, "COMMIT", err, errcap) != 0)
+        goto fail;
+    r->created = true;
+    return 0;
+fail:
+    rollback(r);
+    return -1;
+}
+
+static int
+drop_schema(tly_ctl_replay_t *r, const char *schema, char *err, size_t errcap)
+{
+    return execf(r, err, errcap, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+}
+
+/* Loads positions and applied ids of a shadow being resumed. */
+static int
+load_progress(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    PGresult *res = queryf(r, "could not read replay positions", 0, NULL, err, errcap,
+                           "SELECT partition, next_offset, end_offset FROM %s._replay_positions", r->schema);
+    if (res == NULL)
+        return -1;
+    for (int i = 0; i < PQntuples(res); ++i) {
+        int p = atoi(PQgetvalue(res, i, 0));
+        if (p >= 0 && p < r->nparts) {
+            r->pos[p] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+            r->end[p] = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+        }
+    }
+    int stored = PQntuples(res);
+    PQclear(res);
+    res = queryf(r, "could not read applied event ids", 0, NULL, err, errcap, "SELECT event_id FROM %s._replay_dedup", r->schema);
+    if (res == NULL)
+        return -1;
+    for (int i = 0; i < PQntuples(res); ++i) {
+        tly_uuid_t u;
+        if (tly_uuid_parse(PQgetvalue(res, i, 0), &u))
+            idset_add(&r->seen, u.b);
+    }
+    if (!r->o.quiet && stored > 0)
+        fprintf(stderr, "tallyctl: resuming %s (%d events applied before)\n", r->schema, PQntuples(res));
+    PQclear(res);
+    return 0;
+}
+
+typedef struct st_shadow_info_t {
+    char name[TLY_CTL_SCHEMA_MAX];
+    int n;
+    char mode[16], models[128], until[128], state[16];
+} shadow_info_t;
+
+/* Lists tally_shadow_<n> schemas (and --into's) with their metadata. Returns the count; -1 on error. */
+static int
+list_shadows(tly_ctl_replay_t *r, shadow_info_t *out, int cap, int *max_n, char *err, size_t errcap)
+{
+    PGresult *res = tly_ctl_db_query(r->conn, "could not list shadow schemas",
+                                     "SELECT nspname, substring(nspname from 14)::int FROM pg_namespace "
+                                     "WHERE nspname ~ '^tally_shadow_[0-9]{1,9}$' ORDER BY 2",
+                                     0, NULL, err, errcap);
+    if (res == NULL)
+        return -1;
+    int n = 0;
+    *max_n = 0;
+    for (int i = 0; i < PQntuples(res); ++i) {
+        int num = atoi(PQgetvalue(res, i, 1));
+        if (num > *max_n)
+            *max_n = num;
+        if (n == cap)
+            continue;
+        shadow_info_t *s = &out[n];
+        memset(s, 0, sizeof(*s));
+        snprintf(s->name, sizeof(s->name), "%s", PQgetvalue(res, i, 0));
+        s->n = num;
+        char q[160];
+        snprintf(q, sizeof(q), "%s._replay_meta", s->name);
+        const char *vals[] = {q};
+        PGresult *has = tly_ctl_db_query(r->conn, "could not inspect a shadow schema", "SELECT to_regclass($1) IS NOT NULL", 1,
+                                         vals, err, errcap);
+        if (has == NULL) {
+            PQclear(res);
+            return -1;
+        }
+        bool meta = strcmp(PQgetvalue(has, 0, 0), "t") == 0;
+        PQclear(has);
+        if (!meta)
+            continue;
+        PGresult *m = queryf(r, "could not read replay metadata", 0, NULL, err, errcap,
+                             "SELECT mode, models, until, state FROM %s._replay_meta LIMIT 1", s->name);
+        if (m == NULL) {
+            PQclear(res);
+            return -1;
+        }
+        if (PQntuples(m) == 1) {
+            snprintf(s->mode, sizeof(s->mode), "%s", PQgetvalue(m, 0, 0));
+            snprintf(s->models, sizeof(s->models), "%s", PQgetvalue(m, 0, 1));
+            snprintf(s->until, sizeof(s->until), "%s", PQgetvalue(m, 0, 2));
+            snprintf(s->state, sizeof(s->state), "%s", PQgetvalue(m, 0, 3));
+            ++n;
+        }
+        PQclear(m);
+    }
+    PQclear(res);
+    return n;
+}
+
+/* Picks the shadow schema: resume an unfinished one with the same options, or create tally_shadow_<n+1> / --into. */
+static int
+choose_shadow(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    shadow_info_t found[64];
+    int max_n = 0;
+    const char *mode = r->o.mode == TLY_REPLAY_SWAP ? "swap" : r->o.mode == TLY_REPLAY_COPY ? "copy" : "verify";
+    const char *until_text = r->o.until != NULL ? r->o.until : "";
+    int n = list_shadows(r, found, 64, &max_n, err, errcap);
+    if (n < 0)
+        return -1;
+    bool resume = false;
+    if (r->o.into != NULL) {
+        snprintf(r->schema, sizeof(r->schema), "%s", r->o.into);
+        char q[160];
+        snprintf(q, sizeof(q), "%s", r->o.into);
+        const char *vals[] = {q};
+        PGresult *res = tly_ctl_db_query(r->conn, "could not look up schema",
+                                         "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), "
+                                         "to_regclass(quote_ident($1) || '._replay_meta') IS NOT NULL",
+                                         1, vals, err, errcap);
+        if (res == NULL)
+            return -1;
+        bool exists = strcmp(PQgetvalue(res, 0, 0), "t") == 0, ours = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+        PQclear(res);
+        if (exists && !ours) {
+            snprintf(err, errcap, "schema %s exists and is not a replay's: choose another --into", r->o.into);
+            return -1;
+        }
+        if (exists && r->o.restart) {
+            if (drop_schema(r, r->schema, err, errcap) != 0)
+                return -1;
+        } else if (exists) {
+            PGresult *m = queryf(r, "could not read replay metadata", 0, NULL, err, errcap,
+                                 "SELECT models, until, state FROM %s._replay_meta", r->schema);
+            if (m == NULL)
+                return -1;
+            bool same = PQntuples(m) == 1 && strcmp(PQgetvalue(m, 0, 0), r->models_text) == 0 &&
+                        strcmp(PQgetvalue(m, 0, 1), until_text) == 0;
+            bool done = PQntuples(m) == 1 && strcmp(PQgetvalue(m, 0, 2), "running") != 0;
+            PQclear(m);
+            if (done) {
+                snprintf(err, errcap, "schema %s holds a finished replay; --restart rebuilds it", r->schema);
+                return -1;
+            }
+            if (!same) {
+                snprintf(err, errcap, "schema %s holds an unfinished replay with other options; run with the same "
+                                      "options to resume it, or add --restart",
+                         r->schema);
+                return -1;
+            }
+            resume = true;
+        }
+    } else {
+        for (int i = 0; i < n; ++i) {
+            bool unfinished = strcmp(found[i].state, "running") == 0;
+            if (!unfinished || strcmp(found[i].mode, mode) != 0)
+                continue;
+            if (r->o.restart || r->o.mode == TLY_REPLAY_VERIFY) {
+                if (!r->o.quiet)
+                    fprintf(stderr, "tallyctl: dropping unfinished %s\n", found[i].name);
+                if (drop_schema(r, found[i].name, err, errcap) != 0)
+                    return -1;
+                continue;
+            }
+            if (strcmp(found[i].models, r->models_text) != 0 || strcmp(found[i].until, until_text) != 0) {
+                snprintf(err, errcap, "%s holds an unfinished replay with other options (--projection %s%s%s); run with "
+                                      "the same options to resume it, or add --restart",
+                         found[i].name, found[i].models, found[i].until[0] ? " --until " : "", found[i].until);
+                return -1;
+            }
+            if (!resume) {
+                memcpy(r->schema, found[i].name, sizeof(r->schema));
+                r->shadow_n = found[i].n;
+                resume = true;
+            }
+        }
+        if (!resume) {
+            r->shadow_n = max_n + 1;
+            snprintf(r->schema, sizeof(r->schema), "tally_shadow_%d", r->shadow_n);
+        }
+    }
+    if (resume)
+        return load_progress(r, err, errcap);
+    return create_shadow(r, until_text, err, errcap);
+}
+
+/* --- public -------------------------------------------------------------- */
+
+tly_ctl_replay_t *
+tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o, char *err, size_t errcap)
+{
+    tly_ctl_replay_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        abort();
+    r->o = *o;
+    r->s = s;
+    if (r->o.batch <= 0)
+        r->o.batch = 2000;
+    r->tty = isatty(2);
+    r->t0_us = tly_clock_mono_us();
+    int nends = 0;
+    for (int p = 0; p < MAX_PARTS; ++p)
+        r->until_end[p] = -1;
+    if (o->until != NULL &&
+        tly_ctl_until_parse(o->until, &r->until_us, &r->has_until, r->until_end, MAX_PARTS, &nends, err, errcap) != 0)
+        goto fail;
+    if (o->into != NULL && !tly_ctl_schema_name_ok(o->into)) {
+        snprintf(err, errcap, "--into must be a lower-case schema name ([a-z_][a-z0-9_]*), not public or pg_*");
+        goto fail;
+    }
+    if ((r->conn = tly_ctl_db_connect(s->pg_dsn, err, errcap)) == NULL)
+        goto fail;
+    PGresult *res = tly_ctl_db_query(r->conn, "could not take the replay lock", "SELECT pg_try_advisory_lock(7246016001)", 0, NULL,
+                                     err, errcap);
+    if (res == NULL)
+        goto fail;
+    bool locked = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (!locked) {
+        snprintf(err, errcap, "another tallyctl replay or verify is running against this database");
+        goto fail;
+    }
+    if (tly_ctl_models_parse(r->conn, o->projections, &r->mask, r->tables, &r->ntables, err, errcap) != 0)
+        goto fail;
+    size_t used = 0;
+    for (int i = 0; i < r->ntables; ++i)
+        used += (size_t)snprintf(r->models_text + used, sizeof(r->models_text) - used, "%s%s", i > 0 ? "," : "", r->tables[i]);
+    if (kafka_open(r, err, errcap) != 0)
+        goto fail;
+    r->pos = calloc((size_t)r->nparts, sizeof(int64_t));
+    r->staged = calloc((size_t)r->nparts, sizeof(int64_t));
+    r->end = calloc((size_t)r->nparts, sizeof(int64_t));
+    r->gpos = calloc((size_t)r->nparts, sizeof(int64_t));
+    r->saved_pos = calloc((size_t)r->nparts, sizeof(int64_t));
+    r->reached = calloc((size_t)r->nparts, sizeof(bool));
+    r->msgs = calloc((size_t)r->o.batch, sizeof(*r->msgs));
+    if (r->pos == NULL || r->staged == NULL || r->end == NULL || r->gpos == NULL || r->saved_pos == NULL ||
+        r->reached == NULL || r->msgs == NULL)
+        abort();
+    if (choose_shadow(r, err, errcap) != 0)
+        goto fail;
+    char sp[256];
+    snprintf(sp, sizeof(sp), "SET search_path = %s, pg_catalog", r->schema);
+    if (exec(r, sp, err, errcap) != 0 || exec(r, "SET synchronous_commit = off", err, errcap) != 0)
+        goto fail;
+    if (r->o.mode == TLY_REPLAY_COPY && r->created) {
+        /* a point-in-time copy: targets fixed now (resumes keep them) */
+        if (set_targets(r, err, errcap) != 0 || exec(r, "BEGIN", err, errcap) != 0 || save_positions(r, err, errcap) != 0 ||
+            exec(r, "COMMIT", err, errcap) != 0)
+            goto fail;
+    }
+    if (!r->o.quiet)
+        fprintf(stderr, "tallyctl: replaying %s (%s) into %s\n", r->s->kafka_topic, r->models_text, r->schema);
+    return r;
+fail:
+    tly_ctl_replay_close(r);
+    return NULL;
+}
+
+int
+tly_ctl_replay_bulk(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    for (int round = 0;; ++round) {
+        if (r->o.mode != TLY_REPLAY_COPY && set_targets(r, err, errcap) != 0)
+            return -1;
+        for (int p = 0; p < r->nparts; ++p)
+            r->staged[p] = r->pos[p];
+        int64_t left = remaining(r);
+        if (r->o.mode != TLY_REPLAY_COPY && round > 0 && (left < CATCHUP_CLOSE_ENOUGH || round >= CATCHUP_ROUNDS))
+            break;
+        int rc = run_phase(r, true, err, errcap);
+        if (rc != 0)
+            return rc;
+        if (r->o.mode == TLY_REPLAY_COPY)
+            break;
+    }
+    progress(r, true);
+    return 0;
+}
+
+static bool
+lock_failure(const char *err)
+{
+    return strstr(err, "lock timeout") != NULL || strstr(err, "deadlock") != NULL || strstr(err, "could not obtain lock") != NULL;
+}
+
+int
+tly_ctl_replay_final(tly_ctl_replay_t *r, const char *lockmode, char *err, size_t errcap)
+{
+    char tables[512] = "";
+    size_t used = 0;
+    for (int i = 0; i < r->ntables; ++i)
+        used += (size_t)snprintf(tables + used, sizeof(tables) - used, "%spublic.%s", i > 0 ? ", " : "", r->tables[i]);
+    memcpy(r->saved_pos, r->pos, sizeof(int64_t) * (size_t)r->nparts);
+    for (int attempt = 1;; ++attempt) {
+        r->nfresh = 0;
+        if (exec(r, "BEGIN ISOLATION LEVEL REPEATABLE READ", err, errcap) != 0 ||
+            exec(r, "SET LOCAL lock_timeout = '10s'", err, errcap) != 0 ||
+            exec(r, "SET LOCAL synchronous_commit = on", err, errcap) != 0 ||
+            execf(r, err, errcap, "LOCK TABLE %s IN %s MODE", tables, lockmode) != 0 ||
+            /* the live projector cannot commit into these tables now: its positions are what they hold */
+            set_targets(r, err, errcap) != 0)
+            goto retry;
+        for (int p = 0; p < r->nparts; ++p) {
+            if (r->end[p] < r->pos[p]) {
+                snprintf(err, errcap, "partition %d: the shadow is at offset %" PRId64 ", ahead of the projector (%" PRId64 "); "
+                                      "its positions were reset? run with --restart",
+                         p, r->pos[p], r->end[p]);
+                rollback(r);
+                return -1;
+            }
+        }
+        int rc = run_phase(r, false, err, errcap);
+        if (rc == 0)
+            rc = run_batch(r, 0, false, err, errcap); /* positions of the final range */
+        if (rc == 0) {
+            for (int p = 0; p < r->nparts; ++p)
+                r->pos[p] = r->staged[p];
+            return 0;
+        }
+        if (rc == -1) {
+            rollback(r);
+            forget_fresh(r, 0);
+            memcpy(r->pos, r->saved_pos, sizeof(int64_t) * (size_t)r->nparts);
+            return -1;
+        }
+    retry:
+        rollback(r);
+        forget_fresh(r, 0);
+        memcpy(r->pos, r->saved_pos, sizeof(int64_t) * (size_t)r->nparts);
+        if (attempt >= FINAL_TRIES || !(lock_failure(err) || tly_pgx_last_transient(r->conn))) {
+            char tmp[1024];
+            snprintf(tmp, sizeof(tmp), "%s", err);
+            snprintf(err, errcap, "final catch-up failed (attempt %d): %s", attempt, tmp);
+            return -1;
+        }
+        fprintf(stderr, "tallyctl: final catch-up: %s; retrying\n", err);
+        sleep_ms(500 * attempt);
+    }
+}
+
+int
+tly_ctl_replay_swap(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    char backup[TLY_CTL_SCHEMA_MAX + 16];
+    snprintf(backup, sizeof(backup), "tally_backup_%d", r->shadow_n);
+    if (execf(r, err, errcap, "DROP SCHEMA IF EXISTS %s CASCADE", backup) != 0 ||
+        execf(r, err, errcap, "CREATE SCHEMA %s", backup) != 0)
+        goto fail;
+    for (int i = 0; i < r->ntables; ++i) {
+        if (execf(r, err, errcap, "ALTER TABLE public.%s SET SCHEMA %s", r->tables[i], backup) != 0 ||
+            execf(r, err, errcap, "ALTER TABLE %s.%s SET SCHEMA public", r->schema, r->tables[i]) != 0)
+            goto fail;
+    }
+    if (execf(r, err, errcap, "UPDATE %s._replay_meta SET state = 'swapped', finished_at = now()", r->schema) != 0 ||
+        exec(r, "COMMIT", err, errcap) != 0)
+        goto fail;
+    if (!r->o.quiet)
+        fprintf(stderr, "tallyctl: swapped %s into public; dropping the old tables\n", r->models_text);
+    if (drop_schema(r, backup, err, errcap) != 0 || drop_schema(r, r->schema, err, errcap) != 0)
+        return -1;
+    return 0;
+fail:
+    rollback(r);
+    return -1;
+}
+
+int
+tly_ctl_replay_finish_copy(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    return execf(r, err, errcap, "UPDATE %s._replay_meta SET state = 'done', finished_at = now()", r->schema);
+}
+
+int
+tly_ctl_replay_drop(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    rollback(r);
+    return drop_schema(r, r->schema, err, errcap);
+}
+
+void
+tly_ctl_replay_close(tly_ctl_replay_t *r)
+{
+    if (r == NULL)
+        return;
+    if (r->rk != NULL) {
+        rd_kafka_assign(r->rk, NULL);
+        rd_kafka_consumer_close(r->rk);
+        rd_kafka_destroy(r->rk);
+    }
+    if (r->conn != NULL)
+        PQfinish(r->conn);
+    free(r->pos);
+    free(r->staged);
+    free(r->end);
+    free(r->gpos);
+    free(r->saved_pos);
+    free(r->reached);
+    free(r->msgs);
+    free(r->fresh);
+    free(r->seen.keys);
+    free(r->seen.state);
+    free(r);
+}
+
+/* --- the command --------------------------------------------------------- */
+
+int
+tly_ctl_replay_cmd(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args)
+{
+    char err[2048];
+    const char *batch = tly_ctl_arg(cmd, args, "batch");
+    tly_ctl_replay_opts_t o = {
+        .projections = tly_ctl_arg(cmd, args, "projection"),
+        .until = tly_ctl_arg(cmd, args, "until"),
+        .into = tly_ctl_arg(cmd, args, "into"),
+        .restart = tly_ctl_arg(cmd, args, "restart") != NULL,
+        .batch = batch != NULL ? atoi(batch) : 2000,
+        .quiet = tly_ctl_arg(cmd, args, "quiet") != NULL,
+    };
+    const char *stop = getenv("TALLY_REPLAY_MAX_BATCHES"); /* tests: stop after N batches, as if killed */
+    o.max_batches = stop != NULL ? atoi(stop) : 0;
+    if (o.batch < 1 || o.batch > 100000) {
+        tly_ctl_error("--batch must be 1 to 100000");
+        return TLY_CTL_USAGE;
+    }
+    o.mode = (o.until != NULL || o.into != NULL) ? TLY_REPLAY_COPY : TLY_REPLAY_SWAP;
+    tly_ctl_replay_t *r = tly_ctl_replay_open(settings, &o, err, sizeof(err));
+    if (r == NULL) {
+        tly_ctl_error("%s", err);
+        return TLY_CTL_FAIL;
+    }
+    int ret = TLY_CTL_FAIL, rc = tly_ctl_replay_bulk(r, err, sizeof(err));
+    if (rc == 1) {
+        tly_ctl_error("stopped after %d batches (TALLY_REPLAY_MAX_BATCHES); run again to resume", o.max_batches);
+        goto out;
+    }
+    if (rc != 0) {
+        tly_ctl_error("%s", err);
+        goto out;
+    }
+    if (o.mode == TLY_REPLAY_COPY) {
+        if (tly_ctl_replay_finish_copy(r, err, sizeof(err)) != 0) {
+            tly_ctl_error("%s", err);
+            goto out;
+        }
+        tly_ctl_replay_summary(r, stdout);
+        printf("point-in-time copy in schema %s (tables: %s)\n", r->schema, r->models_text);
+        ret = TLY_CTL_OK;
+        goto out;
+    }
+    if (tly_ctl_replay_final(r, "EXCLUSIVE", err, sizeof(err)) != 0 || tly_ctl_replay_swap(r, err, sizeof(err)) != 0) {
+        tly_ctl_error("%s", err);
+        goto out;
+    }
+    tly_ctl_replay_summary(r, stdout);
+    printf("swapped into public: %s\n", r->models_text);
+    if (r->failed > 0)
+        printf("%" PRId64 " events failed to apply (as the live projector parks them); see the log above\n", r->failed);
+    ret = TLY_CTL_OK;
+out:
+    tly_ctl_replay_close(r);
+    return ret;
+}
