@@ -21,8 +21,8 @@ on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
     tly_log_level_t l = level <= 3 ? TLY_LOG_ERROR : level == 4 ? TLY_LOG_WARN : level <= 6 ? TLY_LOG_INFO : TLY_LOG_DEBUG;
     char lv[16];
     snprintf(lv, sizeof(lv), "%d", level);
-    tly_log(l, buf, "component", "librdkafka", "facility", fac, "client", rk != NULL ? rd_kafka_name(rk) : NULL, "syslog_level",
-            lv, NULL);
+    tly_log(l, buf, "component", "librdkafka", "facility", fac, "client", rk != NULL ? rd_kafka_name(rk) : NULL, "syslog_level", lv,
+            NULL);
 }
 
 /* A configuration with Tally's logging; every client is made from one. */

@@ -418,8 +418,7 @@ tly_counter_value(const tly_series_t *s)
 double
 tly_gauge_value(const tly_series_t *s)
 {
-    return s != NULL && s->metric->type == TLY_METRIC_GAUGE ? bits_dbl(atomic_load_explicit(&s->value, memory_order_relaxed))
-                                                            : 0.0;
+    return s != NULL && s->metric->type == TLY_METRIC_GAUGE ? bits_dbl(atomic_load_explicit(&s->value, memory_order_relaxed)) : 0.0;
 }
 
 uint64_t
@@ -440,8 +439,7 @@ typedef struct st_buf_t {
     size_t len, cap;
 } buf_t;
 
-static void __attribute__((format(printf, 2, 3)))
-bprintf(buf_t *b, const char *fmt, ...)
+static void __attribute__((format(printf, 2, 3))) bprintf(buf_t *b, const char *fmt, ...)
 {
     va_list ap;
     while (1) {
@@ -571,26 +569,29 @@ wk_init(void)
     wk.http_duration =
         tly_metrics_histogram(r, "tally_http_request_duration_seconds", "Time from request to answer, by route and method.",
                               "route,method", 128, http_bounds, sizeof(http_bounds) / sizeof(http_bounds[0]));
-    wk.rate_limited = tly_metrics_counter(r, "tally_rate_limited_total", "Requests refused with 429 by the per-key rate limit.", "", 1);
+    wk.rate_limited =
+        tly_metrics_counter(r, "tally_rate_limited_total", "Requests refused with 429 by the per-key rate limit.", "", 1);
     wk.idem_replays = tly_metrics_counter(r, "tally_idempotency_replays_total",
                                           "Commands answered with the stored 202 of an earlier request with the same "
                                           "Idempotency-Key (Idempotent-Replayed: true).",
                                           "", 1);
-    wk.kafka_duration = tly_metrics_histogram(r, "tally_kafka_produce_duration_seconds",
-                                              "Time from produce to the broker's acknowledgement (acks=all), successful deliveries.",
-                                              "", 1, kafka_bounds, sizeof(kafka_bounds) / sizeof(kafka_bounds[0]));
-    wk.kafka_errors = tly_metrics_counter(r, "tally_kafka_produce_errors_total",
-                                          "Events the broker did not take: refused when enqueued, or failed delivery reports.",
-                                          "stage", 4);
+    wk.kafka_duration =
+        tly_metrics_histogram(r, "tally_kafka_produce_duration_seconds",
+                              "Time from produce to the broker's acknowledgement (acks=all), successful deliveries.", "", 1,
+                              kafka_bounds, sizeof(kafka_bounds) / sizeof(kafka_bounds[0]));
+    wk.kafka_errors =
+        tly_metrics_counter(r, "tally_kafka_produce_errors_total",
+                            "Events the broker did not take: refused when enqueued, or failed delivery reports.", "stage", 4);
     tly_counter_add(tly_metric_s1(wk.kafka_errors, "enqueue"), 0);
     tly_counter_add(tly_metric_s1(wk.kafka_errors, "delivery"), 0);
-    wk.events_applied = tly_metrics_counter(r, "tally_events_applied_total",
-                                            "Events whose consumer position was committed, by consumer (rate() gives events/s).",
-                                            "consumer", 16);
+    wk.events_applied =
+        tly_metrics_counter(r, "tally_events_applied_total",
+                            "Events whose consumer position was committed, by consumer (rate() gives events/s).", "consumer", 16);
     wk.consumer_lag = tly_metrics_gauge(r, "tally_consumer_lag",
                                         "Events in the log not yet committed by this consumer, by consumer and partition.",
                                         "consumer,partition", 1024);
-    wk.dead_letters = tly_metrics_counter(r, "tally_dead_letters_total", "Events parked in dead_letters, by consumer.", "consumer", 16);
+    wk.dead_letters =
+        tly_metrics_counter(r, "tally_dead_letters_total", "Events parked in dead_letters, by consumer.", "consumer", 16);
     wk.saga_states = tly_metrics_gauge(r, "tally_saga_states", "Sagas (transfers) in each state.", "state", 32);
 }
 

@@ -170,7 +170,8 @@ start_thread(tly_server_thread_t *t, char *err, size_t errcap)
     /* One admin listener, on the first thread, without SO_REUSEPORT. Taken by
        another process: the API still serves, without its admin endpoint
        (an error line says so; e.g. a second instance on one host). */
-    if (t->index == 0 && cfg->admin_port != 0 && (t->admin_fd = tly_admin_listen(cfg->host, cfg->admin_port, false, err, errcap)) < 0)
+    if (t->index == 0 && cfg->admin_port != 0 &&
+        (t->admin_fd = tly_admin_listen(cfg->host, cfg->admin_port, false, err, errcap)) < 0)
         tly_log(TLY_LOG_ERROR, "admin endpoint unavailable, serving without it", "error", err, NULL);
     if (pthread_create(&t->tid, NULL, thread_main, t) != 0) {
         snprintf(err, errcap, "could not start thread %zu", t->index);

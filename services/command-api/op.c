@@ -239,8 +239,7 @@ on_accepted_recorded(void *data, PGresult *res, const char *err)
         /* the event is in the log and will be processed, but the job cannot be
            shown yet: the client must not hold a 202 that 404s */
         tly_log(TLY_LOG_ERROR, "could not record accepted command", "request_id", op->api.request_id, "trace_id", trace_of(op),
-                "error",
-                err != NULL ? err : PQresultErrorMessage(res), NULL);
+                "error", err != NULL ? err : PQresultErrorMessage(res), NULL);
         cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded; retry with the same Idempotency-Key",
                        NULL);
         return;

@@ -148,15 +148,16 @@ retry_projector(PGconn *conn, const char *id, const char *payload, char *err, si
     int ret = -1;
     /* out of order would be wrong: the projections write absolute balances */
     const char *later[] = {agg, when};
-    PGresult *res = tly_ctl_db_query(conn, "could not read the account",
-                                     "SELECT 1 FROM accounts WHERE id = $1 AND updated_at > $2", 2, later, err, errcap);
+    PGresult *res = tly_ctl_db_query(conn, "could not read the account", "SELECT 1 FROM accounts WHERE id = $1 AND updated_at > $2",
+                                     2, later, err, errcap);
     if (res == NULL)
         goto out;
     bool changed = PQntuples(res) > 0;
     PQclear(res);
     if (changed) {
-        snprintf(err, errcap, "account %s changed after this event (later events were applied): applying it now would "
-                              "reorder its history; rebuild with `tallyctl replay` instead",
+        snprintf(err, errcap,
+                 "account %s changed after this event (later events were applied): applying it now would "
+                 "reorder its history; rebuild with `tallyctl replay` instead",
                  agg);
         goto out;
     }
@@ -165,10 +166,11 @@ retry_projector(PGconn *conn, const char *id, const char *payload, char *err, si
     if (!is_request && !tly_uuid_is_nil(&up.job_id)) {
         /* undo the park: the job goes back to where the event finds it in a replay */
         const char *vals[] = {job};
-        res = tly_ctl_db_query(conn, "could not reopen the job",
-                               "UPDATE jobs SET status = 'queued', error_code = NULL, error_detail = NULL, version = 1, updated_at = created_at "
-                               "WHERE id = $1 AND status = 'failed' AND error_code = 'dead_lettered'",
-                               1, vals, err, errcap);
+        res = tly_ctl_db_query(
+            conn, "could not reopen the job",
+            "UPDATE jobs SET status = 'queued', error_code = NULL, error_detail = NULL, version = 1, updated_at = created_at "
+            "WHERE id = $1 AND status = 'failed' AND error_code = 'dead_lettered'",
+            1, vals, err, errcap);
         if (res == NULL)
             goto out;
         PQclear(res);
@@ -185,8 +187,7 @@ retry_projector(PGconn *conn, const char *id, const char *payload, char *err, si
         goto out;
     PQclear(res);
     const char *del[] = {id};
-    res = tly_ctl_db_query(conn, "could not delete the dead letter", "DELETE FROM dead_letters WHERE id = $1", 1, del, err,
-                           errcap);
+    res = tly_ctl_db_query(conn, "could not delete the dead letter", "DELETE FROM dead_letters WHERE id = $1", 1, del, err, errcap);
     if (res == NULL)
         goto out;
     PQclear(res);
@@ -213,9 +214,9 @@ tly_ctl_dlq_retry(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, 
         goto out;
     }
     const char *vals[] = {id};
-    PGresult *res = tly_ctl_db_query(conn, "could not read the dead letter",
-                                     "SELECT consumer, payload FROM dead_letters WHERE id = $1 FOR UPDATE", 1, vals, err,
-                                     sizeof(err));
+    PGresult *res =
+        tly_ctl_db_query(conn, "could not read the dead letter",
+                         "SELECT consumer, payload FROM dead_letters WHERE id = $1 FOR UPDATE", 1, vals, err, sizeof(err));
     if (res == NULL || PQntuples(res) != 1) {
         tly_ctl_error("%s", res == NULL ? err : "no such dead letter");
         PQclear(res);
@@ -262,9 +263,9 @@ tly_ctl_dlq_discard(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings
         return TLY_CTL_FAIL;
     }
     const char *vals[] = {id};
-    PGresult *res = tly_ctl_db_query(conn, "could not discard the dead letter",
-                                     "DELETE FROM dead_letters WHERE id = $1 RETURNING consumer, event_id", 1, vals, err,
-                                     sizeof(err));
+    PGresult *res =
+        tly_ctl_db_query(conn, "could not discard the dead letter",
+                         "DELETE FROM dead_letters WHERE id = $1 RETURNING consumer, event_id", 1, vals, err, sizeof(err));
     int ret = TLY_CTL_FAIL;
     if (res == NULL)
         tly_ctl_error("%s", err);

@@ -294,8 +294,7 @@ exec(tly_ctl_replay_t *r, const char *sql, char *err, size_t errcap)
     return tly_pg_exec(r->conn, sql, err, errcap);
 }
 
-static int
-execf(tly_ctl_replay_t *r, char *err, size_t errcap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int execf(tly_ctl_replay_t *r, char *err, size_t errcap, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static int
 execf(tly_ctl_replay_t *r, char *err, size_t errcap, const char *fmt, ...)
 {
@@ -311,9 +310,8 @@ execf(tly_ctl_replay_t *r, char *err, size_t errcap, const char *fmt, ...)
     return tly_pg_exec(r->conn, sql, err, errcap);
 }
 
-static PGresult *
-queryf(tly_ctl_replay_t *r, const char *what, int n, const char *const *vals, char *err, size_t errcap, const char *fmt, ...)
-    __attribute__((format(printf, 7, 8)));
+static PGresult *queryf(tly_ctl_replay_t *r, const char *what, int n, const char *const *vals, char *err, size_t errcap,
+                        const char *fmt, ...) __attribute__((format(printf, 7, 8)));
 static PGresult *
 queryf(tly_ctl_replay_t *r, const char *what, int n, const char *const *vals, char *err, size_t errcap, const char *fmt, ...)
 {
@@ -462,8 +460,9 @@ high_watermarks(tly_ctl_replay_t *r, int64_t *high, char *err, size_t errcap)
             return -1;
         }
         if (lo > 0 && r->pos[p] < lo) {
-            snprintf(err, errcap, "partition %d starts at offset %" PRId64 ": events before it were deleted, so the log no longer "
-                                  "holds the whole history",
+            snprintf(err, errcap,
+                     "partition %d starts at offset %" PRId64 ": events before it were deleted, so the log no longer "
+                     "holds the whole history",
                      p, lo);
             return -1;
         }
@@ -958,9 +957,7 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
 static int
 create_table_like(tly_ctl_replay_t *r, const char *t, char *err, size_t errcap)
 {
-    if (execf(r, err, errcap,
-              "CREATE TABLE %s.%s (LIKE public.%s INCLUDING ALL EXCLUDING INDEXES)",
-              r->schema, t, t) != 0)
+    if (execf(r, err, errcap, "CREATE TABLE %s.%s (LIKE public.%s INCLUDING ALL EXCLUDING INDEXES)", r->schema, t, t) != 0)
         return -1;
     char q[160];
     snprintf(q, sizeof(q), "public.%s", t);
@@ -1187,8 +1184,9 @@ choose_shadow(tly_ctl_replay_t *r, char *err, size_t errcap)
                 return -1;
             }
             if (!same) {
-                snprintf(err, errcap, "schema %s holds an unfinished replay with other options; run with the same "
-                                      "options to resume it, or add --restart",
+                snprintf(err, errcap,
+                         "schema %s holds an unfinished replay with other options; run with the same "
+                         "options to resume it, or add --restart",
                          r->schema);
                 return -1;
             }
@@ -1207,8 +1205,9 @@ choose_shadow(tly_ctl_replay_t *r, char *err, size_t errcap)
                 continue;
             }
             if (strcmp(found[i].models, r->models_text) != 0 || strcmp(found[i].until, until_text) != 0) {
-                snprintf(err, errcap, "%s holds an unfinished replay with other options (--projection %s%s%s); run with "
-                                      "the same options to resume it, or add --restart",
+                snprintf(err, errcap,
+                         "%s holds an unfinished replay with other options (--projection %s%s%s); run with "
+                         "the same options to resume it, or add --restart",
                          found[i].name, found[i].models, found[i].until[0] ? " --until " : "", found[i].until);
                 return -1;
             }
@@ -1278,8 +1277,8 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
     r->saved_pos = calloc((size_t)r->nparts, sizeof(int64_t));
     r->reached = calloc((size_t)r->nparts, sizeof(bool));
     r->msgs = calloc((size_t)r->o.batch, sizeof(*r->msgs));
-    if (r->pos == NULL || r->staged == NULL || r->end == NULL || r->gpos == NULL || r->saved_pos == NULL ||
-        r->reached == NULL || r->msgs == NULL)
+    if (r->pos == NULL || r->staged == NULL || r->end == NULL || r->gpos == NULL || r->saved_pos == NULL || r->reached == NULL ||
+        r->msgs == NULL)
         abort();
     if (choose_shadow(r, err, errcap) != 0)
         goto fail;
@@ -1347,8 +1346,9 @@ tly_ctl_replay_final(tly_ctl_replay_t *r, const char *lockmode, char *err, size_
             goto retry;
         for (int p = 0; p < r->nparts; ++p) {
             if (r->end[p] < r->pos[p]) {
-                snprintf(err, errcap, "partition %d: the shadow is at offset %" PRId64 ", ahead of the projector (%" PRId64 "); "
-                                      "its positions were reset? run with --restart",
+                snprintf(err, errcap,
+                         "partition %d: the shadow is at offset %" PRId64 ", ahead of the projector (%" PRId64 "); "
+                         "its positions were reset? run with --restart",
                          p, r->pos[p], r->end[p]);
                 rollback(r);
                 return -1;

@@ -36,7 +36,8 @@ compare_table(PGconn *conn, const char *schema, const char *t, FILE *out, char *
     PGresult *res = q(conn, sql, err, errcap);
     if (res == NULL)
         return -1;
-    bool same = strcmp(PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1)) == 0 && strcmp(PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3)) == 0;
+    bool same =
+        strcmp(PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1)) == 0 && strcmp(PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3)) == 0;
     fprintf(out, "  %-16s live %8s rows md5 %.12s   rebuilt %8s rows md5 %.12s   %s\n", t, PQgetvalue(res, 0, 0),
             PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 3), same ? "same" : "DIFFERENT");
     PQclear(res);

@@ -51,8 +51,9 @@ static pthread_once_t assigned_once = PTHREAD_ONCE_INIT;
 static void
 assigned_init(void)
 {
-    assigned_gauge = tly_metrics_gauge(tly_metrics_default(), "tally_consumer_assigned",
-                                       "1 while the consumer holds an assignment from its group, else 0.", "consumer", MAX_CONSUMERS);
+    assigned_gauge =
+        tly_metrics_gauge(tly_metrics_default(), "tally_consumer_assigned",
+                          "1 while the consumer holds an assignment from its group, else 0.", "consumer", MAX_CONSUMERS);
 }
 
 static tly_metric_t *
@@ -128,8 +129,8 @@ ready(void *arg, json_t *reasons)
 }
 
 tly_worker_admin_t *
-tly_worker_admin_start(const char *host, int port, const char *pg_dsn, const char *brokers, const char *consumer_list,
-                       char *err, size_t errcap)
+tly_worker_admin_start(const char *host, int port, const char *pg_dsn, const char *brokers, const char *consumer_list, char *err,
+                       size_t errcap)
 {
     tly_worker_admin_t *a = calloc(1, sizeof(*a));
     if (a == NULL)

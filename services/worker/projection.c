@@ -405,8 +405,7 @@ static int
 jobs_transfer_failed(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
 {
     const char *code = tly_json_str(env->data, "code"), *detail = tly_json_str(env->data, "detail");
-    return job_upsert(conn, env, "transfer", NULL, "failed", JOB_TERMINAL, code != NULL ? code : "rejected", detail, err,
-                      errcap);
+    return job_upsert(conn, env, "transfer", NULL, "failed", JOB_TERMINAL, code != NULL ? code : "rejected", detail, err, errcap);
 }
 
 int

@@ -388,8 +388,8 @@ test_trace_id_end_to_end(void **state)
         sleep_ms(250);
     }
     if (count_traced(wrk, trace, "event applied") < 3)
-        fail_msg("the worker log has %d 'event applied' lines with trace_id %s, want >= 3", count_traced(wrk, trace, "event applied"),
-                 trace);
+        fail_msg("the worker log has %d 'event applied' lines with trace_id %s, want >= 3",
+                 count_traced(wrk, trace, "event applied"), trace);
     free(cmd), free(qry), free(wrk);
 
     /* without a traceparent every request still gets a trace id */
@@ -512,8 +512,8 @@ pg_ctl(const char *action)
     const char *bindir = getenv("TALLY_PG_BINDIR") != NULL ? getenv("TALLY_PG_BINDIR") : "/usr/lib/postgresql/15/bin";
     snprintf(data, sizeof(data), "%s/pg/data", var_dir);
     if (strcmp(action, "stop") == 0)
-        snprintf(cmd, sizeof(cmd), "%s '%s/pg_ctl' -D '%s' -m fast -w -t 30 stop >/dev/null", geteuid() == 0 ? "runuser -u postgres --" : "",
-                 bindir, data);
+        snprintf(cmd, sizeof(cmd), "%s '%s/pg_ctl' -D '%s' -m fast -w -t 30 stop >/dev/null",
+                 geteuid() == 0 ? "runuser -u postgres --" : "", bindir, data);
     else
         snprintf(cmd, sizeof(cmd),
                  "%s '%s/pg_ctl' -D '%s' -l '%s/log/postgres.log' -w -t 60 start >/dev/null && "
@@ -578,12 +578,9 @@ main(void)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_admin_endpoints),
-        cmocka_unit_test(test_metrics_move),
-        cmocka_unit_test(test_trace_id_end_to_end),
-        cmocka_unit_test(test_no_secrets_in_logs),
-        cmocka_unit_test(test_logs_are_json),
-        cmocka_unit_test(test_readyz_follows_postgresql),
+        cmocka_unit_test(test_admin_endpoints),     cmocka_unit_test(test_metrics_move),
+        cmocka_unit_test(test_trace_id_end_to_end), cmocka_unit_test(test_no_secrets_in_logs),
+        cmocka_unit_test(test_logs_are_json),       cmocka_unit_test(test_readyz_follows_postgresql),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -334,7 +334,7 @@ test_replay_killed_resumes(void **state)
     assert_non_null(strstr(out, "resuming killtest"));
     /* the same copy without a kill, to the same ends */
     char until[8192] = "", *ends = sql_text("SELECT string_agg(partition || ':' || end_offset, ',' ORDER BY partition) "
-                                             "FROM killtest._replay_positions");
+                                            "FROM killtest._replay_positions");
     snprintf(until, sizeof(until), "replay --into killref --quiet --until %s", ends);
     free(ends);
     assert_int_equal(ctl(until, out, sizeof(out)), 0);
@@ -352,8 +352,7 @@ test_replay_killed_resumes(void **state)
         assert_string_equal(same, "t");
         free(same);
     }
-    assert_int_equal(sql_i64("SELECT count(*) FROM killtest._replay_dedup"),
-                     sql_i64("SELECT count(*) FROM killref._replay_dedup"));
+    assert_int_equal(sql_i64("SELECT count(*) FROM killtest._replay_dedup"), sql_i64("SELECT count(*) FROM killref._replay_dedup"));
     sql("DROP SCHEMA killtest CASCADE");
     sql("DROP SCHEMA killref CASCADE");
     /* a swap replay stopped after 3 batches (as if killed), then resumed and swapped */
@@ -386,9 +385,8 @@ test_point_in_time(void **state)
     sql("DROP SCHEMA IF EXISTS pit_a CASCADE");
     sql("DROP SCHEMA IF EXISTS pit_b CASCADE");
     assert_int_equal(ctl("replay --quiet --until 2020-01-01T02:30:00Z --into pit_a", out, sizeof(out)), 0);
-    assert_int_equal(ctl("replay --quiet --until 2020-01-01T04:00:00Z --into pit_b --projection accounts,ledger_entries", out,
-                         sizeof(out)),
-                     0);
+    assert_int_equal(
+        ctl("replay --quiet --until 2020-01-01T04:00:00Z --into pit_b --projection accounts,ledger_entries", out, sizeof(out)), 0);
     snprintf(q, sizeof(q), "SELECT balance || '/' || version FROM pit_a.accounts WHERE id = '%s'", acc_s);
     char *v = sql_text(q);
     assert_string_equal(v, "150/3");
@@ -407,9 +405,8 @@ test_point_in_time(void **state)
                              "WHERE n.nspname = 'pit_b' AND c.relname = 'jobs'"),
                      0);
     /* a finished copy is not rebuilt by accident */
-    assert_int_equal(ctl("replay --quiet --until 2020-01-01T04:00:00Z --into pit_b --projection accounts,ledger_entries", out,
-                         sizeof(out)),
-                     1);
+    assert_int_equal(
+        ctl("replay --quiet --until 2020-01-01T04:00:00Z --into pit_b --projection accounts,ledger_entries", out, sizeof(out)), 1);
     assert_non_null(strstr(out, "finished replay"));
     sql("DROP SCHEMA pit_a CASCADE");
     sql("DROP SCHEMA pit_b CASCADE");

@@ -147,9 +147,9 @@ sql_i64(const char *q, int n, const char *const *vals)
 typedef struct {
     const char *name;
     const char *log; /* $TALLY_VAR/log/<log>.log */
-    bool is_stack; /* the stack's own worker: owns run/tally-worker.pid */
-    pid_t pid;     /* 0 = not running */
-    bool ours;     /* our child: reaped with waitpid */
+    bool is_stack;   /* the stack's own worker: owns run/tally-worker.pid */
+    pid_t pid;       /* 0 = not running */
+    bool ours;       /* our child: reaped with waitpid */
     int kills, starts;
 } worker_t;
 
@@ -325,8 +325,7 @@ worker_stop(worker_t *w, int timeout_ms)
 }
 
 static worker_t stack_worker = {.name = "stack", .log = "tally-worker", .is_stack = true};
-static worker_t extra_workers[2] = {{.name = "second", .log = "torture-worker"},
-                                    {.name = "third", .log = "torture-worker-third"}};
+static worker_t extra_workers[2] = {{.name = "second", .log = "torture-worker"}, {.name = "third", .log = "torture-worker-third"}};
 
 static long
 file_size(const char *path)
@@ -426,8 +425,8 @@ monitor_main(void *arg)
         if (PQstatus(conn) != CONNECTION_OK)
             PQreset(conn);
         const char *vals[] = {topic};
-        PGresult *res = PQexecParams(conn, "SELECT consumer, partition, next_offset FROM consumer_positions WHERE topic = $1",
-                                     1, NULL, vals, NULL, NULL, 0);
+        PGresult *res = PQexecParams(conn, "SELECT consumer, partition, next_offset FROM consumer_positions WHERE topic = $1", 1,
+                                     NULL, vals, NULL, NULL, 0);
         if (PQresultStatus(res) == PGRES_TUPLES_OK) {
             for (int i = 0; i < PQntuples(res); ++i) {
                 const char *consumer = PQgetvalue(res, i, 0);
@@ -437,8 +436,8 @@ monitor_main(void *arg)
                 if (c < 0 || p < 0 || p >= MAX_PARTS)
                     continue;
                 if (off < m->last[c][p] && atomic_fetch_add(&m->backwards, 1) == 0)
-                    snprintf(m->first_backwards, sizeof(m->first_backwards), "%s partition %d: %" PRId64 " -> %" PRId64,
-                             consumer, p, m->last[c][p], off);
+                    snprintf(m->first_backwards, sizeof(m->first_backwards), "%s partition %d: %" PRId64 " -> %" PRId64, consumer,
+                             p, m->last[c][p], off);
                 if (off > m->last[c][p])
                     m->last[c][p] = off;
             }
@@ -539,8 +538,8 @@ post_batch(run_t *run, int *idx, int n, bool open)
                 char idem[128], label[64];
                 snprintf(idem, sizeof(idem), "%s-open-%d", run->tag, idx[k]);
                 snprintf(label, sizeof(label), "torture %d", idx[k]);
-                json_array_append_new(reqs, json_pack("{s:s, s:{s:s, s:s}, s:s}", "path", "/v1/accounts", "body", "currency",
-                                                      "EUR", "label", label, "idempotency_key", idem));
+                json_array_append_new(reqs, json_pack("{s:s, s:{s:s, s:s}, s:s}", "path", "/v1/accounts", "body", "currency", "EUR",
+                                                      "label", label, "idempotency_key", idem));
             } else {
                 json_array_append_new(reqs, item_json(run, idx[k]));
             }
@@ -941,8 +940,7 @@ verify_run(run_t *run, const char *what)
     const char *tenant_vals[] = {tenant_id};
 
     /* every command request accepted, every job terminal (the caller waited) */
-    assert_int_equal(sql_i64("SELECT count(*) FROM command_requests WHERE tenant_id = $1 AND state <> 'accepted'", 1,
-                             tenant_vals),
+    assert_int_equal(sql_i64("SELECT count(*) FROM command_requests WHERE tenant_id = $1 AND state <> 'accepted'", 1, tenant_vals),
                      0);
     assert_int_equal(sql_i64("SELECT count(*) FROM command_requests cr LEFT JOIN jobs j ON j.id = cr.job_id "
                              "WHERE cr.tenant_id = $1 AND (j.id IS NULL OR j.status NOT IN ('succeeded', 'failed'))",
@@ -1036,10 +1034,11 @@ verify_run(run_t *run, const char *what)
             bad_status++;
         }
         if (bad_status + bad_entries + bad_outcomes + bad_failures > 0 && !reported++)
-            fprintf(stderr, "first bad command: #%d %s %s %" PRId64 " job %s status %d code '%s' entries %d (sum %" PRId64
-                            ") outcomes %d\n",
-                    i, c->deposit ? "deposit" : "withdrawal", run->accounts[c->account].id, c->amount, c->job, c->status,
-                    c->code, c->entries, c->entry_sum, c->outcomes);
+            fprintf(stderr,
+                    "first bad command: #%d %s %s %" PRId64 " job %s status %d code '%s' entries %d (sum %" PRId64
+                    ") outcomes %d\n",
+                    i, c->deposit ? "deposit" : "withdrawal", run->accounts[c->account].id, c->amount, c->job, c->status, c->code,
+                    c->entries, c->entry_sum, c->outcomes);
     }
 
     /* per account: read model, decider state, ledger and replay agree */
@@ -1069,8 +1068,8 @@ verify_run(run_t *run, const char *what)
         }
     }
     PQclear(res);
-    int64_t decider_total = sql_i64("SELECT COALESCE(sum(balance), 0) FROM decider_accounts WHERE id = ANY($1::uuid[])", 1,
-                                    acct_vals);
+    int64_t decider_total =
+        sql_i64("SELECT COALESCE(sum(balance), 0) FROM decider_accounts WHERE id = ANY($1::uuid[])", 1, acct_vals);
 
     /* dead letters since the start of this binary; the outbox drains */
     const char *since_vals[] = {db_start};
@@ -1089,15 +1088,14 @@ verify_run(run_t *run, const char *what)
 
     fprintf(stderr,
             "%s: %d commands: %" PRId64 " succeeded (%" PRId64 " deposits = %" PRId64 ", %" PRId64 " withdrawals = %" PRId64
-            "), %" PRId64 " failed insufficient_funds; %" PRId64 " ledger entries; total balance %" PRId64
-            " (decider %" PRId64 ")\n"
+            "), %" PRId64 " failed insufficient_funds; %" PRId64 " ledger entries; total balance %" PRId64 " (decider %" PRId64
+            ")\n"
             "  log: %" PRId64 " messages read, %" PRId64 " of the run, %" PRId64 " duplicate deliveries (same id), %" PRId64
             " requests; positions sampled %d times, %d went backwards; dead letters %" PRId64 ", outbox %" PRId64
             "; sends retried %d items; checks took %" PRId64 " ms\n",
-            what, run->ncmds, succeeded, deposits_ok, sum_dep, withdrawals_ok, sum_wd, failed_insufficient, nentries,
-            total_balance, decider_total, rs.messages, rs.tenant_events, rs.duplicates, rs.requests,
-            atomic_load(&monitor.samples), atomic_load(&monitor.backwards), dead, outbox, atomic_load(&run->retried_items),
-            now_ms() - t0);
+            what, run->ncmds, succeeded, deposits_ok, sum_dep, withdrawals_ok, sum_wd, failed_insufficient, nentries, total_balance,
+            decider_total, rs.messages, rs.tenant_events, rs.duplicates, rs.requests, atomic_load(&monitor.samples),
+            atomic_load(&monitor.backwards), dead, outbox, atomic_load(&run->retried_items), now_ms() - t0);
     if (atomic_load(&monitor.backwards) > 0)
         fprintf(stderr, "  first position that went backwards: %s\n", monitor.first_backwards);
 

@@ -50,8 +50,8 @@ tly_metrics_t *tly_metrics_default(void);
  */
 tly_metric_t *tly_metrics_counter(tly_metrics_t *reg, const char *name, const char *help, const char *labels, size_t max_series);
 tly_metric_t *tly_metrics_gauge(tly_metrics_t *reg, const char *name, const char *help, const char *labels, size_t max_series);
-tly_metric_t *tly_metrics_histogram(tly_metrics_t *reg, const char *name, const char *help, const char *labels,
-                                    size_t max_series, const double *bounds, size_t nbounds);
+tly_metric_t *tly_metrics_histogram(tly_metrics_t *reg, const char *name, const char *help, const char *labels, size_t max_series,
+                                    const double *bounds, size_t nbounds);
 
 /**
  * The series for label values `values` (as many as the metric has labels;

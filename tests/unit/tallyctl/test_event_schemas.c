@@ -64,9 +64,9 @@ utf8_len(const char *s)
     return n;
 }
 
-static const char *known_keywords[] = {"$schema", "$id",     "title",     "description", "type",      "const",
-                                       "enum",    "properties", "required", "additionalProperties", "minimum", "maximum",
-                                       "minLength", "maxLength", "pattern"};
+static const char *known_keywords[] = {"$schema", "$id",     "title",      "description", "type",
+                                       "const",   "enum",    "properties", "required",    "additionalProperties",
+                                       "minimum", "maximum", "minLength",  "maxLength",   "pattern"};
 
 /* Returns true when `v` matches `schema`; else false with the path and reason in `why`. */
 static bool
@@ -319,8 +319,13 @@ decide(const tly_account_state_t *s, tly_command_kind_t kind, const char *body, 
 static void
 test_outcome_events(void **state)
 {
-    tly_account_state_t open = {.exists = true, .id = account_id, .tenant_id = tenant_id, .currency = "EUR",
-                                .status = TLY_ACCOUNT_OPEN, .balance = 1000, .version = 3};
+    tly_account_state_t open = {.exists = true,
+                                .id = account_id,
+                                .tenant_id = tenant_id,
+                                .currency = "EUR",
+                                .status = TLY_ACCOUNT_OPEN,
+                                .balance = 1000,
+                                .version = 3};
     tly_account_state_t frozen = open, empty = open;
     frozen.status = TLY_ACCOUNT_FROZEN;
     empty.balance = 0;
@@ -344,8 +349,13 @@ test_outcome_events(void **state)
 static void
 test_deposit_v2(void **state)
 {
-    tly_account_state_t open = {.exists = true, .id = account_id, .tenant_id = tenant_id, .currency = "EUR",
-                                .status = TLY_ACCOUNT_OPEN, .balance = 0, .version = 1};
+    tly_account_state_t open = {.exists = true,
+                                .id = account_id,
+                                .tenant_id = tenant_id,
+                                .currency = "EUR",
+                                .status = TLY_ACCOUNT_OPEN,
+                                .balance = 0,
+                                .version = 1};
     tly_envelope_t req, up;
     tly_decision_t d;
     char err[256];
@@ -413,9 +423,8 @@ main(void)
     assert_true(tly_uuid_parse("0b9c6f7e-1d2a-4c3b-9e8f-7a6b5c4d3e2f", &account_id));
     assert_true(tly_uuid_parse("5d1e2c3b-4a59-4f68-8e7d-6c5b4a392817", &tenant_id));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_events), cmocka_unit_test(test_outcome_events),
-        cmocka_unit_test(test_deposit_v2),     cmocka_unit_test(test_validator),
-        cmocka_unit_test(test_every_schema_used),
+        cmocka_unit_test(test_request_events), cmocka_unit_test(test_outcome_events),    cmocka_unit_test(test_deposit_v2),
+        cmocka_unit_test(test_validator),      cmocka_unit_test(test_every_schema_used),
     };
     return cmocka_run_group_tests(tests, load_names, NULL);
 }

@@ -38,7 +38,8 @@ test_deposit_v1_to_v2(void **state)
 {
     char err[256];
     tly_envelope_t v1, out;
-    make(&v1, "FundsDeposited", 1, json_pack("{s:I, s:s, s:I, s:n}", "amount", 5, "currency", "EUR", "balance_after", 5, "reference"));
+    make(&v1, "FundsDeposited", 1,
+         json_pack("{s:I, s:s, s:I, s:n}", "amount", 5, "currency", "EUR", "balance_after", 5, "reference"));
     assert_int_equal(tly_upcast(&v1, 0, &out, err, sizeof(err)), 0);
     assert_int_equal(out.version, 2);
     assert_string_equal(json_string_value(json_object_get(out.data, "channel")), "api");
@@ -75,7 +76,8 @@ test_mixed_equal(void **state)
 {
     char err[256];
     tly_envelope_t v1, v2, a, b;
-    make(&v1, "FundsDeposited", 1, json_pack("{s:I, s:s, s:I, s:n}", "amount", 5, "currency", "EUR", "balance_after", 5, "reference"));
+    make(&v1, "FundsDeposited", 1,
+         json_pack("{s:I, s:s, s:I, s:n}", "amount", 5, "currency", "EUR", "balance_after", 5, "reference"));
     make(&v2, "FundsDeposited", 2,
          json_pack("{s:I, s:s, s:I, s:n, s:s}", "amount", 5, "currency", "EUR", "balance_after", 5, "reference", "channel", "api"));
     assert_int_equal(tly_upcast(&v1, 0, &a, err, sizeof(err)), 0);
