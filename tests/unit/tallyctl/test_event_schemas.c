@@ -17,6 +17,7 @@
 
 #include "commands.h"
 #include "decider.h"
+#include "saga.h"
 
 #include "tally/clock.h"
 #include "tally/envelope.h"
@@ -344,6 +345,113 @@ test_outcome_events(void **state)
     decide(&open, TLY_CMD_CLOSE, "{}", "AccountCloseRejected");
 }
 
+/* --- transfer events, as the saga and the decider build them ------------------ */
+
+/* Feeds `ev` to the saga (state `s`), validates what it sends, returns its first event. */
+static void
+saga_step(tly_saga_state_t *s, const tly_envelope_t *ev, const char *expect_type, tly_envelope_t *out)
+{
+    static const tly_saga_config_t cfg = {.step_timeout_us = 5000000, .stuck_after_us = 60000000};
+    tly_saga_step_t step;
+    assert_int_equal(tly_saga_on_event(s->exists ? s : NULL, ev, &cfg, tly_clock_now_us(), &step), 0);
+    assert_true(step.nevents >= 1);
+    assert_string_equal(step.events[0].type, expect_type);
+    for (int i = 0; i < step.nevents; ++i)
+        assert_valid(&step.events[i]);
+    *s = step.next;
+    *out = step.events[0];
+    out->data = json_incref(step.events[0].data);
+    tly_saga_step_clear(&step);
+}
+
+/* The decider decides a saga command against `account`; validates and returns the outcome. */
+static void
+decide_step(const tly_account_state_t *account, const tly_envelope_t *cmd, const char *expect_type, tly_envelope_t *out)
+{
+    tly_decision_t d;
+    assert_int_equal(tly_decider_decide_at(account, cmd, tly_clock_now_us(), &d), 0);
+    assert_true(d.nevents >= 1);
+    assert_string_equal(d.events[0].type, expect_type);
+    assert_valid(&d.events[0]);
+    *out = d.events[0];
+    out->data = json_incref(d.events[0].data);
+    tly_decision_clear(&d);
+}
+
+/* One transfer from `from` to `to` through the saga until `final` (the decider deciding each step). */
+static void
+run_transfer(const tly_account_state_t *from, const tly_account_state_t *to, const char *const *types, const char *final)
+{
+    char body[256], to_s[TLY_UUID_STR_LEN + 1];
+    tly_envelope_t req, cmd, outcome, next;
+    tly_saga_state_t saga;
+    memset(&saga, 0, sizeof(saga));
+    tly_uuid_format(&to->id, to_s);
+    snprintf(body, sizeof(body),
+             "{\"from_account\":\"6b1f2e51-8c0d-4a3e-9f27-440b5da193c8\",\"to_account\":\"%s\",\"amount\":300,"
+             "\"currency\":\"EUR\",\"reference\":\"rent\"}",
+             to_s);
+    request_event(TLY_CMD_TRANSFER, body, &req);
+    assert_valid(&req);
+    saga_step(&saga, &req, "TransferDebitRequested", &cmd);
+    for (int i = 0; types[i] != NULL; i += 2) {
+        /* types: outcome of the step in flight, then what the saga sends next */
+        const tly_account_state_t *who = memcmp(&cmd.aggregate_id, &to->id, sizeof(to->id)) == 0 ? to : from;
+        decide_step(who, &cmd, types[i], &outcome);
+        saga_step(&saga, &outcome, types[i + 1], &next);
+        tly_envelope_clear(&outcome);
+        tly_envelope_clear(&cmd);
+        cmd = next;
+    }
+    assert_string_equal(cmd.type, final);
+    tly_envelope_clear(&cmd);
+    tly_envelope_clear(&req);
+}
+
+static void
+test_transfer_events(void **state)
+{
+    tly_account_state_t from = {.exists = true,
+                                .id = account_id,
+                                .tenant_id = tenant_id,
+                                .currency = "EUR",
+                                .status = TLY_ACCOUNT_OPEN,
+                                .balance = 1000,
+                                .version = 3};
+    tly_account_state_t to = from, frozen_to, poor = from;
+    to.id = tly_uuid_v4();
+    frozen_to = to;
+    frozen_to.status = TLY_ACCOUNT_FROZEN;
+    poor.balance = 10;
+    static const char *completed[] = {"AccountDebited", "TransferCreditRequested", "AccountCredited", "TransferCompleted", NULL};
+    static const char *rejected[] = {"AccountDebitRejected", "TransferRejected", NULL};
+    static const char *compensated[] = {"AccountDebited",
+                                        "TransferCreditRequested",
+                                        "AccountCreditRejected",
+                                        "DebitReversalRequested",
+                                        "DebitReversed",
+                                        "TransferFailed",
+                                        NULL};
+    run_transfer(&from, &to, completed, "TransferCompleted");
+    run_transfer(&poor, &to, rejected, "TransferRejected");
+    run_transfer(&from, &frozen_to, compensated, "TransferFailed");
+
+    /* a reversal is refused only when the source account is gone */
+    tly_envelope_t req, cmd, gone;
+    tly_saga_state_t saga;
+    memset(&saga, 0, sizeof(saga));
+    request_event(TLY_CMD_TRANSFER,
+                  "{\"from_account\":\"6b1f2e51-8c0d-4a3e-9f27-440b5da193c8\",\"to_account\":"
+                  "\"7b1f2e51-8c0d-4a3e-9f27-440b5da193c8\",\"amount\":5,\"currency\":\"EUR\"}",
+                  &req);
+    saga_step(&saga, &req, "TransferDebitRequested", &cmd);
+    snprintf(cmd.type, sizeof(cmd.type), "DebitReversalRequested");
+    decide_step(NULL, &cmd, "DebitReversalRejected", &gone);
+    tly_envelope_clear(&gone);
+    tly_envelope_clear(&cmd);
+    tly_envelope_clear(&req);
+}
+
 /* --- versions ------------------------------------------------------------------ */
 
 static void
@@ -423,8 +531,8 @@ main(void)
     assert_true(tly_uuid_parse("0b9c6f7e-1d2a-4c3b-9e8f-7a6b5c4d3e2f", &account_id));
     assert_true(tly_uuid_parse("5d1e2c3b-4a59-4f68-8e7d-6c5b4a392817", &tenant_id));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_events), cmocka_unit_test(test_outcome_events),    cmocka_unit_test(test_deposit_v2),
-        cmocka_unit_test(test_validator),      cmocka_unit_test(test_every_schema_used),
+        cmocka_unit_test(test_request_events), cmocka_unit_test(test_outcome_events), cmocka_unit_test(test_transfer_events),
+        cmocka_unit_test(test_deposit_v2),     cmocka_unit_test(test_validator),      cmocka_unit_test(test_every_schema_used),
     };
     return cmocka_run_group_tests(tests, load_names, NULL);
 }
