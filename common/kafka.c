@@ -85,7 +85,12 @@ tly_kafka_consumer_create(const char *brokers, const char *group,
         conf_set(conf, "isolation.level", "read_committed", err, errcap) != 0 ||
         conf_set(conf, "session.timeout.ms", "10000", err, errcap) != 0 ||
         conf_set(conf, "heartbeat.interval.ms", "1000", err, errcap) != 0 ||
-        conf_set(conf, "fetch.wait.max.ms", "10", err, errcap) != 0) {
+        conf_set(conf, "fetch.wait.max.ms", "10", err, errcap) != 0 ||
+        /* bounded prefetch: librdkafka's defaults (100,000 messages or 64 MB
+           per consumer) made a worker with three consumers reach 312 MB on a
+           backlog; a batch is at most a few hundred events anyway */
+        conf_set(conf, "queued.min.messages", "2000", err, errcap) != 0 ||
+        conf_set(conf, "queued.max.messages.kbytes", "8192", err, errcap) != 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
