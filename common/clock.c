@@ -22,19 +22,39 @@ tly_clock_mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/*
+ * Every log line formats the time: the date and time of day are kept per
+ * thread for the current second, and only the microseconds are written.
+ */
 void
 tly_clock_format_rfc3339(int64_t us, char *out, size_t cap)
 {
-    time_t secs = (time_t)(us / 1000000);
-    int64_t frac = us % 1000000;
+    static __thread int64_t cached_sec = INT64_MIN;
+    static __thread char cached[64]; /* "YYYY-MM-DDTHH:MM:SS." */
+    int64_t secs = us / 1000000, frac = us % 1000000;
     if (frac < 0) {
         frac += 1000000;
         secs -= 1;
     }
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-             tm.tm_sec, (long long)frac);
+    if (secs != cached_sec) {
+        struct tm tm;
+        time_t t = (time_t)secs;
+        gmtime_r(&t, &tm);
+        snprintf(cached, sizeof(cached), "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                 tm.tm_min, tm.tm_sec);
+        cached_sec = secs;
+    }
+    char buf[80];
+    size_t n = strlen(cached);
+    memcpy(buf, cached, n);
+    for (int i = 5; i >= 0; --i) {
+        buf[n + (size_t)i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    buf[n + 6] = 'Z';
+    size_t total = n + 7, copy = total < cap ? total : cap - 1;
+    memcpy(out, buf, copy);
+    out[copy] = '\0';
 }
 
 static bool

@@ -97,22 +97,29 @@ put_raw(line_t *l, const char *s, size_t n)
     l->len += n;
 }
 
+/* Copies runs of characters that need no escaping at once: the access log
+   line is on every request's path. */
 static void
 put_escaped(line_t *l, const char *s)
 {
+    static const char hex[] = "0123456789abcdef";
     put_raw(l, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; ++p) {
-        char esc[8];
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p != '\0') {
+        const unsigned char *run = p;
+        while (*p >= 0x20 && *p != '"' && *p != '\\')
+            ++p;
+        put_raw(l, (const char *)run, (size_t)(p - run));
+        if (*p == '\0')
+            break;
         if (*p == '"' || *p == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)*p;
+            char esc[2] = {'\\', (char)*p};
             put_raw(l, esc, 2);
-        } else if (*p < 0x20) {
-            int n = snprintf(esc, sizeof(esc), "\\u%04x", *p);
-            put_raw(l, esc, (size_t)n);
         } else {
-            put_raw(l, (const char *)p, 1);
+            char esc[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 0xf]};
+            put_raw(l, esc, 6);
         }
+        ++p;
     }
     put_raw(l, "\"", 1);
 }

@@ -24,6 +24,7 @@
 #include "tally/upcast.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <jansson.h>
 #include <regex.h>
 #include <stdio.h>
@@ -177,7 +178,7 @@ validate(const json_t *schema, const json_t *v, const char *path, char *why, siz
 /* --- schema files ------------------------------------------------------------ */
 
 #define MAX_SCHEMAS 64
-static char schema_names[MAX_SCHEMAS][128];
+static char schema_names[MAX_SCHEMAS][NAME_MAX + 1];
 static bool schema_used[MAX_SCHEMAS];
 static int nschemas;
 
