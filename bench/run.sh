@@ -289,13 +289,13 @@ scenario_read() {
     rec read.304.rate "GET account 304/s, 64 conns (query API)" "$(jv "$api" .ok_rps)" req/s "$(jv "$ceil" .rps)" \
         "bare h2o 304/s" "ratio>=0.7" "p50 $(jv "$api" .p50_ms) ms, p99 $(jv "$api" .p99_ms) ms, wrong status $(jv "$api" .bad_status)"
     rec read.304.vs200 "GET account 304/s vs bare h2o 200/s" "$(jv "$api" .ok_rps)" req/s "$(jv "$ceil200" .rps)" \
-        "bare h2o 200/s" "" "the issue's wording: 304s against the 200 ceiling"
+        "bare h2o 200/s" "" "the goal's wording: 304s against the 200 ceiling"
     rss_stop read
 }
 
 scenario_e2e() {
     local ol
-    # The issue asks for 1,000/s; offering more than the API sustains would
+    # The target is 1,000/s; offering more than the API sustains would
     # measure a growing queue, so below 2x headroom the run uses 200/s (and says so).
     if [[ -z ${BENCH_E2E_RATE:-} && -n $INGEST_MAX ]] && awk -v m="$INGEST_MAX" 'BEGIN{exit !(m < 2000)}'; then
         E2E_RATE=200
