@@ -1,5 +1,5 @@
 /*
- * Observability of the running stack (issue 8): each service's admin port
+ * Observability of the running stack: each service's admin port
  * (/metrics, /healthz, /readyz), metrics that move with requests, JSON log
  * lines carrying the trace id of a request from the API to the worker, no API
  * key or secret in any log, and /readyz following PostgreSQL down and up.

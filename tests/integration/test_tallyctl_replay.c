@@ -1,5 +1,5 @@
 /*
- * tallyctl replay, verify and dlq against the real stack (issue 7, "Tests"):
+ * tallyctl replay, verify and dlq against the real stack:
  *
  *   test_replay_during_load: commands flow through the API while `tallyctl
  *     replay` rebuilds and swaps; afterwards `tallyctl verify` passes.

@@ -1,5 +1,5 @@
 /*
- * The transfer saga against the real stack (issue 5):
+ * The transfer saga against the real stack:
  *
  *   test_completed / test_rejected / test_compensated: each path over HTTP,
  *     with the entries it leaves on both accounts (completed: a debit on the

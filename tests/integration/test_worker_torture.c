@@ -1,6 +1,6 @@
 /*
  * The worker's exactly-once guarantees under abuse, against the real stack
- * (issue 4, "Tests"):
+ * (the worker's test plan):
  *
  *   test_kill9_torture: 100 accounts, 10,000 deposits and withdrawals sent
  *     through POST /v1/batch while two worker instances (the stack's own and
@@ -9,7 +9,7 @@
  *   test_rebalance_join_leave: two instances, a third joins during the load,
  *     stays ~3 s, gets SIGTERM and must exit 0 within 10 s.
  *
- * Scale: the full scale of the issue (10,000 commands over 100 accounts, 4
+ * Scale: full scale (10,000 commands over 100 accounts, 4
  * senders, 100 per batch, paced so that they arrive over ~15 s while the
  * kills happen; at least 6 kills, one every 0.3-3.5 s, restart after 0-1.5 s).
  * The torture takes 40-65 s here, the rebalance test 15-25 s; most of it is
