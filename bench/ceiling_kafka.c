@@ -76,7 +76,8 @@ create_topic(const char *brokers, const char *topic, int partitions)
         const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
         size_t n;
         const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &n);
-        if (n == 1 && rd_kafka_topic_result_error(tr[0]) && rd_kafka_topic_result_error(tr[0]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+        if (n == 1 && rd_kafka_topic_result_error(tr[0]) &&
+            rd_kafka_topic_result_error(tr[0]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
             fprintf(stderr, "ceiling_kafka: create topic: %s\n", rd_kafka_topic_result_error_string(tr[0]));
         rd_kafka_event_destroy(ev);
     }
@@ -93,10 +94,14 @@ main(int argc, char **argv)
     long count = 200000;
     int partitions = 12;
     for (int i = 1; i < argc; ++i) {
-        if (!strncmp(argv[i], "--brokers=", 10)) brokers = argv[i] + 10;
-        else if (!strncmp(argv[i], "--topic=", 8)) topic = argv[i] + 8;
-        else if (!strncmp(argv[i], "--count=", 8)) count = atol(argv[i] + 8);
-        else if (!strncmp(argv[i], "--partitions=", 13)) partitions = atoi(argv[i] + 13);
+        if (!strncmp(argv[i], "--brokers=", 10))
+            brokers = argv[i] + 10;
+        else if (!strncmp(argv[i], "--topic=", 8))
+            topic = argv[i] + 8;
+        else if (!strncmp(argv[i], "--count=", 8))
+            count = atol(argv[i] + 8);
+        else if (!strncmp(argv[i], "--partitions=", 13))
+            partitions = atoi(argv[i] + 13);
         else {
             fprintf(stderr, "usage: ceiling_kafka --brokers=B [--topic=T] [--count=N] [--partitions=P]\n");
             return 2;
@@ -149,10 +154,9 @@ main(int argc, char **argv)
         rd_kafka_header_add(h, "version", -1, "1", 1);
         rd_kafka_header_add(h, "traceparent", -1, traceparent, -1);
         for (;;) {
-            rd_kafka_resp_err_t e = rd_kafka_producev(p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(agg, 36),
-                                                      RD_KAFKA_V_VALUE(payload, (size_t)n),
-                                                      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
-                                                      RD_KAFKA_V_END);
+            rd_kafka_resp_err_t e =
+                rd_kafka_producev(p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(agg, 36), RD_KAFKA_V_VALUE(payload, (size_t)n),
+                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
             if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
                 break;
             if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {

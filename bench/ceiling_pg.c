@@ -44,9 +44,9 @@ row_id(long i, char *out)
     snprintf(out, 37, "00000000-0000-4000-8000-%012lx", (unsigned long)i & 0xffffffffffffUL);
 }
 
-#define TABLE_DDL(name)                                                                                          \
-    "CREATE TABLE " name " (id uuid PRIMARY KEY, tenant_id uuid NOT NULL, currency char(3) NOT NULL, label text " \
-    "NOT NULL, status text NOT NULL, balance bigint NOT NULL, version bigint NOT NULL, created_at timestamptz NOT " \
+#define TABLE_DDL(name)                                                                                                            \
+    "CREATE TABLE " name " (id uuid PRIMARY KEY, tenant_id uuid NOT NULL, currency char(3) NOT NULL, label text "                  \
+    "NOT NULL, status text NOT NULL, balance bigint NOT NULL, version bigint NOT NULL, created_at timestamptz NOT "                \
     "NULL, updated_at timestamptz NOT NULL)"
 
 int
@@ -55,10 +55,14 @@ main(int argc, char **argv)
     const char *dsn = NULL;
     long rows = 200000, batch = 500, distinct = 20000;
     for (int i = 1; i < argc; ++i) {
-        if (!strncmp(argv[i], "--dsn=", 6)) dsn = argv[i] + 6;
-        else if (!strncmp(argv[i], "--rows=", 7)) rows = atol(argv[i] + 7);
-        else if (!strncmp(argv[i], "--batch=", 8)) batch = atol(argv[i] + 8);
-        else if (!strncmp(argv[i], "--distinct=", 11)) distinct = atol(argv[i] + 11);
+        if (!strncmp(argv[i], "--dsn=", 6))
+            dsn = argv[i] + 6;
+        else if (!strncmp(argv[i], "--rows=", 7))
+            rows = atol(argv[i] + 7);
+        else if (!strncmp(argv[i], "--batch=", 8))
+            batch = atol(argv[i] + 8);
+        else if (!strncmp(argv[i], "--distinct=", 11))
+            distinct = atol(argv[i] + 11);
         else {
             fprintf(stderr, "usage: ceiling_pg --dsn=DSN [--rows=N] [--batch=N] [--distinct=N]\n");
             return 2;
@@ -80,15 +84,18 @@ main(int argc, char **argv)
     /* (a) one statement: INSERT ... VALUES ($1..$5), ... ON CONFLICT DO UPDATE */
     size_t cap = (size_t)batch * 200 + 512;
     char *sql = malloc(cap);
-    size_t len = (size_t)snprintf(sql, cap, "INSERT INTO bench_accounts (id, tenant_id, currency, label, status, balance, "
-                                            "version, created_at, updated_at) VALUES ");
+    size_t len = (size_t)snprintf(sql, cap,
+                                  "INSERT INTO bench_accounts (id, tenant_id, currency, label, status, balance, "
+                                  "version, created_at, updated_at) VALUES ");
     for (long j = 0; j < batch; ++j)
-        len += (size_t)snprintf(sql + len, cap - len, "%s($%ld::uuid,$%ld::uuid,'EUR','bench','open',$%ld::bigint,1,$%ld::timestamptz,$%ld::timestamptz)",
+        len += (size_t)snprintf(sql + len, cap - len,
+                                "%s($%ld::uuid,$%ld::uuid,'EUR','bench','open',$%ld::bigint,1,$%ld::timestamptz,$%ld::timestamptz)",
                                 j ? "," : "", 5 * j + 1, 5 * j + 2, 5 * j + 3, 5 * j + 4, 5 * j + 5);
-    snprintf(sql + len, cap - len, " ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance, version = "
-                                   "bench_accounts.version + 1, updated_at = EXCLUDED.updated_at");
+    snprintf(sql + len, cap - len,
+             " ON CONFLICT (id) DO UPDATE SET balance = EXCLUDED.balance, version = "
+             "bench_accounts.version + 1, updated_at = EXCLUDED.updated_at");
     ok(c, PQprepare(c, "upsert", sql, (int)(5 * batch), NULL), "prepare");
-    char (*ids)[37] = calloc((size_t)batch, 37), (*bal)[24] = calloc((size_t)batch, 24);
+    char(*ids)[37] = calloc((size_t)batch, 37), (*bal)[24] = calloc((size_t)batch, 24);
     const char **vals = calloc((size_t)(5 * batch), sizeof(char *));
     const char *tenant = "00000000-0000-4000-8000-00000000beef", *when = "2025-11-22T11:40:00.123456Z";
     long done = 0, seq = 0;

@@ -259,16 +259,26 @@ main(int argc, char **argv)
     double rate = 0, duration = 0, drain = 10;
     for (int i = 1; i < argc; ++i) {
         char *a = argv[i];
-        if (!strncmp(a, "--host=", 7)) host = a + 7;
-        else if (!strncmp(a, "--port=", 7)) port = atoi(a + 7);
-        else if (!strncmp(a, "--key=", 6)) api_key = a + 6;
-        else if (!strncmp(a, "--accounts=", 11)) accounts_file = a + 11;
-        else if (!strncmp(a, "--rate=", 7)) rate = atof(a + 7);
-        else if (!strncmp(a, "--duration=", 11)) duration = atof(a + 11);
-        else if (!strncmp(a, "--conns=", 8)) conns = atoi(a + 8);
-        else if (!strncmp(a, "--listen-dsn=", 13)) listen_dsn = a + 13;
-        else if (!strncmp(a, "--tag=", 6)) tag = a + 6;
-        else if (!strncmp(a, "--drain=", 8)) drain = atof(a + 8);
+        if (!strncmp(a, "--host=", 7))
+            host = a + 7;
+        else if (!strncmp(a, "--port=", 7))
+            port = atoi(a + 7);
+        else if (!strncmp(a, "--key=", 6))
+            api_key = a + 6;
+        else if (!strncmp(a, "--accounts=", 11))
+            accounts_file = a + 11;
+        else if (!strncmp(a, "--rate=", 7))
+            rate = atof(a + 7);
+        else if (!strncmp(a, "--duration=", 11))
+            duration = atof(a + 11);
+        else if (!strncmp(a, "--conns=", 8))
+            conns = atoi(a + 8);
+        else if (!strncmp(a, "--listen-dsn=", 13))
+            listen_dsn = a + 13;
+        else if (!strncmp(a, "--tag=", 6))
+            tag = a + 6;
+        else if (!strncmp(a, "--drain=", 8))
+            drain = atof(a + 8);
         else {
             fprintf(stderr, "openloop: unknown argument %s\n", a);
             return 2;
@@ -421,8 +431,8 @@ main(int argc, char **argv)
     printf("{\"offered_rate\":%.1f,\"duration_s\":%.2f,\"scheduled\":%llu,\"completed\":%zu,\"achieved_rate\":%.1f,"
            "\"accepted\":%ld,\"non202\":%ld,\"errors\":%ld,\"reconnects\":%ld,\"max_queue\":%zu,"
            "\"lat_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f}",
-           rate, elapsed, (unsigned long long)total, nlat, (double)nlat / elapsed, status_count[202], non202, errors,
-           reconnects, maxq, pct(lat, nlat, 0.5), pct(lat, nlat, 0.9), pct(lat, nlat, 0.99), pct(lat, nlat, 0.999),
+           rate, elapsed, (unsigned long long)total, nlat, (double)nlat / elapsed, status_count[202], non202, errors, reconnects,
+           maxq, pct(lat, nlat, 0.5), pct(lat, nlat, 0.9), pct(lat, nlat, 0.99), pct(lat, nlat, 0.999),
            nlat ? (double)lat[nlat - 1] / 1000.0 : -1.0);
     if (listen_dsn != NULL)
         printf(",\"e2e_ms\":{\"jobs\":%zu,\"matched\":%zu,\"notify_before_202\":%zu,\"p50\":%.3f,\"p90\":%.3f,"
