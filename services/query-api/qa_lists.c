@@ -15,14 +15,9 @@
 #include "tally/clock.h"
 #include "tally/http.h"
 
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define QUERY_BUF 4096
-#define UUID_MIN "00000000-0000-0000-0000-000000000000"
-#define UUID_MAX "ffffffff-ffff-ffff-ffff-ffffffffffff"
 
 /* Sends 422 validation_failed for one field. */
 static void
@@ -38,120 +33,25 @@ reply_invalid(query_op_t *op, const char *field, const char *message, const char
 static bool
 parse_query_or_reply(query_op_t *op, qa_list_t list)
 {
-    h2o_req_t *req = op->api.req;
     qa_pair_t pairs[QA_MAX_PARAMS];
-    char *buf = h2o_mem_alloc_pool(&req->pool, QUERY_BUF);
-    int n = 0;
-    if (req->query_at != SIZE_MAX)
-        n = qa_query_split(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1, pairs, QA_MAX_PARAMS, buf,
-                           QUERY_BUF);
-    if (n < 0) {
-        tly_api_problem(&op->api, 400, "malformed_query", "the query string is malformed or too long", NULL);
+    int n = qa_query_pairs_or_reply(op, pairs);
+    if (n < 0)
         return false;
-    }
     json_t *errors = json_array();
-    bool ok = qa_list_query_parse(list, pairs, (size_t)n, &op->list, errors);
-    if (!ok)
-        tly_api_problem(&op->api, 422, "validation_failed", "some query parameters are invalid", errors);
-    json_decref(errors);
-    return ok;
-}
-
-/* Decodes the cursor (if any) into the lower bound of the page; replies 400 itself. */
-static bool
-lower_bound_or_reply(query_op_t *op, char *t_out, char *id_out)
-{
-    qa_cursor_t c;
-    if (op->list.cursor[0] == '\0') {
-        if (op->list.has_after)
-            tly_clock_format_rfc3339(op->list.after_us, t_out, 40);
-        else
-            snprintf(t_out, 40, "-infinity");
-        snprintf(id_out, TLY_UUID_STR_LEN + 1, "%s", op->list.has_after ? UUID_MAX : UUID_MIN);
-        return true;
-    }
-    switch (qa_cursor_decode(op->list.cursor, op->thr->cursor_key, op->thr->cursor_keylen, op->filters, &c)) {
-    case QA_CURSOR_OK:
-        tly_clock_format_rfc3339(c.created_us, t_out, 40);
-        tly_uuid_format(&c.id, id_out);
-        return true;
-    case QA_CURSOR_MISMATCH:
-        tly_api_problem(&op->api, 400, "invalid_cursor", "the cursor was made for other filters; start again without a cursor",
-                        NULL);
-        return false;
-    case QA_CURSOR_INVALID:
-    default:
-        tly_api_problem(&op->api, 400, "invalid_cursor", "the cursor is malformed or was not made by this API", NULL);
-        return false;
-    }
+    qa_list_query_parse(list, pairs, (size_t)n, &op->list, errors);
+    return qa_params_ok_or_reply(op, errors);
 }
 
 static void
-page_etag(const char *body, size_t len, char *out)
+next_query(const query_op_t *op, const char *cursor, char *out, size_t cap)
 {
-    uint8_t md[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)body, len, md);
-    memcpy(out, "\"p-", 3);
-    for (int i = 0; i < 16; ++i)
-        snprintf(out + 3 + 2 * i, 3, "%02x", md[i]);
-    memcpy(out + 35, "\"", 2);
-}
-
-/* {"data":[...],"has_more":..,"next_cursor":..}; caller frees. */
-static char *
-page_body(PGresult *res, int count, const char *cursor, size_t *len_out)
-{
-    size_t cap = 64 + (cursor != NULL ? strlen(cursor) : 0), len = 0;
-    for (int i = 0; i < count; ++i)
-        cap += (size_t)PQgetlength(res, i, 0) + 1;
-    char *body = malloc(cap);
-    if (body == NULL)
-        abort();
-    len += (size_t)snprintf(body, cap, "{\"data\":[");
-    for (int i = 0; i < count; ++i) {
-        if (i > 0)
-            body[len++] = ',';
-        memcpy(body + len, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0));
-        len += (size_t)PQgetlength(res, i, 0);
-    }
-    if (cursor != NULL)
-        len += (size_t)snprintf(body + len, cap - len, "],\"has_more\":true,\"next_cursor\":\"%s\"}", cursor);
-    else
-        len += (size_t)snprintf(body + len, cap - len, "],\"has_more\":false,\"next_cursor\":null}");
-    *len_out = len;
-    return body;
-}
-
-/* The cursor after row `row`: its position and the filters of this request. */
-static bool
-next_cursor(query_op_t *op, PGresult *res, int row, char *out)
-{
-    qa_cursor_t c;
-    c.created_us = strtoll(PQgetvalue(res, row, 1), NULL, 10);
-    if (!tly_uuid_parse(PQgetvalue(res, row, 2), &c.id))
-        return false;
-    memcpy(c.filters, op->filters, sizeof(c.filters));
-    qa_cursor_encode(&c, op->thr->cursor_key, op->thr->cursor_keylen, out);
-    return true;
-}
-
-static void
-add_link(query_op_t *op, const char *cursor)
-{
-    char query[1024];
-    qa_list_query_next(&op->list, cursor, query, sizeof(query));
-    size_t cap = strlen(op->base_path) + strlen(query) + 32;
-    char *link = h2o_mem_alloc_pool(&op->api.req->pool, cap);
-    snprintf(link, cap, "<%s?%s>; rel=\"next\"", op->base_path, query);
-    tly_http_add_header(op->api.req, "link", link);
+    qa_list_query_next(&op->list, cursor, out, cap);
 }
 
 static void
 on_page(void *data, PGresult *res, const char *err)
 {
     query_op_t *op = data;
-    char cursor[QA_CURSOR_TEXT_CAP], etag[40];
-    size_t len;
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
         qa_read_failed(op, res, err);
         goto done;
@@ -162,20 +62,7 @@ on_page(void *data, PGresult *res, const char *err)
     }
     /* entries: one row of NULLs when the account exists but no entry matches */
     int rows = PQntuples(res) == 1 && PQgetisnull(res, 0, 0) ? 0 : PQntuples(res);
-    bool more = rows > op->list.limit;
-    int count = more ? op->list.limit : rows;
-    if (more && !next_cursor(op, res, count - 1, cursor)) {
-        qa_read_failed(op, NULL, "malformed id in the page");
-        goto done;
-    }
-    if (op->api.req == NULL)
-        goto done;
-    char *body = page_body(res, count, more ? cursor : NULL, &len);
-    if (more)
-        add_link(op, cursor);
-    page_etag(body, len, etag);
-    qa_send_json(op, body, len, etag);
-    free(body);
+    qa_send_page(op, res, rows, op->base_path, next_query);
 done:
     qa_op_destroy(op);
 }
@@ -224,7 +111,7 @@ qa_list_start(query_op_t *op, qa_list_t list, h2o_iovec_t account_seg)
     snprintf(scope, sizeof(scope), "%s/%s", op->tenant, list == QA_LIST_ENTRIES ? op->id_text : "");
     qa_list_query_canonical(&op->list, scope, canonical, sizeof(canonical));
     qa_cursor_filters_hash(canonical, op->filters);
-    if (!lower_bound_or_reply(op, lo_t, lo_id))
+    if (!qa_page_lower_bound_or_reply(op, lo_t, lo_id))
         goto fail;
     exec_page(op, lo_t, lo_id);
     return;

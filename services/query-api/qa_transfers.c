@@ -16,13 +16,9 @@
 #include "tally/clock.h"
 #include "tally/http.h"
 
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define QUERY_BUF 4096
-#define UUID_MIN "00000000-0000-0000-0000-000000000000"
 
 static const char *statuses[] = {"requested", "debited", "completed", "rejected", "compensating", "failed"};
 
@@ -30,18 +26,11 @@ static const char *statuses[] = {"requested", "debited", "completed", "rejected"
 static bool
 parse_or_reply(query_op_t *op)
 {
-    h2o_req_t *req = op->api.req;
     qa_pair_t pairs[QA_MAX_PARAMS];
-    char *buf = h2o_mem_alloc_pool(&req->pool, QUERY_BUF);
-    int n = 0;
     unsigned seen = 0;
-    if (req->query_at != SIZE_MAX)
-        n = qa_query_split(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1, pairs, QA_MAX_PARAMS, buf,
-                           QUERY_BUF);
-    if (n < 0) {
-        tly_api_problem(&op->api, 400, "malformed_query", "the query string is malformed or too long", NULL);
+    int n = qa_query_pairs_or_reply(op, pairs);
+    if (n < 0)
         return false;
-    }
     memset(&op->list, 0, sizeof(op->list));
     op->list.limit = QA_LIMIT_DEFAULT;
     op->id_text[0] = op->transfer_status[0] = '\0';
@@ -88,11 +77,7 @@ parse_or_reply(query_op_t *op)
         if (message != NULL)
             tly_http_field_error(errors, name, message);
     }
-    bool ok = json_array_size(errors) == 0;
-    if (!ok)
-        tly_api_problem(&op->api, 422, "validation_failed", "some query parameters are invalid", errors);
-    json_decref(errors);
-    return ok;
+    return qa_params_ok_or_reply(op, errors);
 }
 
 /* The query string of the next page (the same filters and limit, and `cursor`). */
@@ -110,79 +95,13 @@ next_query(const query_op_t *op, const char *cursor, char *out, size_t cap)
 }
 
 static void
-page_etag(const char *body, size_t len, char *out)
-{
-    uint8_t md[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)body, len, md);
-    memcpy(out, "\"p-", 3);
-    for (int i = 0; i < 16; ++i)
-        snprintf(out + 3 + 2 * i, 3, "%02x", md[i]);
-    memcpy(out + 35, "\"", 2);
-}
-
-/* {"data":[...],"has_more":..,"next_cursor":..}; caller frees. */
-static char *
-page_body(PGresult *res, int count, const char *cursor, size_t *len_out)
-{
-    size_t cap = 64 + (cursor != NULL ? strlen(cursor) : 0), len = 0;
-    for (int i = 0; i < count; ++i)
-        cap += (size_t)PQgetlength(res, i, 0) + 1;
-    char *body = malloc(cap);
-    if (body == NULL)
-        abort();
-    len += (size_t)snprintf(body, cap, "{\"data\":[");
-    for (int i = 0; i < count; ++i) {
-        if (i > 0)
-            body[len++] = ',';
-        memcpy(body + len, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0));
-        len += (size_t)PQgetlength(res, i, 0);
-    }
-    if (cursor != NULL)
-        len += (size_t)snprintf(body + len, cap - len, "],\"has_more\":true,\"next_cursor\":\"%s\"}", cursor);
-    else
-        len += (size_t)snprintf(body + len, cap - len, "],\"has_more\":false,\"next_cursor\":null}");
-    *len_out = len;
-    return body;
-}
-
-static void
 on_page(void *data, PGresult *res, const char *err)
 {
     query_op_t *op = data;
-    char cursor[QA_CURSOR_TEXT_CAP], etag[40];
-    size_t len;
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
         qa_read_failed(op, res, err);
-        goto done;
-    }
-    int rows = PQntuples(res);
-    bool more = rows > op->list.limit;
-    int count = more ? op->list.limit : rows;
-    if (more) {
-        qa_cursor_t c;
-        c.created_us = strtoll(PQgetvalue(res, count - 1, 1), NULL, 10);
-        if (!tly_uuid_parse(PQgetvalue(res, count - 1, 2), &c.id)) {
-            qa_read_failed(op, NULL, "malformed id in the page");
-            goto done;
-        }
-        memcpy(c.filters, op->filters, sizeof(c.filters));
-        qa_cursor_encode(&c, op->thr->cursor_key, op->thr->cursor_keylen, cursor);
-    }
-    if (op->api.req == NULL)
-        goto done;
-    char *body = page_body(res, count, more ? cursor : NULL, &len);
-    if (more) {
-        char query[512];
-        next_query(op, cursor, query, sizeof(query));
-        size_t cap = strlen(query) + 64;
-        char *link = h2o_mem_alloc_pool(&op->api.req->pool, cap);
-        snprintf(link, cap, "</v1/transfers?%s>; rel=\"next\"", query);
-        tly_http_add_header(op->api.req, "link", link);
-    }
-    page_etag(body, len, etag);
-    qa_send_json(op, body, len, etag);
-    free(body);
-done:
+    else
+        qa_send_page(op, res, PQntuples(res), "/v1/transfers", next_query);
     qa_op_destroy(op);
 }
 
@@ -190,30 +109,12 @@ void
 qa_transfers_list_start(query_op_t *op)
 {
     char canonical[256], lo_t[40], lo_id[TLY_UUID_STR_LEN + 1], limit[16];
-    qa_cursor_t c;
     if (!parse_or_reply(op))
         goto fail;
     snprintf(canonical, sizeof(canonical), "transfers\n%s\naccount=%s\nstatus=%s", op->tenant, op->id_text, op->transfer_status);
     qa_cursor_filters_hash(canonical, op->filters);
-    if (op->list.cursor[0] == '\0') {
-        snprintf(lo_t, sizeof(lo_t), "-infinity");
-        snprintf(lo_id, sizeof(lo_id), "%s", UUID_MIN);
-    } else {
-        switch (qa_cursor_decode(op->list.cursor, op->thr->cursor_key, op->thr->cursor_keylen, op->filters, &c)) {
-        case QA_CURSOR_OK:
-            tly_clock_format_rfc3339(c.created_us, lo_t, sizeof(lo_t));
-            tly_uuid_format(&c.id, lo_id);
-            break;
-        case QA_CURSOR_MISMATCH:
-            tly_api_problem(&op->api, 400, "invalid_cursor", "the cursor was made for other filters; start again without a cursor",
-                            NULL);
-            goto fail;
-        case QA_CURSOR_INVALID:
-        default:
-            tly_api_problem(&op->api, 400, "invalid_cursor", "the cursor is malformed or was not made by this API", NULL);
-            goto fail;
-        }
-    }
+    if (!qa_page_lower_bound_or_reply(op, lo_t, lo_id))
+        goto fail;
     snprintf(limit, sizeof(limit), "%d", op->list.limit + 1);
     const char *params[6] = {op->tenant,
                              lo_t,

@@ -81,6 +81,32 @@ void qa_op_destroy(query_op_t *op);
  */
 void qa_send_json(query_op_t *op, const char *body, size_t len, const char *etag);
 
+/** Writes the query string of the next page (filters, limit, `cursor`) into `out`. */
+typedef void (*qa_next_query_fn)(const query_op_t *op, const char *cursor, char *out, size_t cap);
+
+/**
+ * Sends one page of a list query's result: `rows` rows of `res` whose columns
+ * are the item's JSON, created_at in microseconds and id, one more than
+ * op->list.limit when a next page exists. Adds has_more, a signed
+ * next_cursor, the Link to `path` + next_query's query string, and the ETag
+ * of the page (qa_page.c). The caller destroys the op afterwards.
+ */
+void qa_send_page(query_op_t *op, PGresult *res, int rows, const char *path, qa_next_query_fn next_query);
+
+/** Splits the request's query string into `pairs` (QA_MAX_PARAMS); replies 400 and returns -1 when malformed. */
+int qa_query_pairs_or_reply(query_op_t *op, qa_pair_t *pairs);
+
+/** Replies 422 with `errors` (field problems) unless it is empty; takes `errors`. True when empty. */
+bool qa_params_ok_or_reply(query_op_t *op, json_t *errors);
+
+/**
+ * The keyset lower bound of this page into `t_out` (40 bytes) and `id_out`
+ * (37 bytes): from op->list.cursor, verified against op->filters, or the
+ * start (after op->list.after_us when given). Replies 400 invalid_cursor and
+ * returns false on a bad or foreign cursor.
+ */
+bool qa_page_lower_bound_or_reply(query_op_t *op, char *t_out, char *id_out);
+
 /** gzip `in`; caller frees `*out`. False if zlib failed. */
 bool qa_gzip(const char *in, size_t len, char **out, size_t *outlen) __attribute__((warn_unused_result));
 
