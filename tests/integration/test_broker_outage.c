@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "tly_test_http.h"
+#include "tly_test_util.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -22,19 +23,6 @@
 
 static const char *key;
 static pid_t kafka_pid;
-
-static pid_t
-read_pid(const char *name)
-{
-    char path[512];
-    long pid = 0;
-    snprintf(path, sizeof(path), "%s/run/%s.pid", tly_test_env("TALLY_VAR"), name);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    assert_int_equal(fscanf(f, "%ld", &pid), 1);
-    fclose(f);
-    return (pid_t)pid;
-}
 
 /* GET /readyz straight on the command API until it answers `want` (bounded). */
 static bool
@@ -81,7 +69,8 @@ test_frozen_broker_gives_503_and_retry_applies_once(void **state)
     tly_test_response_free(&r);
     assert_true(ready_becomes(200, 5000));
 
-    kafka_pid = read_pid("kafka");
+    kafka_pid = tly_test_read_pid("kafka");
+    assert_true(kafka_pid > 0);
     assert_int_equal(kill(kafka_pid, SIGSTOP), 0);
     assert_true(ready_becomes(503, 10000));
 

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "tly_test_http.h"
+#include "tly_test_util.h"
 
 #include <curl/curl.h>
 #include <dirent.h>
@@ -103,13 +104,6 @@ scrape(int which)
     return body;
 }
 
-static void
-sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Polls /readyz of `which` until its status is `want` or `timeout_ms`; returns the last status and body. */
 static long
 wait_ready(int which, long want, int timeout_ms, char **body_out)
@@ -121,7 +115,7 @@ wait_ready(int which, long want, int timeout_ms, char **body_out)
         status = admin_call("GET", admin_url[which], "/readyz", &body, NULL, 0);
         if (status == want || waited >= timeout_ms)
             break;
-        sleep_ms(250);
+        tly_test_sleep_ms(250);
     }
     if (body_out != NULL)
         *body_out = body;
@@ -270,7 +264,7 @@ test_metrics_move(void **state)
     assert_non_null(limited_key);
     snprintf(created_keys[ncreated++], sizeof(created_keys[0]), "%s", limited_key);
     tly_test_response_free(&r);
-    sleep_ms(1500); /* the other API instance loads new keys within 1 s */
+    tly_test_sleep_ms(1500); /* the other API instance loads new keys within 1 s */
     int refused = 0;
     for (int i = 0; i < 40; ++i) {
         r = tly_test_request("GET", path, created_keys[ncreated - 1], NULL, NULL);
@@ -286,7 +280,7 @@ test_metrics_move(void **state)
         wrk1 = scrape(2);
         if (sample(wrk1, applied) >= sample(wrk0, applied) + 3 && sample(wrk1, decided) >= sample(wrk0, decided) + 2)
             break;
-        sleep_ms(250);
+        tly_test_sleep_ms(250);
     }
     assert_true(sample(cmd1, posts) >= sample(cmd0, posts) + 1);
     assert_true(sample(cmd1, post_latency) >= sample(cmd0, post_latency) + 1);
@@ -385,7 +379,7 @@ test_trace_id_end_to_end(void **state)
         wrk = service_log("worker");
         if (count_traced(wrk, trace, "event applied") >= 3)
             break;
-        sleep_ms(250);
+        tly_test_sleep_ms(250);
     }
     if (count_traced(wrk, trace, "event applied") < 3)
         fail_msg("the worker log has %d 'event applied' lines with trace_id %s, want >= 3",
@@ -439,7 +433,7 @@ test_no_secrets_in_logs(void **state)
     char key_path[200];
     snprintf(key_path, sizeof(key_path), "/v1/api-keys/%s", jstr(r.json, "id", NULL));
     tly_test_response_free(&r);
-    sleep_ms(1200);
+    tly_test_sleep_ms(1200);
     r = tly_test_request("GET", "/v1/accounts", created_keys[ncreated - 1], NULL, NULL); /* the new key in use */
     assert_int_equal(r.status, 200);
     tly_test_response_free(&r);
@@ -454,11 +448,11 @@ test_no_secrets_in_logs(void **state)
     r = tly_test_request("GET", "/v1/accounts", wrong, NULL, NULL);
     assert_int_equal(r.status, 401);
     tly_test_response_free(&r);
-    sleep_ms(1200);
+    tly_test_sleep_ms(1200);
     r = tly_test_request("GET", "/v1/accounts", created_keys[ncreated - 1], NULL, NULL);
     assert_int_equal(r.status, 401);
     tly_test_response_free(&r);
-    sleep_ms(500); /* let the last lines reach the files */
+    tly_test_sleep_ms(500); /* let the last lines reach the files */
 
     /* what must never be written: every key, its secret part alone, webhook secrets */
     const char *needles[16];

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "tly_test_http.h"
+#include "tly_test_util.h"
 
 #include <curl/curl.h>
 #include <stdio.h>
@@ -40,50 +41,12 @@ now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Runs a shell command; its first output line goes to `out`. */
-static void
-sh(const char *cmd, char *out, size_t cap)
-{
-    char line[512] = "";
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    while (fgets(line, sizeof(line), p) != NULL)
-        if (out != NULL && out[0] == '\0')
-            snprintf(out, cap, "%s", line);
-    assert_int_equal(pclose(p), 0);
-    if (out != NULL)
-        out[strcspn(out, "\r\n")] = '\0';
-}
-
 static void
 psql(const char *sql)
 {
     char cmd[4096];
     snprintf(cmd, sizeof(cmd), "psql \"$TALLY_PG_DSN\" -Atq -v ON_ERROR_STOP=1 -c \"%s\" >/dev/null", sql);
-    sh(cmd, NULL, 0);
-}
-
-/* A new tenant and a read/write key with a high rate (tests send bursts). */
-static void
-make_tenant(const char *prefix, char *tenant, char *key)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants create --name %s-%d-%ld", prefix, (int)getpid(), (long)time(NULL));
-    tenant[0] = key[0] = '\0';
-    sh(cmd, tenant, 64);
-    snprintf(cmd, sizeof(cmd),
-             "\"$TALLY_BIN/tallyctl\" keys create --tenant %s --scopes read,write --rate 5000 --burst 5000 2>/dev/null", tenant);
-    sh(cmd, key, 128);
-    /* the APIs load new keys within a second */
-    for (int i = 0; i < 100; ++i) {
-        tly_test_response_t r = tly_test_request("GET", "/v1/accounts?limit=1", key, NULL, NULL);
-        long status = r.status;
-        tly_test_response_free(&r);
-        if (status == 200)
-            return;
-        usleep(100 * 1000);
-    }
-    fail_msg("key of %s never became usable", tenant);
+    tly_test_sh(cmd, NULL, 0);
 }
 
 static const char *
@@ -670,8 +633,8 @@ setup(void **state)
     setenv("TALLY_PG_DSN", tly_test_env("TALLY_PG_DSN"), 1);
     setenv("TALLY_BIN", tly_test_env("TALLY_BIN"), 1);
     curl_global_init(CURL_GLOBAL_ALL);
-    make_tenant("qa-a", tenant_a, key_a);
-    make_tenant("qa-b", tenant_b, key_b);
+    tly_test_make_tenant("qa-a", 5000, tenant_a, sizeof(tenant_a), key_a, sizeof(key_a));
+    tly_test_make_tenant("qa-b", 5000, tenant_b, sizeof(tenant_b), key_b, sizeof(key_b));
     return 0;
 }
 

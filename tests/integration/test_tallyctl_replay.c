@@ -27,6 +27,7 @@
 
 #include "projection.h"
 #include "tly_test_http.h"
+#include "tly_test_util.h"
 
 #include "tally/clock.h"
 #include "tally/envelope.h"
@@ -48,14 +49,6 @@
 static const char *bin_dir;
 static PGconn *db;
 static rd_kafka_t *producer;
-
-static void
-sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
 static PGresult *
 sql(const char *q)
@@ -208,7 +201,7 @@ wait_settled(int timeout_s)
         }
         if (queued == 0 && outbox == 0 && applied == high)
             return;
-        sleep_ms(500);
+        tly_test_sleep_ms(500);
     }
     (void)out;
     fail_msg("the live projector did not settle within %d s", timeout_s);
@@ -265,7 +258,7 @@ load_main(void *arg)
         tly_test_response_free(&r);
         free(s);
         json_decref(body);
-        sleep_ms(100);
+        tly_test_sleep_ms(100);
     }
     return NULL;
 }
@@ -280,7 +273,7 @@ test_replay_during_load(void **state)
     open_accounts(&l);
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, load_main, &l), 0);
-    sleep_ms(1500);
+    tly_test_sleep_ms(1500);
     int rc = ctl("replay", out, sizeof(out));
     pthread_join(th, NULL);
     assert_int_equal(rc, 0);
@@ -320,7 +313,7 @@ test_replay_killed_resumes(void **state)
         PQclear(res);
         if (done >= 1500)
             break;
-        sleep_ms(20);
+        tly_test_sleep_ms(20);
     }
     kill(pid, SIGKILL);
     int st;
@@ -435,7 +428,7 @@ test_dead_letter_retry(void **state)
     tly_test_response_free(&r);
     int64_t dl = 0;
     for (int waited = 0; waited < 30000 && dl == 0; waited += 200) {
-        sleep_ms(200);
+        tly_test_sleep_ms(200);
         dl = sql_i64("SELECT coalesce(max(id), 0) FROM dead_letters WHERE consumer = 'projector' AND payload LIKE "
                      "'%FundsDeposited%777%'");
     }

@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "tly_test_http.h"
+#include "tly_test_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -56,60 +57,6 @@ static const char *var_dir, *bin_dir;
 
 /* --- helpers ------------------------------------------------------------------- */
 
-static int64_t
-now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static void
-sh(const char *cmd, char *out, size_t cap)
-{
-    char line[512] = "";
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    if (out != NULL)
-        out[0] = '\0';
-    while (fgets(line, sizeof(line), p) != NULL)
-        if (out != NULL && out[0] == '\0')
-            snprintf(out, cap, "%s", line);
-    assert_int_equal(pclose(p), 0);
-    if (out != NULL)
-        out[strcspn(out, "\r\n")] = '\0';
-}
-
-/* A new tenant and a read/write key with a rate high enough for the storm. */
-static void
-make_tenant(const char *prefix, char *tenant, char *key)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants create --name %s-%d-%ld", prefix, (int)getpid(), (long)time(NULL));
-    sh(cmd, tenant, 64);
-    snprintf(cmd, sizeof(cmd),
-             "\"$TALLY_BIN/tallyctl\" keys create --tenant %s --scopes read,write --rate 1000000 --burst 1000000 2>/dev/null",
-             tenant);
-    sh(cmd, key, 160);
-    for (int i = 0; i < 100; ++i) {
-        tly_test_response_t r = tly_test_request("GET", "/v1/accounts?limit=1", key, NULL, NULL);
-        long status = r.status;
-        tly_test_response_free(&r);
-        if (status == 200)
-            return;
-        sleep_ms(100);
-    }
-    fail_msg("key of %s never became usable", tenant);
-}
-
 static PGresult *
 sql(const char *q, int n, const char *const *vals)
 {
@@ -137,13 +84,13 @@ sql_i64(const char *q, int n, const char *const *vals)
 static int64_t
 sql_wait(const char *q, int n, const char *const *vals, int64_t want, int timeout_ms)
 {
-    int64_t v = -1, deadline = now_ms() + timeout_ms;
+    int64_t v = -1, deadline = tly_test_now_ms() + timeout_ms;
     do {
         v = sql_i64(q, n, vals);
         if (v == want)
             return v;
-        sleep_ms(50);
-    } while (now_ms() < deadline);
+        tly_test_sleep_ms(50);
+    } while (tly_test_now_ms() < deadline);
     return v;
 }
 
@@ -275,7 +222,7 @@ read_transfer(const char *key, const char *id, const char *status, char *etag)
             return t;
         }
         tly_test_response_free(&r);
-        sleep_ms(50);
+        tly_test_sleep_ms(50);
     }
     fail_msg("transfer %s never reached %s", id, status);
     return NULL;
@@ -327,7 +274,7 @@ test_completed(void **state)
     json_decref(tr);
     /* the version settles once every event (three partitions) is projected */
     for (int i = 0; i < 100 && strcmp(want, etag) != 0; ++i)
-        sleep_ms(50);
+        tly_test_sleep_ms(50);
     snprintf(inm, sizeof(inm), "If-None-Match: %s", etag);
     const char *cond[] = {inm, NULL};
     char path[128];
@@ -357,7 +304,7 @@ test_rejected(void **state)
     assert_string_equal(jstr(json_object_get(tr, "error"), "code"), "insufficient_funds");
     assert_true(timeline_has(tr, "rejected"));
     json_decref(tr);
-    sleep_ms(300); /* nothing may arrive late either */
+    tly_test_sleep_ms(300); /* nothing may arrive late either */
     assert_int_equal(entries_of(acc_a, t), 0);
     assert_int_equal(entries_of(acc_b, t), 0);
 
@@ -374,7 +321,7 @@ test_rejected(void **state)
     assert_string_equal(jstr(job, "status"), "failed");
     assert_string_equal(jstr(json_object_get(job, "error"), "code"), "account_frozen");
     json_decref(job);
-    sleep_ms(300);
+    tly_test_sleep_ms(300);
     assert_int_equal(entries_of(frozen, t), 0);
     assert_int_equal(entries_of(acc_b, t), 0);
 
@@ -400,7 +347,7 @@ compensated_with(const char *to, const char *code, bool to_exists)
     expect_entries(acc_a, t, "transfer_debit", 1, -100);
     expect_entries(acc_a, t, "transfer_reversal", 1, 100);
     assert_int_equal(entries_of(acc_a, t), 2);
-    sleep_ms(300);
+    tly_test_sleep_ms(300);
     assert_int_equal(entries_of(to, t), 0);
     assert_int_equal(balance(key_a, acc_a), from_before);
     if (to_exists)
@@ -590,7 +537,7 @@ sender(void *arg)
             if (!left)
                 break;
             atomic_fetch_add(&s->retries, 1);
-            sleep_ms(200); /* 503 (broker or database busy) or the connection broke: same keys again */
+            tly_test_sleep_ms(200); /* 503 (broker or database busy) or the connection broke: same keys again */
         }
     }
     atomic_fetch_add(&s->done_senders, 1);
@@ -602,7 +549,7 @@ static void *
 freezer(void *arg)
 {
     storm_t *s = arg;
-    uint64_t seed = (uint64_t)now_ms() | 1;
+    uint64_t seed = (uint64_t)tly_test_now_ms() | 1;
     while (!atomic_load(&s->stop_freezer)) {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -615,7 +562,7 @@ freezer(void *arg)
         if (r.status == 202)
             atomic_fetch_add(freeze ? &s->freezes : &s->unfreezes, 1);
         tly_test_response_free(&r);
-        sleep_ms(5 + (int)((seed >> 30) % 40));
+        tly_test_sleep_ms(5 + (int)((seed >> 30) % 40));
     }
     return NULL;
 }
@@ -624,57 +571,17 @@ freezer(void *arg)
 
 static char **worker_argv, **worker_envp;
 
-static char **
-read_nul_vector(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 1 << 16, len = 0, n;
-    char *buf = malloc(cap);
-    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += n;
-        if (len + 1 >= cap)
-            buf = realloc(buf, cap *= 2);
-    }
-    fclose(f);
-    buf[len] = '\0';
-    size_t count = 0;
-    for (size_t i = 0; i < len; ++i)
-        count += buf[i] == '\0';
-    char **v = calloc(count + 2, sizeof(*v));
-    size_t k = 0;
-    for (size_t i = 0; i < len; i += strlen(buf + i) + 1)
-        v[k++] = buf + i;
-    return k > 0 ? v : NULL;
-}
-
-static pid_t
-stack_worker_pid(void)
-{
-    char path[1024];
-    long pid = 0;
-    snprintf(path, sizeof(path), "%s/run/tally-worker.pid", var_dir);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    if (fscanf(f, "%ld", &pid) != 1)
-        pid = 0;
-    fclose(f);
-    return (pid_t)pid;
-}
-
 /* Captures the stack worker's command line and environment (to restart it the same way). */
 static void
 capture_worker(void)
 {
     char path[128];
-    pid_t pid = stack_worker_pid();
+    pid_t pid = tly_test_read_pid("tally-worker");
     assert_true(pid > 0 && kill(pid, 0) == 0);
     snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-    worker_argv = read_nul_vector(path);
+    worker_argv = tly_test_read_nul_vector(path);
     snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
-    worker_envp = read_nul_vector(path);
+    worker_envp = tly_test_read_nul_vector(path);
     assert_non_null(worker_argv);
     assert_non_null(strstr(worker_argv[0], "tally-worker"));
 }
@@ -688,7 +595,7 @@ kill9_worker(pid_t pid)
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid || kill(pid, 0) != 0)
             return;
-        sleep_ms(10);
+        tly_test_sleep_ms(10);
     }
     fail_msg("worker %d did not die", (int)pid);
 }
@@ -734,7 +641,7 @@ storm(int kills_min)
         n = atoi(env_n);
     uint64_t seed = (uint64_t)time(NULL) * 2654435761u + (uint64_t)getpid();
     printf("storm: %d transfers, %d accounts, seed %llu, kills >= %d\n", n, NACCOUNTS, (unsigned long long)seed, kills_min);
-    snprintf(s->tag, sizeof(s->tag), "storm-%d-%lld", (int)getpid(), (long long)now_ms());
+    snprintf(s->tag, sizeof(s->tag), "storm-%d-%lld", (int)getpid(), (long long)tly_test_now_ms());
     for (int i = 0; i < NACCOUNTS; ++i)
         open_account(key_a, "EUR", DEPOSIT, s->accounts[i]);
     s->n = n;
@@ -750,7 +657,7 @@ storm(int kills_min)
     if (kills_min > 0)
         capture_worker();
 
-    int64_t t0 = now_ms();
+    int64_t t0 = tly_test_now_ms();
     pthread_t senders[SENDERS], fz;
     for (int i = 0; i < SENDERS; ++i)
         assert_int_equal(pthread_create(&senders[i], NULL, sender, s), 0);
@@ -762,17 +669,17 @@ storm(int kills_min)
             ks ^= ks << 13;
             ks ^= ks >> 7;
             ks ^= ks << 17;
-            sleep_ms(300 + (int)(ks % 2500));
-            kill9_worker(stack_worker_pid());
+            tly_test_sleep_ms(300 + (int)(ks % 2500));
+            kill9_worker(tly_test_read_pid("tally-worker"));
             kills++;
-            sleep_ms((int)((ks >> 20) % 1500));
+            tly_test_sleep_ms((int)((ks >> 20) % 1500));
             start_worker();
         }
     }
     for (int i = 0; i < SENDERS; ++i)
         pthread_join(senders[i], NULL);
-    int64_t t_sent = now_ms();
-    sleep_ms(500);
+    int64_t t_sent = tly_test_now_ms();
+    tly_test_sleep_ms(500);
     atomic_store(&s->stop_freezer, true);
     pthread_join(fz, NULL);
     for (int i = 0; i < n; ++i)
@@ -789,7 +696,7 @@ storm(int kills_min)
     const char *iv[] = {ids};
     int64_t done = sql_wait("SELECT count(*) FROM jobs WHERE id = ANY($1::uuid[]) AND status IN ('succeeded', 'failed')", 1, iv, n,
                             SETTLE_S * 1000);
-    int64_t t_done = now_ms();
+    int64_t t_done = tly_test_now_ms();
 
     /* the storm's transfers, by id */
     len = 0;
@@ -900,8 +807,8 @@ main(void)
         fprintf(stderr, "could not connect to %s: %s\n", dsn, PQerrorMessage(db));
         return 1;
     }
-    make_tenant("transfers-a", tenant_a, key_a);
-    make_tenant("transfers-b", tenant_b, key_b);
+    tly_test_make_tenant("transfers-a", 1000000, tenant_a, sizeof(tenant_a), key_a, sizeof(key_a));
+    tly_test_make_tenant("transfers-b", 1000000, tenant_b, sizeof(tenant_b), key_b, sizeof(key_b));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_completed), cmocka_unit_test(test_rejected), cmocka_unit_test(test_compensated),
         cmocka_unit_test(test_reads),     cmocka_unit_test(test_storm),    cmocka_unit_test(test_storm_kill9),

@@ -44,6 +44,7 @@
 #include <cmocka.h>
 
 #include "tly_test_http.h"
+#include "tly_test_util.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -83,22 +84,6 @@ static char tenant_name[128], tenant_id[320], api_key[320];
 static PGconn *db;
 static char db_start[64]; /* now() at the start, for dead letters */
 static unsigned run_counter;
-
-static int64_t
-now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
 /* xorshift: deterministic from the printed seed, thread-local state passed in. */
 static uint64_t
@@ -155,34 +140,6 @@ typedef struct {
 
 static char **stack_argv, **stack_envp; /* captured from /proc before the first kill */
 
-/* Reads a NUL-separated /proc file into a NULL-terminated vector (never freed: lives for the process). */
-static char **
-read_nul_vector(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t n;
-    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += n;
-        if (len + 1 >= cap)
-            buf = realloc(buf, cap *= 2);
-    }
-    fclose(f);
-    buf[len] = '\0';
-    size_t count = 0;
-    for (size_t i = 0; i < len; ++i)
-        count += buf[i] == '\0';
-    char **v = calloc(count + 2, sizeof(*v));
-    size_t k = 0;
-    for (size_t i = 0; i < len; i += strlen(buf + i) + 1)
-        v[k++] = buf + i;
-    v[k] = NULL;
-    return k > 0 ? v : NULL;
-}
-
 static bool
 proc_alive(pid_t pid)
 {
@@ -198,21 +155,6 @@ proc_alive(pid_t pid)
     stat[n] = '\0';
     const char *p = strrchr(stat, ')');
     return p != NULL && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
-}
-
-static pid_t
-read_stack_pid(void)
-{
-    char path[1024];
-    long pid = 0;
-    snprintf(path, sizeof(path), "%s/run/tally-worker.pid", var_dir);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    if (fscanf(f, "%ld", &pid) != 1)
-        pid = 0;
-    fclose(f);
-    return (pid_t)pid;
 }
 
 static void
@@ -276,7 +218,7 @@ worker_start(worker_t *w)
 static bool
 worker_wait(worker_t *w, int timeout_ms, int *status)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = tly_test_now_ms() + timeout_ms;
     for (;;) {
         if (w->ours) {
             pid_t r = waitpid(w->pid, status, WNOHANG);
@@ -285,9 +227,9 @@ worker_wait(worker_t *w, int timeout_ms, int *status)
         } else if (!proc_alive(w->pid)) {
             return true;
         }
-        if (now_ms() >= deadline)
+        if (tly_test_now_ms() >= deadline)
             return false;
-        sleep_ms(20);
+        tly_test_sleep_ms(20);
     }
 }
 
@@ -365,18 +307,18 @@ static void
 adopt_stack_worker(void)
 {
     char path[128];
-    pid_t pid = read_stack_pid();
+    pid_t pid = tly_test_read_pid("tally-worker");
     if (pid > 0 && proc_alive(pid)) {
         if (stack_worker.pid != pid) {
             stack_worker.pid = pid;
             stack_worker.ours = false;
         }
         snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-        char **argv = read_nul_vector(path);
+        char **argv = tly_test_read_nul_vector(path);
         if (argv != NULL && strstr(argv[0], "tally-worker") != NULL) {
             stack_argv = argv;
             snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
-            char **envp = read_nul_vector(path);
+            char **envp = tly_test_read_nul_vector(path);
             if (envp != NULL)
                 stack_envp = envp;
         }
@@ -396,7 +338,7 @@ restore_workers(void)
         fprintf(stderr, "restarting the stack's worker\n");
         worker_start(&stack_worker);
     }
-    if (read_stack_pid() != stack_worker.pid)
+    if (tly_test_read_pid("tally-worker") != stack_worker.pid)
         write_stack_pid(stack_worker.pid);
 }
 
@@ -444,7 +386,7 @@ monitor_main(void *arg)
             atomic_fetch_add(&m->samples, 1);
         }
         PQclear(res);
-        sleep_ms(100);
+        tly_test_sleep_ms(100);
     }
     PQfinish(conn);
     return NULL;
@@ -530,7 +472,7 @@ post_batch(run_t *run, int *idx, int n, bool open)
     for (int attempt = 0; n > 0 && attempt < 20; ++attempt) {
         if (attempt > 0) {
             atomic_fetch_add(&run->retried_items, n);
-            sleep_ms(100 + 50 * attempt); /* about 12 s in all: the services restart in less */
+            tly_test_sleep_ms(100 + 50 * attempt); /* about 12 s in all: the services restart in less */
         }
         json_t *reqs = json_array();
         for (int k = 0; k < n; ++k) {
@@ -607,7 +549,7 @@ sender_main(void *arg)
         }
         atomic_fetch_add(&run->sent, n);
         if (run->pace_ms > 0)
-            sleep_ms(run->pace_ms);
+            tly_test_sleep_ms(run->pace_ms);
     }
     return NULL;
 }
@@ -696,11 +638,11 @@ open_accounts(run_t *run)
     assert_true(post_batch(run, idx, NACCOUNTS, true));
     char *ids = uuid_array(run, true);
     const char *vals[] = {ids};
-    int64_t deadline = now_ms() + 60000, opened = 0;
+    int64_t deadline = tly_test_now_ms() + 60000, opened = 0;
     while ((opened = sql_i64("SELECT count(*) FROM accounts WHERE id = ANY($1::uuid[]) AND status = 'open'", 1, vals)) <
                NACCOUNTS &&
-           now_ms() < deadline)
-        sleep_ms(100);
+           tly_test_now_ms() < deadline)
+        tly_test_sleep_ms(100);
     free(ids);
     assert_int_equal(opened, NACCOUNTS);
 }
@@ -710,18 +652,18 @@ static int64_t
 wait_settled(run_t *run, int timeout_s)
 {
     const char *vals[] = {tenant_id};
-    int64_t deadline = now_ms() + (int64_t)timeout_s * 1000, left = 0, last_report = now_ms();
+    int64_t deadline = tly_test_now_ms() + (int64_t)timeout_s * 1000, left = 0, last_report = tly_test_now_ms();
     for (;;) {
         left = sql_i64("SELECT count(*) FROM command_requests cr LEFT JOIN jobs j ON j.id = cr.job_id "
                        "WHERE cr.tenant_id = $1 AND (j.id IS NULL OR j.status NOT IN ('succeeded', 'failed'))",
                        1, vals);
-        if (left == 0 || now_ms() >= deadline)
+        if (left == 0 || tly_test_now_ms() >= deadline)
             return left;
-        if (now_ms() - last_report >= 5000) {
+        if (tly_test_now_ms() - last_report >= 5000) {
             fprintf(stderr, "  ... %" PRId64 " jobs not terminal yet\n", left);
-            last_report = now_ms();
+            last_report = tly_test_now_ms();
         }
-        sleep_ms(200);
+        tly_test_sleep_ms(200);
     }
 }
 
@@ -827,8 +769,8 @@ replay_log(run_t *run, replay_stats_t *st, int64_t high_out[MAX_PARTS], int *npa
     while (seen.cap < (size_t)total * 2 + 16)
         seen.cap *= 2;
     seen.slots = calloc(seen.cap, sizeof(*seen.slots));
-    int64_t deadline = now_ms() + 120000;
-    while (pending > 0 && now_ms() < deadline) {
+    int64_t deadline = tly_test_now_ms() + 120000;
+    while (pending > 0 && tly_test_now_ms() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 500);
         if (m == NULL)
             continue;
@@ -913,7 +855,7 @@ static void
 check_positions(const int64_t *high, int nparts)
 {
     char part_s[16], off_s[32];
-    int64_t deadline = now_ms() + 30000;
+    int64_t deadline = tly_test_now_ms() + 30000;
     for (const char *consumer = "decider";; consumer = "projector") {
         for (int p = 0; p < nparts; ++p) {
             snprintf(part_s, sizeof(part_s), "%d", p);
@@ -923,8 +865,8 @@ check_positions(const int64_t *high, int nparts)
             while ((next = sql_i64("SELECT COALESCE(max(next_offset), -1) FROM consumer_positions "
                                    "WHERE consumer = $1 AND topic = $2 AND partition = $3",
                                    3, vals)) < high[p] &&
-                   now_ms() < deadline)
-                sleep_ms(100);
+                   tly_test_now_ms() < deadline)
+                tly_test_sleep_ms(100);
             if (next < high[p])
                 fail_msg("%s partition %d: position %" PRId64 " is behind the log end %" PRId64, consumer, p, next, high[p]);
         }
@@ -936,7 +878,7 @@ check_positions(const int64_t *high, int nparts)
 static void
 verify_run(run_t *run, const char *what)
 {
-    int64_t t0 = now_ms();
+    int64_t t0 = tly_test_now_ms();
     const char *tenant_vals[] = {tenant_id};
 
     /* every command request accepted, every job terminal (the caller waited) */
@@ -1074,9 +1016,9 @@ verify_run(run_t *run, const char *what)
     /* dead letters since the start of this binary; the outbox drains */
     const char *since_vals[] = {db_start};
     int64_t dead = sql_i64("SELECT count(*) FROM dead_letters WHERE created_at >= $1::timestamptz", 1, since_vals);
-    int64_t outbox = 0, deadline = now_ms() + 30000;
-    while ((outbox = sql_i64("SELECT count(*) FROM outbox", 0, NULL)) > 0 && now_ms() < deadline)
-        sleep_ms(100);
+    int64_t outbox = 0, deadline = tly_test_now_ms() + 30000;
+    while ((outbox = sql_i64("SELECT count(*) FROM outbox", 0, NULL)) > 0 && tly_test_now_ms() < deadline)
+        tly_test_sleep_ms(100);
 
     /* positions: never backwards while we watched, and at the log end now */
     monitor_stop();
@@ -1095,7 +1037,7 @@ verify_run(run_t *run, const char *what)
             "; sends retried %d items; checks took %" PRId64 " ms\n",
             what, run->ncmds, succeeded, deposits_ok, sum_dep, withdrawals_ok, sum_wd, failed_insufficient, nentries, total_balance,
             decider_total, rs.messages, rs.tenant_events, rs.duplicates, rs.requests, atomic_load(&monitor.samples),
-            atomic_load(&monitor.backwards), dead, outbox, atomic_load(&run->retried_items), now_ms() - t0);
+            atomic_load(&monitor.backwards), dead, outbox, atomic_load(&run->retried_items), tly_test_now_ms() - t0);
     if (atomic_load(&monitor.backwards) > 0)
         fprintf(stderr, "  first position that went backwards: %s\n", monitor.first_backwards);
 
@@ -1169,7 +1111,7 @@ test_kill9_torture(void **state)
     const char *n_env = getenv("TALLY_TORTURE_COMMANDS");
     int ncmds = n_env != NULL && atoi(n_env) > 0 ? atoi(n_env) : TORTURE_COMMANDS;
     uint64_t seed = pick_seed(), ks = seed * 2654435761u | 1;
-    int64_t t0 = now_ms();
+    int64_t t0 = tly_test_now_ms();
     fprintf(stderr, "torture: %d commands over %d accounts, seed %" PRIu64 "\n", ncmds, NACCOUNTS, seed);
     run_t *run = current_run = run_create(ncmds, seed);
     open_accounts(run);
@@ -1177,8 +1119,8 @@ test_kill9_torture(void **state)
     worker_t *second = &extra_workers[0];
     worker_start(second);
     monitor_start();
-    sleep_ms(1500); /* let it join the groups: the first rebalance is part of the test, not its start */
-    int64_t t_send = now_ms();
+    tly_test_sleep_ms(1500); /* let it join the groups: the first rebalance is part of the test, not its start */
+    int64_t t_send = tly_test_now_ms();
     /* paced (about 15 s of arrivals) so that the kills land while commands arrive, not only on the backlog */
     run->pace_ms = 400;
     senders_start(&current_senders, run, SENDERS);
@@ -1188,9 +1130,9 @@ test_kill9_torture(void **state)
     int kills = 0, sent_at_kill[64];
     int64_t t_sent = 0;
     while (!senders_done(run) || kills < TORTURE_MIN_KILLS) {
-        sleep_ms(rnd_between(&ks, 300, 3500));
+        tly_test_sleep_ms(rnd_between(&ks, 300, 3500));
         if (t_sent == 0 && senders_done(run))
-            t_sent = now_ms();
+            t_sent = tly_test_now_ms();
         worker_t *v = victims[rnd(&ks) % 2];
         if (kills >= TORTURE_MIN_KILLS - 2 && stack_worker.kills < 2)
             v = &stack_worker;
@@ -1200,12 +1142,12 @@ test_kill9_torture(void **state)
             sent_at_kill[kills] = atomic_load(&run->sent);
         worker_kill9(v);
         kills++;
-        sleep_ms(rnd_between(&ks, 0, 1500));
+        tly_test_sleep_ms(rnd_between(&ks, 0, 1500));
         worker_start(v);
     }
     senders_join(&current_senders);
     if (t_sent == 0)
-        t_sent = now_ms();
+        t_sent = tly_test_now_ms();
     fprintf(stderr, "torture: sent in %" PRId64 " ms; %d kills (stack worker %d, second %d), at commands sent:", t_sent - t_send,
             kills, stack_worker.kills, second->kills);
     for (int i = 0; i < kills && i < 64; ++i)
@@ -1214,47 +1156,48 @@ test_kill9_torture(void **state)
     assert_int_equal(atomic_load(&run->send_errors), 0);
 
     int64_t left = wait_settled(run, SETTLE_TIMEOUT_S);
-    fprintf(stderr, "torture: settled %" PRId64 " ms after the last command (%" PRId64 " jobs left)\n", now_ms() - t_sent, left);
+    fprintf(stderr, "torture: settled %" PRId64 " ms after the last command (%" PRId64 " jobs left)\n", tly_test_now_ms() - t_sent,
+            left);
     assert_int_equal(left, 0);
     assert_true(proc_alive(stack_worker.pid));
     assert_true(proc_alive(second->pid));
     verify_run(run, "torture");
-    fprintf(stderr, "torture: total %" PRId64 " ms\n", now_ms() - t0);
+    fprintf(stderr, "torture: total %" PRId64 " ms\n", tly_test_now_ms() - t0);
 }
 
 static void
 test_rebalance_join_leave(void **state)
 {
     uint64_t seed = pick_seed();
-    int64_t t0 = now_ms();
+    int64_t t0 = tly_test_now_ms();
     fprintf(stderr, "rebalance: %d commands over %d accounts, seed %" PRIu64 "\n", REBALANCE_COMMANDS, NACCOUNTS, seed);
     run_t *run = current_run = run_create(REBALANCE_COMMANDS, seed);
     open_accounts(run);
     worker_t *second = &extra_workers[0], *third = &extra_workers[1];
     worker_start(second);
     monitor_start();
-    sleep_ms(1500);
+    tly_test_sleep_ms(1500);
     /* paced so that the load lasts well past the third instance's stay (about 10 s in all) */
     run->pace_ms = 400;
     senders_start(&current_senders, run, 2);
-    sleep_ms(1000);
+    tly_test_sleep_ms(1000);
     int sent_join = atomic_load(&run->sent);
     char third_log[1024];
     snprintf(third_log, sizeof(third_log), "%s/log/%s.log", var_dir, third->log);
     long log_from = file_size(third_log);
-    int64_t t_join = now_ms();
+    int64_t t_join = tly_test_now_ms();
     worker_start(third);
     /* ~3 s, and at least until it holds partitions of both groups (bounded) */
     bool assigned = false;
-    while (now_ms() - t_join < 3000 || (!assigned && now_ms() - t_join < 20000)) {
-        sleep_ms(100);
+    while (tly_test_now_ms() - t_join < 3000 || (!assigned && tly_test_now_ms() - t_join < 20000)) {
+        tly_test_sleep_ms(100);
         assigned = assigned || log_shows_assignment(third, log_from);
     }
-    int64_t assigned_ms = now_ms() - t_join;
+    int64_t assigned_ms = tly_test_now_ms() - t_join;
     int sent_leave = atomic_load(&run->sent);
-    int64_t t_term = now_ms();
+    int64_t t_term = tly_test_now_ms();
     int code = worker_stop(third, 10000);
-    int64_t stop_ms = now_ms() - t_term;
+    int64_t stop_ms = tly_test_now_ms() - t_term;
     fprintf(stderr,
             "rebalance: third joined at %d commands sent, held partitions: %s, left after %" PRId64
             " ms at %d commands sent, exited %d %" PRId64 " ms after SIGTERM\n",
@@ -1264,13 +1207,13 @@ test_rebalance_join_leave(void **state)
     assert_true(stop_ms <= 10000);
     assert_true(sent_leave < run->ncmds); /* it left during the load */
     senders_join(&current_senders);
-    int64_t t_sent = now_ms();
+    int64_t t_sent = tly_test_now_ms();
     assert_int_equal(atomic_load(&run->send_errors), 0);
     int64_t left = wait_settled(run, SETTLE_TIMEOUT_S);
-    fprintf(stderr, "rebalance: settled %" PRId64 " ms after the last command\n", now_ms() - t_sent);
+    fprintf(stderr, "rebalance: settled %" PRId64 " ms after the last command\n", tly_test_now_ms() - t_sent);
     assert_int_equal(left, 0);
     verify_run(run, "rebalance");
-    fprintf(stderr, "rebalance: total %" PRId64 " ms\n", now_ms() - t0);
+    fprintf(stderr, "rebalance: total %" PRId64 " ms\n", tly_test_now_ms() - t0);
 }
 
 /* --- setup ------------------------------------------------------------------------- */
@@ -1313,7 +1256,7 @@ create_tenant_and_key(void)
         tly_test_response_free(&r);
         if (status == 404)
             return 0;
-        sleep_ms(200);
+        tly_test_sleep_ms(200);
     }
     return -1;
 }

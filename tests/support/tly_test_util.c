@@ -1,0 +1,114 @@
+/* Non-HTTP helpers of the stack tests. See tly_test_util.h. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "tly_test_http.h"
+#include "tly_test_util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t
+tly_test_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void
+tly_test_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+void
+tly_test_sh(const char *cmd, char *out, size_t cap)
+{
+    char line[512] = "";
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    if (out != NULL)
+        out[0] = '\0';
+    while (fgets(line, sizeof(line), p) != NULL)
+        if (out != NULL && out[0] == '\0')
+            snprintf(out, cap, "%s", line);
+    assert_int_equal(pclose(p), 0);
+    if (out != NULL)
+        out[strcspn(out, "\r\n")] = '\0';
+}
+
+void
+tly_test_make_tenant(const char *prefix, int rate, char *tenant, size_t tenant_cap, char *key, size_t key_cap)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants create --name %s-%d-%ld", prefix, (int)getpid(), (long)time(NULL));
+    tly_test_sh(cmd, tenant, tenant_cap);
+    snprintf(cmd, sizeof(cmd),
+             "\"$TALLY_BIN/tallyctl\" keys create --tenant %s --scopes read,write --rate %d --burst %d 2>/dev/null", tenant, rate,
+             rate);
+    tly_test_sh(cmd, key, key_cap);
+    /* the APIs load new keys within a second */
+    for (int i = 0; i < 100; ++i) {
+        tly_test_response_t r = tly_test_request("GET", "/v1/accounts?limit=1", key, NULL, NULL);
+        long status = r.status;
+        tly_test_response_free(&r);
+        if (status == 200)
+            return;
+        tly_test_sleep_ms(100);
+    }
+    fail_msg("key of %s never became usable", tenant);
+}
+
+char **
+tly_test_read_nul_vector(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 1 << 16, len = 0, n;
+    char *buf = malloc(cap);
+    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += n;
+        if (len + 1 >= cap)
+            buf = realloc(buf, cap *= 2);
+    }
+    fclose(f);
+    buf[len] = '\0';
+    size_t count = 0;
+    for (size_t i = 0; i < len; ++i)
+        count += buf[i] == '\0';
+    char **v = calloc(count + 2, sizeof(*v));
+    size_t k = 0;
+    for (size_t i = 0; i < len; i += strlen(buf + i) + 1)
+        v[k++] = buf + i;
+    v[k] = NULL;
+    return k > 0 ? v : NULL;
+}
+
+pid_t
+tly_test_read_pid(const char *name)
+{
+    char path[1024];
+    long pid = 0;
+    const char *var = tly_test_env("TALLY_VAR");
+    if (var == NULL)
+        return 0;
+    snprintf(path, sizeof(path), "%s/run/%s.pid", var, name);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%ld", &pid) != 1)
+        pid = 0;
+    fclose(f);
+    return (pid_t)pid;
+}

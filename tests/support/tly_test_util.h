@@ -1,0 +1,37 @@
+/*
+ * Helpers shared by the stack tests that are not HTTP: clocks, running a
+ * shell command, a tenant with its own key, reading a process's NUL-separated
+ * /proc vectors (to restart a worker with its own command line).
+ */
+#ifndef TLY_TEST_UTIL_H
+#define TLY_TEST_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/** Monotonic milliseconds. */
+int64_t tly_test_now_ms(void);
+/** Sleeps `ms`, resumed across signals. */
+void tly_test_sleep_ms(int ms);
+
+/**
+ * Runs `cmd` with /bin/sh; fails the test unless it exits 0. The first line of
+ * its output (without the newline) goes to `out` when `out` is not NULL.
+ */
+void tly_test_sh(const char *cmd, char *out, size_t cap);
+
+/**
+ * Creates a tenant named `prefix`-<pid>-<time> and a read/write key for it
+ * with a contract rate of `rate`/s (burst the same) through $TALLY_BIN/tallyctl,
+ * then waits (bounded) until the APIs accept the key.
+ */
+void tly_test_make_tenant(const char *prefix, int rate, char *tenant, size_t tenant_cap, char *key, size_t key_cap);
+
+/** The pid in $TALLY_VAR/run/<name>.pid (what the stack started), or 0. */
+pid_t tly_test_read_pid(const char *name);
+
+/** Reads a NUL-separated file (/proc/<pid>/cmdline, environ) into a NULL-ended vector; NULL when empty or unreadable. */
+char **tly_test_read_nul_vector(const char *path);
+
+#endif
