@@ -1,8 +1,11 @@
 /*
- * The conditional-GET cache: per thread, the latest version of accounts and
- * transfers this thread has read, kept current by the tally_versions channel
- * (migrations/0004_version_notify.sql), so that If-None-Match on a resource
- * whose tag is still current is answered 304 without a database read.
+ * The read cache: per thread, the latest version of the accounts and
+ * transfers this thread has read, with the body of that version, kept
+ * current by the tally_versions channel (migrations/0004_version_notify.sql),
+ * so that a read of a resource whose current version is in memory is
+ * answered without a database read: 200 with the body, or 304 when
+ * If-None-Match names it. Only bodies under the gzip threshold are kept, so
+ * an answer from memory has exactly the headers the database path gives.
  *
  * Correctness rests on three rules:
  *   - versions only grow, and every entry takes the highest version it has
@@ -36,8 +39,9 @@ typedef struct st_slot_t {
     tly_uuid_t id;
     tly_uuid_t tenant;
     int64_t version;      /* 0: empty */
-    int64_t read_version; /* the version whose body this thread read: its size decides the headers */
-    bool small;           /* that body was under the gzip threshold (no Vary, strong ETag whatever the client accepts) */
+    int64_t read_version; /* the version whose body this thread read */
+    char *body;           /* that body, when it is under the gzip threshold (no Vary, strong ETag); else NULL */
+    size_t body_len;
     char kind;
 } slot_t;
 
@@ -53,7 +57,7 @@ struct st_qa_versions_t {
     size_t nsets;          /* power of two */
     unsigned victim;
     slot_t *slots; /* nsets * WAYS */
-    tly_series_t *hits;
+    tly_series_t *hits_200, *hits_304;
 };
 
 static uint64_t
@@ -87,23 +91,36 @@ find(qa_versions_t *v, char kind, const tly_uuid_t *id)
     return NULL;
 }
 
-/* A slot for a new entry: an empty one, else a victim, whose readers in flight must not store what they read. */
+static void
+slot_reset(slot_t *s)
+{
+    free(s->body);
+    memset(s, 0, sizeof(*s));
+}
+
+/* An empty slot for a new entry: a free one, else a victim, whose readers in flight must not store what they read. */
 static slot_t *
 claim(qa_versions_t *v, char kind, const tly_uuid_t *id)
 {
-    slot_t *set = &v->slots[set_of(v, kind, id)];
-    for (int w = 0; w < WAYS; ++w)
+    slot_t *set = &v->slots[set_of(v, kind, id)], *s = NULL;
+    for (int w = 0; w < WAYS && s == NULL; ++w)
         if (set[w].version == 0)
-            return &set[w];
-    slot_t *victim = &set[v->victim++ % WAYS];
-    ++*heard_of(v, victim->kind, &victim->id);
-    return victim;
+            s = &set[w];
+    if (s == NULL) {
+        s = &set[v->victim++ % WAYS];
+        ++*heard_of(v, s->kind, &s->id);
+        slot_reset(s);
+    }
+    s->id = *id;
+    s->kind = kind;
+    return s;
 }
 
 static void
 clear(qa_versions_t *v)
 {
-    memset(v->slots, 0, v->nsets * WAYS * sizeof(slot_t));
+    for (size_t i = 0; i < v->nsets * WAYS; ++i)
+        slot_reset(&v->slots[i]);
     ++v->gen;
 }
 
@@ -194,9 +211,12 @@ qa_versions_create(query_thread_t *thr, const char *dsn, size_t capacity)
     if (v == NULL)
         abort();
     v->thr = thr;
-    v->hits = tly_metric_s0(tly_metrics_counter(tly_metrics_default(), "tally_not_modified_from_memory_total",
-                                                "304 answers given from the conditional-GET cache, without a database read.",
-                                                NULL, 1));
+    tly_metric_t *m = tly_metrics_counter(tly_metrics_default(), "tally_reads_from_memory_total",
+                                          "Account and transfer reads answered from the version cache, without a database "
+                                          "read, by status (200 or 304).",
+                                          "status", 2);
+    v->hits_200 = tly_metric_s1(m, "200");
+    v->hits_304 = tly_metric_s1(m, "304");
     v->nsets = 1;
     while (v->nsets * WAYS < capacity)
         v->nsets <<= 1;
@@ -215,6 +235,7 @@ qa_versions_destroy(qa_versions_t *v)
         return;
     if (v->listen != NULL)
         tly_pglisten_destroy(v->listen);
+    clear(v);
     free(v->slots);
     free(v);
 }
@@ -243,42 +264,48 @@ qa_versions_ticket(qa_versions_t *v, char kind, const tly_uuid_t *id)
 }
 
 bool
-qa_versions_lookup(qa_versions_t *v, char kind, const tly_uuid_t *id, const tly_uuid_t *tenant, int64_t *version)
+qa_versions_lookup(qa_versions_t *v, char kind, const tly_uuid_t *id, const tly_uuid_t *tenant, int64_t *version, const char **body,
+                   size_t *body_len)
 {
     if (!usable(v))
         return false;
     slot_t *s = find(v, kind, id);
-    /* only a version whose small body this thread read: a 304 must carry the headers its 200 would */
-    if (s == NULL || memcmp(&s->tenant, tenant, sizeof(*tenant)) != 0 || s->version != s->read_version || !s->small)
+    /* only the current version whose (small) body this thread read: the answer must be the one the database would give */
+    if (s == NULL || memcmp(&s->tenant, tenant, sizeof(*tenant)) != 0 || s->version != s->read_version || s->body == NULL)
         return false;
     *version = s->version;
+    *body = s->body;
+    *body_len = s->body_len;
     return true;
 }
 
 void
-qa_versions_hit(qa_versions_t *v)
+qa_versions_hit(qa_versions_t *v, int status)
 {
-    tly_counter_add(v->hits, 1);
+    tly_counter_add(status == 304 ? v->hits_304 : v->hits_200, 1);
 }
 
 void
 qa_versions_note(qa_versions_t *v, qa_versions_ticket_t ticket, char kind, const tly_uuid_t *id, const tly_uuid_t *tenant,
-                 int64_t version, bool small)
+                 int64_t version, const char *body, size_t body_len, size_t body_max)
 {
     if (!ticket.valid || !usable(v) || v->gen != ticket.gen || *heard_of(v, kind, id) != ticket.heard || version <= 0)
         return;
     slot_t *s = find(v, kind, id);
-    if (s == NULL) {
+    if (s == NULL)
         s = claim(v, kind, id);
-        memset(s, 0, sizeof(*s));
-        s->id = *id;
-        s->kind = kind;
-    }
     s->tenant = *tenant;
     if (version > s->version)
         s->version = version;
-    if (version >= s->read_version) {
+    if (version > s->read_version || (version == s->read_version && s->body == NULL)) {
+        free(s->body);
+        s->body = NULL;
+        s->body_len = 0;
         s->read_version = version;
-        s->small = small;
+        if (body_len <= body_max && (s->body = malloc(body_len + 1)) != NULL) {
+            memcpy(s->body, body, body_len);
+            s->body[body_len] = '\0';
+            s->body_len = body_len;
+        }
     }
 }

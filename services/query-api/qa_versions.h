@@ -1,8 +1,8 @@
 /*
- * The query API's conditional-GET cache (qa_versions.c): the latest version
- * of the accounts and transfers a thread has read, kept current by the
- * tally_versions channel, so a still-current If-None-Match is answered 304
- * without reading the database.
+ * The query API's read cache (qa_versions.c): the latest version of the
+ * accounts and transfers a thread has read, with that version's body, kept
+ * current by the tally_versions channel, so a read of a current version is
+ * answered (200, or 304 for a matching If-None-Match) without the database.
  */
 #ifndef TALLY_QA_VERSIONS_H
 #define TALLY_QA_VERSIONS_H
@@ -33,19 +33,23 @@ void qa_versions_check(qa_versions_t *v);
 /** Taken before reading resource `id` of `kind` ('a' account, 't' transfer). */
 qa_versions_ticket_t qa_versions_ticket(qa_versions_t *v, char kind, const tly_uuid_t *id);
 
-/** The version the cache knows as current for the tenant's resource, if this thread read its (small) body; false when it cannot
- * say. */
-bool qa_versions_lookup(qa_versions_t *v, char kind, const tly_uuid_t *id, const tly_uuid_t *tenant, int64_t *version);
+/**
+ * The current version of the tenant's resource and its body (borrowed until
+ * the loop runs again), when this thread read that version; false when the
+ * cache cannot say.
+ */
+bool qa_versions_lookup(qa_versions_t *v, char kind, const tly_uuid_t *id, const tly_uuid_t *tenant, int64_t *version,
+                        const char **body, size_t *body_len);
 
-/** Counts a 304 answered from the cache (tally_not_modified_from_memory_total). */
-void qa_versions_hit(qa_versions_t *v);
+/** Counts a read answered from the cache (tally_reads_from_memory_total{status}). */
+void qa_versions_hit(qa_versions_t *v, int status);
 
 /**
- * Stores the version a read returned, unless the ticket says something was
- * missed meanwhile. `small`: its body is under the gzip threshold; only such
- * versions are answered from the cache (their 304 has no Vary and a strong tag).
+ * Stores the version a read returned, and its body when it is at most
+ * `body_max` bytes (only such versions are answered from the cache), unless
+ * the ticket says something was missed meanwhile.
  */
 void qa_versions_note(qa_versions_t *v, qa_versions_ticket_t ticket, char kind, const tly_uuid_t *id, const tly_uuid_t *tenant,
-                      int64_t version, bool small);
+                      int64_t version, const char *body, size_t body_len, size_t body_max);
 
 #endif

@@ -112,9 +112,9 @@ const tly_config_def_t tly_query_api_settings[] = {
      "how often API key changes (revocations) are loaded"},
     {"cursor-secret", "TALLY_CURSOR_SECRET", TLY_CONFIG_STRING, "", 0, 0, OFF(cursor_secret),
      "key that signs page cursors; the same on every instance (unset: random, cursors die with the process)"},
-    {"version-cache", "TALLY_VERSION_CACHE", TLY_CONFIG_INT, "65536", 0, 16777216, OFF(version_cache),
-     "accounts and transfers per thread whose current version is kept to answer If-None-Match without a database read "
-     "(0: always read)"},
+    {"read-cache", "TALLY_READ_CACHE", TLY_CONFIG_INT, "16384", 0, 16777216, OFF(version_cache),
+     "accounts and transfers per thread kept in memory (current version and body, under 1 KiB each) to answer reads "
+     "without the database (0: always read the database)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
 #undef OFF
 };
@@ -137,31 +137,31 @@ on_resource(void *data, PGresult *res, const char *err)
     } else {
         snprintf(etag, sizeof(etag), "\"%s-v%s\"", op->what, PQgetvalue(res, 0, 1));
         qa_versions_note(op->thr->versions, op->ticket, op->what[0], &op->id, &op->api.principal.tenant_id,
-                         strtoll(PQgetvalue(res, 0, 1), NULL, 10), PQgetlength(res, 0, 0) <= QA_GZIP_MIN);
+                         strtoll(PQgetvalue(res, 0, 1), NULL, 10), PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0),
+                         QA_GZIP_MIN);
         qa_send_json(op, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0), etag);
     }
     qa_op_destroy(op);
 }
 
 /*
- * If-None-Match naming the version the cache knows as current: 304 at once.
- * Same headers as the database path would send for a body under the gzip
- * threshold (accounts and transfers are), so a client cannot tell them apart.
+ * A resource whose current version this thread has read is answered from
+ * memory: the same body and ETag (and 304 for a matching If-None-Match) the
+ * database path would give, since only bodies under the gzip threshold are kept.
  */
 static bool
-not_modified_from_cache(query_op_t *op)
+answered_from_memory(query_op_t *op)
 {
-    h2o_iovec_t inm = tly_http_header(op->api.req, "if-none-match");
     int64_t version;
+    const char *body;
+    size_t len;
     char etag[48];
-    if (inm.base == NULL || !qa_versions_lookup(op->thr->versions, op->what[0], &op->id, &op->api.principal.tenant_id, &version))
+    if (!qa_versions_lookup(op->thr->versions, op->what[0], &op->id, &op->api.principal.tenant_id, &version, &body, &len))
         return false;
     snprintf(etag, sizeof(etag), "\"%s-v%lld\"", op->what, (long long)version);
-    if (!qa_etag_matches(inm.base, inm.len, etag))
-        return false;
-    tly_http_add_header(op->api.req, "etag", etag);
-    tly_api_send(&op->api, 304, NULL, "", 0);
-    qa_versions_hit(op->thr->versions);
+    h2o_iovec_t inm = tly_http_header(op->api.req, "if-none-match");
+    qa_versions_hit(op->thr->versions, inm.base != NULL && qa_etag_matches(inm.base, inm.len, etag) ? 304 : 200);
+    qa_send_json(op, body, len, etag);
     return true;
 }
 
@@ -208,7 +208,7 @@ start_resource(query_op_t *op, h2o_iovec_t seg, const char *what, const char *ro
         qa_job_start(op);
         return;
     }
-    if (not_modified_from_cache(op)) {
+    if (answered_from_memory(op)) {
         qa_op_destroy(op);
         return;
     }

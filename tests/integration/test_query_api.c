@@ -435,13 +435,21 @@ test_cross_tenant(void **state)
 /* --- conditional GETs answered from memory ----------------------------------- */
 
 static long
+reads_from_memory(const char *status)
+{
+    char out[64] = "", cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "curl -fsS \"$TALLY_QUERY_ADMIN_URL/metrics\" | awk '$1 == \"tally_reads_from_memory_total{status=\\\"%s\\\"}\" "
+             "{ print $2 }'",
+             status);
+    tly_test_sh(cmd, out, sizeof(out));
+    return strtol(out, NULL, 10);
+}
+
+static long
 memory_304s(void)
 {
-    char out[64] = "";
-    tly_test_sh("curl -fsS \"$TALLY_QUERY_ADMIN_URL/metrics\" | awk '$1 == \"tally_not_modified_from_memory_total\" "
-                "{ print $2 }'",
-                out, sizeof(out));
-    return strtol(out, NULL, 10);
+    return reads_from_memory("304");
 }
 
 /* GET with If-None-Match: the status, and the ETag answered into `etag` (may be NULL). */
@@ -503,6 +511,16 @@ test_conditional_get_from_memory(void **state)
         assert_int_equal(get_inm(path, key_a, e1, NULL), 200);
     for (int i = 0; i < 4; ++i)
         assert_int_equal(get_inm(path, key_a, e2, NULL), 304);
+    long before200 = reads_from_memory("200");
+    for (int i = 0; i < 8; ++i) { /* plain reads: the new body, from memory or not, never the old one */
+        tly_test_response_t g = tly_test_request("GET", path, key_a, NULL, NULL);
+        assert_int_equal(g.status, 200);
+        assert_int_equal(json_integer_value(json_object_get(g.json, "balance")), 5);
+        assert_true(tly_test_header(&g, "etag", etag, sizeof(etag)));
+        assert_string_equal(etag, e2);
+        tly_test_response_free(&g);
+    }
+    assert_true(reads_from_memory("200") > before200);
 
     /* without the trigger the memory is not trusted: 304s still right, all from the database */
     psql("DROP TRIGGER accounts_notify_versions ON accounts; NOTIFY tally_versions, '*'");
