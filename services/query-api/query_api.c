@@ -165,6 +165,9 @@ on_resource(void *data, PGresult *res, const char *err)
         qa_read_failed(op, res, err);
     } else if (PQntuples(res) == 0) {
         snprintf(detail, sizeof(detail), "no such %s", op->what);
+        for (char *c = detail; *c != '\0'; ++c)
+            if (*c == '-') /* "webhook-endpoint" names the ETag; the sentence says "webhook endpoint" */
+                *c = ' ';
         tly_api_problem(&op->api, 404, "not_found", detail, NULL);
     } else {
         snprintf(etag, sizeof(etag), "\"%s-v%s\"", op->what, PQgetvalue(res, 0, 1));

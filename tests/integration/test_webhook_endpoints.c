@@ -426,6 +426,12 @@ free_port(void)
     return ntohs(a.sin_port);
 }
 
+static size_t
+discard(char *p, size_t size, size_t n, void *ud)
+{
+    return size * n;
+}
+
 /* A command API on a free port with TALLY_WEBHOOK_ALLOW_PRIVATE=`allow`; `base` gets its URL. */
 static pid_t
 start_api(const char *allow, char *base, size_t cap)
@@ -458,13 +464,15 @@ start_api(const char *allow, char *base, size_t cap)
         long status = 0;
         snprintf(url, sizeof(url), "%s/readyz", base);
         curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
         if (curl_easy_perform(c) == CURLE_OK)
             curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_cleanup(c);
         if (status == 200)
             break;
         tly_test_sleep_ms(100);
+        if (i == 149)
+            fail_msg("the command API at %s never became ready; see %s", base, log_path);
     }
     setenv("TALLY_URL", saved, 1);
     free((void *)saved);
@@ -734,6 +742,7 @@ test_tenant_walls(void **state)
     tly_test_response_t theirs = call("GET", path, key_b, NULL);
     assert_int_equal(theirs.status, 404);
     assert_string_equal(theirs.body, mine.body);
+    assert_string_equal(jstr(theirs.json, "detail"), "no such webhook endpoint");
     tly_test_response_free(&mine);
     tly_test_response_free(&theirs);
     expect("PATCH", path, key_b, "{\"url\":\"https://evil.example.com/\"}", 404, "not_found");
@@ -835,6 +844,7 @@ setup(void **state)
         return -1;
     setenv("TALLY_PG_DSN", tly_test_env("TALLY_PG_DSN"), 1);
     setenv("TALLY_BIN", tly_test_env("TALLY_BIN"), 1);
+    setenv("TALLY_URL", tly_test_env("TALLY_URL"), 1); /* start_api swaps it */
     curl_global_init(CURL_GLOBAL_ALL);
     db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
     if (PQstatus(db) != CONNECTION_OK)
