@@ -107,6 +107,12 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
                                                "AND ($4::uuid IS NULL OR from_account = $4::uuid OR to_account = $4::uuid) "
                                                "AND ($5::text IS NULL OR status = $5::text) ORDER BY created_at, id LIMIT $6::int",
                              6},
+    /* The triggers that feed the conditional-GET cache exist on the live tables (2). */
+    [STMT_VERSION_TRIGGERS] = {"version_triggers",
+                               "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND (tgname, tgrelid) IN "
+                               "(('accounts_notify_versions', 'public.accounts'::regclass), "
+                               "('transfers_notify_versions', 'public.transfers'::regclass))",
+                               0},
     /* clang-format off */
     [STMT_WEBHOOK_ENDPOINT] = {"get_webhook_endpoint",
         "SELECT " WEBHOOK_ENDPOINT_JSON ", version FROM webhook_endpoints "
@@ -147,6 +153,9 @@ const tly_config_def_t tly_query_api_settings[] = {
      "how often API key changes (revocations) are loaded"},
     {"cursor-secret", "TALLY_CURSOR_SECRET", TLY_CONFIG_STRING, "", 0, 0, OFF(cursor_secret),
      "key that signs page cursors; the same on every instance (unset: random, cursors die with the process)"},
+    {"read-cache", "TALLY_READ_CACHE", TLY_CONFIG_INT, "16384", 0, 16777216, OFF(version_cache),
+     "accounts and transfers per thread kept in memory (current version and body, under 1 KiB each) to answer reads "
+     "without the database (0: always read the database)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
 #undef OFF
 };
@@ -155,6 +164,17 @@ const size_t tly_query_api_nsettings = sizeof(tly_query_api_settings) / sizeof(t
 static tly_keycache_t *shared_keys;
 static uint8_t cursor_key[64];
 static size_t cursor_keylen;
+
+/*
+ * Whether the read cache (qa_versions.c) may hold this kind of resource: only
+ * what the tally_versions triggers announce (accounts, transfers). A webhook
+ * endpoint changes without a notification, so it is always read afresh.
+ */
+static bool
+cacheable(const char *what)
+{
+    return strcmp(what, "account") == 0 || strcmp(what, "transfer") == 0;
+}
 
 static void
 on_resource(void *data, PGresult *res, const char *err)
@@ -171,9 +191,34 @@ on_resource(void *data, PGresult *res, const char *err)
         tly_api_problem(&op->api, 404, "not_found", detail, NULL);
     } else {
         snprintf(etag, sizeof(etag), "\"%s-v%s\"", op->what, PQgetvalue(res, 0, 1));
+        if (cacheable(op->what))
+            qa_versions_note(op->thr->versions, op->ticket, op->what[0], &op->id, &op->api.principal.tenant_id,
+                             strtoll(PQgetvalue(res, 0, 1), NULL, 10), PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0),
+                             QA_GZIP_MIN);
         qa_send_json(op, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0), etag);
     }
     qa_op_destroy(op);
+}
+
+/*
+ * A resource whose current version this thread has read is answered from
+ * memory: the same body and ETag (and 304 for a matching If-None-Match) the
+ * database path would give, since only bodies under the gzip threshold are kept.
+ */
+static bool
+answered_from_memory(query_op_t *op)
+{
+    int64_t version;
+    const char *body;
+    size_t len;
+    char etag[48];
+    if (!qa_versions_lookup(op->thr->versions, op->what[0], &op->id, &op->api.principal.tenant_id, &version, &body, &len))
+        return false;
+    snprintf(etag, sizeof(etag), "\"%s-v%lld\"", op->what, (long long)version);
+    h2o_iovec_t inm = tly_http_header(op->api.req, "if-none-match");
+    qa_versions_hit(op->thr->versions, inm.base != NULL && qa_etag_matches(inm.base, inm.len, etag) ? 304 : 200);
+    qa_send_json(op, body, len, etag);
+    return true;
 }
 
 /* Parses the {id} segment; replies 422 itself when it is not a uuid. */
@@ -219,10 +264,16 @@ start_resource(query_op_t *op, h2o_iovec_t seg, const char *what, const char *ro
         qa_job_start(op);
         return;
     }
+    if (cacheable(what) && answered_from_memory(op)) {
+        qa_op_destroy(op);
+        return;
+    }
     const char *params[2] = {op->id_text, op->tenant};
     size_t stmt = strcmp(what, "transfer") == 0           ? STMT_TRANSFER
                   : strcmp(what, "webhook-endpoint") == 0 ? STMT_WEBHOOK_ENDPOINT
                                                           : STMT_ACCOUNT;
+    if (cacheable(what))
+        op->ticket = qa_versions_ticket(op->thr->versions, what[0], &op->id);
     tly_pgpool_exec(op->thr->pg, stmt, params, on_resource, op);
 }
 
@@ -323,6 +374,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->cursor_keylen = cursor_keylen;
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, qa_statements, STMT__COUNT);
     qa_jobs_thread_init(thr, cfg->pg_dsn);
+    thr->versions = qa_versions_create(thr, cfg->pg_dsn, (size_t)cfg->version_cache);
     return thr;
 }
 
@@ -337,6 +389,7 @@ thread_dispose(void *app)
 {
     query_thread_t *thr = app;
     qa_jobs_thread_dispose(thr); /* destroys the pool too, after the waiters */
+    qa_versions_destroy(thr->versions);
     free(thr);
 }
 

@@ -6,6 +6,7 @@
 #define TALLY_QUERY_INTERNAL_H
 
 #include "qa_params.h"
+#include "qa_versions.h"
 #include "tally/api.h"
 #include "tally/keycache.h"
 #include "tally/pgasync.h"
@@ -16,6 +17,8 @@
 #include <stdint.h>
 
 #define QA_WAITER_BUCKETS 1024
+/* Bodies over this many bytes are gzip-compressed for clients that accept it (and vary on Accept-Encoding). */
+#define QA_GZIP_MIN 1024
 /* The channel the projector NOTIFYs with a job id when a job becomes terminal. */
 #define QA_JOBS_CHANNEL "tally_jobs"
 
@@ -26,6 +29,7 @@ enum {
     STMT_LIST_ENTRIES,
     STMT_TRANSFER,
     STMT_LIST_TRANSFERS,
+    STMT_VERSION_TRIGGERS,
     STMT_WEBHOOK_ENDPOINT,
     STMT_LIST_WEBHOOK_ENDPOINTS,
     STMT_LIST_WEBHOOK_DELIVERIES,
@@ -40,6 +44,7 @@ typedef struct st_query_thread_t {
     tly_keycache_t *keys;
     tly_pgpool_t *pg;
     tly_pglisten_t *listen;
+    qa_versions_t *versions;   /* If-None-Match answered from memory (qa_versions.c) */
     const uint8_t *cursor_key; /* shared by every thread, read-only */
     size_t cursor_keylen;
     size_t inflight;
@@ -58,6 +63,7 @@ struct st_query_op_t {
     char id_text[TLY_UUID_STR_LEN + 1];
     char tenant[TLY_UUID_STR_LEN + 1];
     tly_uuid_t id;
+    qa_versions_ticket_t ticket; /* taken when a single account or transfer is read */
     /* lists */
     qa_list_query_t list;
     uint8_t filters[16];
