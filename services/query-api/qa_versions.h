@@ -52,4 +52,8 @@ void qa_versions_hit(qa_versions_t *v, int status);
 void qa_versions_note(qa_versions_t *v, qa_versions_ticket_t ticket, char kind, const tly_uuid_t *id, const tly_uuid_t *tenant,
                       int64_t version, const char *body, size_t body_len, size_t body_max);
 
+/* For tests: a cache without a connection that trusts itself, and a way to hand it a notification's payload. */
+qa_versions_t *qa_versions_create_offline(size_t capacity);
+void qa_versions_notify(qa_versions_t *v, const char *payload);
+
 #endif
