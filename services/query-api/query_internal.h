@@ -30,6 +30,9 @@ enum {
     STMT_TRANSFER,
     STMT_LIST_TRANSFERS,
     STMT_VERSION_TRIGGERS,
+    STMT_WEBHOOK_ENDPOINT,
+    STMT_LIST_WEBHOOK_ENDPOINTS,
+    STMT_LIST_WEBHOOK_DELIVERIES,
     STMT__COUNT,
 };
 extern const tly_pg_statement_t qa_statements[STMT__COUNT];
@@ -66,6 +69,7 @@ struct st_query_op_t {
     uint8_t filters[16];
     const char *base_path;    /* "/v1/accounts" or "/v1/accounts/{id}/entries", from the pool */
     char transfer_status[16]; /* GET /v1/transfers?status= ("" when not given); the account goes in id_text */
+    char delivery_status[16]; /* GET /v1/webhook-endpoints/{id}/deliveries?status= ("" when not given) */
     /* long-poll (jobs with Prefer: wait) */
     int wait_s;              /* -1: no wait preference */
     bool waiting;            /* linked in the waiter map and a wait timeout */
@@ -124,6 +128,11 @@ void qa_list_start(query_op_t *op, qa_list_t list, h2o_iovec_t account_seg);
 
 /** GET /v1/transfers?account=&status=: parses, validates and queries, or replies (qa_transfers.c). */
 void qa_transfers_list_start(query_op_t *op);
+
+/** GET /v1/webhook-endpoints: parses, validates and queries, or replies (qa_webhooks.c). */
+void qa_webhooks_list_start(query_op_t *op);
+/** GET /v1/webhook-endpoints/{id}/deliveries?status=: parses, validates and queries, or replies (qa_webhooks.c). */
+void qa_webhooks_deliveries_start(query_op_t *op, h2o_iovec_t endpoint_seg);
 
 /** GET /v1/jobs/{id}: reads the job, holding the request for Prefer: wait=N. */
 void qa_job_start(query_op_t *op);
