@@ -258,6 +258,7 @@ struct st_tly_ctl_replay_t {
     uint8_t (*fresh)[16];
     size_t nfresh, fresh_cap;
     rd_kafka_message_t **msgs;
+    tly_projection_batch_t *batch; /* the fast path: the batch's events folded, one statement per table */
     /* statistics */
     int64_t processed, applied, dups, failed, skipped;
     int64_t t0_us, last_print_us, phase_total;
@@ -677,6 +678,29 @@ apply_one(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t
     return record_failure(r, m, env, why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
 }
 
+/* Why the last write of the batch failed: PostgreSQL trouble, or (redo with savepoints) an event's own. */
+static ev_result_t
+write_failure(tly_ctl_replay_t *r)
+{
+    return tly_pgx_last_transient(r->conn) ? EV_TRANSIENT : EV_FAILED;
+}
+
+/* The fast path: folds the event into the batch (written by flush_batch); the same code as the live projector's batches. */
+static ev_result_t
+fold_one(tly_ctl_replay_t *r, const tly_envelope_t *env, char *err, size_t errcap)
+{
+    int a = tly_projection_batch_add(r->batch, env, err, errcap);
+    if (a == 1) { /* cannot be folded after what the batch holds: write that first */
+        if (tly_projection_batch_flush(r->batch, r->conn, err, errcap) != 0)
+            return write_failure(r);
+        a = tly_projection_batch_add(r->batch, env, err, errcap);
+    }
+    if (a != 0)
+        return EV_FAILED;
+    r->applied++;
+    return EV_OK;
+}
+
 static ev_result_t
 process(tly_ctl_replay_t *r, const rd_kafka_message_t *m, bool slow, char *err, size_t errcap)
 {
@@ -722,7 +746,7 @@ process(tly_ctl_replay_t *r, const rd_kafka_message_t *m, bool slow, char *err, 
     } else {
         idset_add(&r->seen, up.id.b);
         fresh_push(r, up.id.b);
-        res = apply_one(r, m, &up, slow, err, errcap);
+        res = slow ? apply_one(r, m, &up, slow, err, errcap) : fold_one(r, &up, err, errcap);
     }
     tly_envelope_clear(&up);
     return res;
@@ -832,13 +856,15 @@ forget_fresh(tly_ctl_replay_t *r, size_t from)
 
 /*
  * Applies msgs[0, n) and the positions. own_tx: in a transaction of its own,
- * committed; else inside the final transaction (always with savepoints).
+ * committed; else inside the final transaction, under a savepoint. First
+ * folded and written set-based (projection.h); when that fails for an
+ * event's own reason, redone with a savepoint per event to isolate it.
  * Returns 0, -1 fatal, -2 transient (rolled back when own_tx).
  */
 static int
 run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
 {
-    bool slow = !own_tx;
+    bool slow = false;
     counters_t before;
     size_t fresh_from = r->nfresh;
     counters_save(r, &before);
@@ -847,24 +873,32 @@ run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
         abort();
     memcpy(staged0, r->staged, sizeof(int64_t) * (size_t)r->nparts);
     int ret = -2;
+    if (r->batch == NULL)
+        r->batch = tly_projection_batch_create(r->mask);
     for (;;) {
-        if (own_tx && exec(r, "BEGIN", err, errcap) != 0)
+        tly_pgx_reset_last();
+        tly_projection_batch_reset(r->batch);
+        if (exec(r, own_tx ? "BEGIN" : "SAVEPOINT batch", err, errcap) != 0)
             goto out;
         ev_result_t res = EV_OK;
         for (int i = 0; i < n && res == EV_OK; ++i) {
             res = process(r, r->msgs[i], slow, err, errcap);
             r->staged[r->msgs[i]->partition] = r->msgs[i]->offset + 1;
         }
+        if (res == EV_OK && !slow && tly_projection_batch_flush(r->batch, r->conn, err, errcap) != 0)
+            res = write_failure(r);
         if (res == EV_OK && save_dedup(r, fresh_from, err, errcap) != 0)
             res = EV_TRANSIENT;
         if (res == EV_OK && save_positions(r, err, errcap) != 0)
             res = EV_TRANSIENT;
-        if (res == EV_OK && own_tx && exec(r, "COMMIT", err, errcap) != 0)
+        if (res == EV_OK && exec(r, own_tx ? "COMMIT" : "RELEASE SAVEPOINT batch", err, errcap) != 0)
             res = EV_TRANSIENT;
         if (res == EV_OK)
             break;
         if (own_tx)
             rollback(r);
+        else if (exec(r, "ROLLBACK TO SAVEPOINT batch", err, errcap) != 0)
+            res = EV_TRANSIENT; /* the final transaction is retried whole */
         forget_fresh(r, fresh_from);
         counters_restore(r, &before);
         memcpy(r->staged, staged0, sizeof(int64_t) * (size_t)r->nparts);
@@ -1441,6 +1475,7 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
     free(r->saved_pos);
     free(r->reached);
     free(r->msgs);
+    tly_projection_batch_destroy(r->batch);
     free(r->fresh);
     free(r->seen.keys);
     free(r->seen.state);
