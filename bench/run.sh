@@ -377,6 +377,7 @@ check_alive() {
 q() { psql "$TALLY_PG_DSN" -qAtc "$1"; }
 
 # Waits until SQL $1 returns >= $2; prints seconds since $3 (EPOCHREALTIME) at the first and at the last step.
+# Polls every 0.25 s: a psql every 0.1 s cost 9 % of the 2 CPUs (perf) during the projector's catch-up.
 wait_count() {
     local sql=$1 want=$2 t0=$3 limit=$4 first="" v
     local deadline=$((SECONDS + limit))
@@ -385,7 +386,7 @@ wait_count() {
         if [[ -z $first && $v -gt $5 ]]; then first=$EPOCHREALTIME; fi
         ((v >= want)) && break
         ((SECONDS < deadline)) || { log "timed out at $v of $want"; echo "timeout"; return 0; }
-        sleep 0.1
+        sleep 0.25
     done
     awk -v a="$t0" -v f="${first:-$EPOCHREALTIME}" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f %.3f\n", b-a, b-f}'
 }
