@@ -10,6 +10,7 @@
 #include "projection_batch.h"
 #include "tally/clock.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,14 +62,53 @@ exec_arrays(tly_projection_batch_t *b, PGconn *conn, const char *what, const cha
     return res != NULL ? 0 : -1;
 }
 
+/*
+ * The order in which a statement writes its rows: sorted by key. Row locks are
+ * then taken in one global order (table, then key) by every batch, so two
+ * projector consumers whose batches share rows (a transfer's job and row are
+ * written from three partitions) wait for each other but never deadlock.
+ */
+typedef struct st_keyed_t {
+    tly_uuid_t id;
+    int i;
+} keyed_t;
+
+static int
+cmp_keyed(const void *a, const void *b)
+{
+    return memcmp(&((const keyed_t *)a)->id, &((const keyed_t *)b)->id, sizeof(tly_uuid_t));
+}
+
+/* Fills order[0, n) with the indexes of rows whose uuid key sits `off` bytes into each `size`-byte row, sorted by it. */
+static int *
+key_order(const void *rows, int n, size_t size, size_t off)
+{
+    keyed_t *k = malloc(sizeof(*k) * (size_t)(n > 0 ? n : 1));
+    int *order = malloc(sizeof(*order) * (size_t)(n > 0 ? n : 1));
+    if (k == NULL || order == NULL)
+        abort();
+    for (int i = 0; i < n; ++i) {
+        memcpy(&k[i].id, (const char *)rows + (size_t)i * size + off, sizeof(tly_uuid_t));
+        k[i].i = i;
+    }
+    qsort(k, (size_t)n, sizeof(*k), cmp_keyed);
+    for (int i = 0; i < n; ++i)
+        order[i] = k[i].i;
+    free(k);
+    return order;
+}
+
+#define KEY_ORDER(arr, n, type) key_order((arr), (n), sizeof(type), offsetof(type, id))
+
 /* --- accounts ------------------------------------------------------------ */
 
 static int
 insert_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
     tly_pgx_array_t *a = arrays(b, 5);
-    for (int i = 0; i < b->naccounts; ++i) {
-        const tly_proj_account_t *r = &b->accounts[i];
+    int *order = KEY_ORDER(b->accounts, b->naccounts, tly_proj_account_t);
+    for (int k = 0; k < b->naccounts; ++k) {
+        const tly_proj_account_t *r = &b->accounts[order[k]];
         if (!r->opened)
             continue;
         add_uuid(&a[0], &r->id, true);
@@ -77,6 +117,7 @@ insert_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
         tly_pgx_array_add(&a[3], tly_proj_str(b, r->label));
         add_time(&a[4], r->opened_at);
     }
+    free(order);
     if (a[0].n == 0)
         return 0;
     return exec_arrays(b, conn, "insert account",
@@ -92,8 +133,9 @@ static int
 update_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
     tly_pgx_array_t *a = arrays(b, 5);
-    for (int i = 0; i < b->naccounts; ++i) {
-        tly_proj_account_t *r = &b->accounts[i];
+    int *order = KEY_ORDER(b->accounts, b->naccounts, tly_proj_account_t);
+    for (int k = 0; k < b->naccounts; ++k) {
+        tly_proj_account_t *r = &b->accounts[order[k]];
         r->found = false;
         if (r->nupdates == 0)
             continue;
@@ -106,6 +148,7 @@ update_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
         tly_pgx_array_add_i64(&a[3], r->nupdates);
         add_time(&a[4], r->updated_at);
     }
+    free(order);
     int expected = a[0].n;
     if (expected == 0)
         return 0;
@@ -181,8 +224,9 @@ int
 tly_proj_write_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
     tly_pgx_array_t *a = arrays(b, 10);
-    for (int i = 0; i < b->njobs; ++i) {
-        const tly_proj_job_t *r = &b->jobs[i];
+    int *order = KEY_ORDER(b->jobs, b->njobs, tly_proj_job_t);
+    for (int k = 0; k < b->njobs; ++k) {
+        const tly_proj_job_t *r = &b->jobs[order[k]];
         add_uuid(&a[0], &r->id, true);
         add_uuid(&a[1], &r->tenant, true);
         tly_pgx_array_add(&a[2], r->status);
@@ -194,6 +238,7 @@ tly_proj_write_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t e
         add_time(&a[8], r->created_at);
         add_time(&a[9], r->updated_at);
     }
+    free(order);
     return exec_arrays(b, conn, "write job",
                        "WITH up AS (INSERT INTO jobs (id, tenant_id, status, resource_type, resource_id, error_code, "
                        "error_detail, version, created_at, updated_at) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], "
@@ -248,8 +293,9 @@ int
 tly_proj_write_transfers(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
     tly_pgx_array_t *a = arrays(b, 16);
-    for (int i = 0; i < b->ntransfers; ++i) {
-        const tly_proj_transfer_t *r = &b->transfers[i];
+    int *order = KEY_ORDER(b->transfers, b->ntransfers, tly_proj_transfer_t);
+    for (int k = 0; k < b->ntransfers; ++k) {
+        const tly_proj_transfer_t *r = &b->transfers[order[k]];
         add_uuid(&a[0], &r->id, true);
         add_uuid(&a[1], &r->tenant, true);
         tly_pgx_array_add(&a[2], tly_proj_str(b, r->from));
@@ -270,6 +316,7 @@ tly_proj_write_transfers(tly_projection_batch_t *b, PGconn *conn, char *err, siz
         add_time(&a[14], r->created_at);
         add_time(&a[15], r->updated_at);
     }
+    free(order);
     return exec_arrays(
         b, conn, "project transfer",
         "INSERT INTO transfers AS t (id, tenant_id, from_account, to_account, amount, currency, reference, status, compensated, "
