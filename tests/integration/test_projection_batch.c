@@ -43,6 +43,7 @@
 
 static PGconn *db;
 static rd_kafka_t *producer;
+static const char *topic; /* tly_test_env returns a copy: once, not per event */
 
 static PGresult *
 sql(const char *q)
@@ -393,7 +394,7 @@ static void
 produce(const tly_envelope_t *env)
 {
     for (;;) {
-        rd_kafka_resp_err_t e = tly_kafka_produce_envelope(producer, tly_test_env("TALLY_KAFKA_TOPIC"), env, NULL, NULL);
+        rd_kafka_resp_err_t e = tly_kafka_produce_envelope(producer, topic, env, NULL, NULL);
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
             break;
         assert_int_equal(e, RD_KAFKA_RESP_ERR__QUEUE_FULL);
@@ -466,13 +467,15 @@ int
 main(void)
 {
     char err[512];
-    db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
+    const char *dsn = tly_test_env("TALLY_PG_DSN"), *brokers = tly_test_env("TALLY_KAFKA_BROKERS");
+    topic = tly_test_env("TALLY_KAFKA_TOPIC");
+    db = PQconnectdb(dsn);
     if (PQstatus(db) != CONNECTION_OK) {
         fprintf(stderr, "could not connect: %s\n", PQerrorMessage(db));
         return 1;
     }
     PQclear(PQexec(db, "SET client_min_messages = warning"));
-    producer = tly_kafka_producer_create(tly_test_env("TALLY_KAFKA_BROKERS"), 30000, NULL, NULL, err, sizeof(err));
+    producer = tly_kafka_producer_create(brokers, 30000, NULL, NULL, err, sizeof(err));
     if (producer == NULL) {
         fprintf(stderr, "%s\n", err);
         return 1;
@@ -485,5 +488,8 @@ main(void)
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     rd_kafka_destroy(producer);
     PQfinish(db);
+    free((void *)dsn);
+    free((void *)brokers);
+    free((void *)topic);
     return rc;
 }
