@@ -1318,7 +1318,7 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
     r->o = *o;
     r->s = s;
     if (r->o.batch <= 0)
-        r->o.batch = 10000;
+        r->o.batch = 40000;
     r->tty = isatty(2);
     r->t0_us = tly_clock_mono_us();
     int nends = 0;
@@ -1540,7 +1540,7 @@ tly_ctl_replay_cmd(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings,
         .until = tly_ctl_arg(cmd, args, "until"),
         .into = tly_ctl_arg(cmd, args, "into"),
         .restart = tly_ctl_arg(cmd, args, "restart") != NULL,
-        .batch = batch != NULL ? atoi(batch) : 10000,
+        .batch = batch != NULL ? atoi(batch) : 40000,
         .quiet = tly_ctl_arg(cmd, args, "quiet") != NULL,
     };
     const char *stop = getenv("TALLY_REPLAY_MAX_BATCHES"); /* tests: stop after N batches, as if killed */
