@@ -258,6 +258,7 @@ struct st_tly_ctl_replay_t {
     uint8_t (*fresh)[16];
     size_t nfresh, fresh_cap;
     rd_kafka_message_t **msgs;
+    tly_projection_batch_t *batch; /* the fast path: the batch's events folded, one statement per table */
     /* statistics */
     int64_t processed, applied, dups, failed, skipped;
     int64_t t0_us, last_print_us, phase_total;
@@ -677,6 +678,29 @@ apply_one(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t
     return record_failure(r, m, env, why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
 }
 
+/* Why the last write of the batch failed: PostgreSQL trouble, or (redo with savepoints) an event's own. */
+static ev_result_t
+write_failure(tly_ctl_replay_t *r)
+{
+    return tly_pgx_last_transient(r->conn) ? EV_TRANSIENT : EV_FAILED;
+}
+
+/* The fast path: folds the event into the batch (written by flush_batch); the same code as the live projector's batches. */
+static ev_result_t
+fold_one(tly_ctl_replay_t *r, const tly_envelope_t *env, char *err, size_t errcap)
+{
+    int a = tly_projection_batch_add(r->batch, env, err, errcap);
+    if (a == 1) { /* cannot be folded after what the batch holds: write that first */
+        if (tly_projection_batch_flush(r->batch, r->conn, err, errcap) != 0)
+            return write_failure(r);
+        a = tly_projection_batch_add(r->batch, env, err, errcap);
+    }
+    if (a != 0)
+        return EV_FAILED;
+    r->applied++;
+    return EV_OK;
+}
+
 static ev_result_t
 process(tly_ctl_replay_t *r, const rd_kafka_message_t *m, bool slow, char *err, size_t errcap)
 {
@@ -722,7 +746,7 @@ process(tly_ctl_replay_t *r, const rd_kafka_message_t *m, bool slow, char *err, 
     } else {
         idset_add(&r->seen, up.id.b);
         fresh_push(r, up.id.b);
-        res = apply_one(r, m, &up, slow, err, errcap);
+        res = slow ? apply_one(r, m, &up, slow, err, errcap) : fold_one(r, &up, err, errcap);
     }
     tly_envelope_clear(&up);
     return res;
@@ -832,13 +856,15 @@ forget_fresh(tly_ctl_replay_t *r, size_t from)
 
 /*
  * Applies msgs[0, n) and the positions. own_tx: in a transaction of its own,
- * committed; else inside the final transaction (always with savepoints).
+ * committed; else inside the final transaction, under a savepoint. First
+ * folded and written set-based (projection.h); when that fails for an
+ * event's own reason, redone with a savepoint per event to isolate it.
  * Returns 0, -1 fatal, -2 transient (rolled back when own_tx).
  */
 static int
 run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
 {
-    bool slow = !own_tx;
+    bool slow = false;
     counters_t before;
     size_t fresh_from = r->nfresh;
     counters_save(r, &before);
@@ -847,24 +873,32 @@ run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
         abort();
     memcpy(staged0, r->staged, sizeof(int64_t) * (size_t)r->nparts);
     int ret = -2;
+    if (r->batch == NULL)
+        r->batch = tly_projection_batch_create(r->mask);
     for (;;) {
-        if (own_tx && exec(r, "BEGIN", err, errcap) != 0)
+        tly_pgx_reset_last();
+        tly_projection_batch_reset(r->batch);
+        if (exec(r, own_tx ? "BEGIN" : "SAVEPOINT batch", err, errcap) != 0)
             goto out;
         ev_result_t res = EV_OK;
         for (int i = 0; i < n && res == EV_OK; ++i) {
             res = process(r, r->msgs[i], slow, err, errcap);
             r->staged[r->msgs[i]->partition] = r->msgs[i]->offset + 1;
         }
+        if (res == EV_OK && !slow && tly_projection_batch_flush(r->batch, r->conn, err, errcap) != 0)
+            res = write_failure(r);
         if (res == EV_OK && save_dedup(r, fresh_from, err, errcap) != 0)
             res = EV_TRANSIENT;
         if (res == EV_OK && save_positions(r, err, errcap) != 0)
             res = EV_TRANSIENT;
-        if (res == EV_OK && own_tx && exec(r, "COMMIT", err, errcap) != 0)
+        if (res == EV_OK && exec(r, own_tx ? "COMMIT" : "RELEASE SAVEPOINT batch", err, errcap) != 0)
             res = EV_TRANSIENT;
         if (res == EV_OK)
             break;
         if (own_tx)
             rollback(r);
+        else if (exec(r, "ROLLBACK TO SAVEPOINT batch", err, errcap) != 0)
+            res = EV_TRANSIENT; /* the final transaction is retried whole */
         forget_fresh(r, fresh_from);
         counters_restore(r, &before);
         memcpy(r->staged, staged0, sizeof(int64_t) * (size_t)r->nparts);
@@ -953,6 +987,22 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
 
 /* --- the shadow schema ---------------------------------------------------- */
 
+/* CREATE [UNIQUE] INDEX ... name ON public.t USING ... -> ... ON <schema>.t USING ... */
+static int
+index_into_shadow(tly_ctl_replay_t *r, const char *t, const char *def, char *sql, size_t cap, char *err, size_t errcap)
+{
+    char on[200], target[200];
+    snprintf(on, sizeof(on), " ON public.%s ", t);
+    snprintf(target, sizeof(target), " ON %s.%s ", r->schema, t);
+    const char *at = strstr(def, on);
+    if (at == NULL) {
+        snprintf(err, errcap, "could not copy index: %s", def);
+        return -1;
+    }
+    snprintf(sql, cap, "%.*s%s%s", (int)(at - def), def, target, at + strlen(on));
+    return 0;
+}
+
 /* Creates the read-model tables like public's: same columns, defaults, checks, and constraint and index names. */
 static int
 create_table_like(tly_ctl_replay_t *r, const char *t, char *err, size_t errcap)
@@ -962,38 +1012,67 @@ create_table_like(tly_ctl_replay_t *r, const char *t, char *err, size_t errcap)
     char q[160];
     snprintf(q, sizeof(q), "public.%s", t);
     const char *vals[] = {q};
-    /* unique/primary/exclusion constraints by name, then the other indexes by name */
+    /* unique/primary/exclusion constraints by name, then the other unique indexes by name (ON CONFLICT needs
+       them); the rest are built once the bulk is in (create_deferred_indexes): cheaper than maintained per row */
     PGresult *res = tly_ctl_db_query(r->conn, "could not read the indexes of a read model",
                                      "SELECT 'ALTER TABLE %s ADD CONSTRAINT ' || quote_ident(c.conname) || ' ' || "
                                      "pg_get_constraintdef(c.oid) FROM pg_constraint c WHERE c.conrelid = $1::regclass "
                                      "AND c.contype IN ('p', 'u', 'x') "
                                      "UNION ALL SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = "
-                                     "$1::regclass AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = "
-                                     "i.indexrelid AND c.conrelid = i.indrelid)",
+                                     "$1::regclass AND i.indisunique AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE "
+                                     "c.conindid = i.indexrelid AND c.conrelid = i.indrelid)",
                                      1, vals, err, errcap);
     if (res == NULL)
         return -1;
     int ret = 0;
     for (int i = 0; i < PQntuples(res) && ret == 0; ++i) {
         const char *def = PQgetvalue(res, i, 0);
-        char sql[2048], on[200], target[200];
-        if (strncmp(def, "ALTER TABLE %s", 14) == 0) {
+        char sql[2048];
+        if (strncmp(def, "ALTER TABLE %s", 14) == 0)
             snprintf(sql, sizeof(sql), "ALTER TABLE %s.%s%s", r->schema, t, def + 14);
-        } else {
-            /* CREATE [UNIQUE] INDEX name ON public.t USING ... -> ON <schema>.t */
-            snprintf(on, sizeof(on), " ON public.%s ", t);
-            snprintf(target, sizeof(target), " ON %s.%s ", r->schema, t);
-            const char *at = strstr(def, on);
-            if (at == NULL) {
+        else if ((ret = index_into_shadow(r, t, def, sql, sizeof(sql), err, errcap)) != 0)
+            break;
+        ret = exec(r, sql, err, errcap);
+    }
+    PQclear(res);
+    return ret;
+}
+
+/*
+ * Builds the shadow's non-unique indexes, like public's and with their names,
+ * once the bulk of the events is in (IF NOT EXISTS: a resumed replay may
+ * have built them already).
+ */
+static int
+create_deferred_indexes(tly_ctl_replay_t *r, char *err, size_t errcap)
+{
+    int ret = 0;
+    for (int k = 0; k < r->ntables && ret == 0; ++k) {
+        char q[160];
+        snprintf(q, sizeof(q), "public.%s", r->tables[k]);
+        const char *vals[] = {q};
+        PGresult *res = tly_ctl_db_query(r->conn, "could not read the indexes of a read model",
+                                         "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = $1::regclass "
+                                         "AND NOT i.indisunique AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE "
+                                         "c.conindid = i.indexrelid AND c.conrelid = i.indrelid)",
+                                         1, vals, err, errcap);
+        if (res == NULL)
+            return -1;
+        for (int i = 0; i < PQntuples(res) && ret == 0; ++i) {
+            const char *def = PQgetvalue(res, i, 0);
+            char sql[2048];
+            if (strncmp(def, "CREATE INDEX ", 13) != 0) {
                 snprintf(err, errcap, "could not copy index: %s", def);
                 ret = -1;
                 break;
             }
-            snprintf(sql, sizeof(sql), "%.*s%s%s", (int)(at - def), def, target, at + strlen(on));
+            char ine[2048];
+            snprintf(ine, sizeof(ine), "CREATE INDEX IF NOT EXISTS %s", def + 13);
+            if ((ret = index_into_shadow(r, r->tables[k], ine, sql, sizeof(sql), err, errcap)) == 0)
+                ret = exec(r, sql, err, errcap);
         }
-        ret = exec(r, sql, err, errcap);
+        PQclear(res);
     }
-    PQclear(res);
     return ret;
 }
 
@@ -1015,7 +1094,8 @@ create_shadow(tly_ctl_replay_t *r, const char *until_text, char *err, size_t err
               "CREATE TABLE %s._replay_positions (partition integer PRIMARY KEY, next_offset bigint NOT NULL, "
               "end_offset bigint NOT NULL)",
               r->schema) != 0 ||
-        execf(r, err, errcap, "CREATE TABLE %s._replay_dedup (event_id uuid PRIMARY KEY)", r->schema) != 0 ||
+        /* no index: ids are deduplicated in memory; this is read whole, on resume only */
+        execf(r, err, errcap, "CREATE TABLE %s._replay_dedup (event_id uuid NOT NULL)", r->schema) != 0 ||
         execf(r, err, errcap,
               "CREATE TABLE %s._replay_failures (partition integer NOT NULL, \"offset\" bigint NOT NULL, event_id uuid, "
               "type text, error text NOT NULL, PRIMARY KEY (partition, \"offset\"))",
@@ -1238,7 +1318,7 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
     r->o = *o;
     r->s = s;
     if (r->o.batch <= 0)
-        r->o.batch = 2000;
+        r->o.batch = 40000;
     r->tty = isatty(2);
     r->t0_us = tly_clock_mono_us();
     int nends = 0;
@@ -1318,7 +1398,7 @@ tly_ctl_replay_bulk(tly_ctl_replay_t *r, char *err, size_t errcap)
             break;
     }
     progress(r, true);
-    return 0;
+    return create_deferred_indexes(r, err, errcap);
 }
 
 static bool
@@ -1451,6 +1531,7 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
     free(r->saved_pos);
     free(r->reached);
     free(r->msgs);
+    tly_projection_batch_destroy(r->batch);
     free(r->fresh);
     free(r->seen.keys);
     free(r->seen.state);
@@ -1469,7 +1550,7 @@ tly_ctl_replay_cmd(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings,
         .until = tly_ctl_arg(cmd, args, "until"),
         .into = tly_ctl_arg(cmd, args, "into"),
         .restart = tly_ctl_arg(cmd, args, "restart") != NULL,
-        .batch = batch != NULL ? atoi(batch) : 2000,
+        .batch = batch != NULL ? atoi(batch) : 40000,
         .quiet = tly_ctl_arg(cmd, args, "quiet") != NULL,
     };
     const char *stop = getenv("TALLY_REPLAY_MAX_BATCHES"); /* tests: stop after N batches, as if killed */

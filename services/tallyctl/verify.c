@@ -156,7 +156,7 @@ tly_ctl_verify_cmd(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings,
     tly_ctl_replay_opts_t o = {
         .mode = TLY_REPLAY_VERIFY,
         .projections = tly_ctl_arg(cmd, args, "projection"),
-        .batch = batch != NULL ? atoi(batch) : 2000,
+        .batch = batch != NULL ? atoi(batch) : 40000,
         .quiet = tly_ctl_arg(cmd, args, "quiet") != NULL,
     };
     if (o.batch < 1 || o.batch > 100000) {

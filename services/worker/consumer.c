@@ -60,6 +60,10 @@ typedef struct st_consumer_t {
     partition_t *parts;
     int nparts;
     char event_error[1024]; /* last error of the event being retried */
+    /* the set-based path's scratch, batch_max entries each */
+    tly_consumer_msg_t **cand, **sorted, **fresh;
+    unsigned char *is_fresh; /* by index in the gathered batch */
+    tly_pgx_array_t arr[3];
 } consumer_t;
 
 typedef enum en_tx_result_t {
@@ -67,6 +71,7 @@ typedef enum en_tx_result_t {
     TX_TRANSIENT,   /* retry the same range after a backoff */
     TX_EVENT_ERROR, /* the event at *fail_at failed */
     TX_FENCED,
+    TX_BATCH_FAILED, /* the set-based path failed, not transiently: apply the range one event at a time */
 } tx_result_t;
 
 /* --- small helpers ------------------------------------------------------- */
@@ -318,7 +323,12 @@ keep(consumer_t *c, tly_consumer_msg_t *m, rd_kafka_message_t *rkm)
     return true;
 }
 
-/* Polls up to batch_max messages: waits FIRST_POLL_MS for the first, then batch_wait_ms for the rest. */
+/*
+ * Polls up to batch_max messages: waits FIRST_POLL_MS for the first, then
+ * batch_wait_ms for more, then takes whatever is already fetched without
+ * waiting. So with batch_wait_ms 0 (the default) an event never waits for
+ * company, and a backlog still makes full batches (librdkafka prefetches).
+ */
 static int
 gather(consumer_t *c, tly_consumer_msg_t *msgs)
 {
@@ -330,9 +340,7 @@ gather(consumer_t *c, tly_consumer_msg_t *msgs)
         int timeout = FIRST_POLL_MS;
         if (n > 0) {
             int64_t left = deadline - tly_clock_mono_us();
-            if (left <= 0)
-                break;
-            timeout = (int)((left + 999) / 1000);
+            timeout = left <= 0 ? 0 : (int)((left + 999) / 1000);
         }
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, timeout);
         if (c->rebalanced) {
@@ -348,8 +356,8 @@ gather(consumer_t *c, tly_consumer_msg_t *msgs)
             c->rebalanced = false;
         }
         if (rkm == NULL) {
-            if (n == 0)
-                break;
+            if (n == 0 || timeout == 0)
+                break; /* nothing at all, or nothing more already fetched */
             continue;
         }
         if (!keep(c, &msgs[n], rkm)) {
@@ -403,6 +411,23 @@ dead_letter(consumer_t *c, const tly_consumer_msg_t *m, const char *why, int att
     return ret;
 }
 
+/* Inside the batch transaction: a batch that is rolled back and retried logs its events again. */
+static void
+log_applied(consumer_t *c, const tly_consumer_msg_t *m)
+{
+    if (!tly_log_enabled(TLY_LOG_INFO))
+        return;
+    char id[TLY_UUID_STR_LEN + 1], job[TLY_UUID_STR_LEN + 1], part_s[16], off_s[24];
+    tly_log_trace_set(m->traceparent);
+    tly_uuid_format(&m->env.id, id);
+    if (!tly_uuid_is_nil(&m->env.job_id))
+        tly_uuid_format(&m->env.job_id, job);
+    snprintf(part_s, sizeof(part_s), "%" PRId32, m->rkm->partition);
+    snprintf(off_s, sizeof(off_s), "%" PRId64, m->rkm->offset);
+    tly_log(TLY_LOG_INFO, "event applied", "consumer", c->h->name, "type", m->env.type, "event_id", id, "job_id",
+            tly_uuid_is_nil(&m->env.job_id) ? NULL : job, "partition", part_s, "offset", off_s, NULL);
+}
+
 /* Handles one message inside the transaction. Returns 0, or -1 (the event's own failure) with `err`. */
 static int
 handle(consumer_t *c, tly_consumer_msg_t *m, partition_t *p, bool park, char *err, size_t errcap)
@@ -432,44 +457,52 @@ handle(consumer_t *c, tly_consumer_msg_t *m, partition_t *p, bool park, char *er
         return dead_letter(c, m, c->event_error, c->cfg->max_event_tries, err, errcap);
     }
     int r = c->h->apply(c->h->ctx, c->conn, m, err, errcap);
-    if (r == 0 && tly_log_enabled(TLY_LOG_INFO)) {
-        /* inside the batch transaction: a batch that is rolled back and retried logs its events again */
-        char id[TLY_UUID_STR_LEN + 1], job[TLY_UUID_STR_LEN + 1], part_s[16], off_s[24];
-        tly_uuid_format(&m->env.id, id);
-        if (!tly_uuid_is_nil(&m->env.job_id))
-            tly_uuid_format(&m->env.job_id, job);
-        snprintf(part_s, sizeof(part_s), "%" PRId32, m->rkm->partition);
-        snprintf(off_s, sizeof(off_s), "%" PRId64, m->rkm->offset);
-        tly_log(TLY_LOG_INFO, "event applied", "consumer", c->h->name, "type", m->env.type, "event_id", id, "job_id",
-                tly_uuid_is_nil(&m->env.job_id) ? NULL : job, "partition", part_s, "offset", off_s, NULL);
-    }
+    if (r == 0)
+        log_applied(c, m);
     return r;
 }
 
+/* Moves every touched partition's position in one statement, fenced by epoch; a partition it did not match is fenced. */
 static tx_result_t
 update_positions(consumer_t *c, char *err, size_t errcap)
 {
-    bool fenced = false;
+    tly_pgx_array_t *parts = &c->arr[0], *offs = &c->arr[1], *epochs = &c->arr[2];
+    tly_pgx_array_reset(parts);
+    tly_pgx_array_reset(offs);
+    tly_pgx_array_reset(epochs);
     for (int i = 0; i < c->nparts; ++i) {
         partition_t *p = &c->parts[i];
         if (!p->touched)
             continue;
-        char part_s[16], off_s[24], epoch_s[24];
-        long affected = 0;
-        snprintf(part_s, sizeof(part_s), "%d", i);
-        snprintf(off_s, sizeof(off_s), "%" PRId64, p->staged_next);
-        snprintf(epoch_s, sizeof(epoch_s), "%" PRId64, p->epoch);
-        const char *vals[] = {off_s, c->h->name, c->cfg->topic, part_s, epoch_s};
-        if (tly_pgx_exec(c->conn, "update position",
-                         "UPDATE consumer_positions SET next_offset = $1, updated_at = now() "
-                         "WHERE consumer = $2 AND topic = $3 AND partition = $4 AND epoch = $5",
-                         5, vals, &affected, err, errcap) != 0)
-            return TX_TRANSIENT;
-        if (affected == 0) {
-            p->fence_pending = true; /* applied after the rollback, in on_fenced */
-            fenced = true;
-        }
+        tly_pgx_array_add_i64(parts, i);
+        tly_pgx_array_add_i64(offs, p->staged_next);
+        tly_pgx_array_add_i64(epochs, p->epoch);
+        p->fence_pending = true; /* until the statement returns the partition */
     }
+    if (parts->n == 0)
+        return TX_OK;
+    const char *vals[] = {c->h->name, c->cfg->topic, tly_pgx_array_text(parts), tly_pgx_array_text(offs),
+                          tly_pgx_array_text(epochs)};
+    PGresult *res = tly_pgx_query(c->conn, "update positions",
+                                  "UPDATE consumer_positions AS cp SET next_offset = u.next_offset, updated_at = now() "
+                                  "FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS u(partition, next_offset, epoch) "
+                                  "WHERE cp.consumer = $1 AND cp.topic = $2 AND cp.partition = u.partition "
+                                  "AND cp.epoch = u.epoch RETURNING cp.partition",
+                                  5, vals, err, errcap);
+    if (res == NULL) {
+        for (int i = 0; i < c->nparts; ++i)
+            c->parts[i].fence_pending = false;
+        return TX_TRANSIENT;
+    }
+    for (int k = 0; k < PQntuples(res); ++k) {
+        partition_t *p = part_of(c, (int32_t)atoi(PQgetvalue(res, k, 0)));
+        if (p != NULL)
+            p->fence_pending = false;
+    }
+    PQclear(res);
+    bool fenced = false;
+    for (int i = 0; i < c->nparts; ++i)
+        fenced = fenced || c->parts[i].fence_pending; /* applied after the rollback, in on_fenced */
     return fenced ? TX_FENCED : TX_OK;
 }
 
@@ -514,9 +547,9 @@ after_commit(consumer_t *c)
     }
 }
 
-/* Applies msgs[start, end) in one transaction; `park` is the index to dead-letter instead of apply, or -1. */
-static tx_result_t
-run_tx(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, int park, int *fail_at, char *err, size_t errcap)
+/* Resets the transaction's per-partition state and opens the transaction. */
+static bool
+tx_start(consumer_t *c, char *err, size_t errcap)
 {
     tly_pgx_reset_last();
     for (int i = 0; i < c->nparts; ++i) {
@@ -524,26 +557,16 @@ run_tx(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, int park, in
         c->parts[i].staged_next = c->parts[i].next_offset;
     }
     if (!ensure_pg(c) || tly_pg_exec(c->conn, "BEGIN", err, errcap) != 0)
-        return TX_TRANSIENT;
+        return false;
     if (c->h->begin != NULL)
         c->h->begin(c->h->ctx);
-    for (int i = start; i < end; ++i) {
-        tly_consumer_msg_t *m = &msgs[i];
-        partition_t *p = part_of(c, m->rkm->partition);
-        if (p == NULL || !p->assigned || p->stopped || p->stop_pending || m->rkm->offset < p->staged_next)
-            continue;
-        tly_log_trace_set(m->traceparent); /* every line about this event carries its trace id */
-        int r = handle(c, m, p, i == park, err, errcap);
-        if (r < 0) {
-            rollback(c);
-            *fail_at = i;
-            return tly_pgx_last_transient(c->conn) ? TX_TRANSIENT : TX_EVENT_ERROR;
-        }
-        if (r == 0) {
-            p->staged_next = m->rkm->offset + 1;
-            p->touched = true;
-        }
-    }
+    return true;
+}
+
+/* Moves the positions and commits. */
+static tx_result_t
+tx_finish(consumer_t *c, char *err, size_t errcap)
+{
     tx_result_t res = update_positions(c, err, errcap);
     if (res == TX_OK && c->h->end != NULL && c->h->end(c->h->ctx, c->conn, err, errcap) != 0)
         res = TX_TRANSIENT;
@@ -559,6 +582,154 @@ run_tx(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, int park, in
     return TX_OK;
 }
 
+/* True when `m` is to be handled in this transaction (live partition, not behind what is staged). */
+static bool
+in_play(consumer_t *c, const tly_consumer_msg_t *m, partition_t **pp)
+{
+    partition_t *p = part_of(c, m->rkm->partition);
+    *pp = p;
+    return p != NULL && p->assigned && !p->stopped && !p->stop_pending && m->rkm->offset >= p->staged_next;
+}
+
+/* Applies msgs[start, end) in one transaction, one event at a time; `park` is the index to dead-letter instead of apply, or -1. */
+static tx_result_t
+run_tx(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, int park, int *fail_at, char *err, size_t errcap)
+{
+    if (!tx_start(c, err, errcap))
+        return TX_TRANSIENT;
+    for (int i = start; i < end; ++i) {
+        tly_consumer_msg_t *m = &msgs[i];
+        partition_t *p;
+        if (!in_play(c, m, &p))
+            continue;
+        tly_log_trace_set(m->traceparent); /* every line about this event carries its trace id */
+        int r = handle(c, m, p, i == park, err, errcap);
+        if (r < 0) {
+            rollback(c);
+            *fail_at = i;
+            return tly_pgx_last_transient(c->conn) ? TX_TRANSIENT : TX_EVENT_ERROR;
+        }
+        if (r == 0) {
+            p->staged_next = m->rkm->offset + 1;
+            p->touched = true;
+        }
+    }
+    return tx_finish(c, err, errcap);
+}
+
+static int
+cmp_msg_id(const void *a, const void *b)
+{
+    const tly_consumer_msg_t *x = *(tly_consumer_msg_t *const *)a, *y = *(tly_consumer_msg_t *const *)b;
+    int d = memcmp(&x->env.id, &y->env.id, sizeof(x->env.id));
+    return d != 0 ? d : (x < y ? -1 : x > y); /* equal ids: log order (the batch array's order) */
+}
+
+/*
+ * Records the ids of cand[0, n) (log order) in consumer_dedup with one
+ * statement and leaves in c->fresh those applied for the first time (an id
+ * twice in the batch: its first copy). Returns how many, or -1.
+ */
+static int
+dedup_batch(consumer_t *c, tly_consumer_msg_t *msgs, int n, char *err, size_t errcap)
+{
+    tly_pgx_array_t *ids = &c->arr[0];
+    char id[TLY_UUID_STR_LEN + 1];
+    memcpy(c->sorted, c->cand, sizeof(*c->sorted) * (size_t)n);
+    qsort(c->sorted, (size_t)n, sizeof(*c->sorted), cmp_msg_id);
+    tly_pgx_array_reset(ids);
+    for (int i = 0; i < n; ++i) {
+        c->is_fresh[c->cand[i] - msgs] = 0;
+        if (i > 0 && memcmp(&c->sorted[i]->env.id, &c->sorted[i - 1]->env.id, sizeof(c->sorted[i]->env.id)) == 0)
+            continue;
+        tly_uuid_format(&c->sorted[i]->env.id, id);
+        tly_pgx_array_add(ids, id);
+    }
+    const char *vals[] = {c->h->name, tly_pgx_array_text(ids)};
+    PGresult *res = tly_pgx_query(c->conn, "record applied events",
+                                  "INSERT INTO consumer_dedup (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
+                                  "ON CONFLICT DO NOTHING RETURNING event_id",
+                                  2, vals, err, errcap);
+    if (res == NULL)
+        return -1;
+    for (int k = 0; k < PQntuples(res); ++k) {
+        tly_uuid_t key;
+        if (!tly_uuid_parse(PQgetvalue(res, k, 0), &key))
+            continue;
+        /* the first copy: the lowest index among equal ids */
+        int lo = 0, hi = n;
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (memcmp(&c->sorted[mid]->env.id, &key, sizeof(key)) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < n && memcmp(&c->sorted[lo]->env.id, &key, sizeof(key)) == 0)
+            c->is_fresh[c->sorted[lo] - msgs] = 1;
+    }
+    PQclear(res);
+    int nfresh = 0;
+    for (int i = 0; i < n; ++i)
+        if (c->is_fresh[c->cand[i] - msgs])
+            c->fresh[nfresh++] = c->cand[i];
+    return nfresh;
+}
+
+/*
+ * The set-based path: msgs[start, end) in one transaction with one dedup
+ * statement and the handler's apply_batch. Anything that is not transient
+ * gives TX_BATCH_FAILED (rolled back): the caller then goes one event at a
+ * time, which finds the failing event and isolates it.
+ */
+static tx_result_t
+run_tx_batch(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, char *err, size_t errcap)
+{
+    int ncand = 0, nfresh = 0;
+    if (!tx_start(c, err, errcap))
+        return TX_TRANSIENT;
+    for (int i = start; i < end; ++i) {
+        tly_consumer_msg_t *m = &msgs[i];
+        partition_t *p;
+        if (!in_play(c, m, &p))
+            continue;
+        tly_verdict_t v = m->parsed ? c->h->classify(c->h->ctx, &m->env) : TLY_VERDICT_APPLY;
+        if (!m->parsed || v == TLY_VERDICT_TOO_NEW) {
+            tly_log_trace_set(m->traceparent);
+            if (handle(c, m, p, false, err, errcap) < 0) /* parks it, or stops the partition at it */
+                goto failed;
+            if (p->stop_pending)
+                continue;
+        } else if (v == TLY_VERDICT_APPLY) {
+            c->cand[ncand++] = m;
+        }
+        p->staged_next = m->rkm->offset + 1;
+        p->touched = true;
+    }
+    int64_t t_dedup = tly_clock_mono_us();
+    if (ncand > 0 && (nfresh = dedup_batch(c, msgs, ncand, err, errcap)) < 0)
+        goto failed;
+    int64_t t_apply = tly_clock_mono_us();
+    if (nfresh > 0 && c->h->apply_batch(c->h->ctx, c->conn, (const tly_consumer_msg_t *const *)c->fresh, nfresh, err, errcap) != 0)
+        goto failed;
+    int64_t t_log = tly_clock_mono_us();
+    for (int i = 0; i < nfresh; ++i)
+        log_applied(c, c->fresh[i]);
+    tly_log_trace_set(NULL);
+    if (tly_log_enabled(TLY_LOG_DEBUG)) { /* where a batch's time goes, without a profiler */
+        char counts[48], times[80];
+        snprintf(counts, sizeof(counts), "%d/%d/%d", end - start, ncand, nfresh);
+        snprintf(times, sizeof(times), "%lld/%lld/%lld", (long long)(t_apply - t_dedup), (long long)(t_log - t_apply),
+                 (long long)(tly_clock_mono_us() - t_log));
+        tly_log(TLY_LOG_DEBUG, "batch applied", "consumer", c->h->name, "gathered/to_apply/new", counts, "dedup/apply/log_us",
+                times, NULL);
+    }
+    return tx_finish(c, err, errcap);
+failed:
+    rollback(c);
+    return tly_pgx_last_transient(c->conn) ? TX_TRANSIENT : TX_BATCH_FAILED;
+}
+
 /*
  * Applies the whole batch, never skipping: transient failures retry forever
  * (until stop), an event that fails on its own is isolated, retried and parked.
@@ -569,16 +740,24 @@ process_batch(consumer_t *c, tly_consumer_msg_t *msgs, int n)
     char err[1024];
     int start = 0, failing = -1, tries = 0, delay = 0;
     bool logged_transient = false;
+    bool one_by_one = c->h->apply_batch == NULL; /* set-based until a batch fails for an event's own reason */
     while (start < n) {
         int end = failing < 0 ? n : start < failing ? failing : start + 1;
         int park = (failing == start && tries >= c->cfg->max_event_tries) ? start : -1;
         int fail_at = -1;
-        switch (run_tx(c, msgs, start, end, park, &fail_at, err, sizeof(err))) {
+        tx_result_t res = one_by_one || failing >= 0 ? run_tx(c, msgs, start, end, park, &fail_at, err, sizeof(err))
+                                                     : run_tx_batch(c, msgs, start, end, err, sizeof(err));
+        switch (res) {
+        case TX_BATCH_FAILED:
+            tly_log(TLY_LOG_WARN, "batch failed, applying its events one at a time", "consumer", c->h->name, "error", err, NULL);
+            one_by_one = true;
+            continue; /* at once: this is no retry of the same thing */
         case TX_OK:
             start = end;
             if (failing >= 0 && start > failing) {
                 failing = -1;
                 tries = 0;
+                one_by_one = c->h->apply_batch == NULL; /* the failing event is behind us */
             }
             delay = 0;
             if (logged_transient)
@@ -631,18 +810,35 @@ reseek_live(consumer_t *c)
     rd_kafka_topic_partition_list_destroy(list);
 }
 
+static void
+consumer_free(consumer_t *c, tly_consumer_msg_t *msgs)
+{
+    free(c->parts);
+    free(c->cand);
+    free(c->sorted);
+    free(c->fresh);
+    free(c->is_fresh);
+    for (size_t i = 0; i < sizeof(c->arr) / sizeof(c->arr[0]); ++i)
+        tly_pgx_array_free(&c->arr[i]);
+    free(msgs);
+}
+
 int
 tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t *handler)
 {
     char err[512];
     consumer_t c = {.cfg = cfg, .h = handler, .pg_up = true};
     tly_consumer_msg_t *msgs = calloc((size_t)cfg->batch_max, sizeof(*msgs));
-    if (msgs == NULL)
+    c.cand = calloc((size_t)cfg->batch_max, sizeof(*c.cand));
+    c.sorted = calloc((size_t)cfg->batch_max, sizeof(*c.sorted));
+    c.fresh = calloc((size_t)cfg->batch_max, sizeof(*c.fresh));
+    c.is_fresh = calloc((size_t)cfg->batch_max, 1);
+    if (msgs == NULL || c.cand == NULL || c.sorted == NULL || c.fresh == NULL || c.is_fresh == NULL)
         abort();
     c.rk = tly_kafka_consumer_create(cfg->brokers, cfg->group, on_rebalance, &c, err, sizeof(err));
     if (c.rk == NULL) {
         tly_log(TLY_LOG_ERROR, "could not create kafka consumer", "consumer", handler->name, "error", err, NULL);
-        free(msgs);
+        consumer_free(&c, msgs);
         return -1;
     }
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
@@ -652,7 +848,7 @@ tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t 
     if (serr != RD_KAFKA_RESP_ERR_NO_ERROR) {
         tly_log(TLY_LOG_ERROR, "could not subscribe", "consumer", handler->name, "error", rd_kafka_err2str(serr), NULL);
         rd_kafka_destroy(c.rk);
-        free(msgs);
+        consumer_free(&c, msgs);
         return -1;
     }
     int delay = 0;
@@ -680,8 +876,7 @@ tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t 
     rd_kafka_destroy(c.rk);
     if (c.conn != NULL)
         PQfinish(c.conn);
-    free(c.parts);
-    free(msgs);
+    consumer_free(&c, msgs);
     tly_log(TLY_LOG_INFO, "consumer stopped", "consumer", handler->name, NULL);
     return 0;
 }

@@ -50,6 +50,14 @@ typedef struct st_tly_consumer_handler_t {
     int (*park)(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, const char *why, char *err, size_t errcap);
     /** Last statements before COMMIT (e.g. NOTIFY). Optional. */
     int (*end)(void *ctx, PGconn *conn, char *err, size_t errcap);
+    /**
+     * Optional set-based path. Applies the batch's `n` new events (dedup
+     * done, in log order) inside the transaction, with as few statements as
+     * it can. 0, or -1 with `err`: the consumer rolls the transaction back
+     * and applies the same events one at a time with `apply` (which stays
+     * required), which finds the event that fails and isolates it as usual.
+     */
+    int (*apply_batch)(void *ctx, PGconn *conn, const tly_consumer_msg_t *const *msgs, int n, char *err, size_t errcap);
 } tly_consumer_handler_t;
 
 typedef struct st_tly_consumer_config_t {

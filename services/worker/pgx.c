@@ -1,6 +1,7 @@
 /* Parameterised libpq statements and classification of their failures. */
 #include "pgx.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,4 +62,77 @@ void
 tly_pgx_reset_last(void)
 {
     last_sqlstate[0] = '\0';
+}
+
+/* --- array literals ------------------------------------------------------ */
+
+static void
+array_reserve(tly_pgx_array_t *a, size_t more)
+{
+    if (a->len + more + 3 <= a->cap) /* room for the closing brace and NUL too */
+        return;
+    size_t cap = a->cap == 0 ? 4096 : a->cap;
+    while (a->len + more + 3 > cap)
+        cap *= 2;
+    char *buf = realloc(a->buf, cap);
+    if (buf == NULL)
+        abort();
+    a->buf = buf;
+    a->cap = cap;
+}
+
+void
+tly_pgx_array_reset(tly_pgx_array_t *a)
+{
+    a->len = 0;
+    a->n = 0;
+}
+
+void
+tly_pgx_array_add(tly_pgx_array_t *a, const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+    array_reserve(a, 2 * n + 4);
+    if (a->len == 0)
+        a->buf[a->len++] = '{';
+    if (a->n++ > 0)
+        a->buf[a->len++] = ',';
+    if (s == NULL) {
+        memcpy(a->buf + a->len, "NULL", 4);
+        a->len += 4;
+        return;
+    }
+    a->buf[a->len++] = '"';
+    for (size_t i = 0; i < n; ++i) {
+        if (s[i] == '"' || s[i] == '\\')
+            a->buf[a->len++] = '\\';
+        a->buf[a->len++] = s[i];
+    }
+    a->buf[a->len++] = '"';
+}
+
+void
+tly_pgx_array_add_i64(tly_pgx_array_t *a, int64_t v)
+{
+    char s[24];
+    snprintf(s, sizeof(s), "%" PRId64, v);
+    tly_pgx_array_add(a, s);
+}
+
+const char *
+tly_pgx_array_text(tly_pgx_array_t *a)
+{
+    array_reserve(a, 0);
+    if (a->len == 0)
+        a->buf[a->len++] = '{';
+    a->buf[a->len] = '}';
+    a->buf[a->len + 1] = '\0';
+    return a->buf;
+}
+
+void
+tly_pgx_array_free(tly_pgx_array_t *a)
+{
+    free(a->buf);
+    *a = (tly_pgx_array_t){0};
 }

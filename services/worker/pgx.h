@@ -10,6 +10,7 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /**
  * Runs `sql` with `n` text parameters (NULL entries are SQL NULL). Returns the
@@ -32,5 +33,27 @@ int tly_pgx_exec(PGconn *conn, const char *what, const char *sql, int n, const c
 bool tly_pgx_last_transient(PGconn *conn);
 /** Forgets the last failure (call before a unit of work). */
 void tly_pgx_reset_last(void);
+
+/*
+ * A PostgreSQL array literal ("{...}") built element by element, for the
+ * set-based statements (`unnest($1::uuid[], ...)`): every element is quoted
+ * and escaped, so any text is safe. Reused across batches: reset keeps the
+ * memory.
+ */
+typedef struct st_tly_pgx_array_t {
+    char *buf;
+    size_t len, cap;
+    int n;
+} tly_pgx_array_t;
+
+/** Empties `a` (keeps its memory). A zeroed struct is an empty array. */
+void tly_pgx_array_reset(tly_pgx_array_t *a);
+/** Appends `s` (NULL appends SQL NULL). */
+void tly_pgx_array_add(tly_pgx_array_t *a, const char *s);
+/** Appends a signed integer. */
+void tly_pgx_array_add_i64(tly_pgx_array_t *a, int64_t v);
+/** The literal, valid until the next change of `a`. */
+const char *tly_pgx_array_text(tly_pgx_array_t *a);
+void tly_pgx_array_free(tly_pgx_array_t *a);
 
 #endif

@@ -2,51 +2,209 @@
  * Projections of account and transfer events into accounts, ledger_entries,
  * transfers and jobs.
  *
- * Every apply function is idempotent on its own (ON CONFLICT, guarded
- * updates) but the consumer also dedups by event id, so a redelivery never
- * bumps a version twice. Timestamps come from the events (occurred_at), never
- * from the clock, so a replay writes the same rows as the live projector.
+ * Each event type has one fold function per read model: it validates the
+ * event and merges it into the batch's pending row for its key (account,
+ * job, transfer; a ledger entry is a row of its own). projection_sql.c then
+ * writes each table with one set-based statement. Every merge here is the
+ * same rule as the statement's ON CONFLICT clause and is associative, so
+ * "fold the batch, merge once" equals "apply each event in turn" (see each
+ * model's comment). The consumer also dedups by event id, so a redelivery
+ * never bumps a version twice. Timestamps come from the events
+ * (occurred_at), never from the clock, so a replay writes the same rows as
+ * the live projector.
  */
 #include "projection.h"
 #include "decider.h"
-#include "pgx.h"
+#include "projection_batch.h"
 #include "tally/clock.h"
 #include "tally/json.h"
 #include "tally/upcast.h"
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-typedef int (*apply_fn)(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap);
+/*
+ * Folds `env` into `b`. With `dry` it only validates (and says whether the
+ * batch must be flushed first) and changes nothing, so that an invalid event
+ * leaves no trace in any model. 0, 1 (flush first) or -1 with `err`.
+ */
+typedef int (*fold_fn)(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap);
 
 typedef struct st_projection_row_t {
     const char *type;
     int max_version;
-    apply_fn accounts;
-    apply_fn ledger;
-    apply_fn jobs;
-    apply_fn transfers;
+    fold_fn accounts;
+    fold_fn ledger;
+    fold_fn jobs;
+    fold_fn transfers;
 } projection_row_t;
 
-/* Text forms of an envelope's common fields, as statement parameters. */
-typedef struct st_fields_t {
-    char id[TLY_UUID_STR_LEN + 1];
-    char aggregate[TLY_UUID_STR_LEN + 1];
-    char tenant[TLY_UUID_STR_LEN + 1];
-    char job[TLY_UUID_STR_LEN + 1];
-    char when[40];
-} fields_t;
+/* --- batch storage ------------------------------------------------------- */
+
+#define GROW(arr, n, cap)                                                                                                          \
+    do {                                                                                                                           \
+        if ((n) == (cap)) {                                                                                                        \
+            (cap) = (cap) == 0 ? 256 : (cap)*2;                                                                                    \
+            void *p_ = realloc((arr), sizeof(*(arr)) * (size_t)(cap));                                                             \
+            if (p_ == NULL)                                                                                                        \
+                abort();                                                                                                           \
+            (arr) = p_;                                                                                                            \
+        }                                                                                                                          \
+    } while (0)
+
+static tly_proj_str_t
+str_put(tly_projection_batch_t *b, const char *s)
+{
+    if (s == NULL)
+        return 0;
+    size_t n = strlen(s) + 1;
+    tly_proj_strs_t *st = &b->strs;
+    if (st->len + n > st->cap) {
+        size_t cap = st->cap == 0 ? 16384 : st->cap;
+        while (st->len + n > cap)
+            cap *= 2;
+        char *buf = realloc(st->buf, cap);
+        if (buf == NULL)
+            abort();
+        st->buf = buf;
+        st->cap = cap;
+    }
+    memcpy(st->buf + st->len, s, n);
+    st->len += n;
+    return st->len - n + 1;
+}
+
+const char *
+tly_proj_str(const tly_projection_batch_t *b, tly_proj_str_t s)
+{
+    return s == 0 ? NULL : b->strs.buf + s - 1;
+}
+
+static size_t
+map_slot(const tly_proj_map_t *m, const tly_uuid_t *id)
+{
+    uint64_t h;
+    memcpy(&h, id->b + 8, sizeof(h)); /* v4 and v5 ids: random bits here */
+    return (size_t)((h * 0x9e3779b97f4a7c15ULL) >> 17) & (m->cap - 1);
+}
+
+int
+tly_proj_map_find(const tly_proj_map_t *m, const tly_uuid_t *id)
+{
+    if (m->cap == 0)
+        return -1;
+    for (size_t i = map_slot(m, id);; i = (i + 1) & (m->cap - 1)) {
+        if (m->gen[i] != m->cur)
+            return -1;
+        if (memcmp(&m->keys[i], id, sizeof(*id)) == 0)
+            return m->vals[i];
+    }
+}
+
+static void map_put(tly_proj_map_t *m, const tly_uuid_t *id, int32_t val);
 
 static void
-fields_of(const tly_envelope_t *env, fields_t *f)
+map_grow(tly_proj_map_t *m)
 {
-    tly_uuid_format(&env->id, f->id);
-    tly_uuid_format(&env->aggregate_id, f->aggregate);
-    tly_uuid_format(&env->tenant_id, f->tenant);
-    tly_uuid_format(&env->job_id, f->job);
-    tly_clock_format_rfc3339(env->occurred_at_us, f->when, sizeof(f->when));
+    tly_proj_map_t old = *m;
+    m->cap = old.cap == 0 ? 1024 : old.cap * 2;
+    m->keys = malloc(sizeof(*m->keys) * m->cap);
+    m->vals = malloc(sizeof(*m->vals) * m->cap);
+    m->gen = calloc(m->cap, sizeof(*m->gen));
+    if (m->keys == NULL || m->vals == NULL || m->gen == NULL)
+        abort();
+    m->cur = 1;
+    m->used = 0;
+    for (size_t i = 0; i < old.cap; ++i)
+        if (old.gen[i] == old.cur)
+            map_put(m, &old.keys[i], old.vals[i]);
+    free(old.keys);
+    free(old.vals);
+    free(old.gen);
 }
+
+static void
+map_put(tly_proj_map_t *m, const tly_uuid_t *id, int32_t val)
+{
+    if ((m->used + 1) * 2 > m->cap)
+        map_grow(m);
+    size_t i = map_slot(m, id);
+    while (m->gen[i] == m->cur)
+        i = (i + 1) & (m->cap - 1);
+    m->gen[i] = m->cur;
+    m->keys[i] = *id;
+    m->vals[i] = val;
+    m->used++;
+}
+
+static void
+map_clear(tly_proj_map_t *m)
+{
+    m->used = 0;
+    if (++m->cur == 0) { /* wrapped: really clear */
+        if (m->gen != NULL)
+            memset(m->gen, 0, sizeof(*m->gen) * m->cap);
+        m->cur = 1;
+    }
+}
+
+static void
+map_free(tly_proj_map_t *m)
+{
+    free(m->keys);
+    free(m->vals);
+    free(m->gen);
+}
+
+tly_projection_batch_t *
+tly_projection_batch_create(unsigned models)
+{
+    tly_projection_batch_t *b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        abort();
+    b->models = models;
+    b->account_map.cur = b->job_map.cur = b->transfer_map.cur = 1;
+    return b;
+}
+
+void
+tly_projection_batch_reset(tly_projection_batch_t *b)
+{
+    b->nevents = b->naccounts = b->nledger = b->njobs = b->ntransfers = b->nsteps = 0;
+    b->strs.len = 0;
+    map_clear(&b->account_map);
+    map_clear(&b->job_map);
+    map_clear(&b->transfer_map);
+}
+
+void
+tly_projection_batch_destroy(tly_projection_batch_t *b)
+{
+    if (b == NULL)
+        return;
+    map_free(&b->account_map);
+    map_free(&b->job_map);
+    map_free(&b->transfer_map);
+    free(b->strs.buf);
+    free(b->accounts);
+    free(b->ledger);
+    free(b->jobs);
+    free(b->transfers);
+    free(b->steps);
+    for (int i = 0; i < TLY_PROJ_NARRAYS; ++i)
+        tly_pgx_array_free(&b->arr[i]);
+    free(b);
+}
+
+int
+tly_projection_batch_count(const tly_projection_batch_t *b)
+{
+    return b->nevents;
+}
+
+/* --- event fields -------------------------------------------------------- */
 
 static int
 int_field(const tly_envelope_t *env, const char *key, int64_t *out, char *err, size_t errcap)
@@ -70,140 +228,160 @@ str_field(const tly_envelope_t *env, const char *key, const char **out, char *er
     return 0;
 }
 
-/* Runs an UPDATE of one account row; an absent row is an error (its AccountOpened was never applied). */
-static int
-update_account(PGconn *conn, const tly_envelope_t *env, const char *sql, int n, const char *const *vals, char *err, size_t errcap)
-{
-    long affected = 0;
-    if (tly_pgx_exec(conn, "update account", sql, n, vals, &affected, err, errcap) != 0)
-        return -1;
-    if (affected != 1) {
-        snprintf(err, errcap, "could not apply %s: account %s is not in the read model", env->type, vals[0]);
-        return -1;
-    }
-    return 0;
-}
-
 /* --- accounts ------------------------------------------------------------ */
 
-static int
-accounts_opened(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+/*
+ * AccountOpened inserts the row (version 1, or nothing when it exists);
+ * every later event of the account updates it: balance and status are the
+ * last event's, version counts the events, updated_at is the last event's
+ * time. An update of an account with no row is the event's own failure
+ * (its AccountOpened was never applied): projection_sql.c reports it.
+ */
+static tly_proj_account_t *
+account_row(tly_projection_batch_t *b, const tly_uuid_t *id)
 {
-    fields_t f;
+    int i = tly_proj_map_find(&b->account_map, id);
+    if (i >= 0)
+        return &b->accounts[i];
+    GROW(b->accounts, b->naccounts, b->cap_accounts);
+    tly_proj_account_t *a = &b->accounts[b->naccounts];
+    memset(a, 0, sizeof(*a));
+    a->id = *id;
+    map_put(&b->account_map, id, b->naccounts++);
+    return a;
+}
+
+static int
+accounts_opened(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
+{
     const char *currency, *label;
     if (str_field(env, "currency", &currency, err, errcap) != 0 || str_field(env, "label", &label, err, errcap) != 0)
         return -1;
-    fields_of(env, &f);
-    const char *vals[] = {f.aggregate, f.tenant, currency, label, f.when};
-    return tly_pgx_exec(conn, "insert account",
-                        "INSERT INTO accounts (id, tenant_id, currency, label, status, balance, version, created_at, updated_at) "
-                        "VALUES ($1, $2, $3, $4, 'open', 0, 1, $5, $5) ON CONFLICT (id) DO NOTHING",
-                        5, vals, NULL, err, errcap);
+    int i = tly_proj_map_find(&b->account_map, &env->aggregate_id);
+    if (i >= 0 && !b->accounts[i].opened)
+        return 1; /* updates of this account came first: they must meet the table as it is now */
+    if (dry || i >= 0)
+        return 0; /* opened twice in the batch: the second insert would do nothing */
+    tly_proj_account_t *a = account_row(b, &env->aggregate_id);
+    a->opened = true;
+    a->tenant = env->tenant_id;
+    a->currency = str_put(b, currency);
+    a->label = str_put(b, label);
+    a->opened_at = env->occurred_at_us;
+    return 0;
+}
+
+static const projection_row_t *find_row(const char *type);
+
+static tly_proj_account_t *
+account_update(tly_projection_batch_t *b, const tly_envelope_t *env)
+{
+    tly_proj_account_t *a = account_row(b, &env->aggregate_id);
+    if (a->nupdates++ == 0)
+        a->first_type = find_row(env->type)->type; /* static: outlives the envelope */
+    a->updated_at = env->occurred_at_us;
+    return a;
 }
 
 static int
-accounts_balance(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+accounts_balance(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    fields_t f;
     int64_t after;
-    char after_s[24];
     if (int_field(env, "balance_after", &after, err, errcap) != 0)
         return -1;
-    fields_of(env, &f);
-    snprintf(after_s, sizeof(after_s), "%" PRId64, after);
-    const char *vals[] = {f.aggregate, after_s, f.when};
-    return update_account(conn, env, "UPDATE accounts SET balance = $2, version = version + 1, updated_at = $3 WHERE id = $1", 3,
-                          vals, err, errcap);
+    if (dry)
+        return 0;
+    tly_proj_account_t *a = account_update(b, env);
+    a->has_balance = true;
+    a->balance = after;
+    return 0;
 }
 
 static int
-accounts_status(PGconn *conn, const tly_envelope_t *env, const char *status, char *err, size_t errcap)
+accounts_status(tly_projection_batch_t *b, const tly_envelope_t *env, const char *status, bool dry)
 {
-    fields_t f;
-    fields_of(env, &f);
-    const char *vals[] = {f.aggregate, status, f.when};
-    return update_account(conn, env, "UPDATE accounts SET status = $2, version = version + 1, updated_at = $3 WHERE id = $1", 3,
-                          vals, err, errcap);
+    if (!dry)
+        account_update(b, env)->status = status;
+    return 0;
 }
 
 static int
-accounts_frozen(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+accounts_frozen(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return accounts_status(conn, env, "frozen", err, errcap);
+    return accounts_status(b, env, "frozen", dry);
 }
 
 static int
-accounts_unfrozen(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+accounts_unfrozen(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return accounts_status(conn, env, "open", err, errcap);
+    return accounts_status(b, env, "open", dry);
 }
 
 static int
-accounts_closed(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+accounts_closed(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return accounts_status(conn, env, "closed", err, errcap);
+    return accounts_status(b, env, "closed", dry);
 }
 
 /* --- ledger_entries ------------------------------------------------------ */
 
+/* One row per event (its id), inserted once. */
 static int
-ledger_entry(PGconn *conn, const tly_envelope_t *env, const char *kind, int sign, char *err, size_t errcap)
+ledger_entry(tly_projection_batch_t *b, const tly_envelope_t *env, const char *kind, int sign, bool dry, char *err, size_t errcap)
 {
-    fields_t f;
     int64_t amount, after;
     const char *currency;
-    char amount_s[24], after_s[24];
     if (int_field(env, "amount", &amount, err, errcap) != 0 || int_field(env, "balance_after", &after, err, errcap) != 0 ||
         str_field(env, "currency", &currency, err, errcap) != 0)
         return -1;
-    fields_of(env, &f);
-    snprintf(amount_s, sizeof(amount_s), "%" PRId64, sign * amount);
-    snprintf(after_s, sizeof(after_s), "%" PRId64, after);
-    tly_uuid_t transfer;
-    char transfer_s[TLY_UUID_STR_LEN + 1];
+    if (dry)
+        return 0;
+    GROW(b->ledger, b->nledger, b->cap_ledger);
+    tly_proj_ledger_t *l = &b->ledger[b->nledger++];
+    memset(l, 0, sizeof(*l));
+    l->id = env->id;
+    l->tenant = env->tenant_id;
+    l->account = env->aggregate_id;
+    l->kind = kind;
+    l->amount = sign * amount;
+    l->balance_after = after;
+    l->currency = str_put(b, currency);
+    l->has_job = !tly_uuid_is_nil(&env->job_id);
+    l->job = env->job_id;
+    l->at = env->occurred_at_us;
     const char *t = tly_json_str(env->data, "transfer_id");
-    bool has_transfer = t != NULL && tly_uuid_parse(t, &transfer);
-    if (has_transfer)
-        tly_uuid_format(&transfer, transfer_s);
-    const char *vals[] = {f.id,        f.tenant,
-                          f.aggregate, kind,
-                          amount_s,    currency,
-                          after_s,     tly_uuid_is_nil(&env->job_id) ? NULL : f.job,
-                          f.when,      has_transfer ? transfer_s : NULL};
-    return tly_pgx_exec(conn, "insert ledger entry",
-                        "INSERT INTO ledger_entries (id, tenant_id, account_id, kind, amount, currency, balance_after, job_id, "
-                        "created_at, transfer_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
-                        10, vals, NULL, err, errcap);
+    l->has_transfer = t != NULL && tly_uuid_parse(t, &l->transfer);
+    return 0;
 }
 
 static int
-ledger_deposit(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+ledger_deposit(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return ledger_entry(conn, env, "deposit", 1, err, errcap);
+    return ledger_entry(b, env, "deposit", 1, dry, err, errcap);
 }
 
 static int
-ledger_withdrawal(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+ledger_withdrawal(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return ledger_entry(conn, env, "withdrawal", -1, err, errcap);
+    return ledger_entry(b, env, "withdrawal", -1, dry, err, errcap);
 }
 
 static int
-ledger_transfer_debit(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+ledger_transfer_debit(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return ledger_entry(conn, env, "transfer_debit", -1, err, errcap);
+    return ledger_entry(b, env, "transfer_debit", -1, dry, err, errcap);
 }
 
 static int
-ledger_transfer_credit(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+ledger_transfer_credit(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return ledger_entry(conn, env, "transfer_credit", 1, err, errcap);
+    return ledger_entry(b, env, "transfer_credit", 1, dry, err, errcap);
 }
 
 static int
-ledger_transfer_reversal(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+ledger_transfer_reversal(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return ledger_entry(conn, env, "transfer_reversal", 1, err, errcap);
+    return ledger_entry(b, env, "transfer_reversal", 1, dry, err, errcap);
 }
 
 /* --- transfers ------------------------------------------------------------ */
@@ -211,13 +389,17 @@ ledger_transfer_reversal(PGconn *conn, const tly_envelope_t *env, char *err, siz
 /*
  * The events of one transfer come from three partitions (the transfer's and
  * both accounts'), so the projector may see them in any order. Every event
- * is therefore one merging upsert: the status only moves forward
- * (requested < debited < compensating < completed | rejected | failed: each
- * saga walks one path of that order), fields are filled once, the timeline
- * stays sorted by time whatever the arrival order, and the version counts
- * the events applied (the consumer dedups, so a redelivery never counts).
- * A row created by an account event before its TransferRequested has no
- * from_account yet; the query API hides it until then.
+ * is therefore a merge: the status only moves forward (requested < debited <
+ * compensating < completed | rejected | failed: each saga walks one path of
+ * that order), fields are filled once (the first non-null wins), error code
+ * and detail are the last non-null, the timeline stays sorted by time
+ * whatever the arrival order, the version counts the events applied (the
+ * consumer dedups, so a redelivery never counts), created_at is the
+ * TransferRequested's time once it is applied (before, the first event's),
+ * updated_at the latest time. Each of these is associative, which is what
+ * lets a batch fold a transfer's events before the one upsert. A row created
+ * by an account event before its TransferRequested has no from_account yet;
+ * the query API hides it until then.
  */
 typedef struct st_transfer_change_t {
     const char *step;   /* timeline entry */
@@ -227,84 +409,119 @@ typedef struct st_transfer_change_t {
 } transfer_change_t;
 
 static int
-transfer_merge(PGconn *conn, const tly_envelope_t *env, const transfer_change_t *c, char *err, size_t errcap)
+status_rank(const char *s)
 {
-    fields_t f;
-    tly_uuid_t transfer;
-    char transfer_s[TLY_UUID_STR_LEN + 1], amount_s[24];
+    static const char *order[] = {"requested", "debited", "compensating", "completed", "rejected", "failed"};
+    for (int i = 0; s != NULL && i < (int)(sizeof(order) / sizeof(order[0])); ++i)
+        if (strcmp(order[i], s) == 0)
+            return i + 1;
+    return 0;
+}
+
+static tly_proj_transfer_t *
+transfer_row(tly_projection_batch_t *b, const tly_uuid_t *id, const tly_envelope_t *env)
+{
+    int i = tly_proj_map_find(&b->transfer_map, id);
+    if (i >= 0)
+        return &b->transfers[i];
+    GROW(b->transfers, b->ntransfers, b->cap_transfers);
+    tly_proj_transfer_t *t = &b->transfers[b->ntransfers];
+    memset(t, 0, sizeof(*t));
+    t->id = *id;
+    t->tenant = env->tenant_id;
+    t->created_at = env->occurred_at_us;
+    t->updated_at = env->occurred_at_us;
+    t->first_step = t->last_step = -1;
+    map_put(&b->transfer_map, id, b->ntransfers++);
+    return t;
+}
+
+static void
+fill_once(tly_projection_batch_t *b, tly_proj_str_t *field, const char *v)
+{
+    if (*field == 0 && v != NULL)
+        *field = str_put(b, v);
+}
+
+static void
+transfer_step(tly_projection_batch_t *b, tly_proj_transfer_t *t, const char *step, int64_t at)
+{
+    GROW(b->steps, b->nsteps, b->cap_steps);
+    b->steps[b->nsteps] = (tly_proj_step_t){step, at, -1};
+    if (t->last_step >= 0)
+        b->steps[t->last_step].next = b->nsteps;
+    else
+        t->first_step = b->nsteps;
+    t->last_step = b->nsteps++;
+}
+
+static int
+transfer_merge(tly_projection_batch_t *b, const tly_envelope_t *env, const transfer_change_t *c, bool dry, char *err, size_t errcap)
+{
+    tly_uuid_t id;
     bool requested = strcmp(env->type, "TransferRequested") == 0;
-    fields_of(env, &f);
-    if (requested) {
-        transfer = env->aggregate_id;
-    } else if (strcmp(env->aggregate_type, "transfer") == 0) {
-        transfer = env->aggregate_id;
+    if (requested || strcmp(env->aggregate_type, "transfer") == 0) {
+        id = env->aggregate_id;
     } else {
-        const char *t = tly_json_str(env->data, "transfer_id");
-        if (t == NULL || !tly_uuid_parse(t, &transfer)) {
+        const char *s = tly_json_str(env->data, "transfer_id");
+        if (s == NULL || !tly_uuid_parse(s, &id)) {
             snprintf(err, errcap, "could not apply %s: data.transfer_id is not a uuid", env->type);
             return -1;
         }
     }
-    tly_uuid_format(&transfer, transfer_s);
+    if (dry)
+        return 0;
+    tly_proj_transfer_t *t = transfer_row(b, &id, env);
+    if (requested) {
+        fill_once(b, &t->from, tly_json_str(env->data, "from_account"));
+        fill_once(b, &t->to, tly_json_str(env->data, "to_account"));
+        fill_once(b, &t->reference, tly_json_str(env->data, "reference"));
+        t->has_requested = true;
+        t->created_at = env->occurred_at_us;
+    }
     json_t *amount = json_object_get(env->data, "amount");
-    if (json_is_integer(amount))
-        snprintf(amount_s, sizeof(amount_s), "%" PRId64, (int64_t)json_integer_value(amount));
+    if (!t->has_amount && json_is_integer(amount)) {
+        t->has_amount = true;
+        t->amount = (int64_t)json_integer_value(amount);
+    }
     const char *currency = tly_json_str(env->data, "currency");
-    if (currency != NULL && strlen(currency) != 3)
-        currency = NULL;
-    const char *vals[] = {transfer_s,
-                          f.tenant,
-                          requested ? tly_json_str(env->data, "from_account") : NULL,
-                          requested ? tly_json_str(env->data, "to_account") : NULL,
-                          json_is_integer(amount) ? amount_s : NULL,
-                          currency,
-                          requested ? tly_json_str(env->data, "reference") : NULL,
-                          c->status,
-                          c->compensated ? "true" : "false",
-                          c->error ? tly_json_str(env->data, "code") : NULL,
-                          c->error ? tly_json_str(env->data, "detail") : NULL,
-                          tly_uuid_is_nil(&env->job_id) ? NULL : f.job,
-                          c->step,
-                          f.when};
-    return tly_pgx_exec(
-        conn, "project transfer",
-        "INSERT INTO transfers AS t (id, tenant_id, from_account, to_account, amount, currency, reference, status, compensated, "
-        "error_code, error_detail, job_id, version, timeline, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, "
-        "COALESCE($8::text, 'requested'), $9, $10, $11, $12, 1, jsonb_build_array(jsonb_build_object('step', $13::text, 'at', "
-        "$14::text)), $14::timestamptz, $14::timestamptz) "
-        "ON CONFLICT (id) DO UPDATE SET from_account = COALESCE(t.from_account, EXCLUDED.from_account), "
-        "to_account = COALESCE(t.to_account, EXCLUDED.to_account), amount = COALESCE(t.amount, EXCLUDED.amount), "
-        "currency = COALESCE(t.currency, EXCLUDED.currency), reference = COALESCE(t.reference, EXCLUDED.reference), "
-        "job_id = COALESCE(t.job_id, EXCLUDED.job_id), "
-        "status = CASE WHEN $8::text IS NOT NULL AND array_position(ARRAY['requested', 'debited', 'compensating', 'completed', "
-        "'rejected', 'failed'], $8::text) > array_position(ARRAY['requested', 'debited', 'compensating', 'completed', "
-        "'rejected', 'failed'], t.status) THEN $8::text ELSE t.status END, "
-        "compensated = t.compensated OR EXCLUDED.compensated, error_code = COALESCE(EXCLUDED.error_code, t.error_code), "
-        "error_detail = COALESCE(EXCLUDED.error_detail, t.error_detail), version = t.version + 1, "
-        "timeline = (SELECT jsonb_agg(e ORDER BY e->>'at', e->>'step') FROM jsonb_array_elements(t.timeline || "
-        "EXCLUDED.timeline) e), "
-        "created_at = CASE WHEN $13::text = 'requested' THEN EXCLUDED.created_at ELSE t.created_at END, "
-        "updated_at = GREATEST(t.updated_at, EXCLUDED.updated_at)",
-        14, vals, NULL, err, errcap);
+    if (currency != NULL && strlen(currency) == 3)
+        fill_once(b, &t->currency, currency);
+    if (!t->has_job && !tly_uuid_is_nil(&env->job_id)) {
+        t->has_job = true;
+        t->job = env->job_id;
+    }
+    if (c->status != NULL && status_rank(c->status) > status_rank(t->status))
+        t->status = c->status;
+    t->compensated = t->compensated || c->compensated;
+    if (c->error && tly_json_str(env->data, "code") != NULL)
+        t->code = str_put(b, tly_json_str(env->data, "code"));
+    if (c->error && tly_json_str(env->data, "detail") != NULL)
+        t->detail = str_put(b, tly_json_str(env->data, "detail"));
+    t->events++;
+    if (env->occurred_at_us > t->updated_at)
+        t->updated_at = env->occurred_at_us;
+    transfer_step(b, t, c->step, env->occurred_at_us);
+    return 0;
 }
 
-#define TRANSFER_APPLY(fn, step, status, compensated, error)                                                                       \
-    static int fn(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)                                               \
+#define TRANSFER_FOLD(fn, step, status, compensated, error)                                                                        \
+    static int fn(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)                        \
     {                                                                                                                              \
         static const transfer_change_t c = {step, status, compensated, error};                                                     \
-        return transfer_merge(conn, env, &c, err, errcap);                                                                         \
+        return transfer_merge(b, env, &c, dry, err, errcap);                                                                       \
     }
-TRANSFER_APPLY(transfers_requested, "requested", "requested", false, false)
-TRANSFER_APPLY(transfers_debited, "debited", "debited", false, false)
-TRANSFER_APPLY(transfers_debit_rejected, "debit_rejected", NULL, false, true)
-TRANSFER_APPLY(transfers_credited, "credited", NULL, false, false)
-TRANSFER_APPLY(transfers_credit_rejected, "credit_rejected", "compensating", false, true)
-TRANSFER_APPLY(transfers_reversed, "debit_reversed", NULL, false, false)
-TRANSFER_APPLY(transfers_reversal_rejected, "debit_reversal_rejected", NULL, false, false)
-TRANSFER_APPLY(transfers_completed, "completed", "completed", false, false)
-TRANSFER_APPLY(transfers_rejected, "rejected", "rejected", false, true)
-TRANSFER_APPLY(transfers_failed, "failed", "failed", true, true)
-#undef TRANSFER_APPLY
+TRANSFER_FOLD(transfers_requested, "requested", "requested", false, false)
+TRANSFER_FOLD(transfers_debited, "debited", "debited", false, false)
+TRANSFER_FOLD(transfers_debit_rejected, "debit_rejected", NULL, false, true)
+TRANSFER_FOLD(transfers_credited, "credited", NULL, false, false)
+TRANSFER_FOLD(transfers_credit_rejected, "credit_rejected", "compensating", false, true)
+TRANSFER_FOLD(transfers_reversed, "debit_reversed", NULL, false, false)
+TRANSFER_FOLD(transfers_reversal_rejected, "debit_reversal_rejected", NULL, false, false)
+TRANSFER_FOLD(transfers_completed, "completed", "completed", false, false)
+TRANSFER_FOLD(transfers_rejected, "rejected", "rejected", false, true)
+TRANSFER_FOLD(transfers_failed, "failed", "failed", true, true)
+#undef TRANSFER_FOLD
 
 /* --- jobs ---------------------------------------------------------------- */
 
@@ -313,105 +530,103 @@ TRANSFER_APPLY(transfers_failed, "failed", "failed", true, true)
  * and from both accounts), so the live projector and a replay can apply them
  * in different orders. Every write here is therefore order-independent: the
  * version is the rank of the status (queued 1, running 2, succeeded or failed
- * 3) and only a higher rank changes status, error and updated_at; created_at
- * is the earliest event's time. Any order of the same events converges to the
- * same row, so a replay equals live. A job that reaches a terminal state
- * NOTIFYs tally_jobs '<job id>' (delivered at commit) for Prefer: wait readers.
+ * 3) and only a higher rank changes status, error and updated_at (an equal
+ * rank keeps the earlier updated_at); created_at is the earliest event's
+ * time. Any order of the same events converges to the same row, so a replay
+ * equals live; and the merge is associative, so a batch folds a job's events
+ * before its one upsert. A job that reaches a terminal state NOTIFYs
+ * tally_jobs '<job id>' (delivered at commit) for Prefer: wait readers.
  */
 enum { JOB_QUEUED = 1, JOB_RUNNING = 2, JOB_TERMINAL = 3 };
 
 static int
-job_upsert(PGconn *conn, const tly_envelope_t *env, const char *rtype, const char *resource, const char *status, int rank,
-           const char *code, const char *detail, char *err, size_t errcap)
+job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype, const tly_uuid_t *resource, const char *status,
+         int rank, const char *code, const char *detail, bool dry)
 {
-    fields_t f;
-    char rank_s[4];
-    if (tly_uuid_is_nil(&env->job_id))
+    if (dry || tly_uuid_is_nil(&env->job_id))
         return 0;
-    fields_of(env, &f);
-    snprintf(rank_s, sizeof(rank_s), "%d", rank);
-    const char *vals[] = {f.job, f.tenant, status, resource != NULL ? resource : f.aggregate, code, detail, f.when, rtype, rank_s};
-    return tly_pgx_exec(conn, "write job",
-                        "WITH up AS (INSERT INTO jobs (id, tenant_id, status, resource_type, resource_id, error_code, "
-                        "error_detail, version, created_at, updated_at) VALUES ($1, $2, $3, $8, $4, $5, $6, $9::bigint, $7, $7) "
-                        "ON CONFLICT (id) DO UPDATE SET "
-                        "created_at = LEAST(jobs.created_at, EXCLUDED.created_at), "
-                        "status = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.status ELSE jobs.status END, "
-                        "error_code = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.error_code "
-                        "ELSE jobs.error_code END, "
-                        "error_detail = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.error_detail "
-                        "ELSE jobs.error_detail END, "
-                        "updated_at = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.updated_at "
-                        "WHEN EXCLUDED.version = jobs.version THEN LEAST(jobs.updated_at, EXCLUDED.updated_at) "
-                        "ELSE jobs.updated_at END, "
-                        "version = GREATEST(jobs.version, EXCLUDED.version) RETURNING id, status) "
-                        "SELECT pg_notify('tally_jobs', id::text) FROM up WHERE status IN ('succeeded', 'failed')",
-                        9, vals, NULL, err, errcap);
+    int64_t at = env->occurred_at_us;
+    int i = tly_proj_map_find(&b->job_map, &env->job_id);
+    if (i < 0) {
+        GROW(b->jobs, b->njobs, b->cap_jobs);
+        b->jobs[b->njobs] = (tly_proj_job_t){
+            .id = env->job_id,
+            .tenant = env->tenant_id,
+            .resource = resource != NULL ? *resource : env->aggregate_id,
+            .status = status,
+            .rtype = rtype,
+            .rank = rank,
+            .code = str_put(b, code),
+            .detail = str_put(b, detail),
+            .created_at = at,
+            .updated_at = at,
+        };
+        map_put(&b->job_map, &env->job_id, b->njobs++);
+        return 0;
+    }
+    tly_proj_job_t *j = &b->jobs[i];
+    if (at < j->created_at)
+        j->created_at = at;
+    if (rank > j->rank) {
+        j->rank = rank;
+        j->status = status;
+        j->code = str_put(b, code);
+        j->detail = str_put(b, detail);
+        j->updated_at = at;
+    } else if (rank == j->rank && at < j->updated_at) {
+        j->updated_at = at;
+    }
+    return 0;
 }
 
 static int
-jobs_queued(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+jobs_queued(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return job_upsert(conn, env, "account", NULL, "queued", JOB_QUEUED, NULL, NULL, err, errcap);
+    return job_fold(b, env, "account", NULL, "queued", JOB_QUEUED, NULL, NULL, dry);
 }
 
 static int
-job_finish(PGconn *conn, const tly_envelope_t *env, const char *status, const char *code, const char *detail, char *err,
-           size_t errcap)
+jobs_succeeded(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return job_upsert(conn, env, "account", NULL, status, JOB_TERMINAL, code, detail, err, errcap);
+    return job_fold(b, env, "account", NULL, "succeeded", JOB_TERMINAL, NULL, NULL, dry);
 }
 
 static int
-jobs_succeeded(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
-{
-    return job_finish(conn, env, "succeeded", NULL, NULL, err, errcap);
-}
-
-static int
-jobs_rejected(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+jobs_rejected(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
     const char *code = tly_json_str(env->data, "code"), *detail = tly_json_str(env->data, "detail");
-    return job_finish(conn, env, "failed", code != NULL ? code : "rejected", detail, err, errcap);
+    return job_fold(b, env, "account", NULL, "failed", JOB_TERMINAL, code != NULL ? code : "rejected", detail, dry);
 }
 
 /* A transfer's job: queued with its TransferRequested, running once the source is debited, ended by the saga's last event. */
 static int
-jobs_transfer_queued(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+jobs_transfer_queued(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return job_upsert(conn, env, "transfer", NULL, "queued", JOB_QUEUED, NULL, NULL, err, errcap);
+    return job_fold(b, env, "transfer", NULL, "queued", JOB_QUEUED, NULL, NULL, dry);
 }
 
 /* AccountDebited (on the source's partition: it may come before or after the transfer's own events). */
 static int
-jobs_transfer_running(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+jobs_transfer_running(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
     tly_uuid_t transfer;
-    char transfer_s[TLY_UUID_STR_LEN + 1];
     const char *t = tly_json_str(env->data, "transfer_id");
     if (t == NULL || !tly_uuid_parse(t, &transfer))
         return 0;
-    tly_uuid_format(&transfer, transfer_s);
-    return job_upsert(conn, env, "transfer", transfer_s, "running", JOB_RUNNING, NULL, NULL, err, errcap);
+    return job_fold(b, env, "transfer", &transfer, "running", JOB_RUNNING, NULL, NULL, dry);
 }
 
 static int
-jobs_transfer_succeeded(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+jobs_transfer_succeeded(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return job_upsert(conn, env, "transfer", NULL, "succeeded", JOB_TERMINAL, NULL, NULL, err, errcap);
+    return job_fold(b, env, "transfer", NULL, "succeeded", JOB_TERMINAL, NULL, NULL, dry);
 }
 
 static int
-jobs_transfer_failed(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+jobs_transfer_failed(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
     const char *code = tly_json_str(env->data, "code"), *detail = tly_json_str(env->data, "detail");
-    return job_upsert(conn, env, "transfer", NULL, "failed", JOB_TERMINAL, code != NULL ? code : "rejected", detail, err, errcap);
-}
-
-int
-tly_projection_job_dead_lettered(PGconn *conn, const tly_envelope_t *env, const char *detail, char *err, size_t errcap)
-{
-    return job_finish(conn, env, "failed", TLY_CODE_DEAD_LETTERED, detail, err, errcap);
+    return job_fold(b, env, "transfer", NULL, "failed", JOB_TERMINAL, code != NULL ? code : "rejected", detail, dry);
 }
 
 /* --- the table ----------------------------------------------------------- */
@@ -474,8 +689,37 @@ tly_projection_max_version(const char *type)
     return row != NULL ? row->max_version : 0;
 }
 
+/* Runs the row's fold functions of the selected models: all dry first, so that a refusal changes nothing. */
+static int
+fold_all(tly_projection_batch_t *b, const projection_row_t *row, const tly_envelope_t *env, char *err, size_t errcap)
+{
+    const struct {
+        unsigned model;
+        fold_fn fn;
+    } fns[] = {{TLY_MODEL_ACCOUNTS, row->accounts},
+               {TLY_MODEL_LEDGER, row->ledger},
+               {TLY_MODEL_JOBS, row->jobs},
+               {TLY_MODEL_TRANSFERS, row->transfers}};
+    int wait = 0;
+    for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); ++i) {
+        if (!(b->models & fns[i].model) || fns[i].fn == NULL)
+            continue;
+        int r = fns[i].fn(b, env, true, err, errcap);
+        if (r < 0)
+            return -1;
+        wait |= r;
+    }
+    if (wait)
+        return 1;
+    for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); ++i)
+        if ((b->models & fns[i].model) && fns[i].fn != NULL)
+            (void)fns[i].fn(b, env, false, err, errcap);
+    b->nevents++;
+    return 0;
+}
+
 int
-tly_projection_apply(PGconn *conn, const tly_envelope_t *env, unsigned models, char *err, size_t errcap)
+tly_projection_batch_add(tly_projection_batch_t *b, const tly_envelope_t *env, char *err, size_t errcap)
 {
     const projection_row_t *row = find_row(env->type);
     if (row == NULL)
@@ -484,21 +728,52 @@ tly_projection_apply(PGconn *conn, const tly_envelope_t *env, unsigned models, c
         snprintf(err, errcap, "could not apply %s: version %d is newer than %d", env->type, env->version, row->max_version);
         return -1;
     }
-    /* older versions are read through the upcasters: the apply functions see only the newest shape */
+    if (env->version == row->max_version)
+        return fold_all(b, row, env, err, errcap);
+    /* older versions are read through the upcasters: the fold functions see only the newest shape */
     tly_envelope_t up;
     if (tly_upcast(env, row->max_version, &up, err, errcap) != 0)
         return -1;
+    int ret = fold_all(b, row, &up, err, errcap);
+    tly_envelope_clear(&up);
+    return ret;
+}
+
+int
+tly_projection_batch_flush(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
+{
     int ret = -1;
-    if ((models & TLY_MODEL_ACCOUNTS) && row->accounts != NULL && row->accounts(conn, &up, err, errcap) != 0)
+    if (b->naccounts > 0 && tly_proj_write_accounts(b, conn, err, errcap) != 0)
         goto out;
-    if ((models & TLY_MODEL_LEDGER) && row->ledger != NULL && row->ledger(conn, &up, err, errcap) != 0)
+    if (b->nledger > 0 && tly_proj_write_ledger(b, conn, err, errcap) != 0)
         goto out;
-    if ((models & TLY_MODEL_JOBS) && row->jobs != NULL && row->jobs(conn, &up, err, errcap) != 0)
+    if (b->njobs > 0 && tly_proj_write_jobs(b, conn, err, errcap) != 0)
         goto out;
-    if ((models & TLY_MODEL_TRANSFERS) && row->transfers != NULL && row->transfers(conn, &up, err, errcap) != 0)
+    if (b->ntransfers > 0 && tly_proj_write_transfers(b, conn, err, errcap) != 0)
         goto out;
     ret = 0;
 out:
-    tly_envelope_clear(&up);
+    tly_projection_batch_reset(b);
+    return ret;
+}
+
+int
+tly_projection_apply(PGconn *conn, const tly_envelope_t *env, unsigned models, char *err, size_t errcap)
+{
+    tly_projection_batch_t *b = tly_projection_batch_create(models);
+    int ret = tly_projection_batch_add(b, env, err, errcap); /* an empty batch never asks for a flush first */
+    if (ret == 0)
+        ret = tly_projection_batch_flush(b, conn, err, errcap);
+    tly_projection_batch_destroy(b);
+    return ret == 0 ? 0 : -1;
+}
+
+int
+tly_projection_job_dead_lettered(PGconn *conn, const tly_envelope_t *env, const char *detail, char *err, size_t errcap)
+{
+    tly_projection_batch_t *b = tly_projection_batch_create(TLY_MODEL_JOBS);
+    (void)job_fold(b, env, "account", NULL, "failed", JOB_TERMINAL, TLY_CODE_DEAD_LETTERED, detail, false);
+    int ret = tly_projection_batch_flush(b, conn, err, errcap);
+    tly_projection_batch_destroy(b);
     return ret;
 }

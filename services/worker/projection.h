@@ -1,8 +1,10 @@
 /*
- * Read-model projections: one apply function per event type per read model
- * (accounts, ledger_entries, jobs, transfers). They run inside the caller's transaction
- * and know nothing of Kafka, positions or dedup, so the live projector and
- * `tallyctl replay` run exactly the same code.
+ * Read-model projections: one fold function per event type per read model
+ * (accounts, ledger_entries, jobs, transfers). Events are folded into a batch
+ * (rows per key, merged in C) and the batch is written with one set-based
+ * statement per table, inside the caller's transaction. They know nothing
+ * of Kafka, positions or dedup, so the live projector and `tallyctl replay`
+ * run exactly the same code; tly_projection_apply is a batch of one event.
  */
 #ifndef TALLY_WORKER_PROJECTION_H
 #define TALLY_WORKER_PROJECTION_H
@@ -32,6 +34,42 @@ int tly_projection_max_version(const char *type);
  * -1 with "could not ..." in `err`; the caller's transaction is then aborted.
  */
 int tly_projection_apply(PGconn *conn, const tly_envelope_t *env, unsigned models, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
+/*
+ * A batch of events to project. Not thread-safe; reuse it across batches
+ * (reset keeps its memory).
+ */
+typedef struct st_tly_projection_batch_t tly_projection_batch_t;
+
+/** An empty batch for `models` (a mask of tly_read_model_t). Aborts when out of memory. */
+tly_projection_batch_t *tly_projection_batch_create(unsigned models);
+void tly_projection_batch_destroy(tly_projection_batch_t *b);
+/** Forgets every event added since the last flush (after a rollback). */
+void tly_projection_batch_reset(tly_projection_batch_t *b);
+/** Events added since the last flush. */
+int tly_projection_batch_count(const tly_projection_batch_t *b);
+
+/**
+ * Folds `env` (any version the projection knows: it is upcast here) into the
+ * batch; the events of one key must be added in log order. Returns 0; 1 when
+ * the event cannot be folded after what the batch holds (an AccountOpened
+ * after updates of the same account): flush, then add it again; -1 with
+ * "could not apply ..." in `err` when the event itself is invalid (nothing
+ * of it was added: its own failure, like a failing tly_projection_apply).
+ * Unknown types add nothing and return 0.
+ */
+int tly_projection_batch_add(tly_projection_batch_t *b, const tly_envelope_t *env, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
+/**
+ * Writes what was added: at most one statement per table (accounts two:
+ * inserts, then updates). Empties the batch either way. Returns 0, or -1
+ * with "could not ..." in `err` (the caller's transaction is then aborted;
+ * which event caused it is not known: apply the events one by one to find
+ * it).
+ */
+int tly_projection_batch_flush(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
 /**

@@ -16,9 +16,10 @@ typedef struct st_consumer_thread_t {
 } consumer_thread_t;
 
 struct st_tly_worker_t {
-    pthread_t threads[6];
+    pthread_t threads[6 + TLY_PROJECTOR_CONSUMERS_MAX - 1];
     int nthreads;
     consumer_thread_t decider, saga, projector;
+    consumer_thread_t more_projectors[TLY_PROJECTOR_CONSUMERS_MAX - 1]; /* --projector-consumers beyond the first */
     tly_decider_role_t decider_role;
     tly_saga_role_t saga_role;
     tly_saga_timer_config_t timer_cfg;
@@ -130,10 +131,15 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
             goto fail;
     }
     if (roles & TLY_ROLE_PROJECTOR) {
-        consumer_cfg(&w->projector.cfg, cfg, "tally-projector", stop);
-        tly_projector_role_init(&w->projector.handler);
-        if (spawn(w, run_consumer, &w->projector, err, errcap) != 0)
-            goto fail;
+        /* Several consumers of the group in one process: partitions are independent, and each has its own connection,
+           so one's PostgreSQL round trips overlap another's parsing (the same as more worker processes). */
+        for (int i = 0; i < cfg->projector_consumers && i < TLY_PROJECTOR_CONSUMERS_MAX; ++i) {
+            consumer_thread_t *t = i == 0 ? &w->projector : &w->more_projectors[i - 1];
+            consumer_cfg(&t->cfg, cfg, "tally-projector", stop);
+            tly_projector_role_init(&t->handler);
+            if (spawn(w, run_consumer, t, err, errcap) != 0)
+                goto fail;
+        }
     }
     return w;
 fail:
@@ -151,6 +157,9 @@ tly_worker_join(tly_worker_t *w)
         w->decider.result != 0 || w->saga.result != 0 || w->projector.result != 0 || w->relay_result != 0 || w->timer_result != 0
             ? -1
             : 0;
+    for (int i = 0; i < TLY_PROJECTOR_CONSUMERS_MAX - 1; ++i)
+        if (w->more_projectors[i].result != 0)
+            ret = -1;
     free(w);
     return ret;
 }

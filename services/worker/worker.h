@@ -16,6 +16,8 @@
 #define TLY_ROLE_PROJECTOR (1u << 1)
 #define TLY_ROLE_SAGA (1u << 2)
 
+#define TLY_PROJECTOR_CONSUMERS_MAX 8
+
 typedef struct st_tly_worker_config_t {
     char *pg_dsn;
     char *brokers;
@@ -24,6 +26,7 @@ typedef struct st_tly_worker_config_t {
     char *log_level;
     int64_t batch_size;
     int64_t batch_wait_ms;
+    int64_t projector_consumers; /* projector consumers (threads, connections) in this process */
     int64_t max_event_tries;
     int64_t saga_step_timeout_ms; /* a saga step without an outcome this long is sent again */
     int64_t saga_stuck_ms;        /* a saga unfinished this long is reported stuck */
