@@ -510,6 +510,30 @@ scenario_replay() {
         "COPY rows/s" "value>=150000" \
         "$(printf '%.1f s, tallyctl start to exit; %s ledger entries, %s jobs succeeded in the shadow' "$secs" "$entries" "$jobs")"
     q "DROP SCHEMA $schema CASCADE" >/dev/null
+    replay_live_p99 "$topic" "${schema}_live"
+}
+
+# The live API while a replay runs: POST deposit p99 (8 connections, closed
+# loop, 10 s) without a replay, then with one running (started 2 s before,
+# stopped after), goal: within 2x.
+replay_live_p99() {
+    local topic=$1 schema=$2 base during pid
+    log "replay: live API p99 without a replay (POST deposits, 8 connections, 10s)"
+    base=$(wrk_post "$TALLY_COMMAND_URL" 8 10)
+    TALLY_KAFKA_TOPIC=$topic "$TALLY_BIN/tallyctl" replay --into "$schema" --quiet >>"$WORK/replay.log" 2>&1 &
+    pid=$!
+    CHILDREN+=("$pid")
+    sleep 2
+    log "replay: live API p99 during a replay (POST deposits, 8 connections, 10s)"
+    during=$(wrk_post "$TALLY_COMMAND_URL" 8 10)
+    local still=no
+    kill -0 "$pid" 2>/dev/null && still=yes
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    q "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null
+    rec replay.live.p99 "POST deposit p99 during a replay (8 conns)" "$(jv "$during" .p99_ms)" ms "$(jv "$base" .p99_ms)" \
+        "p99 without a replay" "ratio<2" \
+        "ratio $(awk -v a="$(jv "$during" .p99_ms)" -v b="$(jv "$base" .p99_ms)" 'BEGIN{printf "%.2f", b > 0 ? a/b : 0}') rate $(jv "$during" .ok_rps)/s vs $(jv "$base" .ok_rps)/s; replay still running at the end: $still"
 }
 
 scenario_kafka_ceiling() {
