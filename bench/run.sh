@@ -533,7 +533,7 @@ replay_live_p99() {
     q "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null
     rec replay.live.p99 "POST deposit p99 during a replay (8 conns)" "$(jv "$during" .p99_ms)" ms "$(jv "$base" .p99_ms)" \
         "p99 without a replay" "ratio<2" \
-        "ratio $(awk -v a="$(jv "$during" .p99_ms)" -v b="$(jv "$base" .p99_ms)" 'BEGIN{printf "%.2f", b > 0 ? a/b : 0}'); rate $(jv "$during" .ok_rps)/s vs $(jv "$base" .ok_rps)/s; replay still running at the end: $still"
+        "ratio $(awk -v a="$(jv "$during" .p99_ms)" -v b="$(jv "$base" .p99_ms)" 'BEGIN{printf "%.2f", (b > 0 ? a / b : 0)}'); rate $(jv "$during" .ok_rps)/s vs $(jv "$base" .ok_rps)/s; replay still running at the end: $still"
 }
 
 scenario_kafka_ceiling() {
