@@ -19,6 +19,7 @@
 #include "consumer.h"
 #include "webhook.h"
 
+#include <curl/curl.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -58,6 +59,21 @@ typedef struct st_tly_webhook_sender_config_t {
     int64_t max_in_flight; /* attempts in flight per worker */
     atomic_bool *stop;
 } tly_webhook_sender_config_t;
+
+/* The connect-time address check of one transfer. */
+typedef struct st_tly_webhook_guard_t {
+    bool allow_private;
+    bool refused; /* set when an address curl was about to connect to was refused */
+} tly_webhook_guard_t;
+
+/**
+ * Sets the transport options every attempt uses on `e`: `timeout_ms` in all,
+ * no redirects, no proxy (not even one from the environment, which would
+ * bypass the check), https only (http too when allow_private), and every
+ * address curl is about to connect to, after DNS resolution, checked with
+ * tly_webhook_addr_allowed. `guard` must outlive the transfer.
+ */
+void tly_webhook_curl_options(CURL *e, tly_webhook_guard_t *guard, int64_t timeout_ms);
 
 /**
  * Sends due deliveries until `*cfg->stop`, then waits for the attempts in

@@ -32,7 +32,6 @@
 #include "tally/pg.h"
 #include "tally/webhook_url.h"
 
-#include <curl/curl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,8 +57,8 @@ typedef struct st_flight_t {
     char *payload;
     int attempt; /* the number of this attempt (1 = first) */
     int64_t started_us, started_mono_us;
-    bool refused;         /* the SSRF check refused the address */
-    bool has_retry_after; /* a parsable Retry-After came with the answer */
+    tly_webhook_guard_t guard; /* .refused: the SSRF rules refused the URL or an address */
+    bool has_retry_after;      /* a parsable Retry-After came with the answer */
     int64_t retry_after_us;
     long status; /* HTTP status, 0 when none */
     int64_t latency_ms;
@@ -232,12 +231,24 @@ flying_unlink(sender_t *s, flight_t *f)
 static curl_socket_t
 on_open_socket(void *data, curlsocktype purpose, struct curl_sockaddr *a)
 {
-    flight_t *f = data;
-    if (!tly_webhook_addr_allowed(&a->addr, a->addrlen, f->s->cfg->allow_private)) {
-        f->refused = true;
+    tly_webhook_guard_t *g = data;
+    if (!tly_webhook_addr_allowed(&a->addr, a->addrlen, g->allow_private)) {
+        g->refused = true;
         return CURL_SOCKET_BAD;
     }
     return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+void
+tly_webhook_curl_options(CURL *e, tly_webhook_guard_t *guard, int64_t timeout_ms)
+{
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* a 3xx is a failure, never followed */
+    curl_easy_setopt(e, CURLOPT_PROXY, "");          /* never a proxy from the environment: it would bypass the address check */
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, guard->allow_private ? "http,https" : "https");
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, guard);
 }
 
 static size_t
@@ -307,7 +318,7 @@ start(sender_t *s, PGresult *res, int row)
     snprintf(ts, sizeof(ts), "%" PRId64, ts_s);
     if (tly_webhook_url_check(url, s->cfg->allow_private, false, err, sizeof(err)) != 0) {
         finish_now(s, f, err);
-        f->refused = true;
+        f->guard.refused = true;
         return;
     }
     if (tly_webhook_signature_header(secret, previous, f->id, ts_s, f->payload, len, sig, sizeof(sig)) != 0) {
@@ -328,13 +339,8 @@ start(sender_t *s, PGresult *res, int row)
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, f->payload);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)len);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, f->headers);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)s->cfg->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* a 3xx is a failure, never followed */
-    curl_easy_setopt(e, CURLOPT_PROXY, "");          /* never a proxy from the environment: it would bypass the address check */
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, s->cfg->allow_private ? "http,https" : "https");
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f);
+    f->guard.allow_private = s->cfg->allow_private;
+    tly_webhook_curl_options(e, &f->guard, s->cfg->timeout_ms);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, f);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
@@ -361,7 +367,7 @@ finished(sender_t *s, CURL *e, CURLcode code)
         curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &f->status);
         if (f->status < 200 || f->status > 299)
             snprintf(f->error, sizeof(f->error), "HTTP %ld", f->status);
-    } else if (f->refused) {
+    } else if (f->guard.refused) {
         snprintf(f->error, sizeof(f->error), "refused: the address is not allowed (private, loopback, link-local or reserved)");
     } else if (code == CURLE_OPERATION_TIMEDOUT) {
         snprintf(f->error, sizeof(f->error), "timeout after %" PRId64 " ms", s->cfg->timeout_ms);
@@ -602,11 +608,11 @@ count(sender_t *s, const flight_t *f, const outcome_t *o)
                          : f->status >= 300 && f->status <= 399 ? "3xx"
                          : f->status >= 400 && f->status <= 499 ? "4xx"
                          : f->status >= 500                     ? "5xx"
-                         : f->refused                           ? "refused"
+                         : f->guard.refused                     ? "refused"
                          : strncmp(f->error, "timeout", 7) == 0 ? "timeout"
                                                                 : "error";
     tly_counter_add(tly_metric_s1(s->m_attempts, result), 1);
-    if (f->status > 0 || !f->refused)
+    if (f->status > 0 || !f->guard.refused)
         tly_histogram_observe(tly_metric_s0(s->m_latency), (double)f->latency_ms / 1000.0);
     if (o->ok || o->final)
         tly_counter_add(tly_metric_s1(s->m_deliveries, o->ok ? "succeeded" : o->gone ? "gone" : "failed"), 1);
@@ -642,6 +648,8 @@ record_done(sender_t *s, char *err, size_t errcap)
     if (tly_pg_exec(s->conn, "COMMIT", err, errcap) != 0)
         goto cleanup;
     for (int i = 0; i < s->ndone; ++i) {
+        if (!o[i].ok && !o[i].final)
+            s->wake = true; /* a new due time, maybe earlier than the one we sleep towards */
         count(s, s->done[i], &o[i]);
         if (disabled[i])
             log_disabled(s->done[i]->endpoint, o[i].gone ? "gone" : "failing");

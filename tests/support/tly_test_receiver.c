@@ -200,7 +200,7 @@ record(tly_test_receiver_t *r, const char *path, const char *head, const char *b
     h.at_us = now_us();
     h.body = strdup(body);
     if (header(head, "webhook-id", v, sizeof(v)))
-        snprintf(h.id, sizeof(h.id), "%s", v);
+        snprintf(h.id, sizeof(h.id), "%.79s", v);
     if (header(head, "webhook-timestamp", v, sizeof(v)))
         h.timestamp = strtoll(v, NULL, 10);
     pthread_mutex_lock(&r->lock);
@@ -216,8 +216,10 @@ record(tly_test_receiver_t *r, const char *path, const char *head, const char *b
             *status = p->script.fail_status;
             *hang_ms = p->script.hang_ms;
             snprintf(retry_after, ra_cap, "%s", p->retry_after);
-        } else if (p->script.status != 0) {
-            *status = p->script.status;
+        } else {
+            if (p->script.status != 0)
+                *status = p->script.status;
+            *hang_ms = p->script.delay_ms; /* with a status: a delay, not a hang */
         }
     }
     if (r->nhits == r->caphits) {
@@ -293,6 +295,10 @@ serve(void *arg)
         if (status == 0) {
             hang(r, c->fd, hang_ms);
             goto out;
+        }
+        if (hang_ms > 0) {
+            struct timespec ts = {hang_ms / 1000, (hang_ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
         }
         char resp[512];
         int n = snprintf(resp, sizeof(resp), "HTTP/1.1 %d X\r\nContent-Length: 2\r\n%s%s%sConnection: keep-alive\r\n\r\nok", status,

@@ -10,7 +10,7 @@
  * Scripts: the first `fail_first` requests to a path get `fail_status` (with
  * `retry_after` when set), or, when `fail_status` is 0, no answer for
  * `hang_ms` (then the connection is closed); later requests get `status`
- * (200 when 0). The whole receiver can be taken down (listener and every
+ * (200 when 0), each after `delay_ms`. The whole receiver can be taken down (listener and every
  * connection closed: connection refused) and brought back on the same port.
  */
 #ifndef TLY_TEST_RECEIVER_H
@@ -30,6 +30,7 @@ typedef struct st_tly_test_script_t {
     const char *retry_after;
     int hang_ms;
     int status;                                         /* after the failures; 0 = 200 */
+    int delay_ms;                                       /* before each answer after the failures (a slow receiver) */
     const char *secrets[TLY_TEST_RECEIVER_MAX_SECRETS]; /* whsec_... to check; NULL entries unused */
 } tly_test_script_t;
 
