@@ -97,24 +97,22 @@ tenant_endpoints(tly_webhook_role_t *r, PGconn *conn, const tly_uuid_t *tenant, 
     return load_tenant(r, conn, tenant, err, errcap);
 }
 
+/* Inserts the event's deliveries to `ids`/`endpoints` (PostgreSQL array literals) with one statement. */
 static int
-insert_delivery(tly_webhook_role_t *r, PGconn *conn, const tly_webhook_endpoint_t *e, const tly_envelope_t *env, const char *body,
-                char *err, size_t errcap)
+insert_deliveries(tly_webhook_role_t *r, PGconn *conn, const char *ids, const char *endpoints, const tly_envelope_t *env,
+                  const char *body, char *err, size_t errcap)
 {
-    char id[TLY_UUID_STR_LEN + 1], ep[TLY_UUID_STR_LEN + 1], tenant[TLY_UUID_STR_LEN + 1], event[TLY_UUID_STR_LEN + 1];
-    char occurred[24];
+    char tenant[TLY_UUID_STR_LEN + 1], event[TLY_UUID_STR_LEN + 1], occurred[24];
     long affected = 0;
-    tly_uuid_t did = tly_webhook_delivery_id(&e->id, &env->id);
-    tly_uuid_format(&did, id);
-    tly_uuid_format(&e->id, ep);
     tly_uuid_format(&env->tenant_id, tenant);
     tly_uuid_format(&env->id, event);
     snprintf(occurred, sizeof(occurred), "%" PRId64, env->occurred_at_us);
-    const char *vals[] = {id, ep, tenant, event, env->type, occurred, body};
-    if (tly_pgx_exec(conn, "record webhook delivery",
+    const char *vals[] = {ids, endpoints, tenant, event, env->type, occurred, body};
+    if (tly_pgx_exec(conn, "record webhook deliveries",
                      "INSERT INTO webhook_deliveries (id, endpoint_id, tenant_id, event_id, event_type, occurred_at, payload, "
-                     "status, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 'epoch'::timestamptz + $6::bigint * interval "
-                     "'1 microsecond', $7, 'pending', now()) ON CONFLICT DO NOTHING",
+                     "status, next_attempt_at) SELECT u.id, u.endpoint_id, $3, $4, $5, 'epoch'::timestamptz + $6::bigint * "
+                     "interval '1 microsecond', $7, 'pending', now() FROM unnest($1::uuid[], $2::uuid[]) AS u(id, endpoint_id) "
+                     "ON CONFLICT DO NOTHING",
                      7, vals, &affected, err, errcap) != 0)
         return -1;
     r->recorded += affected;
@@ -129,19 +127,34 @@ webhook_apply(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, char *err,
     tly_webhook_tenant_t *t = tenant_endpoints(r, conn, &env->tenant_id, err, errcap);
     if (t == NULL)
         return -1;
-    char *body = NULL;
-    int ret = 0;
-    for (int i = 0; i < t->n && ret == 0; ++i) {
+    size_t cap = (size_t)t->n * (TLY_UUID_STR_LEN + 1) + 3, n = 0, m = 0;
+    char *ids = malloc(cap), *eps = malloc(cap);
+    if (ids == NULL || eps == NULL)
+        abort();
+    ids[n++] = eps[m++] = '{';
+    for (int i = 0; i < t->n; ++i) {
         const tly_webhook_endpoint_t *e = &t->endpoints[i];
         if (env->occurred_at_us < e->created_us || !tly_webhook_subscribed(e->types, env->type))
             continue;
-        if (body == NULL) {
-            bool truncated;
-            body = tly_webhook_body(env, &truncated);
-        }
-        ret = insert_delivery(r, conn, e, env, body, err, errcap);
+        tly_uuid_t did = tly_webhook_delivery_id(&e->id, &env->id);
+        if (n > 1)
+            ids[n++] = eps[m++] = ',';
+        tly_uuid_format(&did, ids + n);
+        tly_uuid_format(&e->id, eps + m);
+        n += TLY_UUID_STR_LEN;
+        m += TLY_UUID_STR_LEN;
     }
-    free(body);
+    ids[n++] = eps[m++] = '}';
+    ids[n] = eps[m] = '\0';
+    int ret = 0;
+    if (n > 2) {
+        bool truncated;
+        char *body = tly_webhook_body(env, &truncated);
+        ret = insert_deliveries(r, conn, ids, eps, env, body, err, errcap);
+        free(body);
+    }
+    free(ids);
+    free(eps);
     return ret;
 }
 

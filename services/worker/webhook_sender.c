@@ -55,7 +55,8 @@ typedef struct st_flight_t {
     char id[TLY_UUID_STR_LEN + 1], endpoint[TLY_UUID_STR_LEN + 1];
     char lease[24]; /* next_attempt_at as claimed, in microseconds: the claim's token */
     char *payload;
-    int attempt; /* the number of this attempt (1 = first) */
+    int attempt;      /* the number of this attempt (1 = first) */
+    bool was_failing; /* the endpoint had failing_since set when claimed */
     int64_t started_us, started_mono_us;
     tly_webhook_guard_t guard; /* .refused: the SSRF rules refused the URL or an address */
     bool has_retry_after;      /* a parsable Retry-After came with the answer */
@@ -308,6 +309,7 @@ start(sender_t *s, PGresult *res, int row)
     const char *url = PQgetvalue(res, row, 4), *secret = PQgetvalue(res, row, 5);
     const char *previous = PQgetisnull(res, row, 6) ? NULL : PQgetvalue(res, row, 6);
     snprintf(f->lease, sizeof(f->lease), "%s", PQgetvalue(res, row, 7));
+    f->was_failing = strcmp(PQgetvalue(res, row, 8), "t") == 0;
     f->started_us = tly_clock_now_us();
     f->started_mono_us = tly_clock_mono_us();
     if (f->payload == NULL)
@@ -387,6 +389,7 @@ static const char claim_sql[] =
     "         row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS rn"
     "  FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id"
     "  WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND e.enabled AND e.deleted_at IS NULL"
+    "    AND NOT (d.endpoint_id = ANY($6::uuid[]))" /* full here: their backlog is filtered, never sorted */
     "), picked AS ("
     "  SELECT r.id FROM ranked r LEFT JOIN unnest($1::uuid[], $2::int[]) AS busy(endpoint_id, n)"
     "    ON busy.endpoint_id = r.endpoint_id"
@@ -398,15 +401,19 @@ static const char claim_sql[] =
     "UPDATE webhook_deliveries d SET next_attempt_at = now() + $5::bigint * interval '1 millisecond', updated_at = now() "
     "FROM locked l, webhook_endpoints e WHERE d.id = l.id AND e.id = d.endpoint_id "
     "RETURNING d.id, d.endpoint_id, d.attempts, d.payload, e.url, e.secret,"
-    "  CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END, " US_OF("d.next_attempt_at");
+    "  CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END, " US_OF(
+        "d.next_attempt_at") ","
+                             "  e.failing_since IS NOT NULL";
 
-/* Milliseconds until the next due row of an endpoint that has room here (IDLE_POLL_MS when none). */
-static int64_t
-next_due_ms(sender_t *s, const char *busy_ids, char *err, size_t errcap)
+/*
+ * Milliseconds until the next due row of an endpoint not in `full_ids` (<= 0:
+ * one is due already, e.g. beyond an endpoint's remaining room;
+ * IDLE_POLL_MS when there is none) into `*ms`. 0 or -1 with `err`.
+ */
+static int
+next_due_ms(sender_t *s, const char *full_ids, int64_t *ms, char *err, size_t errcap)
 {
-    char cap[16];
-    snprintf(cap, sizeof(cap), "%" PRId64, s->cfg->per_endpoint);
-    const char *vals[] = {busy_ids};
+    const char *vals[] = {full_ids};
     PGresult *res = tly_pgx_query(s->conn, "find the next due webhook delivery",
                                   "SELECT (extract(epoch FROM d.next_attempt_at - now()) * 1000)::bigint "
                                   "FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id "
@@ -415,9 +422,9 @@ next_due_ms(sender_t *s, const char *busy_ids, char *err, size_t errcap)
                                   1, vals, err, errcap);
     if (res == NULL)
         return -1;
-    int64_t ms = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : IDLE_POLL_MS;
+    *ms = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : IDLE_POLL_MS;
     PQclear(res);
-    return ms;
+    return 0;
 }
 
 /* Claims what fits into the free slots and starts it. */
@@ -427,34 +434,42 @@ claim(sender_t *s, char *err, size_t errcap)
     char *ids, *counts;
     char cap[16], limit[16], lease[24];
     int free_slots = (int)s->cfg->max_in_flight - s->in_flight;
+    char *full, *full_counts;
     ep_arrays(s, false, &ids, &counts);
+    ep_arrays(s, true, &full, &full_counts);
     snprintf(cap, sizeof(cap), "%" PRId64, s->cfg->per_endpoint);
     snprintf(limit, sizeof(limit), "%d", free_slots);
     snprintf(lease, sizeof(lease), "%" PRId64, s->lease_ms);
-    const char *vals[] = {ids, counts, cap, limit, lease};
-    PGresult *res = tly_pgx_query(s->conn, "claim due webhook deliveries", claim_sql, 5, vals, err, errcap);
+    const char *vals[] = {ids, counts, cap, limit, lease, full};
+    PGresult *res = tly_pgx_query(s->conn, "claim due webhook deliveries", claim_sql, 6, vals, err, errcap);
     free(ids);
     free(counts);
-    if (res == NULL)
+    free(full_counts);
+    if (res == NULL) {
+        free(full);
         return -1;
+    }
     int n = PQntuples(res);
     for (int i = 0; i < n; ++i)
         start(s, res, i);
     PQclear(res);
     s->wake = false;
     if (n == free_slots) {
+        free(full);
         s->next_claim_mono = tly_clock_mono_us(); /* there may be more as soon as a slot frees */
         return n;
     }
     /* the next due row of an endpoint with room decides when to look again; a full one wakes us when a slot frees */
-    ep_arrays(s, true, &ids, &counts);
-    int64_t ms = next_due_ms(s, ids, err, errcap);
-    free(ids);
-    free(counts);
-    if (ms < 0)
+    int64_t ms = 0;
+    free(full);
+    ep_arrays(s, true, &full, &full_counts); /* full now, with what was just started */
+    free(full_counts);
+    int r = next_due_ms(s, full, &ms, err, errcap);
+    free(full);
+    if (r != 0)
         return -1;
     if (ms < MIN_CLAIM_GAP_MS)
-        ms = MIN_CLAIM_GAP_MS; /* a due row someone else holds locked: do not spin */
+        ms = MIN_CLAIM_GAP_MS; /* due but not ours to take now (locked elsewhere, or beyond an endpoint's room): no spin */
     if (ms > IDLE_POLL_MS)
         ms = IDLE_POLL_MS;
     s->next_claim_mono = tly_clock_mono_us() + ms * 1000;
@@ -540,54 +555,146 @@ judge(sender_t *s, const flight_t *f)
     return o;
 }
 
-/* Records one attempt in the open transaction. `*lost`: the lease was no longer ours (nothing recorded). */
-static int
-record_one(sender_t *s, flight_t *f, const outcome_t *o, bool *lost, bool *disabled, char *err, size_t errcap)
+/* A growing PostgreSQL array literal: {"a","b",NULL}. */
+typedef struct st_arr_t {
+    char *p;
+    size_t n, cap;
+} arr_t;
+
+static void
+arr_put(arr_t *a, const char *s, size_t len)
 {
-    char status_s[16], delay_s[24], attempt_s[16], started_s[24], latency_s[24], window_s[24];
-    *lost = *disabled = false;
-    snprintf(status_s, sizeof(status_s), "%ld", f->status);
-    snprintf(delay_s, sizeof(delay_s), "%" PRId64, o->delay_us < 0 ? 0 : o->delay_us);
-    const char *new_status = o->ok ? "succeeded" : o->final ? "failed" : "pending";
-    const char *vals[] = {f->id, f->lease, new_status, delay_s, f->status > 0 ? status_s : NULL, f->error[0] ? f->error : NULL};
-    long affected = 0;
-    if (tly_pgx_exec(s->conn, "record webhook delivery attempt",
-                     "UPDATE webhook_deliveries SET status = $3, attempts = attempts + 1, "
-                     "next_attempt_at = CASE WHEN $3 = 'pending' THEN now() + $4::bigint * interval '1 microsecond' END, "
-                     "last_status_code = $5, last_error = $6, updated_at = now() "
-                     "WHERE id = $1 AND status = 'pending' AND next_attempt_at = " TS_OF(2),
-                     6, vals, &affected, err, errcap) != 0)
+    if (a->n + len + 3 > a->cap) {
+        a->cap = (a->n + len + 3) * 2;
+        a->p = realloc(a->p, a->cap);
+        if (a->p == NULL)
+            abort();
+    }
+    memcpy(a->p + a->n, s, len);
+    a->n += len;
+    a->p[a->n] = '\0';
+}
+
+/* Appends one element (NULL: SQL NULL), quoted and escaped. */
+static void
+arr_add(arr_t *a, const char *v)
+{
+    arr_put(a, a->n == 0 ? "{" : ",", 1);
+    if (v == NULL) {
+        arr_put(a, "NULL", 4);
+        return;
+    }
+    arr_put(a, "\"", 1);
+    for (const char *c = v; *c != '\0'; ++c) {
+        if (*c == '"' || *c == '\\')
+            arr_put(a, "\\", 1);
+        arr_put(a, c, 1);
+    }
+    arr_put(a, "\"", 1);
+}
+
+static const char *
+arr_done(arr_t *a)
+{
+    arr_put(a, a->n == 0 ? "{}" : "}", a->n == 0 ? 2 : 1);
+    return a->p;
+}
+
+/*
+ * Records every attempt of the batch with one statement: each delivery's new
+ * state WHERE its lease is still ours, and an attempt row for each one that
+ * matched. `recorded[i]` tells which (a lost lease records nothing).
+ */
+static int
+record_attempts(sender_t *s, const outcome_t *o, bool *recorded, char *err, size_t errcap)
+{
+    arr_t a[9];
+    char num[32];
+    memset(a, 0, sizeof(a));
+    for (int i = 0; i < s->ndone; ++i) {
+        const flight_t *f = s->done[i];
+        arr_add(&a[0], f->id);
+        arr_add(&a[1], f->lease);
+        arr_add(&a[2], o[i].ok ? "succeeded" : o[i].final ? "failed" : "pending");
+        snprintf(num, sizeof(num), "%" PRId64, o[i].delay_us < 0 ? 0 : o[i].delay_us);
+        arr_add(&a[3], num);
+        snprintf(num, sizeof(num), "%ld", f->status);
+        arr_add(&a[4], f->status > 0 ? num : NULL);
+        arr_add(&a[5], f->error[0] != '\0' ? f->error : NULL);
+        snprintf(num, sizeof(num), "%d", f->attempt);
+        arr_add(&a[6], num);
+        snprintf(num, sizeof(num), "%" PRId64, f->started_us);
+        arr_add(&a[7], num);
+        snprintf(num, sizeof(num), "%" PRId64, f->latency_ms);
+        arr_add(&a[8], num);
+    }
+    const char *vals[9];
+    for (int k = 0; k < 9; ++k)
+        vals[k] = arr_done(&a[k]);
+    PGresult *res = tly_pgx_query(
+        s->conn, "record webhook attempts",
+        "WITH r AS (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::int[], "
+        "  $8::bigint[], $9::int[]) AS r(id, lease, status, delay_us, code, error, attempt, started_us, latency_ms)), "
+        "u AS (UPDATE webhook_deliveries d SET status = r.status, attempts = d.attempts + 1, "
+        "  next_attempt_at = CASE WHEN r.status = 'pending' THEN now() + r.delay_us * interval '1 microsecond' END, "
+        "  last_status_code = r.code, last_error = r.error, updated_at = now() FROM r "
+        "  WHERE d.id = r.id AND d.status = 'pending' AND d.next_attempt_at = 'epoch'::timestamptz + r.lease * interval "
+        "'1 microsecond' RETURNING d.id) "
+        "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms, error) "
+        "SELECT r.id, r.attempt, 'epoch'::timestamptz + r.started_us * interval '1 microsecond', r.code, r.latency_ms, r.error "
+        "FROM r JOIN u ON u.id = r.id ON CONFLICT DO NOTHING RETURNING delivery_id",
+        9, vals, err, errcap);
+    for (int k = 0; k < 9; ++k)
+        free(a[k].p);
+    if (res == NULL)
         return -1;
-    if (affected == 0) {
-        *lost = true;
+    for (int i = 0; i < s->ndone; ++i) {
+        recorded[i] = false;
+        for (int r = 0; r < PQntuples(res) && !recorded[i]; ++r)
+            recorded[i] = strcmp(PQgetvalue(res, r, 0), s->done[i]->id) == 0;
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Endpoints that answered 2xx are healthy again: one statement. */
+static int
+mark_healthy(sender_t *s, const outcome_t *o, const bool *recorded, char *err, size_t errcap)
+{
+    arr_t ids;
+    memset(&ids, 0, sizeof(ids));
+    for (int i = 0; i < s->ndone; ++i)
+        if (o[i].ok && recorded[i] && s->done[i]->was_failing)
+            arr_add(&ids, s->done[i]->endpoint); /* repeats are harmless */
+    if (ids.n == 0)
         return 0;
-    }
-    snprintf(attempt_s, sizeof(attempt_s), "%d", f->attempt);
-    snprintf(started_s, sizeof(started_s), "%" PRId64, f->started_us);
-    snprintf(latency_s, sizeof(latency_s), "%" PRId64, f->latency_ms);
-    const char *avals[] = {f->id, attempt_s, started_s, f->status > 0 ? status_s : NULL, latency_s, f->error[0] ? f->error : NULL};
-    if (tly_pgx_exec(s->conn, "record webhook attempt",
-                     "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, status_code, latency_ms, error) "
-                     "VALUES ($1, $2, " TS_OF(3) ", $4, $5, $6) ON CONFLICT DO NOTHING",
-                     6, avals, NULL, err, errcap) != 0)
-        return -1;
-    if (o->ok) {
-        const char *evals[] = {f->endpoint};
-        return tly_pgx_exec(s->conn, "mark webhook endpoint healthy",
-                            "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL", 1,
-                            evals, NULL, err, errcap);
-    }
+    const char *vals[] = {arr_done(&ids)};
+    int ret =
+        tly_pgx_exec(s->conn, "mark webhook endpoints healthy",
+                     "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ANY($1::uuid[]) AND failing_since IS NOT NULL",
+                     1, vals, NULL, err, errcap);
+    free(ids.p);
+    return ret;
+}
+
+/* A failed attempt: 410 disables the endpoint; otherwise it is failing since then, and disabled once that is too long. */
+static int
+mark_failing(sender_t *s, const flight_t *f, const outcome_t *o, bool *disabled, char *err, size_t errcap)
+{
+    char started_s[24], window_s[24];
+    *disabled = false;
     if (o->gone)
         return disable_endpoint(s, f->endpoint, "gone", disabled, err, errcap);
+    snprintf(started_s, sizeof(started_s), "%" PRId64, f->started_us);
     snprintf(window_s, sizeof(window_s), "%" PRId64, s->window_ms);
-    const char *fvals[] = {f->endpoint, started_s, window_s};
+    const char *vals[] = {f->endpoint, started_s, window_s};
     PGresult *res = tly_pgx_query(s->conn, "mark webhook endpoint failing",
                                   "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, " TS_OF(
                                       2) ") "
                                          "WHERE id = $1 AND enabled AND deleted_at IS NULL AND (failing_since IS NULL OR "
                                          "failing_since <= now() - $3::bigint * interval '1 millisecond') "
                                          "RETURNING failing_since <= now() - $3::bigint * interval '1 millisecond'",
-                                  3, fvals, err, errcap);
+                                  3, vals, err, errcap);
     if (res == NULL)
         return -1;
     bool too_long = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
@@ -619,33 +726,40 @@ count(sender_t *s, const flight_t *f, const outcome_t *o)
 }
 
 /*
- * Records every finished attempt in one transaction, in endpoint order (two
- * workers touching the same endpoints lock them in the same order). Kept for
- * a later try when PostgreSQL fails; the attempts' leases keep other workers
- * away meanwhile.
+ * Records every finished attempt in one transaction (three statements when
+ * all succeeded), endpoints in order (two workers touching the same
+ * endpoints lock them in the same order). Kept for a later try when
+ * PostgreSQL fails; the attempts' leases keep other workers away meanwhile.
  */
 static int
 record_done(sender_t *s, char *err, size_t errcap)
 {
     outcome_t *o = calloc((size_t)s->ndone, sizeof(*o));
-    bool *disabled = calloc((size_t)s->ndone, sizeof(bool));
-    if (o == NULL || disabled == NULL)
+    bool *disabled = calloc((size_t)s->ndone, sizeof(bool)), *recorded = calloc((size_t)s->ndone, sizeof(bool));
+    if (o == NULL || disabled == NULL || recorded == NULL)
         abort();
     qsort(s->done, (size_t)s->ndone, sizeof(*s->done), by_endpoint);
+    for (int i = 0; i < s->ndone; ++i)
+        o[i] = judge(s, s->done[i]);
+    /* all succeeded at endpoints that were healthy: the one statement is the transaction */
+    bool simple = true;
+    for (int i = 0; i < s->ndone && simple; ++i)
+        simple = o[i].ok && !s->done[i]->was_failing;
     int ret = -1;
     tly_pgx_reset_last();
-    if (tly_pg_exec(s->conn, "BEGIN", err, errcap) != 0)
+    if ((!simple && tly_pg_exec(s->conn, "BEGIN", err, errcap) != 0) || record_attempts(s, o, recorded, err, errcap) != 0 ||
+        mark_healthy(s, o, recorded, err, errcap) != 0)
         goto cleanup;
     for (int i = 0; i < s->ndone; ++i) {
-        bool lost = false;
-        o[i] = judge(s, s->done[i]);
-        if (record_one(s, s->done[i], &o[i], &lost, &disabled[i], err, errcap) != 0)
-            goto cleanup;
-        if (lost)
+        if (!recorded[i]) {
             tly_log(TLY_LOG_WARN, "webhook attempt not recorded: its lease ended or the delivery was reset meanwhile", "consumer",
                     "webhook-sender", "delivery_id", s->done[i]->id, NULL);
+            continue;
+        }
+        if (!o[i].ok && mark_failing(s, s->done[i], &o[i], &disabled[i], err, errcap) != 0)
+            goto cleanup;
     }
-    if (tly_pg_exec(s->conn, "COMMIT", err, errcap) != 0)
+    if (!simple && tly_pg_exec(s->conn, "COMMIT", err, errcap) != 0)
         goto cleanup;
     for (int i = 0; i < s->ndone; ++i) {
         if (!o[i].ok && !o[i].final)
@@ -662,6 +776,7 @@ cleanup:
         rollback(s);
     free(o);
     free(disabled);
+    free(recorded);
     return ret;
 }
 
