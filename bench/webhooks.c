@@ -11,10 +11,11 @@
  *   1. throughput: BENCH_WH_EVENTS events (2,500) as fast as Kafka takes
  *      them, each subscribed by BENCH_WH_ENDPOINTS endpoints (8): deliveries
  *      per second from the first produce to the last delivery answered.
- *   2. latency at a steady BENCH_WH_RATE events/s (50) for
- *      BENCH_WH_SECONDS (20) to 4 fast endpoints: event time to arrival at
- *      the receiver, p50/p99; then the same with a fifth endpoint that never
- *      answers (every attempt hangs until the 15 s timeout) subscribed too.
+ *   2. latency at a steady BENCH_WH_RATE events/s (50) to 4 fast
+ *      endpoints: event time to arrival at the receiver, p50/p99; and the
+ *      same with a fifth endpoint that never answers (every attempt hangs
+ *      until the 15 s timeout) subscribed too. BENCH_WH_ROUNDS (3) rounds
+ *      of BENCH_WH_SECONDS (10) each, the two cases interleaved.
  *
  * Usage: webhooks <stack env file> <tally-worker binary> <log file>
  * Prints one line per figure and a JSON object on the last line.
@@ -253,9 +254,13 @@ env_int(const char *name, int def)
     return v != NULL && atoi(v) > 0 ? atoi(v) : def;
 }
 
-/* Steady `rate` events/s for `seconds` to the four /lat-<run>-N endpoints (and /never-<run> when `with_stuck`). */
-static void
-latency_run(int run, bool with_stuck, int rate, int seconds, double *p50, double *p99, int *count)
+/*
+ * Steady `rate` events/s for `seconds` to four fresh fast endpoints (and a
+ * fresh endpoint that never answers when `with_stuck`); appends the fast
+ * endpoints' latencies (ms) to `*v`.
+ */
+static int
+latency_run(int run, bool with_stuck, int rate, int seconds, double **v, int have)
 {
     char id[40], paths[4][64], never[64];
     tly_test_script_t ok = {.secrets = {SECRET}};
@@ -280,15 +285,10 @@ latency_run(int run, bool with_stuck, int rate, int seconds, double *p50, double
     }
     rd_kafka_flush(rk, 10000);
     wait_count(ps, 4, 4 * n, 60);
-    double *v = NULL;
-    int m = 0;
     for (int i = 0; i < 4; ++i)
-        m = latencies(paths[i], &v, m);
-    *count = m;
-    *p50 = pct(v, m, 0.50);
-    *p99 = pct(v, m, 0.99);
-    free(v);
+        have = latencies(paths[i], v, have);
     drop_endpoints();
+    return have;
 }
 
 int
@@ -365,19 +365,29 @@ main(int argc, char **argv)
     drop_endpoints();
     sleep_us(1000000);
 
-    /* 2. latency with and without an endpoint that never answers */
-    int rate = env_int("BENCH_WH_RATE", 50), secs = env_int("BENCH_WH_SECONDS", 20), c1, c2;
-    double a50, a99, b50, b99;
-    latency_run(1, false, rate, secs, &a50, &a99, &c1);
-    printf("latency, 4 fast endpoints, %d events/s: p50 %.1f ms, p99 %.1f ms (%d deliveries)\n", rate, a50, a99, c1);
-    latency_run(2, true, rate, secs, &b50, &b99, &c2);
-    printf("latency, same + 1 endpoint that never answers: p50 %.1f ms, p99 %.1f ms (%d deliveries; %d attempts to the stuck "
-           "endpoint started)\n",
-           b50, b99, c2, tly_test_receiver_count(rx, "/never-2"));
+    /* 2. latency with and without an endpoint that never answers, rounds interleaved (the machine's load drifts) */
+    int rate = env_int("BENCH_WH_RATE", 50), secs = env_int("BENCH_WH_SECONDS", 10), rounds = env_int("BENCH_WH_ROUNDS", 3);
+    double *va = NULL, *vb = NULL;
+    int na = 0, nb = 0, stuck_attempts = 0;
+    for (int r = 0; r < rounds; ++r) {
+        na = latency_run(2 * r, false, rate, secs, &va, na);
+        nb = latency_run(2 * r + 1, true, rate, secs, &vb, nb);
+        char never[64];
+        snprintf(never, sizeof(never), "/never-%d", 2 * r + 1);
+        stuck_attempts += tly_test_receiver_count(rx, never);
+    }
+    double a50 = pct(va, na, 0.50), a99 = pct(va, na, 0.99), b50 = pct(vb, nb, 0.50), b99 = pct(vb, nb, 0.99);
+    printf("latency, 4 fast endpoints, %d events/s, %d x %d s: p50 %.1f ms, p99 %.1f ms (%d deliveries)\n", rate, rounds, secs, a50,
+           a99, na);
+    printf("latency, same + 1 endpoint that never answers (rounds interleaved): p50 %.1f ms, p99 %.1f ms (%d deliveries; %d "
+           "attempts to the stuck endpoints started)\n",
+           b50, b99, nb, stuck_attempts);
     printf("{\"deliveries_per_s\":%.0f,\"deliveries\":%d,\"endpoints\":%d,\"latency_p50_ms\":%.1f,\"latency_p99_ms\":%.1f,"
            "\"stuck_latency_p50_ms\":%.1f,\"stuck_latency_p99_ms\":%.1f,\"rate\":%d}\n",
            tput, delivered, nend, a50, a99, b50, b99, rate);
     fflush(stdout);
+    free(va);
+    free(vb);
 
     kill(worker, SIGTERM);
     waitpid(worker, NULL, 0);

@@ -90,6 +90,8 @@ struct st_sender_t {
     int64_t next_sweep_mono;
     int64_t next_pending_mono;
     int record_delay_ms;
+    int64_t next_connect_mono; /* after a failed connection */
+    int connect_delay_ms;
     int64_t lease_ms, window_ms;
     uint64_t rng;
     tly_metric_t *m_attempts, *m_deliveries, *m_latency, *m_pending, *m_in_flight;
@@ -888,8 +890,16 @@ pg_turn(sender_t *s, bool stopping)
 {
     char err[1024];
     int64_t now = tly_clock_mono_us();
-    if (!ensure_pg(s))
+    if (now < s->next_connect_mono)
         return;
+    if (!ensure_pg(s)) { /* curl keeps running what is in flight; its results wait */
+        s->connect_delay_ms = s->connect_delay_ms == 0 ? 50 : s->connect_delay_ms * 2 > 5000 ? 5000 : s->connect_delay_ms * 2;
+        s->next_connect_mono = now + s->connect_delay_ms * 1000LL;
+        if (s->next_record_mono < s->next_connect_mono)
+            s->next_record_mono = s->next_connect_mono;
+        return;
+    }
+    s->connect_delay_ms = 0;
     drain_notifications(s);
     if (s->ndone > 0 && now >= s->next_record_mono) {
         if (record_done(s, err, sizeof(err)) != 0) {
@@ -933,7 +943,7 @@ static int
 poll_ms(sender_t *s)
 {
     int64_t now = tly_clock_mono_us();
-    int64_t until = s->ndone > 0 ? s->next_record_mono : s->wake ? now : s->next_claim_mono;
+    int64_t until = !s->pg_up ? s->next_connect_mono : s->ndone > 0 ? s->next_record_mono : s->wake ? now : s->next_claim_mono;
     if (s->next_sweep_mono < until)
         until = s->next_sweep_mono;
     int64_t ms = (until - now + 999) / 1000;
