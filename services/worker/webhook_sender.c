@@ -43,6 +43,7 @@
 #define TS_OF(n) "('epoch'::timestamptz + $" #n "::bigint * interval '1 microsecond')"
 #define IDLE_POLL_MS 1000
 #define MIN_CLAIM_GAP_MS 10
+#define NEXT_DUE_EVERY_US (100 * 1000LL)
 #define PENDING_REPORT_US (5 * 1000000LL)
 #define ERR_MAX 256
 
@@ -90,7 +91,8 @@ struct st_sender_t {
     int64_t next_sweep_mono;
     int64_t next_pending_mono;
     int record_delay_ms;
-    int64_t next_connect_mono; /* after a failed connection */
+    int64_t next_connect_mono;   /* after a failed connection */
+    int64_t next_due_query_mono; /* next_due_ms is asked at most this often */
     int connect_delay_ms;
     int64_t lease_ms, window_ms;
     uint64_t rng;
@@ -461,7 +463,20 @@ claim(sender_t *s, char *err, size_t errcap)
         s->next_claim_mono = tly_clock_mono_us(); /* there may be more as soon as a slot frees */
         return n;
     }
-    /* the next due row of an endpoint with room decides when to look again; a full one wakes us when a slot frees */
+    /*
+     * The next due row of an endpoint with room decides when to look again (a
+     * full one wakes us when a slot frees, new rows with a NOTIFY, our own
+     * retries when recorded). Asked at most every NEXT_DUE_EVERY_US: a busy
+     * loop claims after every batch of answers and need not pay for it each time.
+     */
+    int64_t now = tly_clock_mono_us();
+    if (now < s->next_due_query_mono) {
+        free(full);
+        if (s->next_claim_mono < now + MIN_CLAIM_GAP_MS * 1000) /* stale: look again when we may ask */
+            s->next_claim_mono = s->next_due_query_mono;
+        return n;
+    }
+    s->next_due_query_mono = now + NEXT_DUE_EVERY_US;
     int64_t ms = 0;
     free(full);
     ep_arrays(s, true, &full, &full_counts); /* full now, with what was just started */
@@ -784,7 +799,11 @@ cleanup:
 
 /* --- periodic work --------------------------------------------------------- */
 
-/* Disables endpoints whose every attempt failed for the whole window (also those no attempt touches any more). */
+/*
+ * Disables endpoints whose every attempt failed for the whole window (also
+ * those no attempt touches any more), and fails the pending deliveries of
+ * deleted endpoints.
+ */
 static void
 sweep(sender_t *s)
 {
@@ -812,6 +831,14 @@ sweep(sender_t *s)
             log_disabled(ep, "failing");
     }
     PQclear(res);
+    /* a deleted endpoint is never sent to again: its pending rows would only weigh on every claim */
+    if (tly_pgx_exec(s->conn, "fail the deliveries of deleted webhook endpoints",
+                     "UPDATE webhook_deliveries d SET status = 'failed', next_attempt_at = NULL, last_error = 'endpoint deleted', "
+                     "updated_at = now() FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.deleted_at IS NOT NULL "
+                     "AND d.status = 'pending'",
+                     0, NULL, NULL, err, sizeof(err)) != 0)
+        tly_log(TLY_LOG_ERROR, "could not fail the deliveries of deleted webhook endpoints", "consumer", "webhook-sender", "error",
+                err, NULL);
 }
 
 static void
@@ -936,6 +963,8 @@ pg_turn(sender_t *s, bool stopping)
         s->next_pending_mono = now + PENDING_REPORT_US;
         report_pending(s);
     }
+    /* libpq queued the notifications that came during our statements: the socket will not wake us for them */
+    drain_notifications(s);
 }
 
 /* How long curl_multi_poll may sleep: until the next thing to do with PostgreSQL, or what curl asks. */
