@@ -778,9 +778,10 @@ record_done(sender_t *s, char *err, size_t errcap)
     }
     if (!simple && tly_pg_exec(s->conn, "COMMIT", err, errcap) != 0)
         goto cleanup;
+    int64_t now = tly_clock_mono_us();
     for (int i = 0; i < s->ndone; ++i) {
-        if (!o[i].ok && !o[i].final)
-            s->wake = true; /* a new due time, maybe earlier than the one we sleep towards */
+        if (!o[i].ok && !o[i].final && now + o[i].delay_us < s->next_claim_mono)
+            s->next_claim_mono = now + o[i].delay_us; /* our own retry: we know when it is due */
         count(s, s->done[i], &o[i]);
         if (disabled[i])
             log_disabled(s->done[i]->endpoint, o[i].gone ? "gone" : "failing");
