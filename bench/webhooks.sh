@@ -8,11 +8,13 @@
 #   TALLY_BENCH_ENV=DIR/env bench/webhooks.sh   # against a stack already up
 #
 # Knobs: BENCH_WH_EVENTS (2500), BENCH_WH_ENDPOINTS (8), BENCH_WH_RATE (50),
-# BENCH_WH_SECONDS (10), BENCH_WH_ROUNDS (3), BENCH_SKIP_BUILD=1. The last line of output is JSON.
+# BENCH_WH_SECONDS (10), BENCH_WH_ROUNDS (3), BENCH_BUILD_DIR (a build to
+# use instead), BENCH_SKIP_BUILD=1 (with BENCH_BUILD_DIR: it holds bin/ and
+# bench-webhooks already). The last line of output is JSON.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build=$root/build-bench-webhooks
+build=${BENCH_BUILD_DIR:-$root/build-bench-webhooks}
 stack=$root/bench/.stack-webhooks
 
 cleanup() {
