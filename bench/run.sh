@@ -290,7 +290,42 @@ scenario_read() {
         "bare h2o 304/s" "ratio>=0.7" "p50 $(jv "$api" .p50_ms) ms, p99 $(jv "$api" .p99_ms) ms, wrong status $(jv "$api" .bad_status)"
     rec read.304.vs200 "GET account 304/s vs bare h2o 200/s" "$(jv "$api" .ok_rps)" req/s "$(jv "$ceil200" .rps)" \
         "bare h2o 200/s" "" "the goal's wording: 304s against the 200 ceiling"
+    read_longpolls "$path"
     rss_stop read
+}
+
+# 1,000 long-polls held at once (jobs that stay queued: accepted command
+# records with no event behind them) and the GET rate beside them, against
+# the GET rate without them measured just before.
+read_longpolls() {
+    local path=$1 base with lp n=1000 tag=lp-$RUN_ID
+    psql "$TALLY_PG_DSN" -qAt -v ON_ERROR_STOP=1 -c "INSERT INTO command_requests (job_id, event_id, tenant_id,
+        idempotency_key, request_hash, state, locked_until, resource_type, resource_id) SELECT gen_random_uuid(),
+        gen_random_uuid(), '$TENANT', '$tag-' || g, '\\x00', 'accepted', now(), 'account', gen_random_uuid()
+        FROM generate_series(1, $n) g" >/dev/null
+    psql "$TALLY_PG_DSN" -qAt -c "SELECT job_id FROM command_requests WHERE tenant_id = '$TENANT'
+        AND idempotency_key LIKE '$tag-%'" >"$WORK/lp_jobs"
+    log "read: GET account without long-polls, 64 connections, ${DUR}s"
+    base=$(wrk_get "$TALLY_QUERY_URL" "$path" 64 "$DUR" 200)
+    rm -f "$WORK/lp_ready"
+    python3 "$BENCH/longpoll.py" --url="$TALLY_QUERY_URL" --key="$KEY" --jobs="$WORK/lp_jobs" \
+        --hold=$((DUR + 8)) --ready-file="$WORK/lp_ready" >"$WORK/longpoll.out" 2>&1 &
+    local lp_pid=$!
+    CHILDREN+=("$lp_pid")
+    local deadline=$((SECONDS + 30))
+    until [[ -f $WORK/lp_ready ]]; do
+        ((SECONDS < deadline)) || die "the long-polls were not all sent within 30 s"
+        sleep 0.2
+    done
+    sleep 1
+    log "read: GET account beside $n held long-polls, 64 connections, ${DUR}s"
+    with=$(wrk_get "$TALLY_QUERY_URL" "$path" 64 "$DUR" 200)
+    wait "$lp_pid" || true
+    lp=$(sed -n 's/^BENCHJSON //p' "$WORK/longpoll.out")
+    [[ -n $lp ]] || die "longpoll.py printed no result (see $WORK/longpoll.out)"
+    rec read.longpoll "GET account 200/s beside $n long-polls" "$(jv "$with" .ok_rps)" req/s "$(jv "$base" .ok_rps)" \
+        "the same GET without them" "ratio>=0.9" \
+        "held $(jv "$lp" .held) of $n to the end, answered early $(jv "$lp" .answered_early), connect errors $(jv "$lp" .connect_errors); p99 $(jv "$with" .p99_ms) ms vs $(jv "$base" .p99_ms) ms"
 }
 
 scenario_e2e() {

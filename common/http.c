@@ -198,9 +198,15 @@ tly_http_request_id(h2o_req_t *req)
 const char *
 tly_http_allow(h2o_req_t *req, const char *own)
 {
+    h2o_iovec_t segs[3];
+    int n = tly_http_path_segments(req, segs, 2);
     /* collections that are read on the query API and written on the command API */
     if (h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/v1/accounts")) ||
-        h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/v1/transfers")))
+        h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/v1/transfers")) ||
+        h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/v1/webhook-endpoints")))
         return "GET, HEAD, POST";
+    /* a webhook endpoint: read on the query API, changed and deleted on the command API */
+    if (n == 2 && tly_http_seg_is(segs[0], "webhook-endpoints"))
+        return "GET, HEAD, PATCH, DELETE";
     return own;
 }

@@ -4,6 +4,17 @@
  * A connection moves CONNECTING → PREPARING → IDLE ⇄ BUSY, and to BROKEN on
  * any failure, from where a timer re-opens it. The loop watches a dup() of the
  * libpq socket: h2o owns (and closes) the duplicate, libpq keeps the original.
+ *
+ * Group commit. Once prepared, a connection runs in libpq's pipeline mode: an
+ * idle connection takes every query queued (up to BATCH_MAX) and sends them
+ * followed by one Sync. The server runs the statements up to a Sync as one
+ * implicit transaction, so N concurrent requests cost one round trip and one
+ * WAL flush instead of N. Results are held until the Sync arrives (before
+ * that nothing is committed); if any statement of a multi-statement batch
+ * failed, the transaction rolled back as a whole and every query of the batch
+ * is run again alone, so each caller sees exactly the outcome its own
+ * statement would have had. Under light load a batch is one query and this
+ * is the plain one-statement-per-round-trip protocol.
  */
 #include "tally/pgasync.h"
 #include "tally/log.h"
@@ -14,12 +25,14 @@
 
 #define RECONNECT_MS 500
 #define QUEUE_MAX 10000
+#define BATCH_MAX 64
 
 typedef struct st_pg_query_t {
     struct st_pg_query_t *next;
     size_t stmt;
     tly_pg_cb cb;
     void *data;
+    bool solo; /* run in a batch of its own (its batch failed) */
     int nparams;
     char *params[]; /* nparams strings, NULL for SQL NULL */
 } pg_query_t;
@@ -32,9 +45,14 @@ typedef struct st_pg_conn_t {
     h2o_socket_t *sock;
     int watched_fd; /* libpq's fd that `sock` duplicates */
     conn_state_t state;
-    size_t prepared;   /* statements prepared so far */
-    pg_query_t *query; /* in flight */
-    PGresult *last;
+    size_t prepared; /* statements prepared so far */
+    PGresult *last;  /* while preparing */
+    /* the batch in flight (BUSY): its queries, each one's last result, how many are complete */
+    pg_query_t *batch[BATCH_MAX];
+    PGresult *results[BATCH_MAX];
+    int nbatch;
+    int done;
+    bool batch_failed;
     h2o_timeout_entry_t retry;
 } pg_conn_t;
 
@@ -63,6 +81,22 @@ query_finish(pg_query_t *q, PGresult *res, const char *err)
     free(q);
 }
 
+/* Empties the connection's batch into `out` (results freed); returns how many queries it held. */
+static int
+batch_take(pg_conn_t *c, pg_query_t **out)
+{
+    int n = c->nbatch;
+    for (int i = 0; i < n; ++i) {
+        out[i] = c->batch[i];
+        if (c->results[i] != NULL)
+            PQclear(c->results[i]);
+        c->results[i] = NULL;
+    }
+    c->nbatch = c->done = 0;
+    c->batch_failed = false;
+    return n;
+}
+
 static void
 conn_unwatch(pg_conn_t *c)
 {
@@ -82,16 +116,15 @@ conn_fail(pg_conn_t *c, const char *why)
         PQclear(c->last);
         c->last = NULL;
     }
-    if (c->query != NULL) {
-        pg_query_t *q = c->query;
-        c->query = NULL;
-        query_finish(q, NULL, why);
-    }
+    pg_query_t *batch[BATCH_MAX];
+    int n = batch_take(c, batch);
     if (c->pg != NULL) {
         PQfinish(c->pg);
         c->pg = NULL;
     }
     c->state = CONN_BROKEN;
+    for (int i = 0; i < n; ++i)
+        query_finish(batch[i], NULL, why);
     if (!h2o_timeout_is_linked(&c->retry))
         h2o_timeout_link(c->pool->loop, &c->pool->retry_timeout, &c->retry);
     /* with no connection left, queued queries fail now rather than wait */
@@ -168,33 +201,66 @@ conn_become_idle(pg_conn_t *c)
     pool_dispatch(c->pool);
 }
 
-/* One statement finished (prepare or query): `res` is its last result. */
+/* A PREPARE finished: `res` is its last result. */
 static void
-conn_on_result(pg_conn_t *c, PGresult *res)
+conn_on_prepared(pg_conn_t *c, PGresult *res)
 {
-    if (c->state == CONN_PREPARING) {
-        bool ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
-        PQclear(res);
-        if (!ok) {
-            conn_fail(c, "could not prepare statement");
-            return;
-        }
-        if (++c->prepared < c->pool->nstatements)
-            conn_send_next_prepare(c);
-        else
-            conn_become_idle(c);
+    bool ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    if (!ok) {
+        conn_fail(c, "could not prepare statement");
         return;
     }
-    pg_query_t *q = c->query;
-    c->query = NULL;
-    c->state = CONN_IDLE;
-    if (q != NULL)
-        query_finish(q, res, res == NULL ? "no result from postgresql" : NULL);
-    PQclear(res);
-    if (c->state == CONN_IDLE)
-        pool_dispatch(c->pool);
+    if (++c->prepared < c->pool->nstatements) {
+        conn_send_next_prepare(c);
+    } else if (PQenterPipelineMode(c->pg) != 1) {
+        conn_fail(c, "could not enter pipeline mode");
+    } else {
+        conn_become_idle(c);
+    }
 }
 
+/* The batch's Sync arrived: everything before it is committed (or, on a failure, rolled back). */
+static void
+conn_on_synced(pg_conn_t *c)
+{
+    tly_pgpool_t *pool = c->pool;
+    pg_query_t *batch[BATCH_MAX];
+    PGresult *results[BATCH_MAX];
+    int n = c->nbatch;
+    bool failed = c->batch_failed && n > 1;
+    for (int i = 0; i < n; ++i) {
+        batch[i] = c->batch[i];
+        results[i] = c->results[i];
+        c->results[i] = NULL;
+    }
+    c->nbatch = c->done = 0;
+    c->batch_failed = false;
+    c->state = CONN_IDLE;
+    if (failed) {
+        /* one statement's failure rolled back the others: run each alone, in order, ahead of the queue */
+        for (int i = n - 1; i >= 0; --i) {
+            if (results[i] != NULL)
+                PQclear(results[i]);
+            batch[i]->solo = true;
+            batch[i]->next = pool->head;
+            pool->head = batch[i];
+            if (pool->tail == &pool->head)
+                pool->tail = &batch[i]->next;
+            ++pool->queued;
+        }
+    } else {
+        for (int i = 0; i < n; ++i) {
+            query_finish(batch[i], results[i], results[i] == NULL ? "no result from postgresql" : NULL);
+            if (results[i] != NULL)
+                PQclear(results[i]);
+        }
+    }
+    if (c->state == CONN_IDLE)
+        pool_dispatch(pool);
+}
+
+/* Collects results: while preparing, up to the end of the PREPARE; when busy, each query's then the Sync. */
 static void
 conn_read_results(pg_conn_t *c)
 {
@@ -204,15 +270,46 @@ conn_read_results(pg_conn_t *c)
     }
     while (c->pg != NULL && !PQisBusy(c->pg)) {
         PGresult *res = PQgetResult(c->pg);
-        if (res == NULL) {
-            PGresult *last = c->last;
-            c->last = NULL;
-            conn_on_result(c, last);
+        if (c->state == CONN_PREPARING) {
+            if (res == NULL) {
+                PGresult *last = c->last;
+                c->last = NULL;
+                conn_on_prepared(c, last);
+                return;
+            }
+            if (c->last != NULL)
+                PQclear(c->last);
+            c->last = res;
+            continue;
+        }
+        if (c->state != CONN_BUSY) {
+            if (res != NULL)
+                PQclear(res);
             return;
         }
-        if (c->last != NULL)
-            PQclear(c->last);
-        c->last = res;
+        if (res == NULL) { /* end of one query's results */
+            if (c->done < c->nbatch)
+                ++c->done;
+            continue;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            if (c->done < c->nbatch) /* queries without a result: count as failed */
+                c->batch_failed = true;
+            conn_on_synced(c);
+            return;
+        }
+        if (c->done >= c->nbatch) { /* nothing expected: a protocol surprise */
+            PQclear(res);
+            conn_fail(c, "unexpected result from postgresql");
+            return;
+        }
+        if (st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED)
+            c->batch_failed = true;
+        if (c->results[c->done] != NULL)
+            PQclear(c->results[c->done]);
+        c->results[c->done] = res;
     }
 }
 
@@ -300,13 +397,31 @@ on_retry(h2o_timeout_entry_t *entry)
         conn_open(c);
 }
 
+/* Sends the queue's head and, unless it must run alone, the batchable queries after it, then one Sync. */
 static void
-conn_send_query(pg_conn_t *c, pg_query_t *q)
+conn_send_batch(pg_conn_t *c)
 {
-    const tly_pg_statement_t *s = &c->pool->statements[q->stmt];
-    c->query = q;
+    tly_pgpool_t *pool = c->pool;
     c->state = CONN_BUSY;
-    if (!PQsendQueryPrepared(c->pg, s->name, q->nparams, (const char *const *)q->params, NULL, NULL, 0)) {
+    c->nbatch = c->done = 0;
+    c->batch_failed = false;
+    while (pool->head != NULL && c->nbatch < BATCH_MAX) {
+        pg_query_t *q = pool->head;
+        if (c->nbatch > 0 && (q->solo || c->batch[0]->solo))
+            break;
+        pool->head = q->next;
+        if (pool->head == NULL)
+            pool->tail = &pool->head;
+        --pool->queued;
+        c->results[c->nbatch] = NULL;
+        c->batch[c->nbatch++] = q;
+        const tly_pg_statement_t *s = &pool->statements[q->stmt];
+        if (!PQsendQueryPrepared(c->pg, s->name, q->nparams, (const char *const *)q->params, NULL, NULL, 0)) {
+            conn_fail(c, "could not send query to postgresql");
+            return;
+        }
+    }
+    if (!PQpipelineSync(c->pg)) {
         conn_fail(c, "could not send query to postgresql");
         return;
     }
@@ -319,14 +434,8 @@ pool_dispatch(tly_pgpool_t *pool)
 {
     for (size_t i = 0; i < pool->nconns && pool->head != NULL; ++i) {
         pg_conn_t *c = &pool->conns[i];
-        if (c->state != CONN_IDLE)
-            continue;
-        pg_query_t *q = pool->head;
-        pool->head = q->next;
-        if (pool->head == NULL)
-            pool->tail = &pool->head;
-        --pool->queued;
-        conn_send_query(c, q);
+        if (c->state == CONN_IDLE)
+            conn_send_batch(c);
     }
 }
 
@@ -361,8 +470,10 @@ tly_pgpool_destroy(tly_pgpool_t *pool)
         if (h2o_timeout_is_linked(&c->retry))
             h2o_timeout_unlink(&c->retry);
         conn_unwatch(c);
-        if (c->query != NULL)
-            query_finish(c->query, NULL, "shutting down");
+        pg_query_t *batch[BATCH_MAX];
+        int n = batch_take(c, batch);
+        for (int k = 0; k < n; ++k)
+            query_finish(batch[k], NULL, "shutting down");
         if (c->last != NULL)
             PQclear(c->last);
         if (c->pg != NULL)
@@ -402,6 +513,7 @@ tly_pgpool_exec(tly_pgpool_t *pool, size_t stmt, const char *const *values, tly_
     q->stmt = stmt;
     q->cb = cb;
     q->data = data;
+    q->solo = false;
     q->nparams = nparams;
     for (int i = 0; i < nparams; ++i) {
         q->params[i] = values[i] != NULL ? strdup(values[i]) : NULL;

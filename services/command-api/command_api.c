@@ -33,6 +33,8 @@ const tly_config_def_t tly_command_api_settings[] = {
      "how long the broker may take to acknowledge before the answer is 503"},
     {"key-refresh-ms", "TALLY_KEY_REFRESH_MS", TLY_CONFIG_INT, "1000", 100, 5000, OFF(key_refresh_ms),
      "how often API key changes (revocations) are loaded"},
+    {"webhook-allow-private", "TALLY_WEBHOOK_ALLOW_PRIVATE", TLY_CONFIG_BOOL, "false", 0, 0, OFF(webhook_allow_private),
+     "accept webhook URLs on loopback and private addresses, and plain http (tests and local stacks only)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
 #undef OFF
 };
@@ -136,10 +138,12 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
     if (health_or_reply(req, thr))
         return 0;
 
-    h2o_iovec_t segs[3];
-    int n = tly_http_path_segments(req, segs, 2);
+    h2o_iovec_t segs[4];
+    int n = tly_http_path_segments(req, segs, 3);
     if (n >= 1 && tly_http_seg_is(segs[0], "api-keys"))
         cmd_keys_handle(thr, req, segs, n);
+    else if (n >= 1 && tly_http_seg_is(segs[0], "webhook-endpoints"))
+        cmd_webhooks_handle(thr, req, segs, n);
     else if (n == 1 && tly_http_seg_is(segs[0], "batch"))
         cmd_batch_handle(thr, req);
     else

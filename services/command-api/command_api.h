@@ -10,6 +10,7 @@
 #include "tally/keycache.h"
 #include "tally/server.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct st_tly_command_api_config_t {
@@ -23,6 +24,7 @@ typedef struct st_tly_command_api_config_t {
     int64_t pg_pool;
     int64_t kafka_timeout_ms;
     int64_t key_refresh_ms;
+    bool webhook_allow_private;
     char *log_level;
 } tly_command_api_config_t;
 

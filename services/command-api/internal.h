@@ -16,7 +16,20 @@
 #define CMD_MAX_BODY (64 * 1024)
 #define CMD_IDEMPOTENCY_KEY_MAX 255
 
-enum { STMT_INSERT, STMT_CLAIM, STMT_ACCEPT, STMT_FAIL, STMT_KEY_CREATE, STMT_KEY_REVOKE, STMT__COUNT };
+enum {
+    STMT_INSERT,
+    STMT_CLAIM,
+    STMT_ACCEPT,
+    STMT_FAIL,
+    STMT_KEY_CREATE,
+    STMT_KEY_REVOKE,
+    STMT_WH_CREATE,
+    STMT_WH_UPDATE,
+    STMT_WH_DELETE,
+    STMT_WH_ROTATE,
+    STMT_WH_REPLAY,
+    STMT__COUNT
+};
 extern const tly_pg_statement_t cmd_statements[STMT__COUNT];
 
 typedef struct st_cmd_thread_t {
@@ -81,6 +94,8 @@ void cmd_batch_item_done(cmd_batch_t *batch, size_t index, json_t *result);
 void cmd_batch_handle(cmd_thread_t *thr, h2o_req_t *req);
 /** POST /v1/api-keys and DELETE /v1/api-keys/{id}. */
 void cmd_keys_handle(cmd_thread_t *thr, h2o_req_t *req, const h2o_iovec_t *segs, int nsegs);
+/** /v1/webhook-endpoints[/{id}[/rotate-secret|/replay]] (webhooks.c). */
+void cmd_webhooks_handle(cmd_thread_t *thr, h2o_req_t *req, const h2o_iovec_t *segs, int nsegs);
 
 /** Parses the request body as strict JSON after the content-type and size checks; replies and returns NULL on failure. */
 json_t *cmd_body_or_reply(tly_api_req_t *api);

@@ -16,6 +16,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The webhook endpoint as both APIs show it (services/query-api/query_api.c); never the secrets. */
+/* clang-format off */
+#define WH_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+#define WH_ENDPOINT_JSON                                                                                                           \
+    "json_build_object('id', id, 'url', url, 'description', description, 'event_types', event_types, "                          \
+    "'enabled', enabled, 'disabled_reason', disabled_reason, 'failing_since', " WH_TS("failing_since") ", "                      \
+    "'previous_secret_expires_at', " WH_TS("previous_secret_expires_at") ", 'version', version, "                                \
+    "'created_at', " WH_TS("created_at") ", 'updated_at', " WH_TS("updated_at") ")::text"
+/* clang-format on */
+
 const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
     [STMT_INSERT] = {"insert_request",
                      "INSERT INTO command_requests (job_id, event_id, tenant_id, idempotency_key, request_hash, state, "
@@ -48,6 +58,50 @@ const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
                          "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), updated_at = now() "
                          "WHERE id = $1 AND tenant_id = $2 RETURNING id",
                          2},
+    /* Webhook endpoints (webhooks.c). Each statement filters by tenant and
+       skips deleted endpoints: no row is a 404. The endpoint's JSON is the
+       same as the query API's GET (tests compare them). */
+    [STMT_WH_CREATE] = {"wh_create",
+                        "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, secret) "
+                        "VALUES ($1, $2, $3, $4, $5::text[], $6) RETURNING " WH_ENDPOINT_JSON,
+                        6},
+    /* $3 url, $4 description, $5 event types, $6 enabled: NULL keeps the
+       value. Disabling records 'manual' (keeping the sender's 'gone' or
+       'failing'); enabling a disabled endpoint clears the reason and the
+       failing clock, so the sender starts afresh with it. */
+    [STMT_WH_UPDATE] = {"wh_update",
+                        "UPDATE webhook_endpoints SET url = coalesce($3, url), description = coalesce($4, description), "
+                        "event_types = coalesce($5::text[], event_types), enabled = coalesce($6::boolean, enabled), "
+                        "disabled_reason = CASE WHEN $6::boolean IS NULL THEN disabled_reason WHEN $6::boolean THEN NULL "
+                        "WHEN enabled THEN 'manual' ELSE disabled_reason END, "
+                        "failing_since = CASE WHEN $6::boolean AND NOT enabled THEN NULL ELSE failing_since END, "
+                        "version = version + 1, updated_at = now() "
+                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING " WH_ENDPOINT_JSON,
+                        6},
+    [STMT_WH_DELETE] = {"wh_delete",
+                        "UPDATE webhook_endpoints SET deleted_at = now(), updated_at = now(), version = version + 1 "
+                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id",
+                        2},
+    /* The current secret keeps signing beside the new one for 24 h. */
+    [STMT_WH_ROTATE] = {"wh_rotate",
+                        "UPDATE webhook_endpoints SET previous_secret = secret, "
+                        "previous_secret_expires_at = now() + interval '24 hours', secret = $3, version = version + 1, "
+                        "updated_at = now() WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING " WH_ENDPOINT_JSON,
+                        3},
+    /* Replay [$3, $4): settled deliveries go back to pending, due now, with
+       their ids and attempt history kept (the attempt counter goes on, so
+       attempt numbers stay unique). Pending ones are left alone: their
+       next_attempt_at may be the lease of an attempt in flight. The NOTIFY
+       wakes the sender; it is delivered at commit. */
+    [STMT_WH_REPLAY] = {"wh_replay",
+                        "WITH ep AS (SELECT id FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL), "
+                        "upd AS (UPDATE webhook_deliveries d SET status = 'pending', next_attempt_at = now(), "
+                        "updated_at = now() FROM ep WHERE d.endpoint_id = ep.id AND d.occurred_at >= $3::timestamptz "
+                        "AND d.occurred_at < $4::timestamptz AND d.status <> 'pending' RETURNING d.id) "
+                        "SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM webhook_deliveries d WHERE "
+                        "d.endpoint_id = ep.id AND d.occurred_at >= $3::timestamptz AND d.occurred_at < $4::timestamptz "
+                        "AND d.status = 'pending'), pg_notify('tally_webhooks', ep.id::text) FROM ep",
+                        4},
 };
 
 cmd_op_t *

@@ -11,7 +11,6 @@
 #include <string.h>
 #include <zlib.h>
 
-#define GZIP_MIN 1024
 
 void
 qa_op_destroy(query_op_t *op)
@@ -53,7 +52,7 @@ static bool
 wants_gzip(h2o_req_t *req, size_t len)
 {
     h2o_iovec_t ae = tly_http_header(req, "accept-encoding");
-    return len > GZIP_MIN && ae.base != NULL && qa_accepts_gzip(ae.base, ae.len);
+    return len > QA_GZIP_MIN && ae.base != NULL && qa_accepts_gzip(ae.base, ae.len);
 }
 
 void
@@ -68,7 +67,7 @@ qa_send_json(query_op_t *op, const char *body, size_t len, const char *etag)
     if (compress)
         snprintf(weak, sizeof(weak), "W/%s", etag);
     tly_http_add_header(req, "etag", compress ? weak : etag);
-    if (len > GZIP_MIN)
+    if (len > QA_GZIP_MIN)
         tly_http_add_header(req, "vary", "accept-encoding");
     h2o_iovec_t inm = tly_http_header(req, "if-none-match");
     if (inm.base != NULL && qa_etag_matches(inm.base, inm.len, etag)) {

@@ -27,6 +27,24 @@
 #define ACCOUNT_JSON                                                                                                               \
     "json_build_object('id', id, 'currency', currency, 'label', label, 'status', status, 'balance', balance, 'version', "          \
     "version, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")::text"
+/* The same object as the command API's answers (services/command-api/op.c); never the secrets. */
+/* clang-format off */
+#define WEBHOOK_ENDPOINT_JSON                                                                                                      \
+    "json_build_object('id', id, 'url', url, 'description', description, 'event_types', event_types, "                          \
+    "'enabled', enabled, 'disabled_reason', disabled_reason, 'failing_since', " TS("failing_since") ", "                         \
+    "'previous_secret_expires_at', " TS("previous_secret_expires_at") ", 'version', version, "                                   \
+    "'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")::text"
+/* A delivery and every attempt made to send it, oldest attempt first. */
+#define WEBHOOK_DELIVERY_JSON                                                                                                      \
+    "json_build_object('id', d.id, 'endpoint_id', d.endpoint_id, 'event_id', d.event_id, 'event_type', d.event_type, "           \
+    "'occurred_at', " TS("d.occurred_at") ", 'status', d.status, 'attempt_count', d.attempts, "                                 \
+    "'next_attempt_at', CASE WHEN d.status = 'pending' THEN " TS("d.next_attempt_at") " END, "                                   \
+    "'last_status_code', d.last_status_code, 'last_error', d.last_error, "                                                       \
+    "'created_at', " TS("d.created_at") ", 'updated_at', " TS("d.updated_at") ", "                                               \
+    "'attempts', coalesce((SELECT json_agg(json_build_object('attempt', a.attempt, 'started_at', " TS("a.started_at") ", "       \
+    "'status_code', a.status_code, 'latency_ms', a.latency_ms, 'error', a.error) ORDER BY a.attempt) "                           \
+    "FROM webhook_attempts a WHERE a.delivery_id = d.id), '[]'::json))::text"
+/* clang-format on */
 #define TRANSFER_JSON                                                                                                              \
     "json_build_object('id', id, 'from_account', from_account, 'to_account', to_account, 'amount', amount, 'currency', "           \
     "currency, 'reference', reference, 'status', status, 'compensated', compensated, 'error', CASE WHEN error_code IS NULL "       \
@@ -89,6 +107,35 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
                                                "AND ($4::uuid IS NULL OR from_account = $4::uuid OR to_account = $4::uuid) "
                                                "AND ($5::text IS NULL OR status = $5::text) ORDER BY created_at, id LIMIT $6::int",
                              6},
+    /* The triggers that feed the conditional-GET cache exist on the live tables (2). */
+    [STMT_VERSION_TRIGGERS] = {"version_triggers",
+                               "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND (tgname, tgrelid) IN "
+                               "(('accounts_notify_versions', 'public.accounts'::regclass), "
+                               "('transfers_notify_versions', 'public.transfers'::regclass))",
+                               0},
+    /* clang-format off */
+    [STMT_WEBHOOK_ENDPOINT] = {"get_webhook_endpoint",
+        "SELECT " WEBHOOK_ENDPOINT_JSON ", version FROM webhook_endpoints "
+        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL",
+        2},
+    /* $1 tenant, ($2, $3) exclusive lower position, $4 limit + 1 */
+    [STMT_LIST_WEBHOOK_ENDPOINTS] = {"list_webhook_endpoints",
+        "SELECT " WEBHOOK_ENDPOINT_JSON ", " US("created_at") ", id FROM webhook_endpoints "
+        "WHERE tenant_id = $1 AND deleted_at IS NULL AND (created_at, id) > ($2::timestamptz, $3::uuid) "
+        "ORDER BY created_at, id LIMIT $4::int",
+        4},
+    /* $1 endpoint, $2 tenant, ($3, $4) lower position, $5 status (NULL: any),
+       $6 limit + 1. No row: no such endpoint (for this tenant, or deleted);
+       one row of NULLs: the endpoint has no delivery on this page. */
+    [STMT_LIST_WEBHOOK_DELIVERIES] = {"list_webhook_deliveries",
+        "SELECT p.body, p.us, p.id FROM webhook_endpoints e LEFT JOIN LATERAL ("
+        "SELECT " WEBHOOK_DELIVERY_JSON " AS body, " US("d.created_at") " AS us, d.id "
+        "FROM webhook_deliveries d WHERE d.endpoint_id = e.id AND d.tenant_id = $2 "
+        "AND (d.created_at, d.id) > ($3::timestamptz, $4::uuid) AND ($5::text IS NULL OR d.status = $5::text) "
+        "ORDER BY d.created_at, d.id LIMIT $6::int) p ON true "
+        "WHERE e.id = $1 AND e.tenant_id = $2 AND e.deleted_at IS NULL",
+        6},
+    /* clang-format on */
 };
 #undef TS
 #undef US
@@ -106,6 +153,9 @@ const tly_config_def_t tly_query_api_settings[] = {
      "how often API key changes (revocations) are loaded"},
     {"cursor-secret", "TALLY_CURSOR_SECRET", TLY_CONFIG_STRING, "", 0, 0, OFF(cursor_secret),
      "key that signs page cursors; the same on every instance (unset: random, cursors die with the process)"},
+    {"read-cache", "TALLY_READ_CACHE", TLY_CONFIG_INT, "16384", 0, 16777216, OFF(version_cache),
+     "accounts and transfers per thread kept in memory (current version and body, under 1 KiB each) to answer reads "
+     "without the database (0: always read the database)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
 #undef OFF
 };
@@ -114,6 +164,17 @@ const size_t tly_query_api_nsettings = sizeof(tly_query_api_settings) / sizeof(t
 static tly_keycache_t *shared_keys;
 static uint8_t cursor_key[64];
 static size_t cursor_keylen;
+
+/*
+ * Whether the read cache (qa_versions.c) may hold this kind of resource: only
+ * what the tally_versions triggers announce (accounts, transfers). A webhook
+ * endpoint changes without a notification, so it is always read afresh.
+ */
+static bool
+cacheable(const char *what)
+{
+    return strcmp(what, "account") == 0 || strcmp(what, "transfer") == 0;
+}
 
 static void
 on_resource(void *data, PGresult *res, const char *err)
@@ -124,12 +185,40 @@ on_resource(void *data, PGresult *res, const char *err)
         qa_read_failed(op, res, err);
     } else if (PQntuples(res) == 0) {
         snprintf(detail, sizeof(detail), "no such %s", op->what);
+        for (char *c = detail; *c != '\0'; ++c)
+            if (*c == '-') /* "webhook-endpoint" names the ETag; the sentence says "webhook endpoint" */
+                *c = ' ';
         tly_api_problem(&op->api, 404, "not_found", detail, NULL);
     } else {
         snprintf(etag, sizeof(etag), "\"%s-v%s\"", op->what, PQgetvalue(res, 0, 1));
+        if (cacheable(op->what))
+            qa_versions_note(op->thr->versions, op->ticket, op->what[0], &op->id, &op->api.principal.tenant_id,
+                             strtoll(PQgetvalue(res, 0, 1), NULL, 10), PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0),
+                             QA_GZIP_MIN);
         qa_send_json(op, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0), etag);
     }
     qa_op_destroy(op);
+}
+
+/*
+ * A resource whose current version this thread has read is answered from
+ * memory: the same body and ETag (and 304 for a matching If-None-Match) the
+ * database path would give, since only bodies under the gzip threshold are kept.
+ */
+static bool
+answered_from_memory(query_op_t *op)
+{
+    int64_t version;
+    const char *body;
+    size_t len;
+    char etag[48];
+    if (!qa_versions_lookup(op->thr->versions, op->what[0], &op->id, &op->api.principal.tenant_id, &version, &body, &len))
+        return false;
+    snprintf(etag, sizeof(etag), "\"%s-v%lld\"", op->what, (long long)version);
+    h2o_iovec_t inm = tly_http_header(op->api.req, "if-none-match");
+    qa_versions_hit(op->thr->versions, inm.base != NULL && qa_etag_matches(inm.base, inm.len, etag) ? 304 : 200);
+    qa_send_json(op, body, len, etag);
+    return true;
 }
 
 /* Parses the {id} segment; replies 422 itself when it is not a uuid. */
@@ -175,8 +264,17 @@ start_resource(query_op_t *op, h2o_iovec_t seg, const char *what, const char *ro
         qa_job_start(op);
         return;
     }
+    if (cacheable(what) && answered_from_memory(op)) {
+        qa_op_destroy(op);
+        return;
+    }
     const char *params[2] = {op->id_text, op->tenant};
-    tly_pgpool_exec(op->thr->pg, strcmp(what, "transfer") == 0 ? STMT_TRANSFER : STMT_ACCOUNT, params, on_resource, op);
+    size_t stmt = strcmp(what, "transfer") == 0           ? STMT_TRANSFER
+                  : strcmp(what, "webhook-endpoint") == 0 ? STMT_WEBHOOK_ENDPOINT
+                                                          : STMT_ACCOUNT;
+    if (cacheable(what))
+        op->ticket = qa_versions_ticket(op->thr->versions, what[0], &op->id);
+    tly_pgpool_exec(op->thr->pg, stmt, params, on_resource, op);
 }
 
 /* Routes an authenticated GET or HEAD; every branch answers or starts a read that will. */
@@ -199,6 +297,14 @@ route(query_op_t *op)
         qa_transfers_list_start(op);
     } else if (n == 2 && tly_http_seg_is(segs[0], "transfers")) {
         start_resource(op, segs[1], "transfer", "/v1/transfers/{id}");
+    } else if (n == 1 && tly_http_seg_is(segs[0], "webhook-endpoints")) {
+        op->api.route = "/v1/webhook-endpoints";
+        qa_webhooks_list_start(op);
+    } else if (n == 2 && tly_http_seg_is(segs[0], "webhook-endpoints")) {
+        start_resource(op, segs[1], "webhook-endpoint", "/v1/webhook-endpoints/{id}");
+    } else if (n == 3 && tly_http_seg_is(segs[0], "webhook-endpoints") && tly_http_seg_is(segs[2], "deliveries")) {
+        op->api.route = "/v1/webhook-endpoints/{id}/deliveries";
+        qa_webhooks_deliveries_start(op, segs[1]);
     } else if (n == 2 && tly_http_seg_is(segs[0], "jobs")) {
         start_resource(op, segs[1], "job", "/v1/jobs/{id}");
     } else {
@@ -268,6 +374,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->cursor_keylen = cursor_keylen;
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, qa_statements, STMT__COUNT);
     qa_jobs_thread_init(thr, cfg->pg_dsn);
+    thr->versions = qa_versions_create(thr, cfg->pg_dsn, (size_t)cfg->version_cache);
     return thr;
 }
 
@@ -282,6 +389,7 @@ thread_dispose(void *app)
 {
     query_thread_t *thr = app;
     qa_jobs_thread_dispose(thr); /* destroys the pool too, after the waiters */
+    qa_versions_destroy(thr->versions);
     free(thr);
 }
 

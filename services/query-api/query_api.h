@@ -19,6 +19,7 @@ typedef struct st_tly_query_api_config_t {
     int64_t pg_pool;
     int64_t key_refresh_ms;
     char *cursor_secret;
+    int64_t version_cache;
     char *log_level;
 } tly_query_api_config_t;
 

@@ -6,6 +6,7 @@
 #define TALLY_QUERY_INTERNAL_H
 
 #include "qa_params.h"
+#include "qa_versions.h"
 #include "tally/api.h"
 #include "tally/keycache.h"
 #include "tally/pgasync.h"
@@ -16,6 +17,8 @@
 #include <stdint.h>
 
 #define QA_WAITER_BUCKETS 1024
+/* Bodies over this many bytes are gzip-compressed for clients that accept it (and vary on Accept-Encoding). */
+#define QA_GZIP_MIN 1024
 /* The channel the projector NOTIFYs with a job id when a job becomes terminal. */
 #define QA_JOBS_CHANNEL "tally_jobs"
 
@@ -26,6 +29,10 @@ enum {
     STMT_LIST_ENTRIES,
     STMT_TRANSFER,
     STMT_LIST_TRANSFERS,
+    STMT_VERSION_TRIGGERS,
+    STMT_WEBHOOK_ENDPOINT,
+    STMT_LIST_WEBHOOK_ENDPOINTS,
+    STMT_LIST_WEBHOOK_DELIVERIES,
     STMT__COUNT,
 };
 extern const tly_pg_statement_t qa_statements[STMT__COUNT];
@@ -37,6 +44,7 @@ typedef struct st_query_thread_t {
     tly_keycache_t *keys;
     tly_pgpool_t *pg;
     tly_pglisten_t *listen;
+    qa_versions_t *versions;   /* If-None-Match answered from memory (qa_versions.c) */
     const uint8_t *cursor_key; /* shared by every thread, read-only */
     size_t cursor_keylen;
     size_t inflight;
@@ -55,11 +63,13 @@ struct st_query_op_t {
     char id_text[TLY_UUID_STR_LEN + 1];
     char tenant[TLY_UUID_STR_LEN + 1];
     tly_uuid_t id;
+    qa_versions_ticket_t ticket; /* taken when a single account or transfer is read */
     /* lists */
     qa_list_query_t list;
     uint8_t filters[16];
     const char *base_path;    /* "/v1/accounts" or "/v1/accounts/{id}/entries", from the pool */
     char transfer_status[16]; /* GET /v1/transfers?status= ("" when not given); the account goes in id_text */
+    char delivery_status[16]; /* GET /v1/webhook-endpoints/{id}/deliveries?status= ("" when not given) */
     /* long-poll (jobs with Prefer: wait) */
     int wait_s;              /* -1: no wait preference */
     bool waiting;            /* linked in the waiter map and a wait timeout */
@@ -118,6 +128,11 @@ void qa_list_start(query_op_t *op, qa_list_t list, h2o_iovec_t account_seg);
 
 /** GET /v1/transfers?account=&status=: parses, validates and queries, or replies (qa_transfers.c). */
 void qa_transfers_list_start(query_op_t *op);
+
+/** GET /v1/webhook-endpoints: parses, validates and queries, or replies (qa_webhooks.c). */
+void qa_webhooks_list_start(query_op_t *op);
+/** GET /v1/webhook-endpoints/{id}/deliveries?status=: parses, validates and queries, or replies (qa_webhooks.c). */
+void qa_webhooks_deliveries_start(query_op_t *op, h2o_iovec_t endpoint_seg);
 
 /** GET /v1/jobs/{id}: reads the job, holding the request for Prefer: wait=N. */
 void qa_job_start(query_op_t *op);

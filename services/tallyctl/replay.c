@@ -1395,8 +1395,18 @@ tly_ctl_replay_swap(tly_ctl_replay_t *r, char *err, size_t errcap)
         if (execf(r, err, errcap, "ALTER TABLE public.%s SET SCHEMA %s", r->tables[i], backup) != 0 ||
             execf(r, err, errcap, "ALTER TABLE %s.%s SET SCHEMA public", r->schema, r->tables[i]) != 0)
             goto fail;
+        /* the query API's conditional-GET cache hears of new versions through these (migrations/0004) */
+        bool accounts = strcmp(r->tables[i], "accounts") == 0, transfers = strcmp(r->tables[i], "transfers") == 0;
+        if ((accounts || transfers) &&
+            execf(r, err, errcap,
+                  "CREATE TRIGGER %s_notify_versions AFTER UPDATE ON public.%s REFERENCING NEW TABLE AS changed "
+                  "FOR EACH STATEMENT EXECUTE FUNCTION tally_notify_versions('%s')",
+                  r->tables[i], r->tables[i], accounts ? "a" : "t") != 0)
+            goto fail;
     }
-    if (execf(r, err, errcap, "UPDATE %s._replay_meta SET state = 'swapped', finished_at = now()", r->schema) != 0 ||
+    /* at commit: every query API empties its cache and checks the triggers again */
+    if (exec(r, "NOTIFY tally_versions, '*'", err, errcap) != 0 ||
+        execf(r, err, errcap, "UPDATE %s._replay_meta SET state = 'swapped', finished_at = now()", r->schema) != 0 ||
         exec(r, "COMMIT", err, errcap) != 0)
         goto fail;
     if (!r->o.quiet)

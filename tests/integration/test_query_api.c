@@ -2,7 +2,8 @@
  * The query API over HTTP (through the gateway unless said otherwise):
  * cursor pagination under concurrent inserts, cursor tampering and filter
  * binding, page ETags and 304, gzip, bad input, tenant walls on every
- * endpoint, and the Prefer: wait long-poll (early, on time, 1,000 at once).
+ * endpoint, conditional GETs answered from memory, and the Prefer: wait
+ * long-poll (early, on time, 1,000 at once).
  *
  * Each run creates its own tenants and keys with tallyctl, so counts are
  * exact. The long-poll tests that need a job to stay queued insert an
@@ -431,6 +432,111 @@ test_cross_tenant(void **state)
     tly_test_response_free(&r);
 }
 
+/* --- conditional GETs answered from memory ----------------------------------- */
+
+static long
+reads_from_memory(const char *status)
+{
+    char out[64] = "", cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "curl -fsS \"$TALLY_QUERY_ADMIN_URL/metrics\" | awk '$1 == \"tally_reads_from_memory_total{status=\\\"%s\\\"}\" "
+             "{ print $2 }'",
+             status);
+    tly_test_sh(cmd, out, sizeof(out));
+    return strtol(out, NULL, 10);
+}
+
+static long
+memory_304s(void)
+{
+    return reads_from_memory("304");
+}
+
+/* GET with If-None-Match: the status, and the ETag answered into `etag` (may be NULL). */
+static long
+get_inm(const char *path, const char *key, const char *inm, char *etag)
+{
+    char h[128];
+    snprintf(h, sizeof(h), "If-None-Match: %s", inm);
+    const char *hdrs[] = {h, NULL};
+    tly_test_response_t r = tly_test_request("GET", path, key, NULL, inm != NULL ? hdrs : NULL);
+    if (etag != NULL)
+        assert_true(tly_test_header(&r, "etag", etag, 64));
+    long status = r.status;
+    tly_test_response_free(&r);
+    return status;
+}
+
+/*
+ * A still-current ETag is answered 304 from memory (no database read), a
+ * changed account never is, another tenant gets its 404, and without the
+ * triggers that keep the memory current (a replay swap that lost them) every
+ * answer comes from the database again.
+ */
+static void
+test_conditional_get_from_memory(void **state)
+{
+    char account[64], job[128], path[128], e1[64], e2[64], etag[64];
+    post_account(key_a, "EUR", account, job);
+    json_decref(tly_test_wait_job(job, key_a, 10000));
+    snprintf(path, sizeof(path), "/v1/accounts/%s", account);
+    assert_int_equal(get_inm(path, key_a, NULL, e1), 200);
+    long before = memory_304s();
+    for (int i = 0; i < 8; ++i) {
+        assert_int_equal(get_inm(path, key_a, e1, etag), 304);
+        assert_string_equal(etag, e1);
+    }
+    long hits = memory_304s() - before;
+    print_message("%ld of 8 conditional GETs answered from memory\n", hits);
+    assert_true(hits >= 1); /* two threads: each reads once, then answers from memory */
+    expect_problem(path, key_b, (const char *const[]){"If-None-Match: \"account-v1\"", NULL}, 404, "not_found");
+
+    /* a deposit changes the account: the old tag turns 200 as soon as the projector committed, and stays 200 */
+    char dpath[160];
+    snprintf(dpath, sizeof(dpath), "/v1/accounts/%s/deposits", account);
+    char idem[128];
+    tly_test_idem_header(idem, sizeof(idem));
+    const char *idem_hdrs[] = {idem, NULL};
+    tly_test_response_t r = tly_test_request("POST", dpath, key_a, "{\"amount\":5,\"currency\":\"EUR\"}", idem_hdrs);
+    assert_int_equal(r.status, 202);
+    json_decref(tly_test_wait_job(jstr(json_object_get(r.json, "job"), "url"), key_a, 10000));
+    tly_test_response_free(&r);
+    int64_t deadline = tly_test_now_ms() + 2000;
+    while (get_inm(path, key_a, e1, e2) == 304) {
+        assert_true(tly_test_now_ms() < deadline);
+        tly_test_sleep_ms(5);
+    }
+    assert_string_not_equal(e1, e2);
+    for (int i = 0; i < 8; ++i)
+        assert_int_equal(get_inm(path, key_a, e1, NULL), 200);
+    for (int i = 0; i < 4; ++i)
+        assert_int_equal(get_inm(path, key_a, e2, NULL), 304);
+    long before200 = reads_from_memory("200");
+    for (int i = 0; i < 8; ++i) { /* plain reads: the new body, from memory or not, never the old one */
+        tly_test_response_t g = tly_test_request("GET", path, key_a, NULL, NULL);
+        assert_int_equal(g.status, 200);
+        assert_int_equal(json_integer_value(json_object_get(g.json, "balance")), 5);
+        assert_true(tly_test_header(&g, "etag", etag, sizeof(etag)));
+        assert_string_equal(etag, e2);
+        tly_test_response_free(&g);
+    }
+    assert_true(reads_from_memory("200") > before200);
+
+    /* without the trigger the memory is not trusted: 304s still right, all from the database */
+    psql("DROP TRIGGER accounts_notify_versions ON accounts; NOTIFY tally_versions, '*'");
+    tly_test_sleep_ms(300);
+    before = memory_304s();
+    for (int i = 0; i < 6; ++i)
+        assert_int_equal(get_inm(path, key_a, e2, NULL), 304);
+    assert_int_equal(memory_304s(), before);
+    psql("CREATE TRIGGER accounts_notify_versions AFTER UPDATE ON accounts REFERENCING NEW TABLE AS changed "
+         "FOR EACH STATEMENT EXECUTE FUNCTION tally_notify_versions('a'); NOTIFY tally_versions, '*'");
+    tly_test_sleep_ms(300);
+    for (int i = 0; i < 8; ++i)
+        assert_int_equal(get_inm(path, key_a, e2, NULL), 304);
+    assert_true(memory_304s() > before);
+}
+
 /* --- long-poll --------------------------------------------------------------- */
 
 /* An accepted command record with no event behind it: its job stays queued. */
@@ -632,6 +738,7 @@ setup(void **state)
         return -1;
     setenv("TALLY_PG_DSN", tly_test_env("TALLY_PG_DSN"), 1);
     setenv("TALLY_BIN", tly_test_env("TALLY_BIN"), 1);
+    setenv("TALLY_QUERY_ADMIN_URL", tly_test_env("TALLY_QUERY_ADMIN_URL"), 1);
     curl_global_init(CURL_GLOBAL_ALL);
     tly_test_make_tenant("qa-a", 5000, tenant_a, sizeof(tenant_a), key_a, sizeof(key_a));
     tly_test_make_tenant("qa-b", 5000, tenant_b, sizeof(tenant_b), key_b, sizeof(key_b));
@@ -650,6 +757,7 @@ main(void)
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_entries),
         cmocka_unit_test(test_cross_tenant),
+        cmocka_unit_test(test_conditional_get_from_memory),
         cmocka_unit_test(test_long_poll_real_job_returns_early),
         cmocka_unit_test(test_long_poll_notify_and_timeout),
         cmocka_unit_test(test_thousand_waiters),

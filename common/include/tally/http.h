@@ -50,8 +50,9 @@ bool tly_http_seg_is(h2o_iovec_t seg, const char *s);
 
 /**
  * The Allow header for a 405 on this URL, across the gateway: both APIs serve
- * /v1/accounts (GET lists, POST opens), every other URL belongs to one API,
- * whose own methods are `own`.
+ * /v1/accounts, /v1/transfers and /v1/webhook-endpoints (GET lists, POST
+ * creates) and /v1/webhook-endpoints/{id} (GET reads; PATCH, DELETE), every
+ * other URL belongs to one API, whose own methods are `own`.
  */
 const char *tly_http_allow(h2o_req_t *req, const char *own);
 
