@@ -1400,7 +1400,7 @@ tly_ctl_replay_swap(tly_ctl_replay_t *r, char *err, size_t errcap)
         if ((accounts || transfers) &&
             execf(r, err, errcap,
                   "CREATE TRIGGER %s_notify_versions AFTER UPDATE ON public.%s REFERENCING NEW TABLE AS changed "
-                  "FOR EACH STATEMENT EXECUTE FUNCTION tally_notify_versions('%s')",
+                  "FOR EACH STATEMENT EXECUTE FUNCTION public.tally_notify_versions('%s')",
                   r->tables[i], r->tables[i], accounts ? "a" : "t") != 0)
             goto fail;
     }
