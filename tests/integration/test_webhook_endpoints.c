@@ -681,23 +681,41 @@ test_replay_and_deliveries(void **state)
     PQfinish(listener);
     assert_true(notified);
 
-    /* settled deliveries in the window are pending and due; ids and history kept */
-    PGresult *res = sql("SELECT id, status, attempts, next_attempt_at <= now(), "
+    /*
+     * Settled deliveries in the window are pending again, ids and history
+     * kept. The stack's worker runs the webhooks role, so a requeued delivery
+     * may already be claimed (due time moved to its lease) or attempted again
+     * (hooks.example.com does not answer here) by the time we look: for those
+     * two, "due" means it has a due time at all and attempts only grew.
+     */
+    PGresult *res = sql("SELECT id, status, attempts, next_attempt_at IS NOT NULL, next_attempt_at <= now(), "
                         "(SELECT count(*) FROM webhook_attempts a WHERE a.delivery_id = d.id) "
                         "FROM webhook_deliveries d WHERE endpoint_id = '%s' ORDER BY created_at",
                         id);
     assert_int_equal(PQntuples(res), 4);
-    static const char *want[4][5] = {
-        {"d1", "pending", "1", "t", "1"},
-        {"d2", "pending", "2", "t", "2"},
-        {"d3", "succeeded", "1", "", "1"}, /* outside [since, until) */
-        {"d4", "pending", "0", "f", "0"},  /* was pending: its schedule (or lease) is left alone */
+    static const struct {
+        const char *id, *status;
+        int attempts;
+        const char *scheduled, *due;
+        int rows;
+        bool live_sender_may_act;
+    } want[4] = {
+        {"d1", "pending", 1, "t", NULL, 1, true},
+        {"d2", "pending", 2, "t", NULL, 2, true},
+        {"d3", "succeeded", 1, "f", "", 1, false}, /* outside [since, until) */
+        {"d4", "pending", 0, "t", "f", 0, false},  /* was pending: its schedule (or lease) is left alone */
     };
     for (int i = 0; i < 4; ++i) {
-        assert_string_equal(PQgetvalue(res, i, 0) + 34, want[i][0]);
-        for (int c = 1; c < 5; ++c)
-            if (strcmp(PQgetvalue(res, i, c), want[i][c]) != 0)
-                fail_msg("delivery %s column %d: %s, expected %s", want[i][0], c, PQgetvalue(res, i, c), want[i][c]);
+        const char *did = PQgetvalue(res, i, 0) + 34;
+        int attempts = atoi(PQgetvalue(res, i, 2)), rows = atoi(PQgetvalue(res, i, 5));
+        assert_string_equal(did, want[i].id);
+        if (strcmp(PQgetvalue(res, i, 1), want[i].status) != 0 || strcmp(PQgetvalue(res, i, 3), want[i].scheduled) != 0 ||
+            (want[i].due != NULL && strcmp(PQgetvalue(res, i, 4), want[i].due) != 0))
+            fail_msg("delivery %s: status %s, scheduled %s, due %s", did, PQgetvalue(res, i, 1), PQgetvalue(res, i, 3),
+                     PQgetvalue(res, i, 4));
+        if (want[i].live_sender_may_act ? attempts < want[i].attempts || rows < want[i].rows
+                                        : attempts != want[i].attempts || rows != want[i].rows)
+            fail_msg("delivery %s: %d attempts, %d attempt rows", did, attempts, rows);
     }
     PQclear(res);
     page = get_json(dpath, key_a);
