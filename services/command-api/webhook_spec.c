@@ -23,8 +23,8 @@ static const char *const event_types[] = {
     "DebitReversed",           "DepositRejected",         "DepositRequested",
     "FundsDeposited",          "FundsWithdrawn",          "TransferCompleted",
     "TransferCreditRequested", "TransferDebitRequested",  "TransferFailed",
-    "TransferRejected",        "TransferRequested",       "WithdrawalRejected",
-    "WithdrawalRequested",
+    "TransferRejected",        "TransferRequested",       "WebhookEndpointDisabled",
+    "WithdrawalRejected",      "WithdrawalRequested",
 };
 #define NTYPES (sizeof(event_types) / sizeof(event_types[0]))
 

@@ -1,6 +1,6 @@
 /*
  * tally-worker: Kafka consumers of tally.events (ledger decider, transfer
- * saga, outbox relay, projector). Settings come from one table; SIGTERM/SIGINT
+ * saga, outbox relay, projector, webhooks). Settings come from one table; SIGTERM/SIGINT
  * finish the batch in hand, commit, leave the consumer groups and exit 0.
  */
 #include "worker.h"
@@ -20,9 +20,10 @@ static const tly_config_def_t settings[] = {
      "Kafka bootstrap servers"},
     {"kafka-topic", "TALLY_KAFKA_TOPIC", TLY_CONFIG_STRING, "tally.events", 0, 0, offsetof(tly_worker_config_t, topic),
      "the event topic"},
-    {"roles", "TALLY_WORKER_ROLES", TLY_CONFIG_STRING, "decider,saga,projector", 0, 0, offsetof(tly_worker_config_t, roles),
-     "comma-separated roles to run: decider, saga (transfer saga and its deadlines), projector; decider and saga run the "
-     "outbox relay"},
+    {"roles", "TALLY_WORKER_ROLES", TLY_CONFIG_STRING, "decider,saga,projector,webhooks", 0, 0,
+     offsetof(tly_worker_config_t, roles),
+     "comma-separated roles to run: decider, saga (transfer saga and its deadlines), projector, webhooks (records and "
+     "sends webhook deliveries); decider and saga run the outbox relay"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, offsetof(tly_worker_config_t, log_level),
      "debug, info, warn or error"},
     {"batch-size", "TALLY_WORKER_BATCH_SIZE", TLY_CONFIG_INT, "2000", 1, 10000, offsetof(tly_worker_config_t, batch_size),
@@ -44,6 +45,19 @@ static const tly_config_def_t settings[] = {
     {"saga-stuck-ms", "TALLY_SAGA_STUCK_MS", TLY_CONFIG_INT, "300000", 1000, 604800000,
      offsetof(tly_worker_config_t, saga_stuck_ms),
      "a transfer unfinished this long after it started is reported stuck (transfer_sagas.stuck_at)"},
+    {"webhook-allow-private", "TALLY_WEBHOOK_ALLOW_PRIVATE", TLY_CONFIG_BOOL, "false", 0, 0,
+     offsetof(tly_worker_config_t, webhook_allow_private),
+     "send webhooks to loopback, private and link-local addresses and over plain http (tests and local stacks only)"},
+    {"webhook-timeout-ms", "TALLY_WEBHOOK_TIMEOUT_MS", TLY_CONFIG_INT, "15000", 100, 60000,
+     offsetof(tly_worker_config_t, webhook_timeout_ms), "a webhook attempt without a complete answer this long fails"},
+    {"webhook-time-scale", "TALLY_WEBHOOK_TIME_SCALE", TLY_CONFIG_INT, "1", 1, 100000000,
+     offsetof(tly_worker_config_t, webhook_time_scale),
+     "divides the webhook retry schedule, the attempt lease margin and the 5-day disable window (tests simulate days "
+     "in seconds); 1 in production"},
+    {"webhook-endpoint-concurrency", "TALLY_WEBHOOK_ENDPOINT_CONCURRENCY", TLY_CONFIG_INT, "4", 1, 256,
+     offsetof(tly_worker_config_t, webhook_per_endpoint), "webhook attempts in flight per endpoint, per worker"},
+    {"webhook-max-in-flight", "TALLY_WEBHOOK_MAX_IN_FLIGHT", TLY_CONFIG_INT, "256", 1, 4096,
+     offsetof(tly_worker_config_t, webhook_max_in_flight), "webhook attempts in flight per worker"},
 };
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
 

@@ -3,6 +3,9 @@
 #include "consumer.h"
 #include "relay.h"
 #include "roles.h"
+#include "webhook_role.h"
+
+#include <curl/curl.h>
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -16,10 +19,13 @@ typedef struct st_consumer_thread_t {
 } consumer_thread_t;
 
 struct st_tly_worker_t {
-    pthread_t threads[6 + TLY_PROJECTOR_CONSUMERS_MAX - 1];
+    pthread_t threads[8 + TLY_PROJECTOR_CONSUMERS_MAX - 1];
     int nthreads;
-    consumer_thread_t decider, saga, projector;
+    consumer_thread_t decider, saga, projector, webhooks;
     consumer_thread_t more_projectors[TLY_PROJECTOR_CONSUMERS_MAX - 1]; /* --projector-consumers beyond the first */
+    tly_webhook_role_t webhook_role;
+    tly_webhook_sender_config_t sender_cfg;
+    int sender_result;
     tly_decider_role_t decider_role;
     tly_saga_role_t saga_role;
     tly_saga_timer_config_t timer_cfg;
@@ -39,8 +45,11 @@ tly_worker_parse_roles(const char *s, unsigned *mask, char *err, size_t errcap)
             *mask |= TLY_ROLE_PROJECTOR;
         else if (n == 4 && strncmp(s, "saga", n) == 0)
             *mask |= TLY_ROLE_SAGA;
+        else if (n == 8 && strncmp(s, "webhooks", n) == 0)
+            *mask |= TLY_ROLE_WEBHOOKS;
         else {
-            snprintf(err, errcap, "invalid value for roles: unknown role \"%.*s\" (known: decider, saga, projector)", (int)n, s);
+            snprintf(err, errcap, "invalid value for roles: unknown role \"%.*s\" (known: decider, saga, projector, webhooks)",
+                     (int)n, s);
             return -1;
         }
         s += n;
@@ -75,6 +84,14 @@ run_saga_timer(void *arg)
 {
     tly_worker_t *w = arg;
     w->timer_result = tly_saga_timer_run(&w->timer_cfg);
+    return NULL;
+}
+
+static void *
+run_webhook_sender(void *arg)
+{
+    tly_worker_t *w = arg;
+    w->sender_result = tly_webhook_sender_run(&w->sender_cfg);
     return NULL;
 }
 
@@ -141,6 +158,26 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
                 goto fail;
         }
     }
+    if (roles & TLY_ROLE_WEBHOOKS) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+            snprintf(err, errcap, "could not initialise libcurl");
+            goto fail;
+        }
+        consumer_cfg(&w->webhooks.cfg, cfg, "tally-webhooks", stop);
+        tly_webhook_role_init(&w->webhooks.handler, &w->webhook_role);
+        w->sender_cfg = (tly_webhook_sender_config_t){
+            .pg_dsn = cfg->pg_dsn,
+            .topic = cfg->topic,
+            .allow_private = cfg->webhook_allow_private,
+            .timeout_ms = cfg->webhook_timeout_ms,
+            .time_scale = cfg->webhook_time_scale,
+            .per_endpoint = cfg->webhook_per_endpoint,
+            .max_in_flight = cfg->webhook_max_in_flight,
+            .stop = stop,
+        };
+        if (spawn(w, run_consumer, &w->webhooks, err, errcap) != 0 || spawn(w, run_webhook_sender, w, err, errcap) != 0)
+            goto fail;
+    }
     return w;
 fail:
     atomic_store(stop, true);
@@ -153,13 +190,14 @@ tly_worker_join(tly_worker_t *w)
 {
     for (int i = 0; i < w->nthreads; ++i)
         pthread_join(w->threads[i], NULL);
-    int ret =
-        w->decider.result != 0 || w->saga.result != 0 || w->projector.result != 0 || w->relay_result != 0 || w->timer_result != 0
-            ? -1
-            : 0;
+    int ret = w->decider.result != 0 || w->saga.result != 0 || w->projector.result != 0 || w->webhooks.result != 0 ||
+                      w->relay_result != 0 || w->timer_result != 0 || w->sender_result != 0
+                  ? -1
+                  : 0;
     for (int i = 0; i < TLY_PROJECTOR_CONSUMERS_MAX - 1; ++i)
         if (w->more_projectors[i].result != 0)
             ret = -1;
+    tly_webhook_role_clear(&w->webhook_role);
     free(w);
     return ret;
 }

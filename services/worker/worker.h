@@ -1,20 +1,23 @@
 /*
  * Runs the worker's roles, each in its own thread: the decider consumer (role
  * "decider"), the transfer saga consumer and its deadline timer (role
- * "saga"), the outbox relay (with either of those) and the projector
- * consumer (role "projector"). The thread that calls tly_worker_start keeps signals.
+ * "saga"), the outbox relay (with either of those), the projector
+ * consumer (role "projector") and the webhook recorder and sender (role
+ * "webhooks"). The thread that calls tly_worker_start keeps signals.
  */
 #ifndef TALLY_WORKER_WORKER_H
 #define TALLY_WORKER_WORKER_H
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define TLY_ROLE_DECIDER (1u << 0)
 #define TLY_ROLE_PROJECTOR (1u << 1)
 #define TLY_ROLE_SAGA (1u << 2)
+#define TLY_ROLE_WEBHOOKS (1u << 3)
 
 #define TLY_PROJECTOR_CONSUMERS_MAX 8
 
@@ -32,11 +35,16 @@ typedef struct st_tly_worker_config_t {
     int64_t saga_stuck_ms;        /* a saga unfinished this long is reported stuck */
     char *admin_host;
     int64_t admin_port;
+    bool webhook_allow_private;   /* loopback, private addresses and plain http (tests, local stacks) */
+    int64_t webhook_timeout_ms;   /* one attempt */
+    int64_t webhook_time_scale;   /* divides the retry schedule, lease margin and disable window (tests) */
+    int64_t webhook_per_endpoint; /* attempts in flight per endpoint, per worker */
+    int64_t webhook_max_in_flight;
 } tly_worker_config_t;
 
 typedef struct st_tly_worker_t tly_worker_t;
 
-/** Parses "decider,saga,projector" (any order, no repeats needed) into a mask. Returns 0, or -1 with `err`. */
+/** Parses "decider,saga,projector,webhooks" (any order, no repeats needed) into a mask. Returns 0, or -1 with `err`. */
 int tly_worker_parse_roles(const char *s, unsigned *mask, char *err, size_t errcap) __attribute__((warn_unused_result));
 
 /** Starts the threads of `roles`; `cfg` and `stop` must outlive tly_worker_join. NULL with `err` on failure. */

@@ -2,7 +2,8 @@
  * Every event Tally produces validates against schemas/events/<Type>.v<N>.json:
  * request events built by the command API's own code (commands.c), outcome
  * and rejection events built by the decider (decider.c), and FundsDeposited
- * v1 upcast to v2 (common/upcast.c). Every schema file is exercised.
+ * v1 upcast to v2 (common/upcast.c), and WebhookEndpointDisabled as the
+ * webhooks role builds it (webhook.c). Every schema file is exercised.
  *
  * The validator is a small one for the subset of JSON Schema the files use:
  * type (one or a list), const, enum, properties, required,
@@ -18,6 +19,7 @@
 #include "commands.h"
 #include "decider.h"
 #include "saga.h"
+#include "webhook.h"
 
 #include "tally/clock.h"
 #include "tally/envelope.h"
@@ -482,6 +484,22 @@ test_deposit_v2(void **state)
     tly_envelope_clear(&req);
 }
 
+/* --- the webhooks role's event ------------------------------------------------ */
+
+static void
+test_webhook_events(void **state)
+{
+    tly_uuid_t ep = tly_uuid_v4(), tenant = tly_uuid_v4();
+    tly_envelope_t ev;
+    tly_webhook_disabled_event(&ev, &ep, &tenant, 4, "https://hooks.example.com/tally", "failing", tly_clock_now_us() - 1000,
+                               tly_clock_now_us());
+    assert_valid(&ev);
+    tly_envelope_clear(&ev);
+    tly_webhook_disabled_event(&ev, &ep, &tenant, 5, "https://hooks.example.com/tally", "gone", 0, tly_clock_now_us());
+    assert_valid(&ev);
+    tly_envelope_clear(&ev);
+}
+
 /* The validator itself refuses what it should. */
 static void
 test_validator(void **state)
@@ -532,8 +550,9 @@ main(void)
     assert_true(tly_uuid_parse("0b9c6f7e-1d2a-4c3b-9e8f-7a6b5c4d3e2f", &account_id));
     assert_true(tly_uuid_parse("5d1e2c3b-4a59-4f68-8e7d-6c5b4a392817", &tenant_id));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_events), cmocka_unit_test(test_outcome_events), cmocka_unit_test(test_transfer_events),
-        cmocka_unit_test(test_deposit_v2),     cmocka_unit_test(test_validator),      cmocka_unit_test(test_every_schema_used),
+        cmocka_unit_test(test_request_events),    cmocka_unit_test(test_outcome_events), cmocka_unit_test(test_transfer_events),
+        cmocka_unit_test(test_deposit_v2),        cmocka_unit_test(test_validator),      cmocka_unit_test(test_webhook_events),
+        cmocka_unit_test(test_every_schema_used),
     };
     return cmocka_run_group_tests(tests, load_names, NULL);
 }
