@@ -686,10 +686,10 @@ mark_healthy(sender_t *s, const outcome_t *o, const bool *recorded, char *err, s
     if (ids.n == 0)
         return 0;
     const char *vals[] = {arr_done(&ids)};
-    int ret =
-        tly_pgx_exec(s->conn, "mark webhook endpoints healthy",
-                     "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ANY($1::uuid[]) AND failing_since IS NOT NULL",
-                     1, vals, NULL, err, errcap);
+    int ret = tly_pgx_exec(s->conn, "mark webhook endpoints healthy",
+                           "UPDATE webhook_endpoints SET failing_since = NULL, version = version + 1, updated_at = now() "
+                           "WHERE id = ANY($1::uuid[]) AND failing_since IS NOT NULL",
+                           1, vals, NULL, err, errcap);
     free(ids.p);
     return ret;
 }
@@ -707,7 +707,10 @@ mark_failing(sender_t *s, const flight_t *f, const outcome_t *o, bool *disabled,
     const char *vals[] = {f->endpoint, started_s, window_s};
     PGresult *res = tly_pgx_query(s->conn, "mark webhook endpoint failing",
                                   "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, " TS_OF(
-                                      2) ") "
+                                      2) "), "
+                                         /* the query API's ETag is the version: a change readers see bumps it */
+                                         "version = version + (failing_since IS NULL)::int, "
+                                         "updated_at = CASE WHEN failing_since IS NULL THEN now() ELSE updated_at END "
                                          "WHERE id = $1 AND enabled AND deleted_at IS NULL AND (failing_since IS NULL OR "
                                          "failing_since <= now() - $3::bigint * interval '1 millisecond') "
                                          "RETURNING failing_since <= now() - $3::bigint * interval '1 millisecond'",
