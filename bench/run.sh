@@ -30,7 +30,7 @@ RUN_ID=b$(date +%s)
 WORK=$(mktemp -d /tmp/tally-bench.XXXXXX)
 ROWS=$WORK/rows.tsv # one figure per line, see rec()
 : >"$ROWS"
-ALL_SCENARIOS=(ingest read e2e project replay)
+ALL_SCENARIOS=(ingest read e2e project replay webhooks)
 PG_CEILING= # ceiling_pg's JSON, measured once per run (project or replay, whichever comes first)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -534,6 +534,26 @@ replay_live_p99() {
     rec replay.live.p99 "POST deposit p99 during a replay (8 conns)" "$(jv "$during" .p99_ms)" ms "$(jv "$base" .p99_ms)" \
         "p99 without a replay" "ratio<2" \
         "ratio $(awk -v a="$(jv "$during" .p99_ms)" -v b="$(jv "$base" .p99_ms)" 'BEGIN{printf "%.2f", (b > 0 ? a / b : 0)}'); rate $(jv "$during" .ok_rps)/s vs $(jv "$base" .ok_rps)/s; replay still running at the end: $still"
+}
+
+# Webhook delivery (bench/webhooks.sh: its own small stack whose worker runs
+# every role but webhooks, and a webhooks worker of the bench's own, so the
+# receiver and the clock are the bench's): deliveries/s to a fast loopback
+# receiver, and the delivery latency of fast endpoints with and without one
+# endpoint that never answers (goal: no effect).
+scenario_webhooks() {
+    local out j
+    log "webhooks: bench/webhooks.sh (own stack, loopback receiver)"
+    out=$(BENCH_BUILD_DIR=$BUILD "$BENCH/webhooks.sh" 2>>"$WORK/webhooks.log") ||
+        { tail -n 20 "$WORK/webhooks.log" >&2; die "bench/webhooks.sh failed"; }
+    echo "$out" >>"$WORK/webhooks.log"
+    j=$(tail -n 1 <<<"$out")
+    rec webhooks.rate "webhook deliveries/s, $(jv "$j" .endpoints) endpoints, fast receiver" "$(jv "$j" .deliveries_per_s)" \
+        deliveries/s "" "" "" "$(jv "$j" .deliveries) deliveries"
+    rec webhooks.p99 "webhook delivery p99, 4 endpoints at $(jv "$j" .rate) events/s" "$(jv "$j" .latency_p99_ms)" ms "" "" "" \
+        "p50 $(jv "$j" .latency_p50_ms) ms"
+    rec webhooks.stuck.p99 "same, beside 1 endpoint that never answers" "$(jv "$j" .stuck_latency_p99_ms)" ms \
+        "$(jv "$j" .latency_p99_ms)" "p99 without it" "" "p50 $(jv "$j" .stuck_latency_p50_ms) ms; goal: no effect (ratio ~1)"
 }
 
 scenario_kafka_ceiling() {
