@@ -90,7 +90,9 @@ tly_kafka_consumer_create(const char *brokers, const char *group,
            per consumer) made a worker with three consumers reach 312 MB on a
            backlog; a batch is at most a few hundred events anyway */
         conf_set(conf, "queued.min.messages", "2000", err, errcap) != 0 ||
-        conf_set(conf, "queued.max.messages.kbytes", "8192", err, errcap) != 0) {
+        conf_set(conf, "queued.max.messages.kbytes", "8192", err, errcap) != 0 ||
+        /* and one fetch response at most 4 MB (default 52 MB, held whole while a backlog is read) */
+        conf_set(conf, "fetch.max.bytes", "4194304", err, errcap) != 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
