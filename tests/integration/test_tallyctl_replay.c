@@ -27,6 +27,7 @@
 
 #include "projection.h"
 #include "tly_test_http.h"
+#include "tly_test_sql.h"
 #include "tly_test_util.h"
 
 #include "tally/clock.h"
@@ -50,36 +51,9 @@ static const char *bin_dir;
 static PGconn *db;
 static rd_kafka_t *producer;
 
-static PGresult *
-sql(const char *q)
-{
-    PGresult *res = PQexec(db, q);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        fprintf(stderr, "SQL failed: %s\n  %s\n", PQerrorMessage(db), q);
-        PQclear(res);
-        fail_msg("SQL failed");
-    }
-    return res;
-}
-
-static char *
-sql_text(const char *q)
-{
-    PGresult *res = sql(q);
-    char *s = strdup(PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) ? PQgetvalue(res, 0, 0) : "");
-    PQclear(res);
-    return s;
-}
-
-static int64_t
-sql_i64(const char *q)
-{
-    char *s = sql_text(q);
-    int64_t v = strtoll(s, NULL, 10);
-    free(s);
-    return v;
-}
+#define sql(q) tly_test_sql(db, (q), 0, NULL)
+#define sql_text(q) tly_test_sql_text(db, (q), 0, NULL)
+#define sql_i64(q) tly_test_sql_i64(db, (q), 0, NULL)
 
 /* Runs tallyctl with `args` (a shell-quoted string); output (stdout+stderr) into `out`. Returns the exit code. */
 static int

@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "tly_test_http.h"
+#include "tly_test_sql.h"
 #include "tly_test_util.h"
 
 #include <errno.h>
@@ -57,28 +58,8 @@ static const char *var_dir, *bin_dir;
 
 /* --- helpers ------------------------------------------------------------------- */
 
-static PGresult *
-sql(const char *q, int n, const char *const *vals)
-{
-    PGresult *res = PQexecParams(db, q, n, NULL, vals, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        fprintf(stderr, "SQL failed: %s\n  %s\n", PQerrorMessage(db), q);
-        PQclear(res);
-        fail_msg("SQL failed");
-    }
-    return res;
-}
-
-static int64_t
-sql_i64(const char *q, int n, const char *const *vals)
-{
-    PGresult *res = sql(q, n, vals);
-    assert_int_equal(PQntuples(res), 1);
-    int64_t v = PQgetisnull(res, 0, 0) ? 0 : strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    return v;
-}
+#define sql(q, n, vals) tly_test_sql(db, (q), (n), (vals))
+#define sql_i64(q, n, vals) tly_test_sql_i64(db, (q), (n), (vals))
 
 /* Polls `q` (one bigint) until it equals `want` or `timeout_ms`; returns the last value. */
 static int64_t

@@ -32,6 +32,7 @@
 
 #include "tly_test_http.h"
 #include "tly_test_receiver.h"
+#include "tly_test_sql.h"
 #include "tly_test_util.h"
 
 #include <fcntl.h>
@@ -64,18 +65,7 @@ static char watcher_id[64]; /* endpoint subscribed to WebhookEndpointDisabled */
 
 /* --- SQL ------------------------------------------------------------------------ */
 
-static PGresult *
-sql(const char *q, int n, const char *const *vals)
-{
-    PGresult *res = PQexecParams(db, q, n, NULL, vals, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        fprintf(stderr, "SQL failed: %s\n  %s\n", PQerrorMessage(db), q);
-        PQclear(res);
-        fail_msg("SQL failed");
-    }
-    return res;
-}
+#define sql(q, n, vals) tly_test_sql(db, (q), (n), (vals))
 
 static long long
 sql_ll(const char *q, int n, const char *const *vals)

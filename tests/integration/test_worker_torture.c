@@ -44,6 +44,7 @@
 #include <cmocka.h>
 
 #include "tly_test_http.h"
+#include "tly_test_sql.h"
 #include "tly_test_util.h"
 
 #include <curl/curl.h>
@@ -104,28 +105,8 @@ rnd_between(uint64_t *s, int lo, int hi)
 
 /* --- SQL helpers ----------------------------------------------------------------- */
 
-static PGresult *
-sql(PGconn *conn, const char *q, int n, const char *const *vals)
-{
-    PGresult *res = PQexecParams(conn, q, n, NULL, vals, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        fprintf(stderr, "SQL failed: %s\n  %s\n", PQerrorMessage(conn), q);
-        PQclear(res);
-        fail_msg("SQL failed");
-    }
-    return res;
-}
-
-static int64_t
-sql_i64(const char *q, int n, const char *const *vals)
-{
-    PGresult *res = sql(db, q, n, vals);
-    assert_int_equal(PQntuples(res), 1);
-    int64_t v = PQgetisnull(res, 0, 0) ? 0 : strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    return v;
-}
+#define sql(conn, q, n, vals) tly_test_sql((conn), (q), (n), (vals))
+#define sql_i64(q, n, vals) tly_test_sql_i64(db, (q), (n), (vals))
 
 /* --- worker processes ----------------------------------------------------------- */
 
