@@ -11,7 +11,6 @@
 #include <string.h>
 #include <zlib.h>
 
-
 void
 qa_op_destroy(query_op_t *op)
 {
