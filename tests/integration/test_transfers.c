@@ -585,30 +585,10 @@ kill9_worker(pid_t pid)
 static pid_t
 start_worker(void)
 {
-    char log[1024], pidfile[1024], tmp[1100];
+    char log[1024];
     snprintf(log, sizeof(log), "%s/log/tally-worker.log", var_dir);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setsid();
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644), null = open("/dev/null", O_RDONLY);
-        if (fd < 0 || null < 0)
-            _exit(125);
-        dup2(null, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        for (int i = 3; i < 4096; ++i)
-            close(i);
-        execve(worker_argv[0], worker_argv, worker_envp != NULL ? worker_envp : (char *[]){NULL});
-        _exit(127);
-    }
-    snprintf(pidfile, sizeof(pidfile), "%s/run/tally-worker.pid", var_dir);
-    snprintf(tmp, sizeof(tmp), "%s.transfers", pidfile);
-    FILE *f = fopen(tmp, "w");
-    assert_non_null(f);
-    fprintf(f, "%d\n", (int)pid);
-    fclose(f);
-    assert_int_equal(rename(tmp, pidfile), 0);
+    pid_t pid = tly_test_spawn(worker_argv, worker_envp != NULL ? worker_envp : (char *[]){NULL}, log, false);
+    tly_test_write_pid("tally-worker", pid);
     return pid;
 }
 

@@ -42,7 +42,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -231,34 +230,6 @@ env_with(char *const *base, const char *const *extra)
     return env;
 }
 
-/* fork + exec with its own session, output appended to `log`; `ours`: dies with us. */
-static pid_t
-spawn(char *const *argv, char *const *envp, const char *log, bool ours)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setsid();
-        if (ours) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (getppid() != parent)
-                _exit(126);
-        }
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644), null = open("/dev/null", O_RDONLY);
-        if (fd < 0 || null < 0)
-            _exit(125);
-        dup2(null, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        for (int i = 3; i < 4096; ++i)
-            close(i);
-        execve(argv[0], argv, envp);
-        _exit(127);
-    }
-    return pid;
-}
-
 static void
 wait_gone(pid_t pid, int timeout_ms)
 {
@@ -270,19 +241,6 @@ wait_gone(pid_t pid, int timeout_ms)
     }
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
-}
-
-static void
-write_stack_pid(pid_t pid)
-{
-    char path[1024], tmp[1100];
-    snprintf(path, sizeof(path), "%s/run/tally-worker.pid", var_dir);
-    snprintf(tmp, sizeof(tmp), "%s.webhooks", path);
-    FILE *f = fopen(tmp, "w");
-    assert_non_null(f);
-    fprintf(f, "%d\n", (int)pid);
-    fclose(f);
-    assert_int_equal(rename(tmp, path), 0);
 }
 
 /* Restarts the stack's worker with `extra` settings over its own environment (none: as it was). */
@@ -297,7 +255,7 @@ restart_stack_worker(const char *const *extra)
     }
     snprintf(log, sizeof(log), "%s/log/tally-worker.log", var_dir);
     char **env = env_with(stack_envp, extra);
-    write_stack_pid(spawn(stack_argv, env, log, false));
+    tly_test_write_pid("tally-worker", tly_test_spawn(stack_argv, env, log, false));
     free(env);
 }
 
@@ -316,7 +274,7 @@ start_hooks(bool allow_private)
     snprintf(log, sizeof(log), "%s/log/webhooks-worker.log", var_dir);
     char *argv[] = {path, NULL};
     char **env = env_with(environ, extra);
-    pid_t pid = spawn(argv, env, log, true);
+    pid_t pid = tly_test_spawn(argv, env, log, true);
     free(env);
     return pid;
 }

@@ -60,7 +60,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -138,19 +137,6 @@ proc_alive(pid_t pid)
     return p != NULL && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
 }
 
-static void
-write_stack_pid(pid_t pid)
-{
-    char path[1024], tmp[1100];
-    snprintf(path, sizeof(path), "%s/run/tally-worker.pid", var_dir);
-    snprintf(tmp, sizeof(tmp), "%s.torture", path);
-    FILE *f = fopen(tmp, "w");
-    assert_non_null(f);
-    fprintf(f, "%d\n", (int)pid);
-    fclose(f);
-    assert_int_equal(rename(tmp, path), 0);
-}
-
 /*
  * Starts the worker: setsid, log appended, every other descriptor closed (so
  * that it never holds ctest's pipes). Only the main thread calls this: the
@@ -166,33 +152,12 @@ worker_start(worker_t *w)
     char *default_argv[] = {path, NULL};
     char *const *argv = w->is_stack && stack_argv != NULL ? stack_argv : default_argv;
     char *const *envp = w->is_stack && stack_envp != NULL ? stack_envp : environ;
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setsid();
-        if (!w->is_stack) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (getppid() != parent)
-                _exit(126);
-        }
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        int null = open("/dev/null", O_RDONLY);
-        if (fd < 0 || null < 0)
-            _exit(125);
-        dup2(null, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        for (int i = 3; i < 4096; ++i)
-            close(i);
-        execve(argv[0], argv, envp);
-        _exit(127);
-    }
+    pid_t pid = tly_test_spawn(argv, envp, log, !w->is_stack);
     w->pid = pid;
     w->ours = true;
     w->starts++;
     if (w->is_stack)
-        write_stack_pid(pid);
+        tly_test_write_pid("tally-worker", pid);
 }
 
 /* Waits up to `timeout_ms` for the process to end; *status gets its wait status when it is ours. */
@@ -320,7 +285,7 @@ restore_workers(void)
         worker_start(&stack_worker);
     }
     if (tly_test_read_pid("tally-worker") != stack_worker.pid)
-        write_stack_pid(stack_worker.pid);
+        tly_test_write_pid("tally-worker", stack_worker.pid);
 }
 
 /* --- consumer positions monitor ----------------------------------------------- */

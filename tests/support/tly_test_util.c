@@ -9,6 +9,9 @@
 #include "tly_test_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +96,48 @@ tly_test_read_nul_vector(const char *path)
         v[k++] = buf + i;
     v[k] = NULL;
     return k > 0 ? v : NULL;
+}
+
+void
+tly_test_write_pid(const char *name, pid_t pid)
+{
+    char path[1024], tmp[1100];
+    const char *var = tly_test_env("TALLY_VAR");
+    assert_non_null(var);
+    snprintf(path, sizeof(path), "%s/run/%s.pid", var, name);
+    snprintf(tmp, sizeof(tmp), "%s.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fprintf(f, "%d\n", (int)pid);
+    fclose(f);
+    assert_int_equal(rename(tmp, path), 0);
+}
+
+pid_t
+tly_test_spawn(char *const *argv, char *const *envp, const char *log, bool die_with_us)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setsid();
+        if (die_with_us) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != parent)
+                _exit(126);
+        }
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644), null = open("/dev/null", O_RDONLY);
+        if (fd < 0 || null < 0)
+            _exit(125);
+        dup2(null, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        for (int i = 3; i < 4096; ++i)
+            close(i);
+        execve(argv[0], argv, envp);
+        _exit(127);
+    }
+    return pid;
 }
 
 pid_t

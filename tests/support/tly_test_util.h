@@ -6,6 +6,7 @@
 #ifndef TLY_TEST_UTIL_H
 #define TLY_TEST_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -30,6 +31,18 @@ void tly_test_make_tenant(const char *prefix, int rate, char *tenant, size_t ten
 
 /** The pid in $TALLY_VAR/run/<name>.pid (what the stack started), or 0. */
 pid_t tly_test_read_pid(const char *name);
+
+/** Writes `pid` to $TALLY_VAR/run/<name>.pid (atomically: a temporary file, then rename). */
+void tly_test_write_pid(const char *name, pid_t pid);
+
+/**
+ * Starts argv[0] with `argv` and `envp`: its own session, stdin from
+ * /dev/null, stdout and stderr appended to `log`, every other descriptor
+ * closed (so it never holds ctest's pipes). `die_with_us`: killed when the
+ * calling thread's process dies (PR_SET_PDEATHSIG); a process that must
+ * outlive the test (the stack's own worker) passes false.
+ */
+pid_t tly_test_spawn(char *const *argv, char *const *envp, const char *log, bool die_with_us);
 
 /** Reads a NUL-separated file (/proc/<pid>/cmdline, environ) into a NULL-ended vector; NULL when empty or unreadable. */
 char **tly_test_read_nul_vector(const char *path);
