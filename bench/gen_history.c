@@ -10,6 +10,7 @@
  *   gen_history --brokers=HOST:PORT --topic=T [--events=1000000] [--accounts=1000] [--partitions=12]
  * Creates the topic if missing (delete it afterwards yourself). Prints JSON.
  */
+#include "bench_kafka.h"
 #include <librdkafka/rdkafka.h>
 
 #include <inttypes.h>
@@ -71,41 +72,7 @@ uuid(char *out)
     out[36] = '\0';
 }
 
-static void
-set(rd_kafka_conf_t *c, const char *k, const char *v)
-{
-    char err[256];
-    if (rd_kafka_conf_set(c, k, v, err, sizeof(err)) != RD_KAFKA_CONF_OK) {
-        fprintf(stderr, "gen_history: %s=%s: %s\n", k, v, err);
-        exit(2);
-    }
-}
-
-static void
-create_topic(const char *brokers, const char *topic, int partitions)
-{
-    char err[256];
-    rd_kafka_conf_t *c = rd_kafka_conf_new();
-    set(c, "bootstrap.servers", brokers);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof(err));
-    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, partitions, 1, err, sizeof(err));
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-    if (ev != NULL) {
-        const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
-        size_t n;
-        const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &n);
-        if (n == 1 && rd_kafka_topic_result_error(tr[0]) &&
-            rd_kafka_topic_result_error(tr[0]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-            fprintf(stderr, "gen_history: create topic: %s\n", rd_kafka_topic_result_error_string(tr[0]));
-        rd_kafka_event_destroy(ev);
-    }
-    rd_kafka_queue_destroy(q);
-    rd_kafka_NewTopic_destroy(nt);
-    rd_kafka_destroy(rk);
-    sleep(1); /* leader election */
-}
+#define set(c, k, v) bench_kafka_set("gen_history", (c), (k), (v))
 
 static void
 rfc3339(int64_t us, char *out, size_t cap)
@@ -198,7 +165,7 @@ main(int argc, char **argv)
         return 2;
     }
     rng ^= (uint64_t)now_us();
-    create_topic(brokers, topic_name, partitions);
+    bench_kafka_create_topic("gen_history", brokers, topic_name, partitions);
     char err[256];
     rd_kafka_conf_t *c = rd_kafka_conf_new();
     set(c, "bootstrap.servers", brokers);
