@@ -350,14 +350,16 @@ main(int argc, char **argv)
                 conn_send(&cs[i], s, t0 + (int64_t)(s * interval_ns / 1000));
             }
         }
-        int timeout = 0;
-        if (qhead == qtail && next < total) {
-            int64_t wait = t0 + (int64_t)(next * interval_ns / 1000) - now_us();
-            timeout = wait > 1000 ? (int)(wait / 1000) : 0;
-        } else if (next >= total) {
-            timeout = 5;
-        }
-        int n = epoll_wait(epfd, evs, 256, timeout);
+        /* sleep until the next request is due (microsecond timeout: a
+           millisecond one would spin at 1,000/s and steal the CPU we measure) */
+        int64_t wait_us = 0;
+        if (qhead == qtail && next < total)
+            wait_us = t0 + (int64_t)(next * interval_ns / 1000) - now_us();
+        else if (next >= total)
+            wait_us = 5000;
+        struct timespec tmo = {.tv_sec = wait_us > 0 ? wait_us / 1000000 : 0,
+                               .tv_nsec = wait_us > 0 ? (wait_us % 1000000) * 1000 : 0};
+        int n = epoll_pwait2(epfd, evs, 256, &tmo, NULL);
         t = now_us();
         for (int i = 0; i < n; ++i) {
             conn_t *c = evs[i].data.ptr;

@@ -446,8 +446,8 @@ handle(consumer_t *c, tly_consumer_msg_t *m, partition_t *p, bool park, char *er
     case TLY_VERDICT_APPLY:
         break;
     }
-    bool fresh = false;
-    if (dedup_insert(c, m, &fresh, err, errcap) != 0)
+    bool fresh = c->h->idempotent;
+    if (!fresh && dedup_insert(c, m, &fresh, err, errcap) != 0)
         return -1;
     if (!fresh)
         return 0;
@@ -707,8 +707,12 @@ run_tx_batch(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, char *
         p->touched = true;
     }
     int64_t t_dedup = tly_clock_mono_us();
-    if (ncand > 0 && (nfresh = dedup_batch(c, msgs, ncand, err, errcap)) < 0)
+    if (c->h->idempotent) {
+        memcpy(c->fresh, c->cand, sizeof(*c->fresh) * (size_t)ncand);
+        nfresh = ncand;
+    } else if (ncand > 0 && (nfresh = dedup_batch(c, msgs, ncand, err, errcap)) < 0) {
         goto failed;
+    }
     int64_t t_apply = tly_clock_mono_us();
     if (nfresh > 0 && c->h->apply_batch(c->h->ctx, c->conn, (const tly_consumer_msg_t *const *)c->fresh, nfresh, err, errcap) != 0)
         goto failed;

@@ -58,6 +58,13 @@ typedef struct st_tly_consumer_handler_t {
      * required), which finds the event that fails and isolates it as usual.
      */
     int (*apply_batch)(void *ctx, PGconn *conn, const tly_consumer_msg_t *const *msgs, int n, char *err, size_t errcap);
+    /**
+     * The handler's effects are idempotent by themselves (a unique key on
+     * what it writes, inserted with ON CONFLICT DO NOTHING): applying an
+     * event twice changes nothing, so the consumer keeps no consumer_dedup
+     * rows for it. The fenced positions still hold.
+     */
+    bool idempotent;
 } tly_consumer_handler_t;
 
 typedef struct st_tly_consumer_config_t {

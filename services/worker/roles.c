@@ -28,85 +28,156 @@ static void
 decider_begin(void *ctx)
 {
     tly_decider_role_t *r = ctx;
-    r->ncached = 0; /* a retried transaction must re-read what the rolled-back one saw */
     r->wrote_outbox = false;
+    tly_outbox_rows_reset(&r->outbox);
 }
 
-static tly_decider_cached_t *
-cache_find(tly_decider_role_t *r, const tly_uuid_t *id)
+/* --- the batch's account states: an open-addressing table keyed by id ---- */
+
+static uint64_t
+id_hash(const tly_uuid_t *id)
 {
-    for (int i = 0; i < r->ncached; ++i)
-        if (memcmp(&r->cache[i].id, id, sizeof(*id)) == 0)
-            return &r->cache[i];
-    return NULL;
+    uint64_t a, b;
+    memcpy(&a, id->b, 8);
+    memcpy(&b, id->b + 8, 8);
+    return (a ^ (b * 0x9e3779b97f4a7c15ULL)) * 0xff51afd7ed558ccdULL;
 }
 
-/* Loads the account's state FOR UPDATE (or from this transaction's cache). */
-static int
-load_state(tly_decider_role_t *r, PGconn *conn, const tly_uuid_t *id, tly_account_state_t *out, char *err, size_t errcap)
+/* Empties the table and makes room for `n` accounts at most half full. */
+static void
+states_reset(tly_decider_role_t *r, int n)
 {
-    tly_decider_cached_t *hit = cache_find(r, id);
-    if (hit != NULL) {
-        *out = hit->state;
-        return 0;
+    size_t want = 16;
+    while (want < (size_t)n * 2)
+        want *= 2;
+    if (want > r->cap) {
+        free(r->slots);
+        r->slots = calloc(want, sizeof(*r->slots));
+        if (r->slots == NULL)
+            abort();
+        r->cap = want;
+        r->nused = 0;
     }
-    char id_s[TLY_UUID_STR_LEN + 1];
-    tly_uuid_format(id, id_s);
-    const char *vals[] = {id_s};
-    PGresult *res = tly_pgx_query(conn, "load decider state",
-                                  "SELECT tenant_id, currency, status, balance, version FROM decider_accounts WHERE id = $1 "
-                                  "FOR UPDATE",
+    for (int i = 0; i < r->nused; ++i)
+        r->slots[r->used[i]].used = false;
+    r->nused = 0;
+    if ((size_t)n > r->used_cap) {
+        free(r->used);
+        r->used = malloc(sizeof(*r->used) * (size_t)n);
+        if (r->used == NULL)
+            abort();
+        r->used_cap = (size_t)n;
+    }
+}
+
+/* The slot of `id`; a new one (not found, state absent) when `add`, else NULL when absent. */
+static tly_decider_slot_t *
+states_get(tly_decider_role_t *r, const tly_uuid_t *id, bool add)
+{
+    size_t mask = r->cap - 1;
+    for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
+        tly_decider_slot_t *s = &r->slots[i];
+        if (!s->used) {
+            if (!add)
+                return NULL;
+            memset(s, 0, sizeof(*s));
+            s->used = true;
+            s->state.id = *id;
+            r->used[r->nused++] = (int)i;
+            return s;
+        }
+        if (memcmp(&s->state.id, id, sizeof(*id)) == 0)
+            return s;
+    }
+}
+
+static int
+cmp_slot_id(const void *a, const void *b)
+{
+    return memcmp(&(*(tly_decider_slot_t *const *)a)->state.id, &(*(tly_decider_slot_t *const *)b)->state.id, sizeof(tly_uuid_t));
+}
+
+/*
+ * Loads the state of every account in the table with one statement, FOR
+ * UPDATE in id order (two transactions that lock rows in one order cannot
+ * deadlock each other). An account without a row stays absent.
+ */
+static int
+load_states(tly_decider_role_t *r, PGconn *conn, char *err, size_t errcap)
+{
+    tly_decider_slot_t **order = malloc(sizeof(*order) * (size_t)(r->nused > 0 ? r->nused : 1));
+    char id[TLY_UUID_STR_LEN + 1];
+    if (order == NULL)
+        abort();
+    for (int i = 0; i < r->nused; ++i)
+        order[i] = &r->slots[r->used[i]];
+    qsort(order, (size_t)r->nused, sizeof(*order), cmp_slot_id);
+    tly_pgx_array_reset(&r->arr[0]);
+    for (int i = 0; i < r->nused; ++i) {
+        tly_uuid_format(&order[i]->state.id, id);
+        tly_pgx_array_add(&r->arr[0], id);
+    }
+    free(order);
+    const char *vals[] = {tly_pgx_array_text(&r->arr[0])};
+    PGresult *res = tly_pgx_query(conn, "load decider states",
+                                  "SELECT id, tenant_id, currency, status, balance, version FROM decider_accounts "
+                                  "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
                                   1, vals, err, errcap);
     if (res == NULL)
         return -1;
-    memset(out, 0, sizeof(*out));
-    out->id = *id;
-    if (PQntuples(res) == 1) {
-        out->exists = true;
-        snprintf(out->currency, sizeof(out->currency), "%s", PQgetvalue(res, 0, 1));
-        out->balance = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
-        out->version = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
-        if (!tly_uuid_parse(PQgetvalue(res, 0, 0), &out->tenant_id) ||
-            !tly_account_status_parse(PQgetvalue(res, 0, 2), &out->status)) {
-            snprintf(err, errcap, "could not load decider state: row %s is corrupt", id_s);
+    for (int k = 0; k < PQntuples(res); ++k) {
+        tly_uuid_t key;
+        tly_decider_slot_t *s = tly_uuid_parse(PQgetvalue(res, k, 0), &key) ? states_get(r, &key, false) : NULL;
+        if (s == NULL || !tly_uuid_parse(PQgetvalue(res, k, 1), &s->state.tenant_id) ||
+            !tly_account_status_parse(PQgetvalue(res, k, 3), &s->state.status)) {
+            snprintf(err, errcap, "could not load decider state: row %s is corrupt", PQgetvalue(res, k, 0));
             PQclear(res);
             return -1;
         }
+        s->state.exists = true;
+        snprintf(s->state.currency, sizeof(s->state.currency), "%s", PQgetvalue(res, k, 2));
+        s->state.balance = strtoll(PQgetvalue(res, k, 4), NULL, 10);
+        s->state.version = strtoll(PQgetvalue(res, k, 5), NULL, 10);
     }
     PQclear(res);
     return 0;
 }
 
-static void
-cache_put(tly_decider_role_t *r, const tly_account_state_t *s)
-{
-    tly_decider_cached_t *hit = cache_find(r, &s->id);
-    if (hit == NULL && r->ncached < TLY_DECIDER_CACHE_MAX) {
-        hit = &r->cache[r->ncached++];
-        hit->id = s->id;
-    }
-    if (hit != NULL) /* a full cache only costs a SELECT: the row is already ours in this transaction */
-        hit->state = *s;
-}
-
+/* Writes every changed state with one statement. */
 static int
-store_state(PGconn *conn, const tly_account_state_t *s, char *err, size_t errcap)
+store_states(tly_decider_role_t *r, PGconn *conn, char *err, size_t errcap)
 {
-    char id[TLY_UUID_STR_LEN + 1], tenant[TLY_UUID_STR_LEN + 1], balance[24], version[24];
-    tly_uuid_format(&s->id, id);
-    tly_uuid_format(&s->tenant_id, tenant);
-    snprintf(balance, sizeof(balance), "%" PRId64, s->balance);
-    snprintf(version, sizeof(version), "%" PRId64, s->version);
-    const char *vals[] = {id, tenant, s->currency, tly_account_status_name(s->status), balance, version};
-    return tly_pgx_exec(conn, "store decider state",
+    char id[TLY_UUID_STR_LEN + 1], tenant[TLY_UUID_STR_LEN + 1];
+    for (int c = 0; c < 6; ++c)
+        tly_pgx_array_reset(&r->arr[c]);
+    for (int i = 0; i < r->nused; ++i) {
+        const tly_decider_slot_t *s = &r->slots[r->used[i]];
+        if (!s->dirty)
+            continue;
+        tly_uuid_format(&s->state.id, id);
+        tly_uuid_format(&s->state.tenant_id, tenant);
+        tly_pgx_array_add(&r->arr[0], id);
+        tly_pgx_array_add(&r->arr[1], tenant);
+        tly_pgx_array_add(&r->arr[2], s->state.currency);
+        tly_pgx_array_add(&r->arr[3], tly_account_status_name(s->state.status));
+        tly_pgx_array_add_i64(&r->arr[4], s->state.balance);
+        tly_pgx_array_add_i64(&r->arr[5], s->state.version);
+    }
+    if (r->arr[0].n == 0)
+        return 0;
+    const char *vals[6];
+    for (int c = 0; c < 6; ++c)
+        vals[c] = tly_pgx_array_text(&r->arr[c]);
+    return tly_pgx_exec(conn, "store decider states",
                         "INSERT INTO decider_accounts (id, tenant_id, currency, status, balance, version) "
-                        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, "
-                        "balance = EXCLUDED.balance, version = EXCLUDED.version",
+                        "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) "
+                        "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, balance = EXCLUDED.balance, "
+                        "version = EXCLUDED.version",
                         6, vals, NULL, err, errcap);
 }
 
-int
-tly_outbox_insert(PGconn *conn, const char *topic, const char *parent_tp, const tly_envelope_t *ev, char *err, size_t errcap)
+void
+tly_outbox_rows_add(tly_outbox_rows_t *rows, const char *topic, const char *parent_tp, const tly_envelope_t *ev)
 {
     char id[TLY_UUID_STR_LEN + 1], key[TLY_UUID_STR_LEN + 1], tp[TLY_TRACEPARENT_LEN + 1];
     tly_uuid_format(&ev->id, id);
@@ -118,73 +189,132 @@ tly_outbox_insert(PGconn *conn, const char *topic, const char *parent_tp, const 
     json_t *h = json_pack("{s:s, s:i, s:s}", "type", ev->type, "version", ev->version, "traceparent", tp);
     char *headers = tly_json_dump(h);
     char *payload = tly_envelope_to_json(ev);
-    const char *vals[] = {id, topic, key, payload, headers};
-    int ret = tly_pgx_exec(conn, "insert outbox row",
-                           "INSERT INTO outbox (event_id, topic, msg_key, payload, headers) VALUES ($1, $2, $3, $4, $5) "
-                           "ON CONFLICT (event_id) DO NOTHING",
-                           5, vals, NULL, err, errcap);
+    tly_pgx_array_add(&rows->ids, id);
+    tly_pgx_array_add(&rows->topics, topic);
+    tly_pgx_array_add(&rows->keys, key);
+    tly_pgx_array_add(&rows->payloads, payload);
+    tly_pgx_array_add(&rows->headers, headers);
     free(payload);
     free(headers);
     json_decref(h);
+}
+
+int
+tly_outbox_rows_flush(tly_outbox_rows_t *rows, PGconn *conn, char *err, size_t errcap)
+{
+    int ret = 0;
+    if (rows->ids.n > 0) {
+        const char *vals[] = {tly_pgx_array_text(&rows->ids), tly_pgx_array_text(&rows->topics), tly_pgx_array_text(&rows->keys),
+                              tly_pgx_array_text(&rows->payloads), tly_pgx_array_text(&rows->headers)};
+        /* seq follows the array order (WITH ORDINALITY): the relay publishes each key's events in the order decided */
+        ret = tly_pgx_exec(conn, "insert outbox rows",
+                           "INSERT INTO outbox (event_id, topic, msg_key, payload, headers) "
+                           "SELECT id, topic, msg_key, payload, headers::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], "
+                           "$4::text[], $5::text[]) WITH ORDINALITY AS r(id, topic, msg_key, payload, headers, ord) "
+                           "ORDER BY ord ON CONFLICT (event_id) DO NOTHING",
+                           5, vals, NULL, err, errcap);
+    }
+    tly_outbox_rows_reset(rows);
     return ret;
 }
 
-/* Inserts the outcome into the outbox with a child span of the request's trace. */
-static int
-outbox_insert(tly_decider_role_t *r, PGconn *conn, const tly_consumer_msg_t *req, const tly_envelope_t *ev, char *err,
-              size_t errcap)
+void
+tly_outbox_rows_reset(tly_outbox_rows_t *rows)
 {
-    if (tly_outbox_insert(conn, r->topic, req->traceparent, ev, err, errcap) != 0)
-        return -1;
-    r->wrote_outbox = true;
-    return 0;
+    tly_pgx_array_reset(&rows->ids);
+    tly_pgx_array_reset(&rows->topics);
+    tly_pgx_array_reset(&rows->keys);
+    tly_pgx_array_reset(&rows->payloads);
+    tly_pgx_array_reset(&rows->headers);
+}
+
+void
+tly_outbox_rows_free(tly_outbox_rows_t *rows)
+{
+    tly_pgx_array_free(&rows->ids);
+    tly_pgx_array_free(&rows->topics);
+    tly_pgx_array_free(&rows->keys);
+    tly_pgx_array_free(&rows->payloads);
+    tly_pgx_array_free(&rows->headers);
+}
+
+int
+tly_outbox_insert(PGconn *conn, const char *topic, const char *parent_tp, const tly_envelope_t *ev, char *err, size_t errcap)
+{
+    tly_outbox_rows_t rows;
+    memset(&rows, 0, sizeof(rows));
+    tly_outbox_rows_add(&rows, topic, parent_tp, ev);
+    int ret = tly_outbox_rows_flush(&rows, conn, err, errcap);
+    tly_outbox_rows_free(&rows);
+    return ret;
 }
 
 static int
-emit_all(tly_decider_role_t *r, PGconn *conn, const tly_consumer_msg_t *msg, tly_decision_t *d, char *err, size_t errcap)
+decider_flush_outbox(tly_decider_role_t *r, PGconn *conn, char *err, size_t errcap)
 {
-    for (int i = 0; i < d->nevents; ++i)
-        if (outbox_insert(r, conn, msg, &d->events[i], err, errcap) != 0)
+    if (r->outbox.ids.n > 0)
+        r->wrote_outbox = true;
+    return tly_outbox_rows_flush(&r->outbox, conn, err, errcap);
+}
+
+/*
+ * Decides msgs[0, n) (fresh requests, log order) in the batch transaction:
+ * one statement loads every account's state, the rules run in memory (each
+ * request sees the state its predecessors left), one statement stores the
+ * changed states and one inserts every outcome into the outbox. A request the
+ * rules cannot decide fails the batch; the consumer then goes one request at
+ * a time (this function with n = 1) and isolates it.
+ */
+static int
+decider_apply_batch(void *ctx, PGconn *conn, const tly_consumer_msg_t *const *msgs, int n, char *err, size_t errcap)
+{
+    tly_decider_role_t *r = ctx;
+    states_reset(r, n);
+    for (int i = 0; i < n; ++i)
+        states_get(r, &msgs[i]->env.aggregate_id, true);
+    if (load_states(r, conn, err, errcap) != 0)
+        return -1;
+    for (int i = 0; i < n; ++i) {
+        tly_decider_slot_t *s = states_get(r, &msgs[i]->env.aggregate_id, false);
+        tly_decision_t d;
+        if (tly_decider_decide(&s->state, &msgs[i]->env, &d) != 0) {
+            snprintf(err, errcap, "could not decide %s", msgs[i]->env.type);
+            tly_outbox_rows_reset(&r->outbox);
             return -1;
-    return 0;
+        }
+        if (d.state_changed) {
+            s->state = d.next;
+            s->dirty = true;
+        }
+        for (int k = 0; k < d.nevents; ++k)
+            tly_outbox_rows_add(&r->outbox, r->topic, msgs[i]->traceparent, &d.events[k]);
+        tly_decision_clear(&d);
+    }
+    if (store_states(r, conn, err, errcap) != 0) {
+        tly_outbox_rows_reset(&r->outbox);
+        return -1;
+    }
+    return decider_flush_outbox(r, conn, err, errcap);
 }
 
 static int
 decider_apply(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, char *err, size_t errcap)
 {
-    tly_decider_role_t *r = ctx;
-    tly_account_state_t state;
-    tly_decision_t d;
-    int ret = -1;
-    memset(&d, 0, sizeof(d));
-    if (load_state(r, conn, &msg->env.aggregate_id, &state, err, errcap) != 0)
-        return -1;
-    if (tly_decider_decide(&state, &msg->env, &d) != 0) {
-        snprintf(err, errcap, "could not decide %s", msg->env.type);
-        return -1;
-    }
-    if (d.state_changed && store_state(conn, &d.next, err, errcap) != 0)
-        goto cleanup;
-    if (emit_all(r, conn, msg, &d, err, errcap) != 0)
-        goto cleanup;
-    if (d.state_changed)
-        cache_put(r, &d.next);
-    ret = 0;
-cleanup:
-    tly_decision_clear(&d);
-    return ret;
+    return decider_apply_batch(ctx, conn, &msg, 1, err, errcap);
 }
 
 /* A parked request still gets an outcome, so that its job ends (failed, dead_lettered). */
 static int
 decider_park(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, const char *why, char *err, size_t errcap)
 {
+    tly_decider_role_t *r = ctx;
     tly_decision_t d;
     if (tly_decider_reject(&msg->env, TLY_CODE_DEAD_LETTERED, why, tly_clock_now_us(), &d) != 0)
         return 0;
-    int ret = emit_all(ctx, conn, msg, &d, err, errcap);
+    for (int k = 0; k < d.nevents; ++k)
+        tly_outbox_rows_add(&r->outbox, r->topic, msg->traceparent, &d.events[k]);
     tly_decision_clear(&d);
-    return ret;
+    return decider_flush_outbox(r, conn, err, errcap);
 }
 
 static int
@@ -194,6 +324,17 @@ decider_end(void *ctx, PGconn *conn, char *err, size_t errcap)
     if (!r->wrote_outbox)
         return 0;
     return tly_pgx_exec(conn, "notify the relay", "NOTIFY tally_outbox", 0, NULL, NULL, err, errcap);
+}
+
+void
+tly_decider_role_free(tly_decider_role_t *role)
+{
+    tly_outbox_rows_free(&role->outbox);
+    for (int c = 0; c < 6; ++c)
+        tly_pgx_array_free(&role->arr[c]);
+    free(role->slots);
+    free(role->used);
+    memset(role, 0, sizeof(*role));
 }
 
 void
@@ -209,6 +350,7 @@ tly_decider_role_init(tly_consumer_handler_t *h, tly_decider_role_t *role, const
         .apply = decider_apply,
         .park = decider_park,
         .end = decider_end,
+        .apply_batch = decider_apply_batch,
     };
 }
 

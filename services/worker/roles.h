@@ -14,23 +14,42 @@
 #include "decider.h"
 #include "saga.h"
 
-#define TLY_DECIDER_CACHE_MAX 512
+#include "pgx.h"
 
-typedef struct st_tly_decider_cached_t {
-    tly_uuid_t id;
+/* Outbox rows gathered for one multi-row INSERT (tly_outbox_rows_flush). A zeroed struct is empty. */
+typedef struct st_tly_outbox_rows_t {
+    tly_pgx_array_t ids, topics, keys, payloads, headers;
+} tly_outbox_rows_t;
+
+/** Adds `ev` (key = its aggregate id) with a child span of `parent_tp` (or a new trace when it is "" or NULL). */
+void tly_outbox_rows_add(tly_outbox_rows_t *rows, const char *topic, const char *parent_tp, const tly_envelope_t *ev);
+/** Inserts the rows in the order added (a row whose event id is already there is left alone), then empties `rows`. */
+int tly_outbox_rows_flush(tly_outbox_rows_t *rows, PGconn *conn, char *err, size_t errcap) __attribute__((warn_unused_result));
+void tly_outbox_rows_reset(tly_outbox_rows_t *rows);
+void tly_outbox_rows_free(tly_outbox_rows_t *rows);
+
+/* One account of the decider's batch. */
+typedef struct st_tly_decider_slot_t {
+    bool used, dirty; /* dirty: changed by the batch, to be stored */
     tly_account_state_t state;
-} tly_decider_cached_t;
+} tly_decider_slot_t;
 
-/* Per-batch state of the decider role; lives as long as the consumer. */
+/* Per-batch state of the decider role; lives as long as the consumer (tly_decider_role_free). */
 typedef struct st_tly_decider_role_t {
     const char *topic; /* where outcomes go (outbox.topic) */
     bool wrote_outbox; /* NOTIFY the relay at commit */
-    int ncached;
-    tly_decider_cached_t cache[TLY_DECIDER_CACHE_MAX]; /* states loaded FOR UPDATE in this transaction */
+    tly_outbox_rows_t outbox;
+    tly_decider_slot_t *slots; /* the batch's accounts by id (open addressing, cap a power of two) */
+    size_t cap;
+    int *used; /* indexes of the used slots */
+    int nused;
+    size_t used_cap;
+    tly_pgx_array_t arr[6]; /* statement parameters, reused */
 } tly_decider_role_t;
 
 /** Fills `h` for the decider role; `role` must outlive the consumer. */
 void tly_decider_role_init(tly_consumer_handler_t *h, tly_decider_role_t *role, const char *topic);
+void tly_decider_role_free(tly_decider_role_t *role);
 /* The saga role; lives as long as the consumer. */
 typedef struct st_tly_saga_role_t {
     const char *topic;

@@ -10,7 +10,8 @@
  * the past, so a worker catching up on a backlog after the endpoint was
  * created does not send it events from before). The row's id is derived from
  * (endpoint, event), and (endpoint_id, event_id) is unique: recording the same
- * event twice (a redelivery that the dedup did not see) inserts nothing.
+ * event twice (a redelivery, a retried batch) inserts nothing, which is why
+ * this handler is `idempotent` (no consumer_dedup rows).
  */
 #include "webhook_role.h"
 #include "pgx.h"
@@ -158,6 +159,16 @@ webhook_apply(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, char *err,
     return ret;
 }
 
+/* Event by event, but without a dedup statement (idempotent) and with each tenant's endpoints read once per batch. */
+static int
+webhook_apply_batch(void *ctx, PGconn *conn, const tly_consumer_msg_t *const *msgs, int n, char *err, size_t errcap)
+{
+    for (int i = 0; i < n; ++i)
+        if (webhook_apply(ctx, conn, msgs[i], err, errcap) != 0)
+            return -1;
+    return 0;
+}
+
 static int
 webhook_end(void *ctx, PGconn *conn, char *err, size_t errcap)
 {
@@ -178,6 +189,8 @@ tly_webhook_role_init(tly_consumer_handler_t *h, tly_webhook_role_t *role)
         .begin = webhook_begin,
         .apply = webhook_apply,
         .end = webhook_end,
+        .apply_batch = webhook_apply_batch,
+        .idempotent = true, /* (endpoint_id, event_id) is unique: recording an event twice inserts nothing */
     };
 }
 

@@ -198,6 +198,7 @@ tly_worker_join(tly_worker_t *w)
         if (w->more_projectors[i].result != 0)
             ret = -1;
     tly_webhook_role_clear(&w->webhook_role);
+    tly_decider_role_free(&w->decider_role);
     free(w);
     return ret;
 }
