@@ -182,6 +182,44 @@ svc_pid() {
 
 kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 
+# CPU time (user + system, clock ticks) of each part of the stack, one line:
+# "postgresql kafka tally-command-api tally-worker tally-query-api". PostgreSQL
+# is the postmaster and all its children (backends, autovacuum, WAL writer).
+cpu_ticks() {
+    local pm p s t pg=0 out
+    pm=$(head -n 1 "$TALLY_VAR/pg/data/postmaster.pid" 2>/dev/null) || pm=
+    if [[ -n $pm ]]; then
+        for p in $pm $(pgrep -P "$pm"); do
+            t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) || t=0
+            pg=$((pg + ${t:-0}))
+        done
+    fi
+    out=$pg
+    for s in kafka tally-command-api tally-worker tally-query-api; do
+        t=0
+        if p=$(svc_pid "$s"); then
+            t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) || t=0
+        fi
+        out+=" ${t:-0}"
+    done
+    echo "$out"
+}
+
+# rec_cpu ID_PREFIX BEFORE AFTER COMMANDS: CPU milliseconds per command of each part between two cpu_ticks lines.
+rec_cpu() {
+    local -a a=($2) b=($3)
+    local names=(postgresql kafka tally-command-api tally-worker tally-query-api) hz i total=0 v
+    hz=$(getconf CLK_TCK)
+    for i in "${!names[@]}"; do
+        v=$(awk -v d=$((b[i] - a[i])) -v hz="$hz" -v n="$4" 'BEGIN { printf "%.3f", d * 1000 / hz / n }')
+        rec "$1.${names[i]}" "CPU per command: ${names[i]}" "$v" ms "" "" "" "user + system time / commands accepted"
+        total=$((total + b[i] - a[i]))
+    done
+    rec "$1.total" "CPU per command: all of the stack" \
+        "$(awk -v d=$total -v hz="$hz" -v n="$4" 'BEGIN { printf "%.3f", d * 1000 / hz / n }')" ms "" "" "" \
+        "the machine has $(nproc) CPUs: $(nproc) s of CPU per s is the most any rate can use"
+}
+
 # Samples VmRSS of each service every 0.5 s into $WORK/rss.<scenario> (max per service).
 RSS_PID=
 rss_start() {
@@ -340,9 +378,13 @@ scenario_e2e() {
     fi
     rss_start e2e
     log "e2e: $E2E_RATE deposits/s for ${E2E_DUR}s, open loop; 202 -> job terminal (NOTIFY tally_jobs)"
+    local cpu0 cpu1
+    cpu0=$(cpu_ticks)
     ol=$("$BB/openloop" --port="$(port_of "$TALLY_COMMAND_URL")" --key="$KEY" --accounts="$WORK/accounts" \
         --rate="$E2E_RATE" --duration="$E2E_DUR" --conns=64 --tag="$RUN_ID-e2e" --listen-dsn="$TALLY_PG_DSN" --drain=20)
+    cpu1=$(cpu_ticks) # after the drain: every accepted command's work is in it
     echo "$ol" >>"$WORK/openloop.log"
+    rec_cpu e2e.cpu "$cpu0" "$cpu1" "$(jv "$ol" .e2e_ms.jobs)"
     local note
     note="jobs $(jv "$ol" .e2e_ms.jobs), matched $(jv "$ol" .e2e_ms.matched), achieved $(jv "$ol" .achieved_rate)/s, non-202 $(jv "$ol" .non202)"
     rec e2e.p50 "e2e 202 -> job terminal p50 at $E2E_RATE/s" "$(jv "$ol" .e2e_ms.p50)" ms "" "" "value<15" "$note"

@@ -159,6 +159,13 @@ ensure_pg(consumer_t *c)
     if (c->conn != NULL)
         PQfinish(c->conn);
     c->conn = tly_pg_connect(c->cfg->pg_dsn, err, sizeof(err));
+    /* The batch statements are prepared (pgx.c) and their plan does not depend
+       on the arrays they get: plan each once, not at every batch (PostgreSQL's
+       default keeps re-planning statements whose generic plan looks costlier). */
+    if (c->conn != NULL && tly_pg_exec(c->conn, "SET plan_cache_mode = force_generic_plan", err, sizeof(err)) != 0) {
+        PQfinish(c->conn);
+        c->conn = NULL;
+    }
     if (c->conn == NULL) {
         if (c->pg_up)
             tly_log(TLY_LOG_ERROR, "postgresql unavailable, retrying", "consumer", c->h->name, "error", err, NULL);

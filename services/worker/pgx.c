@@ -21,10 +21,115 @@ fail(PGconn *conn, PGresult *res, const char *what, char *err, size_t errcap)
     snprintf(last_sqlstate, sizeof(last_sqlstate), "%s", state != NULL ? state : "08000");
 }
 
+/*
+ * Statements are prepared once per connection and then only executed: a
+ * batch runs the same few statements hundreds of times a second, and parsing
+ * and planning them each time (PQexecParams) cost PostgreSQL more than
+ * executing some of them. The cache is per thread (a connection is used by
+ * one thread at a time) and keyed by the connection, its backend pid (a
+ * new connection at the same address is a new backend) and the SQL text.
+ */
+#define PREPARED_MAX 64
+
+typedef struct st_prepared_t {
+    PGconn *conn;
+    int pid;
+    uint64_t hash;
+    char *sql;
+    char name[24];
+} prepared_t;
+
+static __thread prepared_t prepared[PREPARED_MAX];
+static __thread unsigned prepared_seq;
+
+static uint64_t
+sql_hash(const char *sql)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const unsigned char *p = (const unsigned char *)sql; *p != '\0'; ++p)
+        h = (h ^ *p) * 0x100000001b3ULL;
+    return h;
+}
+
+/* The cached statement for (conn, sql), or NULL. */
+static prepared_t *
+prepared_find(PGconn *conn, int pid, uint64_t hash, const char *sql)
+{
+    for (int i = 0; i < PREPARED_MAX; ++i) {
+        prepared_t *p = &prepared[i];
+        if (p->sql != NULL && p->conn == conn && p->pid == pid && p->hash == hash && strcmp(p->sql, sql) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+static void
+prepared_drop(prepared_t *p)
+{
+    free(p->sql);
+    memset(p, 0, sizeof(*p));
+}
+
+/*
+ * Prepares `sql` on `conn` in a free slot (or one of a connection that is
+ * gone). Returns the slot; NULL with *res NULL when no slot is free (the
+ * caller then runs the statement unprepared); NULL with *res the error when
+ * the statement does not prepare.
+ */
+static prepared_t *
+prepared_add(PGconn *conn, int pid, uint64_t hash, const char *sql, int n, PGresult **res)
+{
+    prepared_t *slot = NULL;
+    for (int i = 0; i < PREPARED_MAX && slot == NULL; ++i)
+        if (prepared[i].sql == NULL || prepared[i].pid != pid)
+            slot = &prepared[i];
+    if (slot == NULL)
+        return NULL;
+    if (slot->sql != NULL)
+        prepared_drop(slot); /* a connection this thread no longer uses */
+    snprintf(slot->name, sizeof(slot->name), "tly_%u", ++prepared_seq);
+    *res = PQprepare(conn, slot->name, sql, n, NULL);
+    if (*res == NULL || PQresultStatus(*res) != PGRES_COMMAND_OK)
+        return NULL;
+    PQclear(*res);
+    *res = NULL;
+    slot->conn = conn;
+    slot->pid = pid;
+    slot->hash = hash;
+    slot->sql = strdup(sql);
+    if (slot->sql == NULL)
+        abort();
+    return slot;
+}
+
+static PGresult *
+run(PGconn *conn, const char *sql, int n, const char *const *vals)
+{
+    int pid = PQbackendPID(conn);
+    uint64_t hash = sql_hash(sql);
+    PGresult *res = NULL;
+    prepared_t *p = prepared_find(conn, pid, hash, sql);
+    if (p == NULL && pid != 0) {
+        p = prepared_add(conn, pid, hash, sql, n, &res);
+        if (res != NULL)
+            return res; /* the statement does not prepare: its error */
+    }
+    if (p == NULL)
+        return PQexecParams(conn, sql, n, NULL, vals, NULL, NULL, 0);
+    res = PQexecPrepared(conn, p->name, n, vals, NULL, NULL, 0);
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state != NULL && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0)) {
+        /* gone (DISCARD ALL) or its result type changed under it (0A000 aborts
+           the transaction): forget it; the caller's retry prepares it again */
+        prepared_drop(p);
+    }
+    return res;
+}
+
 PGresult *
 tly_pgx_query(PGconn *conn, const char *what, const char *sql, int n, const char *const *vals, char *err, size_t errcap)
 {
-    PGresult *res = PQexecParams(conn, sql, n, NULL, vals, NULL, NULL, 0);
+    PGresult *res = run(conn, sql, n, vals);
     ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return res;
