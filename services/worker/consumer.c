@@ -81,11 +81,17 @@ tly_backoff_sleep(int *delay_ms, atomic_bool *stop)
 {
     if (*delay_ms < 50)
         *delay_ms = 50;
-    for (int slept = 0; slept < *delay_ms && !atomic_load(stop); slept += 50) {
-        struct timespec ts = {0, 50 * 1000000L};
+    tly_sleep_unless_stopped(*delay_ms, stop);
+    *delay_ms = *delay_ms * 2 > 5000 ? 5000 : *delay_ms * 2;
+}
+
+void
+tly_sleep_unless_stopped(int64_t ms, atomic_bool *stop)
+{
+    for (int64_t slept = 0; slept < ms && !atomic_load(stop); slept += 20) {
+        struct timespec ts = {0, 20 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    *delay_ms = *delay_ms * 2 > 5000 ? 5000 : *delay_ms * 2;
 }
 
 static bool
@@ -153,29 +159,10 @@ grow_parts(consumer_t *c, int32_t partition)
 static bool
 ensure_pg(consumer_t *c)
 {
-    char err[512];
-    if (!tly_pg_broken(c->conn))
-        return true;
-    if (c->conn != NULL)
-        PQfinish(c->conn);
-    c->conn = tly_pg_connect(c->cfg->pg_dsn, err, sizeof(err));
     /* The batch statements are prepared (pgx.c) and their plan does not depend
        on the arrays they get: plan each once, not at every batch (PostgreSQL's
        default keeps re-planning statements whose generic plan looks costlier). */
-    if (c->conn != NULL && tly_pg_exec(c->conn, "SET plan_cache_mode = force_generic_plan", err, sizeof(err)) != 0) {
-        PQfinish(c->conn);
-        c->conn = NULL;
-    }
-    if (c->conn == NULL) {
-        if (c->pg_up)
-            tly_log(TLY_LOG_ERROR, "postgresql unavailable, retrying", "consumer", c->h->name, "error", err, NULL);
-        c->pg_up = false;
-        return false;
-    }
-    if (!c->pg_up)
-        tly_log(TLY_LOG_INFO, "connected to postgresql", "consumer", c->h->name, NULL);
-    c->pg_up = true;
-    return true;
+    return tly_pgx_ensure(&c->conn, &c->pg_up, c->cfg->pg_dsn, "SET plan_cache_mode = force_generic_plan", c->h->name) >= 0;
 }
 
 static void

@@ -87,6 +87,8 @@ int tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handle
 
 /** Exponential backoff: 50 ms doubling to 5 s. Sleeps `*delay_ms` in slices, returns early on stop. */
 void tly_backoff_sleep(int *delay_ms, atomic_bool *stop);
+/** Sleeps `ms` in 20 ms steps, returning early once `*stop` is set. */
+void tly_sleep_unless_stopped(int64_t ms, atomic_bool *stop);
 
 /**
  * Copies `buf` into a NUL-terminated string PostgreSQL's text accepts: the

@@ -21,10 +21,11 @@ static const tly_config_def_t settings[] = {
      "Kafka bootstrap servers"},
     {"kafka-topic", "TALLY_KAFKA_TOPIC", TLY_CONFIG_STRING, "tally.events", 0, 0, offsetof(tly_worker_config_t, topic),
      "the event topic"},
-    {"roles", "TALLY_WORKER_ROLES", TLY_CONFIG_STRING, "decider,saga,projector,webhooks", 0, 0,
+    {"roles", "TALLY_WORKER_ROLES", TLY_CONFIG_STRING, "decider,saga,projector,webhooks,retention", 0, 0,
      offsetof(tly_worker_config_t, roles),
      "comma-separated roles to run: decider, saga (transfer saga and its deadlines), projector, webhooks (records and "
-     "sends webhook deliveries); decider and saga run the outbox relay"},
+     "sends webhook deliveries), retention (deletes old dedup and idempotency rows); decider and saga run the outbox "
+     "relay"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, offsetof(tly_worker_config_t, log_level),
      "debug, info, warn or error"},
     {"batch-size", "TALLY_WORKER_BATCH_SIZE", TLY_CONFIG_INT, "2000", 1, 10000, offsetof(tly_worker_config_t, batch_size),
@@ -59,6 +60,16 @@ static const tly_config_def_t settings[] = {
      offsetof(tly_worker_config_t, webhook_per_endpoint), "webhook attempts in flight per endpoint, per worker"},
     {"webhook-max-in-flight", "TALLY_WEBHOOK_MAX_IN_FLIGHT", TLY_CONFIG_INT, "256", 1, 4096,
      offsetof(tly_worker_config_t, webhook_max_in_flight), "webhook attempts in flight per worker"},
+    {"retention-interval-ms", "TALLY_RETENTION_INTERVAL_MS", TLY_CONFIG_INT, "60000", 100, 86400000,
+     offsetof(tly_worker_config_t, retention_interval_ms), "time between two retention passes"},
+    {"dedup-retention-s", "TALLY_DEDUP_RETENTION_S", TLY_CONFIG_INT, "604800", 1, 315360000,
+     offsetof(tly_worker_config_t, dedup_retention_s),
+     "consumer_dedup rows applied longer ago than this are deleted (keep it well above 24 h: a retried request may "
+     "come back within its Idempotency-Key window)"},
+    {"command-retention-s", "TALLY_COMMAND_RETENTION_S", TLY_CONFIG_INT, "604800", 1, 315360000,
+     offsetof(tly_worker_config_t, command_retention_s),
+     "command_requests rows whose 24 h idempotency window ended longer ago than this are deleted, once their job is "
+     "projected"},
 };
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
 

@@ -1,5 +1,7 @@
 /* Parameterised libpq statements and classification of their failures. */
 #include "pgx.h"
+#include "tally/log.h"
+#include "tally/pg.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -149,6 +151,31 @@ tly_pgx_exec(PGconn *conn, const char *what, const char *sql, int n, const char 
         *affected = strtol(PQcmdTuples(res), NULL, 10);
     PQclear(res);
     return 0;
+}
+
+int
+tly_pgx_ensure(PGconn **conn, bool *up, const char *dsn, const char *setup, const char *who)
+{
+    char err[512];
+    if (!tly_pg_broken(*conn))
+        return 0;
+    if (*conn != NULL)
+        PQfinish(*conn);
+    *conn = tly_pg_connect(dsn, err, sizeof(err));
+    if (*conn != NULL && setup != NULL && tly_pg_exec(*conn, setup, err, sizeof(err)) != 0) {
+        PQfinish(*conn);
+        *conn = NULL;
+    }
+    if (*conn == NULL) {
+        if (*up)
+            tly_log(TLY_LOG_ERROR, "postgresql unavailable, retrying", "consumer", who, "error", err, NULL);
+        *up = false;
+        return -1;
+    }
+    if (!*up)
+        tly_log(TLY_LOG_INFO, "connected to postgresql", "consumer", who, NULL);
+    *up = true;
+    return 1;
 }
 
 bool

@@ -34,6 +34,15 @@ bool tly_pgx_last_transient(PGconn *conn);
 /** Forgets the last failure (call before a unit of work). */
 void tly_pgx_reset_last(void);
 
+/**
+ * Connects `*conn` to `dsn` when it is NULL or broken (then runs `setup`, e.g.
+ * a LISTEN, when not NULL), logging "postgresql unavailable" or "connected"
+ * with `who` only when the state changes (`*up` keeps it). Returns 1 when it
+ * connected now, 0 when the connection was fine, -1 when PostgreSQL is
+ * unavailable.
+ */
+int tly_pgx_ensure(PGconn **conn, bool *up, const char *dsn, const char *setup, const char *who);
+
 /*
  * A PostgreSQL array literal ("{...}") built element by element, for the
  * set-based statements (`unnest($1::uuid[], ...)`): every element is quoted

@@ -72,26 +72,7 @@ on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 static bool
 ensure_pg(relay_t *r)
 {
-    char err[512];
-    if (!tly_pg_broken(r->conn))
-        return true;
-    if (r->conn != NULL)
-        PQfinish(r->conn);
-    r->conn = tly_pg_connect(r->cfg->pg_dsn, err, sizeof(err));
-    if (r->conn != NULL && tly_pg_exec(r->conn, "LISTEN tally_outbox", err, sizeof(err)) != 0) {
-        PQfinish(r->conn);
-        r->conn = NULL;
-    }
-    if (r->conn == NULL) {
-        if (r->pg_up)
-            tly_log(TLY_LOG_ERROR, "postgresql unavailable, retrying", "consumer", "relay", "error", err, NULL);
-        r->pg_up = false;
-        return false;
-    }
-    if (!r->pg_up)
-        tly_log(TLY_LOG_INFO, "connected to postgresql", "consumer", "relay", NULL);
-    r->pg_up = true;
-    return true;
+    return tly_pgx_ensure(&r->conn, &r->pg_up, r->cfg->pg_dsn, "LISTEN tally_outbox", "relay") >= 0;
 }
 
 /* Produces one row, waiting for queue space when the producer is full. */

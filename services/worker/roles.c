@@ -189,11 +189,9 @@ tly_outbox_rows_add(tly_outbox_rows_t *rows, const char *topic, const char *pare
     json_t *h = json_pack("{s:s, s:i, s:s}", "type", ev->type, "version", ev->version, "traceparent", tp);
     char *headers = tly_json_dump(h);
     char *payload = tly_envelope_to_json(ev);
-    tly_pgx_array_add(&rows->ids, id);
-    tly_pgx_array_add(&rows->topics, topic);
-    tly_pgx_array_add(&rows->keys, key);
-    tly_pgx_array_add(&rows->payloads, payload);
-    tly_pgx_array_add(&rows->headers, headers);
+    const char *cols[TLY_OUTBOX_NCOLS] = {id, topic, key, payload, headers};
+    for (int c = 0; c < TLY_OUTBOX_NCOLS; ++c)
+        tly_pgx_array_add(&rows->col[c], cols[c]);
     free(payload);
     free(headers);
     json_decref(h);
@@ -203,9 +201,10 @@ int
 tly_outbox_rows_flush(tly_outbox_rows_t *rows, PGconn *conn, char *err, size_t errcap)
 {
     int ret = 0;
-    if (rows->ids.n > 0) {
-        const char *vals[] = {tly_pgx_array_text(&rows->ids), tly_pgx_array_text(&rows->topics), tly_pgx_array_text(&rows->keys),
-                              tly_pgx_array_text(&rows->payloads), tly_pgx_array_text(&rows->headers)};
+    if (rows->col[TLY_OUTBOX_ID].n > 0) {
+        const char *vals[TLY_OUTBOX_NCOLS];
+        for (int c = 0; c < TLY_OUTBOX_NCOLS; ++c)
+            vals[c] = tly_pgx_array_text(&rows->col[c]);
         /* seq follows the array order (WITH ORDINALITY): the relay publishes each key's events in the order decided */
         ret = tly_pgx_exec(conn, "insert outbox rows",
                            "INSERT INTO outbox (event_id, topic, msg_key, payload, headers) "
@@ -221,21 +220,15 @@ tly_outbox_rows_flush(tly_outbox_rows_t *rows, PGconn *conn, char *err, size_t e
 void
 tly_outbox_rows_reset(tly_outbox_rows_t *rows)
 {
-    tly_pgx_array_reset(&rows->ids);
-    tly_pgx_array_reset(&rows->topics);
-    tly_pgx_array_reset(&rows->keys);
-    tly_pgx_array_reset(&rows->payloads);
-    tly_pgx_array_reset(&rows->headers);
+    for (int c = 0; c < TLY_OUTBOX_NCOLS; ++c)
+        tly_pgx_array_reset(&rows->col[c]);
 }
 
 void
 tly_outbox_rows_free(tly_outbox_rows_t *rows)
 {
-    tly_pgx_array_free(&rows->ids);
-    tly_pgx_array_free(&rows->topics);
-    tly_pgx_array_free(&rows->keys);
-    tly_pgx_array_free(&rows->payloads);
-    tly_pgx_array_free(&rows->headers);
+    for (int c = 0; c < TLY_OUTBOX_NCOLS; ++c)
+        tly_pgx_array_free(&rows->col[c]);
 }
 
 int
@@ -252,7 +245,7 @@ tly_outbox_insert(PGconn *conn, const char *topic, const char *parent_tp, const 
 static int
 decider_flush_outbox(tly_decider_role_t *r, PGconn *conn, char *err, size_t errcap)
 {
-    if (r->outbox.ids.n > 0)
+    if (r->outbox.col[TLY_OUTBOX_ID].n > 0)
         r->wrote_outbox = true;
     return tly_outbox_rows_flush(&r->outbox, conn, err, errcap);
 }

@@ -16,9 +16,10 @@
 
 #include "pgx.h"
 
-/* Outbox rows gathered for one multi-row INSERT (tly_outbox_rows_flush). A zeroed struct is empty. */
+/* Outbox rows gathered for one multi-row INSERT (tly_outbox_rows_flush): one array per column. A zeroed struct is empty. */
+enum { TLY_OUTBOX_ID, TLY_OUTBOX_TOPIC, TLY_OUTBOX_KEY, TLY_OUTBOX_PAYLOAD, TLY_OUTBOX_HEADERS, TLY_OUTBOX_NCOLS };
 typedef struct st_tly_outbox_rows_t {
-    tly_pgx_array_t ids, topics, keys, payloads, headers;
+    tly_pgx_array_t col[TLY_OUTBOX_NCOLS];
 } tly_outbox_rows_t;
 
 /** Adds `ev` (key = its aggregate id) with a child span of `parent_tp` (or a new trace when it is "" or NULL). */

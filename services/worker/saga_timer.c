@@ -40,22 +40,7 @@ typedef struct st_timer_t {
 static bool
 ensure_pg(saga_timer_t *t)
 {
-    char err[512];
-    if (!tly_pg_broken(t->conn))
-        return true;
-    if (t->conn != NULL)
-        PQfinish(t->conn);
-    t->conn = tly_pg_connect(t->cfg->pg_dsn, err, sizeof(err));
-    if (t->conn == NULL) {
-        if (t->pg_up)
-            tly_log(TLY_LOG_ERROR, "postgresql unavailable, retrying", "consumer", "saga-timer", "error", err, NULL);
-        t->pg_up = false;
-        return false;
-    }
-    if (!t->pg_up)
-        tly_log(TLY_LOG_INFO, "connected to postgresql", "consumer", "saga-timer", NULL);
-    t->pg_up = true;
-    return true;
+    return tly_pgx_ensure(&t->conn, &t->pg_up, t->cfg->pg_dsn, NULL, "saga-timer") >= 0;
 }
 
 static void
@@ -193,10 +178,7 @@ tly_saga_timer_run(const tly_saga_timer_config_t *cfg)
         report_stuck(&t);
         if (n >= PASS_MAX)
             continue;
-        for (int64_t slept = 0; slept < tick_ms && !atomic_load(cfg->stop); slept += 20) {
-            struct timespec ts = {0, 20 * 1000000L};
-            nanosleep(&ts, NULL);
-        }
+        tly_sleep_unless_stopped(tick_ms, cfg->stop);
     }
     if (t.conn != NULL)
         PQfinish(t.conn);

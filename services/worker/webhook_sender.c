@@ -115,27 +115,10 @@ rnd01(sender_t *s)
 static bool
 ensure_pg(sender_t *s)
 {
-    char err[512];
-    if (!tly_pg_broken(s->conn))
-        return true;
-    if (s->conn != NULL)
-        PQfinish(s->conn);
-    s->conn = tly_pg_connect(s->cfg->pg_dsn, err, sizeof(err));
-    if (s->conn != NULL && tly_pg_exec(s->conn, "LISTEN tally_webhooks", err, sizeof(err)) != 0) {
-        PQfinish(s->conn);
-        s->conn = NULL;
-    }
-    if (s->conn == NULL) {
-        if (s->pg_up)
-            tly_log(TLY_LOG_ERROR, "postgresql unavailable, retrying", "consumer", "webhook-sender", "error", err, NULL);
-        s->pg_up = false;
-        return false;
-    }
-    if (!s->pg_up)
-        tly_log(TLY_LOG_INFO, "connected to postgresql", "consumer", "webhook-sender", NULL);
-    s->pg_up = true;
-    s->wake = true; /* notifications sent while we were away are lost */
-    return true;
+    int r = tly_pgx_ensure(&s->conn, &s->pg_up, s->cfg->pg_dsn, "LISTEN tally_webhooks", "webhook-sender");
+    if (r == 1)
+        s->wake = true; /* notifications sent while we were away are lost */
+    return r >= 0;
 }
 
 static void

@@ -2,6 +2,7 @@
 #include "worker.h"
 #include "consumer.h"
 #include "relay.h"
+#include "retention.h"
 #include "roles.h"
 #include "webhook_role.h"
 
@@ -31,6 +32,8 @@ struct st_tly_worker_t {
     tly_saga_timer_config_t timer_cfg;
     tly_relay_config_t relay_cfg;
     int relay_result, timer_result;
+    tly_retention_config_t retention_cfg;
+    int retention_result;
 };
 
 int
@@ -47,8 +50,11 @@ tly_worker_parse_roles(const char *s, unsigned *mask, char *err, size_t errcap)
             *mask |= TLY_ROLE_SAGA;
         else if (n == 8 && strncmp(s, "webhooks", n) == 0)
             *mask |= TLY_ROLE_WEBHOOKS;
+        else if (n == 9 && strncmp(s, "retention", n) == 0)
+            *mask |= TLY_ROLE_RETENTION;
         else {
-            snprintf(err, errcap, "invalid value for roles: unknown role \"%.*s\" (known: decider, saga, projector, webhooks)",
+            snprintf(err, errcap,
+                     "invalid value for roles: unknown role \"%.*s\" (known: decider, saga, projector, webhooks, retention)",
                      (int)n, s);
             return -1;
         }
@@ -84,6 +90,14 @@ run_saga_timer(void *arg)
 {
     tly_worker_t *w = arg;
     w->timer_result = tly_saga_timer_run(&w->timer_cfg);
+    return NULL;
+}
+
+static void *
+run_retention(void *arg)
+{
+    tly_worker_t *w = arg;
+    w->retention_result = tly_retention_run(&w->retention_cfg);
     return NULL;
 }
 
@@ -178,6 +192,17 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
         if (spawn(w, run_consumer, &w->webhooks, err, errcap) != 0 || spawn(w, run_webhook_sender, w, err, errcap) != 0)
             goto fail;
     }
+    if (roles & TLY_ROLE_RETENTION) {
+        w->retention_cfg = (tly_retention_config_t){
+            .pg_dsn = cfg->pg_dsn,
+            .interval_ms = cfg->retention_interval_ms,
+            .dedup_retention_s = cfg->dedup_retention_s,
+            .command_retention_s = cfg->command_retention_s,
+            .stop = stop,
+        };
+        if (spawn(w, run_retention, w, err, errcap) != 0)
+            goto fail;
+    }
     return w;
 fail:
     atomic_store(stop, true);
@@ -191,7 +216,7 @@ tly_worker_join(tly_worker_t *w)
     for (int i = 0; i < w->nthreads; ++i)
         pthread_join(w->threads[i], NULL);
     int ret = w->decider.result != 0 || w->saga.result != 0 || w->projector.result != 0 || w->webhooks.result != 0 ||
-                      w->relay_result != 0 || w->timer_result != 0 || w->sender_result != 0
+                      w->relay_result != 0 || w->timer_result != 0 || w->sender_result != 0 || w->retention_result != 0
                   ? -1
                   : 0;
     for (int i = 0; i < TLY_PROJECTOR_CONSUMERS_MAX - 1; ++i)

@@ -18,6 +18,7 @@
 #define TLY_ROLE_PROJECTOR (1u << 1)
 #define TLY_ROLE_SAGA (1u << 2)
 #define TLY_ROLE_WEBHOOKS (1u << 3)
+#define TLY_ROLE_RETENTION (1u << 4)
 
 #define TLY_PROJECTOR_CONSUMERS_MAX 8
 
@@ -40,11 +41,14 @@ typedef struct st_tly_worker_config_t {
     int64_t webhook_time_scale;   /* divides the retry schedule, lease margin and disable window (tests) */
     int64_t webhook_per_endpoint; /* attempts in flight per endpoint, per worker */
     int64_t webhook_max_in_flight;
+    int64_t retention_interval_ms; /* between two retention passes */
+    int64_t dedup_retention_s;
+    int64_t command_retention_s;
 } tly_worker_config_t;
 
 typedef struct st_tly_worker_t tly_worker_t;
 
-/** Parses "decider,saga,projector,webhooks" (any order, no repeats needed) into a mask. Returns 0, or -1 with `err`. */
+/** Parses "decider,saga,projector,webhooks,retention" (any order, no repeats needed) into a mask. Returns 0, or -1 with `err`. */
 int tly_worker_parse_roles(const char *s, unsigned *mask, char *err, size_t errcap) __attribute__((warn_unused_result));
 
 /** Starts the threads of `roles`; `cfg` and `stop` must outlive tly_worker_join. NULL with `err` on failure. */
