@@ -33,6 +33,7 @@
 
 #define RECLAIM_AFTER_US (15 * 1000000LL) /* > session.timeout.ms (10 s) */
 #define FIRST_POLL_MS 100
+#define UNSAVED_MAX_US 1000000LL /* positions moved past ignored events are written within this */
 
 typedef struct st_partition_t {
     bool assigned;
@@ -41,8 +42,9 @@ typedef struct st_partition_t {
     bool stop_pending;  /* TOO_NEW seen in the running transaction */
     bool fence_pending; /* the position update of the running transaction matched no row */
     bool touched;
+    bool unsaved; /* next_offset moved past ignored events only, not yet written (see skip_ignored) */
     int64_t epoch;
-    int64_t next_offset; /* committed position */
+    int64_t next_offset; /* committed position, or past it by ignored events when unsaved */
     int64_t staged_next; /* position within the running transaction */
     int64_t reclaim_at_us;
     int64_t too_new_offset;
@@ -64,6 +66,7 @@ typedef struct st_consumer_t {
     tly_consumer_msg_t **cand, **sorted, **fresh;
     unsigned char *is_fresh; /* by index in the gathered batch */
     tly_pgx_array_t arr[3];
+    int64_t unsaved_since_us; /* monotonic; 0 when no partition is unsaved */
 } consumer_t;
 
 typedef enum en_tx_result_t {
@@ -225,6 +228,7 @@ on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t rerr, rd_kafka_topic_partition_
         /* Revoked: nothing of the revoked partitions is in flight (we only poll between transactions). */
         for (int i = 0; i < c->nparts; ++i) {
             c->parts[i].assigned = false;
+            c->parts[i].unsaved = false; /* the next owner reads those ignored events again */
             tly_metrics_consumer_lag_clear(c->h->name, i);
         }
         tly_worker_admin_assigned(c->h->name, false);
@@ -466,7 +470,7 @@ update_positions(consumer_t *c, char *err, size_t errcap)
     tly_pgx_array_reset(epochs);
     for (int i = 0; i < c->nparts; ++i) {
         partition_t *p = &c->parts[i];
-        if (!p->touched)
+        if (!p->touched && !(p->unsaved && p->assigned && !p->stopped))
             continue;
         tly_pgx_array_add_i64(parts, i);
         tly_pgx_array_add_i64(offs, p->staged_next);
@@ -526,6 +530,7 @@ after_commit(consumer_t *c)
             tly_metrics_events_applied(c->h->name, (uint64_t)(p->staged_next - p->next_offset));
             p->next_offset = p->staged_next;
         }
+        p->unsaved = false; /* written with this transaction */
         if (p->stop_pending && !p->stopped) {
             char part_s[16], off_s[24], ver_s[16];
             snprintf(part_s, sizeof(part_s), "%d", i);
@@ -573,6 +578,7 @@ tx_finish(consumer_t *c, char *err, size_t errcap)
         return res;
     }
     after_commit(c);
+    c->unsaved_since_us = 0;
     return TX_OK;
 }
 
@@ -729,6 +735,47 @@ failed:
 }
 
 /*
+ * A batch of nothing but events this handler ignores (the saga's share of a
+ * deposit workload, the decider's of outcomes) needs no transaction: nothing
+ * is written but the position, and a position left behind ignored events is
+ * harmless (after a crash or a rebalance they are read and ignored again).
+ * So the position only moves in memory here, and is written with the next
+ * transaction, or by flush_unsaved within UNSAVED_MAX_US. Returns false, and
+ * changes nothing, when any event of the batch is not to be ignored.
+ */
+static bool
+skip_ignored(consumer_t *c, tly_consumer_msg_t *msgs, int n)
+{
+    for (int i = 0; i < n; ++i)
+        if (!msgs[i].parsed || c->h->classify(c->h->ctx, &msgs[i].env) != TLY_VERDICT_IGNORE)
+            return false;
+    for (int i = 0; i < n; ++i) {
+        partition_t *p = part_of(c, msgs[i].rkm->partition);
+        if (p == NULL || !p->assigned || p->stopped || msgs[i].rkm->offset < p->next_offset)
+            continue;
+        tly_metrics_events_applied(c->h->name, (uint64_t)(msgs[i].rkm->offset + 1 - p->next_offset));
+        p->next_offset = msgs[i].rkm->offset + 1;
+        p->unsaved = true;
+    }
+    if (c->unsaved_since_us == 0)
+        c->unsaved_since_us = tly_clock_mono_us();
+    return true;
+}
+
+/* Writes the positions that moved in memory only, once they are UNSAVED_MAX_US old (or `now`), in a transaction of their own. */
+static void
+flush_unsaved(consumer_t *c, bool now)
+{
+    char err[512];
+    if (c->unsaved_since_us == 0 || (!now && tly_clock_mono_us() - c->unsaved_since_us < UNSAVED_MAX_US))
+        return;
+    if (tx_start(c, err, sizeof(err)) && tx_finish(c, err, sizeof(err)) == TX_OK)
+        return;
+    tly_log(TLY_LOG_DEBUG, "could not write positions past ignored events; next batch will", "consumer", c->h->name, "error", err,
+            NULL);
+}
+
+/*
  * Applies the whole batch, never skipping: transient failures retry forever
  * (until stop), an event that fails on its own is isolated, retried and parked.
  */
@@ -862,14 +909,17 @@ tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t 
         reclaim_fenced(&c);
         int n = gather(&c, msgs);
         if (n > 0) {
-            if (process_batch(&c, msgs, n))
+            if (!skip_ignored(&c, msgs, n) && process_batch(&c, msgs, n))
                 reseek_live(&c);
             msgs_clear(msgs, n);
         }
+        flush_unsaved(&c, false);
         for (int i = 0; i < c.nparts; ++i)
             if (c.parts[i].assigned)
                 tly_worker_admin_lag(c.rk, handler->name, cfg->topic, i, c.parts[i].next_offset);
     }
+    if (!tly_pg_broken(c.conn))
+        flush_unsaved(&c, true);
     rd_kafka_consumer_close(c.rk); /* leaves the group; revocation runs on_rebalance */
     rd_kafka_destroy(c.rk);
     if (c.conn != NULL)
