@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -236,6 +237,32 @@ idset_del(idset_t *s, const uint8_t *k)
 
 /* --- the replay ---------------------------------------------------------- */
 
+/* What reading a message gave, before any bookkeeping (see prepare). */
+typedef enum en_prep_kind_t {
+    PREP_OK,      /* env holds the event, upcast to the version the projection knows */
+    PREP_INVALID, /* not an envelope, or the upcast failed: why */
+    PREP_UNKNOWN, /* a type the projections do not know: skipped */
+    PREP_TOO_NEW, /* a version newer than this tallyctl knows: env.type and env.version */
+} prep_kind_t;
+
+typedef struct st_prepared_t {
+    prep_kind_t kind;
+    tly_envelope_t env; /* data is NULL unless PREP_OK */
+    char *why;          /* PREP_INVALID: malloc'd */
+} prepared_t;
+
+/*
+ * One batch: the messages read from Kafka and each one parsed and upcast.
+ * The reader thread fills the next unit while the current one is written;
+ * only that thread touches the consumer, gpos and reached during a phase.
+ */
+typedef struct st_unit_t {
+    rd_kafka_message_t **msgs;
+    prepared_t *prep;
+    bool *reached; /* reached[] when this batch's last message was read: what its positions may claim */
+    int n;
+} unit_t;
+
 struct st_tly_ctl_replay_t {
     tly_ctl_replay_opts_t o;
     const tly_ctl_settings_t *s;
@@ -255,9 +282,10 @@ struct st_tly_ctl_replay_t {
     int64_t *pos, *staged, *end, *gpos, *saved_pos;
     bool *reached;
     idset_t seen;
+    idset_t jobs; /* job ids the shadow may hold: a job not in here is new, written by COPY */
     uint8_t (*fresh)[16];
     size_t nfresh, fresh_cap;
-    rd_kafka_message_t **msgs;
+    unit_t units[2];               /* the batch being written and the one being read meanwhile */
     tly_projection_batch_t *batch; /* the fast path: the batch's events folded, one statement per table */
     /* statistics */
     int64_t processed, applied, dups, failed, skipped;
@@ -560,9 +588,9 @@ all_reached(const tly_ctl_replay_t *r)
     return true;
 }
 
-/* Polls up to batch messages of [gpos, end) per partition. Returns the count; sets reached[] on the way. */
+/* Polls up to batch messages of [gpos, end) per partition into u. Returns the count; sets reached[] on the way. */
 static int
-gather(tly_ctl_replay_t *r)
+gather(tly_ctl_replay_t *r, unit_t *u)
 {
     int n = 0;
     while (n < r->o.batch && !all_reached(r)) {
@@ -605,9 +633,95 @@ gather(tly_ctl_replay_t *r)
             r->reached[p] = true;
             pause_one(r, p);
         }
-        r->msgs[n++] = m;
+        u->msgs[n++] = m;
     }
     return n;
+}
+
+/* Parses and upcasts one message: no bookkeeping, so the reader thread can run it ahead of the write. */
+static void
+prepare(const rd_kafka_message_t *m, prepared_t *p)
+{
+    tly_envelope_t env;
+    char why[256];
+    memset(p, 0, sizeof(*p));
+    if (tly_envelope_parse(m->payload != NULL ? m->payload : "", m->len, &env, why, sizeof(why)) != 0)
+        goto invalid;
+    if (!tly_projection_knows(env.type) || env.version > tly_projection_max_version(env.type)) {
+        p->kind = tly_projection_knows(env.type) ? PREP_TOO_NEW : PREP_UNKNOWN;
+        p->env = env;
+        json_decref(p->env.data);
+        p->env.data = NULL;
+        return;
+    }
+    int rc = tly_upcast(&env, tly_projection_max_version(env.type), &p->env, why, sizeof(why));
+    tly_envelope_clear(&env);
+    if (rc == 0)
+        return; /* PREP_OK */
+invalid:
+    p->kind = PREP_INVALID;
+    if ((p->why = strdup(why)) == NULL)
+        abort();
+}
+
+static void
+prepared_clear(prepared_t *p)
+{
+    tly_envelope_clear(&p->env);
+    free(p->why);
+    p->why = NULL;
+}
+
+/* Reads the next batch into u: gathered, parsed, and reached[] as of its last message. */
+static void
+read_unit(tly_ctl_replay_t *r, unit_t *u)
+{
+    u->n = gather(r, u);
+    for (int i = 0; i < u->n; ++i)
+        prepare(u->msgs[i], &u->prep[i]);
+    memcpy(u->reached, r->reached, sizeof(bool) * (size_t)r->nparts);
+}
+
+static void
+unit_free_msgs(unit_t *u)
+{
+    for (int i = 0; i < u->n; ++i) {
+        prepared_clear(&u->prep[i]);
+        rd_kafka_message_destroy(u->msgs[i]);
+    }
+    u->n = 0;
+}
+
+typedef struct st_reader_t {
+    tly_ctl_replay_t *r;
+    unit_t *u;
+    pthread_t thread;
+    bool started;
+} reader_t;
+
+static void *
+reader_main(void *arg)
+{
+    reader_t *rd = arg;
+    read_unit(rd->r, rd->u);
+    return NULL;
+}
+
+/* Starts reading u on the reader thread; when no thread can be started, reader_finish reads it instead. */
+static void
+reader_start(reader_t *rd, tly_ctl_replay_t *r, unit_t *u)
+{
+    *rd = (reader_t){.r = r, .u = u};
+    rd->started = pthread_create(&rd->thread, NULL, reader_main, rd) == 0;
+}
+
+static void
+reader_finish(reader_t *rd)
+{
+    if (rd->started)
+        pthread_join(rd->thread, NULL);
+    else
+        read_unit(rd->r, rd->u);
 }
 
 /* --- applying a batch ---------------------------------------------------- */
@@ -650,6 +764,19 @@ record_failure(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envel
     return res != NULL ? 0 : -1;
 }
 
+/* Bulk loading (tly_projection_batch_set_bulk): a job may be in the shadow once a batch wrote it. Ids stay when
+   that batch rolls back: "may exist" only costs an upsert instead of a COPY. */
+static bool
+job_may_exist(void *ctx, const tly_uuid_t *id)
+{
+    tly_ctl_replay_t *r = ctx;
+    size_t slot;
+    if (idset_find(&r->jobs, id->b, &slot))
+        return true;
+    idset_add(&r->jobs, id->b);
+    return false;
+}
+
 static ev_result_t
 apply_one(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t *env, bool slow, char *err, size_t errcap)
 {
@@ -657,6 +784,8 @@ apply_one(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t
     tly_pgx_reset_last();
     if (slow && exec(r, "SAVEPOINT ev", err, errcap) != 0)
         return EV_TRANSIENT;
+    if (!tly_uuid_is_nil(&env->job_id))
+        (void)job_may_exist(r, &env->job_id); /* written below by an upsert, not by the bulk COPY */
     if (tly_projection_apply(r->conn, env, r->mask, why, sizeof(why)) == 0) {
         r->applied++;
         return slow && exec(r, "RELEASE SAVEPOINT ev", err, errcap) != 0 ? EV_TRANSIENT : EV_OK;
@@ -701,55 +830,44 @@ fold_one(tly_ctl_replay_t *r, const tly_envelope_t *env, char *err, size_t errca
     return EV_OK;
 }
 
+/* Message i of the batch: counted, deduplicated and applied (folded, or with slow one by one under a savepoint). */
 static ev_result_t
-process(tly_ctl_replay_t *r, const rd_kafka_message_t *m, bool slow, char *err, size_t errcap)
+process(tly_ctl_replay_t *r, const unit_t *u, int i, bool slow, char *err, size_t errcap)
 {
-    tly_envelope_t env, up;
-    char why[256];
+    const rd_kafka_message_t *m = u->msgs[i];
+    const prepared_t *p = &u->prep[i];
     r->processed++;
-    if (tly_envelope_parse(m->payload != NULL ? m->payload : "", m->len, &env, why, sizeof(why)) != 0) {
+    switch (p->kind) {
+    case PREP_INVALID:
         if (!slow) {
-            snprintf(err, errcap, "%s", why);
+            snprintf(err, errcap, "%s", p->why);
             return EV_FAILED;
         }
-        return record_failure(r, m, NULL, why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
-    }
-    if (!tly_projection_knows(env.type)) {
+        return record_failure(r, m, NULL, p->why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
+    case PREP_UNKNOWN:
         r->skipped++;
-        tly_envelope_clear(&env);
         return EV_OK;
-    }
-    int maxv = tly_projection_max_version(env.type);
-    if (env.version > maxv) {
+    case PREP_TOO_NEW:
         snprintf(err, errcap,
                  "partition %" PRId32 " offset %" PRId64 ": %s version %d is newer than this tallyctl knows (%d); "
                  "upgrade tallyctl and run the replay again (it resumes here)",
-                 m->partition, m->offset, env.type, env.version, maxv);
-        tly_envelope_clear(&env);
+                 m->partition, m->offset, p->env.type, p->env.version, tly_projection_max_version(p->env.type));
         return EV_FATAL;
+    case PREP_OK:
+        break;
     }
-    if (tly_upcast(&env, maxv, &up, why, sizeof(why)) != 0) {
-        tly_envelope_clear(&env);
-        if (!slow) {
-            snprintf(err, errcap, "%s", why);
-            return EV_FAILED;
-        }
-        return record_failure(r, m, NULL, why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
-    }
-    tly_envelope_clear(&env);
-    ev_result_t res = EV_OK;
     size_t slot;
-    if (r->has_until && up.occurred_at_us > r->until_us) {
+    if (r->has_until && p->env.occurred_at_us > r->until_us) {
         r->skipped++;
-    } else if (idset_find(&r->seen, up.id.b, &slot)) {
-        r->dups++;
-    } else {
-        idset_add(&r->seen, up.id.b);
-        fresh_push(r, up.id.b);
-        res = slow ? apply_one(r, m, &up, slow, err, errcap) : fold_one(r, &up, err, errcap);
+        return EV_OK;
     }
-    tly_envelope_clear(&up);
-    return res;
+    if (idset_find(&r->seen, p->env.id.b, &slot)) {
+        r->dups++;
+        return EV_OK;
+    }
+    idset_add(&r->seen, p->env.id.b);
+    fresh_push(r, p->env.id.b);
+    return slow ? apply_one(r, m, &p->env, slow, err, errcap) : fold_one(r, &p->env, err, errcap);
 }
 
 /* Writes the ids applied since `from` to _replay_dedup with COPY. */
@@ -796,8 +914,9 @@ save_dedup(tly_ctl_replay_t *r, size_t from, char *err, size_t errcap)
     return failed ? -1 : 0;
 }
 
+/* Stores staged[] (end[] for a partition reached[] says is done) and end[]. */
 static int
-save_positions(tly_ctl_replay_t *r, char *err, size_t errcap)
+save_positions(tly_ctl_replay_t *r, const bool *reached, char *err, size_t errcap)
 {
     size_t cap = (size_t)r->nparts * 48 + 16;
     char *parts = malloc(cap), *offs = malloc(cap), *ends = malloc(cap);
@@ -806,7 +925,7 @@ save_positions(tly_ctl_replay_t *r, char *err, size_t errcap)
     size_t a = 0, b = 0, c = 0;
     parts[a++] = '{', offs[b++] = '{', ends[c++] = '{';
     for (int p = 0; p < r->nparts; ++p) {
-        int64_t next = r->reached[p] && r->staged[p] < r->end[p] ? r->end[p] : r->staged[p];
+        int64_t next = reached[p] && r->staged[p] < r->end[p] ? r->end[p] : r->staged[p];
         a += (size_t)snprintf(parts + a, cap - a, "%s%d", p > 0 ? "," : "", p);
         b += (size_t)snprintf(offs + b, cap - b, "%s%" PRId64, p > 0 ? "," : "", next);
         c += (size_t)snprintf(ends + c, cap - c, "%s%" PRId64, p > 0 ? "," : "", r->end[p]);
@@ -855,14 +974,14 @@ forget_fresh(tly_ctl_replay_t *r, size_t from)
 }
 
 /*
- * Applies msgs[0, n) and the positions. own_tx: in a transaction of its own,
+ * Applies the batch u and the positions. own_tx: in a transaction of its own,
  * committed; else inside the final transaction, under a savepoint. First
  * folded and written set-based (projection.h); when that fails for an
  * event's own reason, redone with a savepoint per event to isolate it.
  * Returns 0, -1 fatal, -2 transient (rolled back when own_tx).
  */
 static int
-run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
+run_batch(tly_ctl_replay_t *r, const unit_t *u, bool own_tx, char *err, size_t errcap)
 {
     bool slow = false;
     counters_t before;
@@ -873,23 +992,25 @@ run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
         abort();
     memcpy(staged0, r->staged, sizeof(int64_t) * (size_t)r->nparts);
     int ret = -2;
-    if (r->batch == NULL)
+    if (r->batch == NULL) {
         r->batch = tly_projection_batch_create(r->mask);
+        tly_projection_batch_set_bulk(r->batch, job_may_exist, r);
+    }
     for (;;) {
         tly_pgx_reset_last();
         tly_projection_batch_reset(r->batch);
         if (exec(r, own_tx ? "BEGIN" : "SAVEPOINT batch", err, errcap) != 0)
             goto out;
         ev_result_t res = EV_OK;
-        for (int i = 0; i < n && res == EV_OK; ++i) {
-            res = process(r, r->msgs[i], slow, err, errcap);
-            r->staged[r->msgs[i]->partition] = r->msgs[i]->offset + 1;
+        for (int i = 0; i < u->n && res == EV_OK; ++i) {
+            res = process(r, u, i, slow, err, errcap);
+            r->staged[u->msgs[i]->partition] = u->msgs[i]->offset + 1;
         }
         if (res == EV_OK && !slow && tly_projection_batch_flush(r->batch, r->conn, err, errcap) != 0)
             res = write_failure(r);
         if (res == EV_OK && save_dedup(r, fresh_from, err, errcap) != 0)
             res = EV_TRANSIENT;
-        if (res == EV_OK && save_positions(r, err, errcap) != 0)
+        if (res == EV_OK && save_positions(r, u->reached, err, errcap) != 0)
             res = EV_TRANSIENT;
         if (res == EV_OK && exec(r, own_tx ? "COMMIT" : "RELEASE SAVEPOINT batch", err, errcap) != 0)
             res = EV_TRANSIENT;
@@ -910,7 +1031,7 @@ run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
         goto out;
     }
     for (int p = 0; p < r->nparts; ++p) {
-        if (r->reached[p] && r->staged[p] < r->end[p])
+        if (u->reached[p] && r->staged[p] < r->end[p])
             r->staged[p] = r->end[p];
         if (own_tx)
             r->pos[p] = r->staged[p];
@@ -924,20 +1045,33 @@ out:
 }
 
 static void
-free_msgs(tly_ctl_replay_t *r, int n)
-{
-    for (int i = 0; i < n; ++i)
-        rd_kafka_message_destroy(r->msgs[i]);
-}
-
-static void
 sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
 }
 
-/* Replays [pos, end) of every partition. Returns 0, 1 (max_batches reached), -1 fatal, -2 transient (final phase). */
+/* Writes u in a transaction of its own (own_tx), retrying transient failures, or under the final transaction's savepoint. */
+static int
+write_unit(tly_ctl_replay_t *r, const unit_t *u, bool own_tx, char *err, size_t errcap)
+{
+    int rc, tries = 0, delay = 50;
+    while ((rc = run_batch(r, u, own_tx, err, errcap)) == -2 && own_tx && ++tries < 20) {
+        fprintf(stderr, "tallyctl: batch failed, retrying: %s\n", err);
+        if (tly_pg_broken(r->conn))
+            PQreset(r->conn);
+        sleep_ms(delay);
+        delay = delay * 2 > 5000 ? 5000 : delay * 2;
+    }
+    return rc;
+}
+
+/*
+ * Replays [pos, end) of every partition. Batch N+1 is read from Kafka and
+ * parsed on a second thread while batch N is folded and written here, so
+ * the JSON parsing overlaps PostgreSQL's work. Returns 0, 1 (max_batches
+ * reached), -1 fatal, -2 transient (final phase).
+ */
 static int
 run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
 {
@@ -948,39 +1082,46 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
     }
     if (nassigned == 0)
         return 0;
+    unit_t *cur = &r->units[0], *next = &r->units[1];
+    read_unit(r, cur);
     int64_t last_progress = tly_clock_mono_us();
-    while (!all_reached(r)) {
-        int n = gather(r);
+    int rc = 0;
+    for (;;) {
+        bool more = !all_reached(r); /* the reader thread is not running: its state is ours to read */
+        reader_t rd;
+        if (more)
+            reader_start(&rd, r, next);
         int64_t now = tly_clock_mono_us();
-        if (n == 0 && !all_reached(r)) {
-            if (now - last_progress > STALL_US) {
-                snprintf(err, errcap, "no events from %s for %d s while %" PRId64 " are still expected; is the broker up?",
-                         r->s->kafka_topic, (int)(STALL_US / 1000000), remaining(r));
-                return -1;
-            }
-            continue;
+        if (cur->n > 0) {
+            last_progress = now;
+            rc = write_unit(r, cur, own_tx, err, errcap);
+        } else if (more && now - last_progress > STALL_US) {
+            snprintf(err, errcap, "no events from %s for %d s while %" PRId64 " are still expected; is the broker up?",
+                     r->s->kafka_topic, (int)(STALL_US / 1000000), remaining(r));
+            rc = -1;
         }
-        last_progress = now;
-        int rc, tries = 0, delay = 50;
-        while ((rc = run_batch(r, n, own_tx, err, errcap)) == -2 && own_tx && ++tries < 20) {
-            fprintf(stderr, "tallyctl: batch failed, retrying: %s\n", err);
-            if (tly_pg_broken(r->conn))
-                PQreset(r->conn);
-            sleep_ms(delay);
-            delay = delay * 2 > 5000 ? 5000 : delay * 2;
+        bool written = cur->n > 0;
+        unit_free_msgs(cur);
+        if (more)
+            reader_finish(&rd);
+        if (rc == 0 && written) {
+            progress(r, false);
+            if (own_tx && r->o.max_batches > 0 && ++r->batches >= r->o.max_batches)
+                rc = 1;
         }
-        free_msgs(r, n);
-        if (rc != 0)
-            return rc;
-        progress(r, false);
-        if (own_tx && r->o.max_batches > 0 && ++r->batches >= r->o.max_batches)
-            return 1;
+        if (rc != 0 || !more)
+            break;
+        unit_t *t = cur;
+        cur = next;
+        next = t;
     }
+    unit_free_msgs(next);
+    if (rc != 0)
+        return rc;
     /* a phase with nothing but end-of-partition markers still moves positions */
     if (own_tx) {
-        int rc = run_batch(r, 0, true, err, errcap);
-        if (rc != 0)
-            return rc;
+        unit_t none = {.reached = r->reached};
+        return run_batch(r, &none, true, err, errcap);
     }
     return 0;
 }
@@ -1127,7 +1268,26 @@ drop_schema(tly_ctl_replay_t *r, const char *schema, char *err, size_t errcap)
     return execf(r, err, errcap, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
 }
 
-/* Loads positions and applied ids of a shadow being resumed. */
+/* Adds the uuids of column `col` of shadow table `t` to `set`; `*count` (optional) gets how many. */
+static int
+load_ids(tly_ctl_replay_t *r, const char *t, const char *col, idset_t *set, int64_t *count, char *err, size_t errcap)
+{
+    PGresult *res =
+        queryf(r, "could not read the ids of a shadow table", 0, NULL, err, errcap, "SELECT %s FROM %s.%s", col, r->schema, t);
+    if (res == NULL)
+        return -1;
+    for (int i = 0; i < PQntuples(res); ++i) {
+        tly_uuid_t u;
+        if (tly_uuid_parse(PQgetvalue(res, i, 0), &u))
+            idset_add(set, u.b);
+    }
+    if (count != NULL)
+        *count = PQntuples(res);
+    PQclear(res);
+    return 0;
+}
+
+/* Loads positions, applied ids and the jobs already written of a shadow being resumed. */
 static int
 load_progress(tly_ctl_replay_t *r, char *err, size_t errcap)
 {
@@ -1144,17 +1304,12 @@ load_progress(tly_ctl_replay_t *r, char *err, size_t errcap)
     }
     int stored = PQntuples(res);
     PQclear(res);
-    res = queryf(r, "could not read applied event ids", 0, NULL, err, errcap, "SELECT event_id FROM %s._replay_dedup", r->schema);
-    if (res == NULL)
+    int64_t applied = 0;
+    if (load_ids(r, "_replay_dedup", "event_id", &r->seen, &applied, err, errcap) != 0 ||
+        ((r->mask & TLY_MODEL_JOBS) && load_ids(r, "jobs", "id", &r->jobs, NULL, err, errcap) != 0))
         return -1;
-    for (int i = 0; i < PQntuples(res); ++i) {
-        tly_uuid_t u;
-        if (tly_uuid_parse(PQgetvalue(res, i, 0), &u))
-            idset_add(&r->seen, u.b);
-    }
     if (!r->o.quiet && stored > 0)
-        fprintf(stderr, "tallyctl: resuming %s (%d events applied before)\n", r->schema, PQntuples(res));
-    PQclear(res);
+        fprintf(stderr, "tallyctl: resuming %s (%" PRId64 " events applied before)\n", r->schema, applied);
     return 0;
 }
 
@@ -1356,10 +1511,16 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
     r->gpos = calloc((size_t)r->nparts, sizeof(int64_t));
     r->saved_pos = calloc((size_t)r->nparts, sizeof(int64_t));
     r->reached = calloc((size_t)r->nparts, sizeof(bool));
-    r->msgs = calloc((size_t)r->o.batch, sizeof(*r->msgs));
-    if (r->pos == NULL || r->staged == NULL || r->end == NULL || r->gpos == NULL || r->saved_pos == NULL || r->reached == NULL ||
-        r->msgs == NULL)
+    if (r->pos == NULL || r->staged == NULL || r->end == NULL || r->gpos == NULL || r->saved_pos == NULL || r->reached == NULL)
         abort();
+    for (int i = 0; i < 2; ++i) {
+        unit_t *u = &r->units[i];
+        u->msgs = calloc((size_t)r->o.batch, sizeof(*u->msgs));
+        u->prep = calloc((size_t)r->o.batch, sizeof(*u->prep));
+        u->reached = calloc((size_t)r->nparts, sizeof(bool));
+        if (u->msgs == NULL || u->prep == NULL || u->reached == NULL)
+            abort();
+    }
     if (choose_shadow(r, err, errcap) != 0)
         goto fail;
     char sp[256];
@@ -1368,8 +1529,8 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
         goto fail;
     if (r->o.mode == TLY_REPLAY_COPY && r->created) {
         /* a point-in-time copy: targets fixed now (resumes keep them) */
-        if (set_targets(r, err, errcap) != 0 || exec(r, "BEGIN", err, errcap) != 0 || save_positions(r, err, errcap) != 0 ||
-            exec(r, "COMMIT", err, errcap) != 0)
+        if (set_targets(r, err, errcap) != 0 || exec(r, "BEGIN", err, errcap) != 0 ||
+            save_positions(r, r->reached, err, errcap) != 0 || exec(r, "COMMIT", err, errcap) != 0)
             goto fail;
     }
     if (!r->o.quiet)
@@ -1436,7 +1597,7 @@ tly_ctl_replay_final(tly_ctl_replay_t *r, const char *lockmode, char *err, size_
         }
         int rc = run_phase(r, false, err, errcap);
         if (rc == 0)
-            rc = run_batch(r, 0, false, err, errcap); /* positions of the final range */
+            rc = run_batch(r, &(unit_t){.reached = r->reached}, false, err, errcap); /* positions of the final range */
         if (rc == 0) {
             for (int p = 0; p < r->nparts; ++p)
                 r->pos[p] = r->staged[p];
@@ -1530,11 +1691,17 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
     free(r->gpos);
     free(r->saved_pos);
     free(r->reached);
-    free(r->msgs);
+    for (int i = 0; i < 2; ++i) {
+        free(r->units[i].msgs);
+        free(r->units[i].prep);
+        free(r->units[i].reached);
+    }
     tly_projection_batch_destroy(r->batch);
     free(r->fresh);
     free(r->seen.keys);
     free(r->seen.state);
+    free(r->jobs.keys);
+    free(r->jobs.state);
     free(r);
 }
 

@@ -46,6 +46,37 @@ tly_pgx_exec(PGconn *conn, const char *what, const char *sql, int n, const char 
     return 0;
 }
 
+int
+tly_pgx_copy(PGconn *conn, const char *what, const char *sql, const char *data, size_t len, char *err, size_t errcap)
+{
+    PGresult *res = PQexec(conn, sql);
+    if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
+        fail(conn, res, what, err, errcap);
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    int ok = 1;
+    for (size_t off = 0; off < len && ok == 1; off += 1 << 20) /* libpq sends each call's bytes whole: bounded chunks */
+        ok = PQputCopyData(conn, data + off, (int)(len - off < (1 << 20) ? len - off : 1 << 20));
+    int ret = 0;
+    if (PQputCopyEnd(conn, ok == 1 ? NULL : "could not send the rows") != 1 || ok != 1) {
+        fail(conn, NULL, what, err, errcap);
+        ret = -1;
+    }
+    while ((res = PQgetResult(conn)) != NULL) {
+        ExecStatusType st = PQresultStatus(res);
+        if (st != PGRES_COMMAND_OK && ret == 0) {
+            fail(conn, res, what, err, errcap);
+            ret = -1;
+        }
+        PQclear(res);
+        if (st == PGRES_COPY_IN) /* the end could not be sent: the connection is gone */
+            break;
+    }
+    return ret;
+}
+
 bool
 tly_pgx_last_transient(PGconn *conn)
 {

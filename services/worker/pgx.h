@@ -34,6 +34,14 @@ bool tly_pgx_last_transient(PGconn *conn);
 /** Forgets the last failure (call before a unit of work). */
 void tly_pgx_reset_last(void);
 
+/**
+ * Runs `sql`, a `COPY ... FROM STDIN`, sending `len` bytes of `data` (in the
+ * format the statement names). Returns 0, or -1 with "could not <what>:
+ * <server message>" in `err` (the SQLSTATE kept as by tly_pgx_query).
+ */
+int tly_pgx_copy(PGconn *conn, const char *what, const char *sql, const char *data, size_t len, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
 /*
  * A PostgreSQL array literal ("{...}") built element by element, for the
  * set-based statements (`unnest($1::uuid[], ...)`): every element is quoted
