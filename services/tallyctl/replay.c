@@ -14,6 +14,7 @@
  */
 #include "replay.h"
 #include "db.h"
+#include "envscan.h"
 #include "pgx.h"
 #include "projection.h"
 
@@ -40,6 +41,7 @@
 #define CATCHUP_CLOSE_ENOUGH 2000 /* events behind the projector at which the final, locked catch-up starts */
 #define STALL_US (60 * 1000000LL)
 #define FINAL_TRIES 5
+#define PARSE_THREADS 4 /* at most: one per CPU (the machine's PostgreSQL and broker want theirs too) */
 
 /* --- read models --------------------------------------------------------- */
 
@@ -293,6 +295,7 @@ struct st_tly_ctl_replay_t {
     bool tty;
     int batches;
     bool in_final;
+    int parse_threads;
 };
 
 PGconn *
@@ -645,7 +648,8 @@ prepare(const rd_kafka_message_t *m, prepared_t *p)
     tly_envelope_t env;
     char why[256];
     memset(p, 0, sizeof(*p));
-    if (tly_envelope_parse(m->payload != NULL ? m->payload : "", m->len, &env, why, sizeof(why)) != 0)
+    const char *payload = m->payload != NULL ? m->payload : "";
+    if (tly_ctl_envscan(payload, m->len, &env) != 0 && tly_envelope_parse(payload, m->len, &env, why, sizeof(why)) != 0)
         goto invalid;
     if (!tly_projection_knows(env.type) || env.version > tly_projection_max_version(env.type)) {
         p->kind = tly_projection_knows(env.type) ? PREP_TOO_NEW : PREP_UNKNOWN;
@@ -672,14 +676,42 @@ prepared_clear(prepared_t *p)
     p->why = NULL;
 }
 
-/* Reads the next batch into u: gathered, parsed, and reached[] as of its last message. */
+/* Messages [from, to) of a unit, parsed by one thread. */
+typedef struct st_slice_t {
+    unit_t *u;
+    int from, to;
+    pthread_t thread;
+    bool started;
+} slice_t;
+
+static void *
+prepare_slice(void *arg)
+{
+    slice_t *sl = arg;
+    for (int i = sl->from; i < sl->to; ++i)
+        prepare(sl->u->msgs[i], &sl->u->prep[i]);
+    return NULL;
+}
+
+/* Reads the next batch into u: gathered, parsed (on up to PARSE_THREADS threads), and reached[] as of its last message. */
 static void
 read_unit(tly_ctl_replay_t *r, unit_t *u)
 {
+    slice_t sl[PARSE_THREADS];
     u->n = gather(r, u);
-    for (int i = 0; i < u->n; ++i)
-        prepare(u->msgs[i], &u->prep[i]);
     memcpy(u->reached, r->reached, sizeof(bool) * (size_t)r->nparts);
+    int k = u->n < 1000 ? 1 : r->parse_threads;
+    for (int t = 0; t < k; ++t) {
+        sl[t] = (slice_t){.u = u, .from = (int)((int64_t)u->n * t / k), .to = (int)((int64_t)u->n * (t + 1) / k)};
+        if (t > 0)
+            sl[t].started = pthread_create(&sl[t].thread, NULL, prepare_slice, &sl[t]) == 0;
+    }
+    for (int t = 0; t < k; ++t) {
+        if (t == 0 || !sl[t].started)
+            prepare_slice(&sl[t]);
+        else
+            pthread_join(sl[t].thread, NULL);
+    }
 }
 
 static void
@@ -1475,6 +1507,11 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
     if (r->o.batch <= 0)
         r->o.batch = 40000;
     r->tty = isatty(2);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    r->parse_threads = cpus < 1 ? 1 : cpus > PARSE_THREADS ? PARSE_THREADS : (int)cpus;
+    const char *pt = getenv("TALLY_REPLAY_PARSE_THREADS");
+    if (pt != NULL && atoi(pt) >= 1 && atoi(pt) <= PARSE_THREADS)
+        r->parse_threads = atoi(pt);
     r->t0_us = tly_clock_mono_us();
     int nends = 0;
     for (int p = 0; p < MAX_PARTS; ++p)
