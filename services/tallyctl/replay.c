@@ -287,6 +287,7 @@ struct st_tly_ctl_replay_t {
     idset_t jobs; /* job ids the shadow may hold: a job not in here is new, written by COPY */
     uint8_t (*fresh)[16];
     size_t nfresh, fresh_cap;
+    tly_pgx_copy_t copy;           /* _replay_dedup's rows, reused */
     unit_t units[2];               /* the batch being written and the one being read meanwhile */
     tly_projection_batch_t *batch; /* the fast path: the batch's events folded, one statement per table */
     /* statistics */
@@ -909,41 +910,13 @@ save_dedup(tly_ctl_replay_t *r, size_t from, char *err, size_t errcap)
     char sql[256];
     if (from >= r->nfresh)
         return 0;
-    snprintf(sql, sizeof(sql), "COPY %s._replay_dedup (event_id) FROM STDIN", r->schema);
-    PGresult *res = PQexec(r->conn, sql);
-    if (PQresultStatus(res) != PGRES_COPY_IN) {
-        snprintf(err, errcap, "could not save applied event ids: %s", PQerrorMessage(r->conn));
-        PQclear(res);
-        return -1;
+    snprintf(sql, sizeof(sql), "COPY %s._replay_dedup (event_id) FROM STDIN (FORMAT binary)", r->schema);
+    tly_pgx_copy_begin(&r->copy);
+    for (size_t i = from; i < r->nfresh; ++i) {
+        tly_pgx_copy_row(&r->copy, 1);
+        tly_pgx_copy_uuid(&r->copy, r->fresh[i]);
     }
-    PQclear(res);
-    char buf[64 * 1024];
-    size_t used = 0;
-    int ok = 1;
-    for (size_t i = from; i < r->nfresh && ok == 1; ++i) {
-        tly_uuid_t u;
-        memcpy(u.b, r->fresh[i], 16);
-        tly_uuid_format(&u, buf + used);
-        used += TLY_UUID_STR_LEN;
-        buf[used++] = '\n';
-        if (used + TLY_UUID_STR_LEN + 2 > sizeof(buf)) {
-            ok = PQputCopyData(r->conn, buf, (int)used);
-            used = 0;
-        }
-    }
-    if (ok == 1 && used > 0)
-        ok = PQputCopyData(r->conn, buf, (int)used);
-    if (PQputCopyEnd(r->conn, ok == 1 ? NULL : "aborted") != 1)
-        ok = 0;
-    bool failed = ok != 1;
-    while ((res = PQgetResult(r->conn)) != NULL) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK && !failed) {
-            snprintf(err, errcap, "could not save applied event ids: %s", PQresultErrorMessage(res));
-            failed = true;
-        }
-        PQclear(res);
-    }
-    return failed ? -1 : 0;
+    return tly_pgx_copy_send(&r->copy, r->conn, "save applied event ids", sql, err, errcap);
 }
 
 /* Stores staged[] (end[] for a partition reached[] says is done) and end[]. */
@@ -1735,6 +1708,7 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
     }
     tly_projection_batch_destroy(r->batch);
     free(r->fresh);
+    tly_pgx_copy_free(&r->copy);
     free(r->seen.keys);
     free(r->seen.state);
     free(r->jobs.keys);

@@ -77,6 +77,100 @@ tly_pgx_copy(PGconn *conn, const char *what, const char *sql, const char *data, 
     return ret;
 }
 
+/* --- COPY (FORMAT binary) data --------------------------------------------- */
+
+#define PG_EPOCH_US 946684800000000LL /* 2000-01-01T00:00:00Z, the zero of PostgreSQL's binary timestamptz */
+
+static void
+copy_put(tly_pgx_copy_t *c, const void *p, size_t n)
+{
+    if (c->len + n > c->cap) {
+        size_t cap = c->cap == 0 ? 1 << 16 : c->cap;
+        while (c->len + n > cap)
+            cap *= 2;
+        char *buf = realloc(c->buf, cap);
+        if (buf == NULL)
+            abort();
+        c->buf = buf;
+        c->cap = cap;
+    }
+    memcpy(c->buf + c->len, p, n);
+    c->len += n;
+}
+
+/* v in network byte order, n bytes */
+static void
+copy_put_be(tly_pgx_copy_t *c, uint64_t v, size_t n)
+{
+    uint8_t out[8];
+    for (size_t i = 0; i < n; ++i)
+        out[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+    copy_put(c, out, n);
+}
+
+/* A column: its length (-1 for NULL), then its bytes. */
+static void
+copy_field(tly_pgx_copy_t *c, const void *p, size_t n)
+{
+    copy_put_be(c, p != NULL ? (uint32_t)n : UINT32_MAX, 4);
+    if (p != NULL)
+        copy_put(c, p, n);
+}
+
+void
+tly_pgx_copy_begin(tly_pgx_copy_t *c)
+{
+    static const char signature[] = "PGCOPY\n\377\r\n"; /* with its NUL: 11 bytes */
+    c->len = 0;
+    copy_put(c, signature, sizeof(signature));
+    copy_put_be(c, 0, 8); /* flags, header extension length */
+}
+
+void
+tly_pgx_copy_row(tly_pgx_copy_t *c, int nfields)
+{
+    copy_put_be(c, (uint16_t)nfields, 2);
+}
+
+void
+tly_pgx_copy_uuid(tly_pgx_copy_t *c, const uint8_t *b)
+{
+    copy_field(c, b, 16);
+}
+
+void
+tly_pgx_copy_text(tly_pgx_copy_t *c, const char *s)
+{
+    copy_field(c, s, s != NULL ? strlen(s) : 0);
+}
+
+void
+tly_pgx_copy_i64(tly_pgx_copy_t *c, int64_t v)
+{
+    copy_put_be(c, 8, 4);
+    copy_put_be(c, (uint64_t)v, 8);
+}
+
+void
+tly_pgx_copy_time(tly_pgx_copy_t *c, int64_t unix_us)
+{
+    tly_pgx_copy_i64(c, unix_us - PG_EPOCH_US);
+}
+
+int
+tly_pgx_copy_send(tly_pgx_copy_t *c, PGconn *conn, const char *what, const char *sql, char *err, size_t errcap)
+{
+    copy_put_be(c, UINT16_MAX, 2); /* the trailer: a row of -1 columns */
+    return tly_pgx_copy(conn, what, sql, c->buf, c->len, err, errcap);
+}
+
+void
+tly_pgx_copy_free(tly_pgx_copy_t *c)
+{
+    free(c->buf);
+    *c = (tly_pgx_copy_t){0};
+}
+
 bool
 tly_pgx_last_transient(PGconn *conn)
 {

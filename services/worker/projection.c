@@ -193,7 +193,7 @@ tly_projection_batch_destroy(tly_projection_batch_t *b)
     free(b->jobs);
     free(b->transfers);
     free(b->steps);
-    free(b->copy.buf);
+    tly_pgx_copy_free(&b->copy);
     for (int i = 0; i < TLY_PROJ_NARRAYS; ++i)
         tly_pgx_array_free(&b->arr[i]);
     free(b);

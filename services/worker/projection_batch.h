@@ -100,7 +100,7 @@ struct st_tly_projection_batch_t {
     tly_pgx_array_t arr[TLY_PROJ_NARRAYS]; /* statement parameters, reused */
     tly_projection_exists_fn job_exists;   /* bulk loading when set (tly_projection_batch_set_bulk) */
     void *exists_ctx;
-    tly_proj_strs_t copy; /* bulk loading: the COPY data, reused */
+    tly_pgx_copy_t copy; /* bulk loading: the COPY data, reused */
 };
 
 const char *tly_proj_str(const tly_projection_batch_t *b, tly_proj_str_t s);

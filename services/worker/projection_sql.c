@@ -11,7 +11,6 @@
 #include "tally/clock.h"
 
 #include <stddef.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -263,147 +262,64 @@ tly_proj_write_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t e
 
 /* --- bulk loading: COPY (FORMAT binary) ---------------------------------- */
 
-#define PG_EPOCH_US 946684800000000LL /* 2000-01-01T00:00:00Z, the zero of PostgreSQL's binary timestamptz */
-
-static void
-put(tly_proj_strs_t *c, const void *p, size_t n)
-{
-    if (c->len + n > c->cap) {
-        size_t cap = c->cap == 0 ? 1 << 16 : c->cap;
-        while (c->len + n > cap)
-            cap *= 2;
-        char *buf = realloc(c->buf, cap);
-        if (buf == NULL)
-            abort();
-        c->buf = buf;
-        c->cap = cap;
-    }
-    memcpy(c->buf + c->len, p, n);
-    c->len += n;
-}
-
-static void
-put_be(tly_proj_strs_t *c, uint64_t v, size_t n)
-{
-    uint8_t out[8];
-    for (size_t i = 0; i < n; ++i)
-        out[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
-    put(c, out, n);
-}
-
-/* A field: its length (-1 for NULL), then its bytes. */
-static void
-field(tly_proj_strs_t *c, const void *p, size_t n)
-{
-    put_be(c, p != NULL ? (uint32_t)n : UINT32_MAX, 4);
-    if (p != NULL)
-        put(c, p, n);
-}
-
-static void
-field_uuid(tly_proj_strs_t *c, const tly_uuid_t *u, bool present)
-{
-    field(c, present ? u->b : NULL, sizeof(u->b));
-}
-
-static void
-field_text(tly_proj_strs_t *c, const char *s)
-{
-    field(c, s, s != NULL ? strlen(s) : 0);
-}
-
-static void
-field_i64(tly_proj_strs_t *c, int64_t v)
-{
-    put_be(c, 8, 4);
-    put_be(c, (uint64_t)v, 8);
-}
-
-static void
-field_time(tly_proj_strs_t *c, int64_t unix_us)
-{
-    field_i64(c, unix_us - PG_EPOCH_US);
-}
-
-static void
-copy_begin(tly_projection_batch_t *b)
-{
-    static const char header[] = "PGCOPY\n\377\r\n"; /* + NUL, flags 0, no header extension */
-    b->copy.len = 0;
-    put(&b->copy, header, sizeof(header));
-    put_be(&b->copy, 0, 8);
-}
-
-static void
-copy_row(tly_projection_batch_t *b, int nfields)
-{
-    put_be(&b->copy, (uint16_t)nfields, 2);
-}
-
-static int
-copy_end(tly_projection_batch_t *b, PGconn *conn, const char *what, const char *sql, char *err, size_t errcap)
-{
-    put_be(&b->copy, UINT16_MAX, 2); /* the trailer: -1 fields */
-    return tly_pgx_copy(conn, what, sql, b->copy.buf, b->copy.len, err, errcap);
-}
-
 /* The same rows as tly_proj_write_ledger: ids are new (the caller deduplicates), so there is nothing to conflict with. */
 int
 tly_proj_copy_ledger(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
-    tly_proj_strs_t *c = &b->copy;
-    copy_begin(b);
+    tly_pgx_copy_t *c = &b->copy;
+    tly_pgx_copy_begin(c);
     for (int i = 0; i < b->nledger; ++i) {
         const tly_proj_ledger_t *r = &b->ledger[i];
-        copy_row(b, 10);
-        field_uuid(c, &r->id, true);
-        field_uuid(c, &r->tenant, true);
-        field_uuid(c, &r->account, true);
-        field_text(c, r->kind);
-        field_i64(c, r->amount);
-        field_text(c, tly_proj_str(b, r->currency));
-        field_i64(c, r->balance_after);
-        field_uuid(c, &r->job, r->has_job);
-        field_time(c, r->at);
-        field_uuid(c, &r->transfer, r->has_transfer);
+        tly_pgx_copy_row(c, 10);
+        tly_pgx_copy_uuid(c, r->id.b);
+        tly_pgx_copy_uuid(c, r->tenant.b);
+        tly_pgx_copy_uuid(c, r->account.b);
+        tly_pgx_copy_text(c, r->kind);
+        tly_pgx_copy_i64(c, r->amount);
+        tly_pgx_copy_text(c, tly_proj_str(b, r->currency));
+        tly_pgx_copy_i64(c, r->balance_after);
+        tly_pgx_copy_uuid(c, r->has_job ? r->job.b : NULL);
+        tly_pgx_copy_time(c, r->at);
+        tly_pgx_copy_uuid(c, r->has_transfer ? r->transfer.b : NULL);
     }
-    return copy_end(b, conn, "copy ledger entries",
-                    "COPY ledger_entries (id, tenant_id, account_id, kind, amount, currency, balance_after, job_id, created_at, "
-                    "transfer_id) FROM STDIN (FORMAT binary)",
-                    err, errcap);
+    return tly_pgx_copy_send(
+        c, conn, "copy ledger entries",
+        "COPY ledger_entries (id, tenant_id, account_id, kind, amount, currency, balance_after, job_id, created_at, "
+        "transfer_id) FROM STDIN (FORMAT binary)",
+        err, errcap);
 }
 
 /* The jobs marked copy: the row the upsert's insert would make, in key order like every other statement. */
 int
 tly_proj_copy_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
-    tly_proj_strs_t *c = &b->copy;
+    tly_pgx_copy_t *c = &b->copy;
     int *order = KEY_ORDER(b->jobs, b->njobs, tly_proj_job_t), n = 0;
-    copy_begin(b);
+    tly_pgx_copy_begin(c);
     for (int k = 0; k < b->njobs; ++k) {
         const tly_proj_job_t *r = &b->jobs[order[k]];
         if (!r->copy)
             continue;
-        copy_row(b, 10);
-        field_uuid(c, &r->id, true);
-        field_uuid(c, &r->tenant, true);
-        field_text(c, r->status);
-        field_text(c, r->rtype);
-        field_uuid(c, &r->resource, true);
-        field_text(c, tly_proj_str(b, r->code));
-        field_text(c, tly_proj_str(b, r->detail));
-        field_i64(c, r->rank);
-        field_time(c, r->created_at);
-        field_time(c, r->updated_at);
+        tly_pgx_copy_row(c, 10);
+        tly_pgx_copy_uuid(c, r->id.b);
+        tly_pgx_copy_uuid(c, r->tenant.b);
+        tly_pgx_copy_text(c, r->status);
+        tly_pgx_copy_text(c, r->rtype);
+        tly_pgx_copy_uuid(c, r->resource.b);
+        tly_pgx_copy_text(c, tly_proj_str(b, r->code));
+        tly_pgx_copy_text(c, tly_proj_str(b, r->detail));
+        tly_pgx_copy_i64(c, r->rank);
+        tly_pgx_copy_time(c, r->created_at);
+        tly_pgx_copy_time(c, r->updated_at);
         ++n;
     }
     free(order);
     if (n == 0)
         return 0;
-    return copy_end(b, conn, "copy jobs",
-                    "COPY jobs (id, tenant_id, status, resource_type, resource_id, error_code, error_detail, version, "
-                    "created_at, updated_at) FROM STDIN (FORMAT binary)",
-                    err, errcap);
+    return tly_pgx_copy_send(c, conn, "copy jobs",
+                             "COPY jobs (id, tenant_id, status, resource_type, resource_id, error_code, error_detail, version, "
+                             "created_at, updated_at) FROM STDIN (FORMAT binary)",
+                             err, errcap);
 }
 
 /* --- transfers ------------------------------------------------------------ */
