@@ -7,7 +7,10 @@
  * transaction as the rows it describes:
  *   _replay_meta       mode, models, --until, state (running, done, swapped)
  *   _replay_positions  per partition: next offset to apply, target end offset
- *   _replay_dedup      event ids applied (the log may hold an event twice)
+ *   _replay_applied    event ids applied (the log may hold an event twice):
+ *                      one row per batch, its ids' 16 bytes each end to end;
+ *                      shadows of earlier versions have _replay_dedup
+ *                      (one uuid per row) instead, read on resume too
  *   _replay_failures   events the projection refused (what the live
  *                      projector would have parked in dead_letters)
  * so a replay killed at any moment resumes where its last batch committed.
@@ -287,7 +290,6 @@ struct st_tly_ctl_replay_t {
     idset_t jobs; /* job ids the shadow may hold: a job not in here is new, written by COPY */
     uint8_t (*fresh)[16];
     size_t nfresh, fresh_cap;
-    tly_pgx_copy_t copy;           /* _replay_dedup's rows, reused */
     unit_t units[2];               /* the batch being written and the one being read meanwhile */
     tly_projection_batch_t *batch; /* the fast path: the batch's events folded, one statement per table */
     /* statistics */
@@ -903,20 +905,22 @@ process(tly_ctl_replay_t *r, const unit_t *u, int i, bool slow, char *err, size_
     return slow ? apply_one(r, m, &p->env, slow, err, errcap) : fold_one(r, &p->env, err, errcap);
 }
 
-/* Writes the ids applied since `from` to _replay_dedup with COPY. */
+/* Writes the ids applied since `from` to _replay_applied: one row of their 16 bytes each, however many. */
 static int
 save_dedup(tly_ctl_replay_t *r, size_t from, char *err, size_t errcap)
 {
     char sql[256];
     if (from >= r->nfresh)
         return 0;
-    snprintf(sql, sizeof(sql), "COPY %s._replay_dedup (event_id) FROM STDIN (FORMAT binary)", r->schema);
-    tly_pgx_copy_begin(&r->copy);
-    for (size_t i = from; i < r->nfresh; ++i) {
-        tly_pgx_copy_row(&r->copy, 1);
-        tly_pgx_copy_uuid(&r->copy, r->fresh[i]);
-    }
-    return tly_pgx_copy_send(&r->copy, r->conn, "save applied event ids", sql, err, errcap);
+    snprintf(sql, sizeof(sql), "INSERT INTO %s._replay_applied (ids) VALUES ($1)", r->schema);
+    const char *vals[] = {(const char *)r->fresh[from]};
+    const int lens[] = {(int)((r->nfresh - from) * 16)}, binary[] = {1};
+    PGresult *res = PQexecParams(r->conn, sql, 1, NULL, vals, lens, binary, 0);
+    int ret = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : -1;
+    if (ret != 0)
+        snprintf(err, errcap, "could not save applied event ids: %s", PQerrorMessage(r->conn));
+    PQclear(res);
+    return ret;
 }
 
 /* Stores staged[] (end[] for a partition reached[] says is done) and end[]. */
@@ -1222,6 +1226,16 @@ create_deferred_indexes(tly_ctl_replay_t *r, char *err, size_t errcap)
     return ret;
 }
 
+/* _replay_applied: its ids are random bytes, so the values are stored as they are, never compressed (pglz would try). */
+static int
+create_applied(tly_ctl_replay_t *r, const char *if_not_exists, char *err, size_t errcap)
+{
+    return execf(r, err, errcap,
+                 "CREATE TABLE %s%s._replay_applied (ids bytea NOT NULL); "
+                 "ALTER TABLE %s._replay_applied ALTER COLUMN ids SET STORAGE EXTERNAL",
+                 if_not_exists, r->schema, r->schema);
+}
+
 static int
 create_shadow(tly_ctl_replay_t *r, const char *until_text, char *err, size_t errcap)
 {
@@ -1241,7 +1255,7 @@ create_shadow(tly_ctl_replay_t *r, const char *until_text, char *err, size_t err
               "end_offset bigint NOT NULL)",
               r->schema) != 0 ||
         /* no index: ids are deduplicated in memory; this is read whole, on resume only */
-        execf(r, err, errcap, "CREATE TABLE %s._replay_dedup (event_id uuid NOT NULL)", r->schema) != 0 ||
+        create_applied(r, "", err, errcap) != 0 ||
         execf(r, err, errcap,
               "CREATE TABLE %s._replay_failures (partition integer NOT NULL, \"offset\" bigint NOT NULL, event_id uuid, "
               "type text, error text NOT NULL, PRIMARY KEY (partition, \"offset\"))",
@@ -1292,6 +1306,41 @@ load_ids(tly_ctl_replay_t *r, const char *t, const char *col, idset_t *set, int6
     return 0;
 }
 
+/* Loads the applied ids of _replay_applied, and of _replay_dedup in a shadow an earlier version began (it then gets
+   _replay_applied for the rest). */
+static int
+load_applied(tly_ctl_replay_t *r, int64_t *count, char *err, size_t errcap)
+{
+    char q[160];
+    snprintf(q, sizeof(q), "%s._replay_dedup", r->schema);
+    const char *vals[] = {q};
+    PGresult *res =
+        tly_ctl_db_query(r->conn, "could not look up table", "SELECT to_regclass($1) IS NOT NULL", 1, vals, err, errcap);
+    if (res == NULL)
+        return -1;
+    bool old = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    *count = 0;
+    if (old && (load_ids(r, "_replay_dedup", "event_id", &r->seen, count, err, errcap) != 0 ||
+                create_applied(r, "IF NOT EXISTS ", err, errcap) != 0))
+        return -1;
+    if ((res = queryf(r, "could not read applied event ids", 0, NULL, err, errcap, "SELECT ids FROM %s._replay_applied",
+                      r->schema)) == NULL)
+        return -1;
+    for (int i = 0; i < PQntuples(res); ++i) {
+        size_t n = 0;
+        unsigned char *ids = PQunescapeBytea((const unsigned char *)PQgetvalue(res, i, 0), &n);
+        if (ids == NULL)
+            abort();
+        for (size_t k = 0; k + 16 <= n; k += 16)
+            idset_add(&r->seen, ids + k);
+        *count += (int64_t)(n / 16);
+        PQfreemem(ids);
+    }
+    PQclear(res);
+    return 0;
+}
+
 /* Loads positions, applied ids and the jobs already written of a shadow being resumed. */
 static int
 load_progress(tly_ctl_replay_t *r, char *err, size_t errcap)
@@ -1310,7 +1359,7 @@ load_progress(tly_ctl_replay_t *r, char *err, size_t errcap)
     int stored = PQntuples(res);
     PQclear(res);
     int64_t applied = 0;
-    if (load_ids(r, "_replay_dedup", "event_id", &r->seen, &applied, err, errcap) != 0 ||
+    if (load_applied(r, &applied, err, errcap) != 0 ||
         ((r->mask & TLY_MODEL_JOBS) && load_ids(r, "jobs", "id", &r->jobs, NULL, err, errcap) != 0))
         return -1;
     if (!r->o.quiet && stored > 0)
@@ -1708,7 +1757,6 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
     }
     tly_projection_batch_destroy(r->batch);
     free(r->fresh);
-    tly_pgx_copy_free(&r->copy);
     free(r->seen.keys);
     free(r->seen.state);
     free(r->jobs.keys);

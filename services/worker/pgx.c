@@ -6,6 +6,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Grows *buf to at least `need` bytes, doubling from `first`; aborts when out of memory. */
+static void
+reserve(char **buf, size_t *cap, size_t need, size_t first)
+{
+    if (need <= *cap)
+        return;
+    size_t c = *cap == 0 ? first : *cap;
+    while (need > c)
+        c *= 2;
+    char *p = realloc(*buf, c);
+    if (p == NULL)
+        abort();
+    *buf = p;
+    *cap = c;
+}
+
 /* SQLSTATE of the last failed statement on this thread; "" when none. */
 static __thread char last_sqlstate[6];
 
@@ -84,16 +100,7 @@ tly_pgx_copy(PGconn *conn, const char *what, const char *sql, const char *data, 
 static void
 copy_put(tly_pgx_copy_t *c, const void *p, size_t n)
 {
-    if (c->len + n > c->cap) {
-        size_t cap = c->cap == 0 ? 1 << 16 : c->cap;
-        while (c->len + n > cap)
-            cap *= 2;
-        char *buf = realloc(c->buf, cap);
-        if (buf == NULL)
-            abort();
-        c->buf = buf;
-        c->cap = cap;
-    }
+    reserve(&c->buf, &c->cap, c->len + n, 1 << 16);
     memcpy(c->buf + c->len, p, n);
     c->len += n;
 }
@@ -194,16 +201,7 @@ tly_pgx_reset_last(void)
 static void
 array_reserve(tly_pgx_array_t *a, size_t more)
 {
-    if (a->len + more + 3 <= a->cap) /* room for the closing brace and NUL too */
-        return;
-    size_t cap = a->cap == 0 ? 4096 : a->cap;
-    while (a->len + more + 3 > cap)
-        cap *= 2;
-    char *buf = realloc(a->buf, cap);
-    if (buf == NULL)
-        abort();
-    a->buf = buf;
-    a->cap = cap;
+    reserve(&a->buf, &a->cap, a->len + more + 3, 4096); /* room for the closing brace and NUL too */
 }
 
 void
