@@ -679,6 +679,16 @@ prepared_clear(prepared_t *p)
     p->why = NULL;
 }
 
+static void
+unit_free_msgs(unit_t *u)
+{
+    for (int i = 0; i < u->n; ++i) {
+        prepared_clear(&u->prep[i]);
+        rd_kafka_message_destroy(u->msgs[i]);
+    }
+    u->n = 0;
+}
+
 /* Messages [from, to) of a unit, parsed by one thread. */
 typedef struct st_slice_t {
     unit_t *u;
@@ -696,11 +706,16 @@ prepare_slice(void *arg)
     return NULL;
 }
 
-/* Reads the next batch into u: gathered, parsed (on up to PARSE_THREADS threads), and reached[] as of its last message. */
+/*
+ * Reads the next batch into u: gathered, parsed (on up to PARSE_THREADS
+ * threads), and reached[] as of its last message. What u held (the batch
+ * written before) is freed first, here, off the writing thread.
+ */
 static void
 read_unit(tly_ctl_replay_t *r, unit_t *u)
 {
     slice_t sl[PARSE_THREADS];
+    unit_free_msgs(u);
     u->n = gather(r, u);
     memcpy(u->reached, r->reached, sizeof(bool) * (size_t)r->nparts);
     int k = u->n < 1000 ? 1 : r->parse_threads;
@@ -715,16 +730,6 @@ read_unit(tly_ctl_replay_t *r, unit_t *u)
         else
             pthread_join(sl[t].thread, NULL);
     }
-}
-
-static void
-unit_free_msgs(unit_t *u)
-{
-    for (int i = 0; i < u->n; ++i) {
-        prepared_clear(&u->prep[i]);
-        rd_kafka_message_destroy(u->msgs[i]);
-    }
-    u->n = 0;
 }
 
 typedef struct st_reader_t {
@@ -1110,7 +1115,6 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
             rc = -1;
         }
         bool written = cur->n > 0;
-        unit_free_msgs(cur);
         if (more)
             reader_finish(&rd);
         if (rc == 0 && written) {
@@ -1124,6 +1128,7 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
         cur = next;
         next = t;
     }
+    unit_free_msgs(cur);
     unit_free_msgs(next);
     if (rc != 0)
         return rc;
