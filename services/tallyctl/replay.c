@@ -256,16 +256,37 @@ typedef struct st_prepared_t {
     char *why;          /* PREP_INVALID: malloc'd */
 } prepared_t;
 
+/* What becomes of a message of a batch (decided by the reader, in log order). */
+typedef enum en_fate_t {
+    FATE_APPLY,   /* a new event: folded (or, on the slow path, applied under a savepoint) */
+    FATE_DUP,     /* its id was applied before */
+    FATE_SKIP,    /* unknown type, or after --until */
+    FATE_INVALID, /* not an envelope, or not upcast: a _replay_failures row (slow path) */
+    FATE_FATAL,   /* newer than this tallyctl knows: the replay stops before this batch */
+} fate_t;
+
 /*
- * One batch: the messages read from Kafka and each one parsed and upcast.
- * The reader thread fills the next unit while the current one is written;
- * only that thread touches the consumer, gpos and reached during a phase.
+ * One batch: the messages read from Kafka, each one parsed and upcast, what
+ * becomes of it, and the new events folded. The reader thread fills the next
+ * unit while the current one is written; during a phase only that thread
+ * touches the consumer, gpos, reached and the set of ids seen (so a batch
+ * that fails keeps its ids seen: its retry applies the same events; ids of
+ * batches never written are forgotten when the phase ends).
  */
 typedef struct st_unit_t {
     rd_kafka_message_t **msgs;
     prepared_t *prep;
+    uint8_t *fate; /* fate_t per message */
     bool *reached; /* reached[] when this batch's last message was read: what its positions may claim */
     int n;
+    int fatal;           /* the message of FATE_FATAL, or -1 */
+    bool invalid;        /* a FATE_INVALID message: straight to the slow path */
+    int64_t dups, skips; /* messages of those fates */
+    uint8_t (*ids)[16];  /* ids of the FATE_APPLY events, in order */
+    size_t nids, cap_ids;
+    tly_projection_batch_t *segs[8]; /* the FATE_APPLY events folded: a new one where a batch must be flushed first */
+    int nsegs;
+    bool folded; /* segs hold the events (a flush empties them) */
 } unit_t;
 
 struct st_tly_ctl_replay_t {
@@ -290,8 +311,7 @@ struct st_tly_ctl_replay_t {
     idset_t jobs; /* job ids the shadow may hold: a job not in here is new, written by COPY */
     uint8_t (*fresh)[16];
     size_t nfresh, fresh_cap;
-    unit_t units[2];               /* the batch being written and the one being read meanwhile */
-    tly_projection_batch_t *batch; /* the fast path: the batch's events folded, one statement per table */
+    unit_t units[2]; /* the batch being written and the one being read meanwhile */
     /* statistics */
     int64_t processed, applied, dups, failed, skipped;
     int64_t t0_us, last_print_us, phase_total;
@@ -689,6 +709,9 @@ unit_free_msgs(unit_t *u)
     u->n = 0;
 }
 
+static void decide(tly_ctl_replay_t *r, unit_t *u);
+static bool fold_unit(tly_ctl_replay_t *r, unit_t *u);
+
 /* Messages [from, to) of a unit, parsed by one thread. */
 typedef struct st_slice_t {
     unit_t *u;
@@ -730,6 +753,91 @@ read_unit(tly_ctl_replay_t *r, unit_t *u)
         else
             pthread_join(sl[t].thread, NULL);
     }
+    decide(r, u);
+    if (u->fatal < 0 && !u->invalid)
+        (void)fold_unit(r, u);
+}
+
+static void
+unit_add_id(unit_t *u, const uint8_t *id)
+{
+    if (u->nids == u->cap_ids) {
+        u->cap_ids = u->cap_ids == 0 ? 4096 : u->cap_ids * 2;
+        if ((u->ids = realloc(u->ids, u->cap_ids * 16)) == NULL)
+            abort();
+    }
+    memcpy(u->ids[u->nids++], id, 16);
+}
+
+/* Decides the fate of each message in log order: the one place (during a phase) that adds to the ids seen. */
+static void
+decide(tly_ctl_replay_t *r, unit_t *u)
+{
+    u->fatal = -1;
+    u->invalid = false;
+    u->dups = u->skips = 0;
+    u->nids = 0;
+    for (int i = 0; i < u->n && u->fatal < 0; ++i) {
+        const prepared_t *p = &u->prep[i];
+        size_t slot;
+        fate_t f = FATE_APPLY;
+        if (p->kind == PREP_TOO_NEW)
+            f = FATE_FATAL, u->fatal = i;
+        else if (p->kind == PREP_INVALID)
+            f = FATE_INVALID, u->invalid = true;
+        else if (p->kind == PREP_UNKNOWN || (r->has_until && p->env.occurred_at_us > r->until_us))
+            f = FATE_SKIP, u->skips++;
+        else if (idset_find(&r->seen, p->env.id.b, &slot))
+            f = FATE_DUP, u->dups++;
+        if (f == FATE_APPLY) {
+            idset_add(&r->seen, p->env.id.b);
+            unit_add_id(u, p->env.id.b);
+        }
+        u->fate[i] = (uint8_t)f;
+    }
+}
+
+/* Forgets the ids of a batch that will not be written (the phase ended before it, or it failed for good). */
+static void
+unit_forget(tly_ctl_replay_t *r, unit_t *u)
+{
+    for (size_t i = 0; i < u->nids; ++i)
+        idset_del(&r->seen, u->ids[i]);
+    u->nids = 0;
+}
+
+static bool job_may_exist(void *ctx, const tly_uuid_t *id);
+
+/*
+ * Folds the FATE_APPLY events into u->segs, the live projector's code in
+ * bulk mode. Returns false when the fold refuses an event (the slow path
+ * then finds it) or a batch asks to be flushed first once too often.
+ */
+static bool
+fold_unit(tly_ctl_replay_t *r, unit_t *u)
+{
+    char err[512];
+    u->nsegs = 0;
+    u->folded = false;
+    for (int i = 0; i < u->n; ++i) {
+        if (u->fate[i] != FATE_APPLY)
+            continue;
+        int a = u->nsegs == 0 ? 1 : tly_projection_batch_add(u->segs[u->nsegs - 1], &u->prep[i].env, err, sizeof(err));
+        if (a == 1) { /* cannot be folded after what the batch holds: it goes to the next one, written after */
+            if (u->nsegs == (int)(sizeof(u->segs) / sizeof(u->segs[0])))
+                return false;
+            if (u->segs[u->nsegs] == NULL) {
+                u->segs[u->nsegs] = tly_projection_batch_create(r->mask);
+                tly_projection_batch_set_bulk(u->segs[u->nsegs], job_may_exist, r);
+            }
+            tly_projection_batch_reset(u->segs[u->nsegs]);
+            a = tly_projection_batch_add(u->segs[u->nsegs++], &u->prep[i].env, err, sizeof(err));
+        }
+        if (a != 0)
+            return false;
+    }
+    u->folded = true;
+    return true;
 }
 
 typedef struct st_reader_t {
@@ -854,60 +962,14 @@ write_failure(tly_ctl_replay_t *r)
     return tly_pgx_last_transient(r->conn) ? EV_TRANSIENT : EV_FAILED;
 }
 
-/* The fast path: folds the event into the batch (written by flush_batch); the same code as the live projector's batches. */
+/* The slow path for message i: a new event applied under a savepoint of its own, an invalid one recorded. */
 static ev_result_t
-fold_one(tly_ctl_replay_t *r, const tly_envelope_t *env, char *err, size_t errcap)
+apply_slow(tly_ctl_replay_t *r, const unit_t *u, int i, char *err, size_t errcap)
 {
-    int a = tly_projection_batch_add(r->batch, env, err, errcap);
-    if (a == 1) { /* cannot be folded after what the batch holds: write that first */
-        if (tly_projection_batch_flush(r->batch, r->conn, err, errcap) != 0)
-            return write_failure(r);
-        a = tly_projection_batch_add(r->batch, env, err, errcap);
-    }
-    if (a != 0)
-        return EV_FAILED;
-    r->applied++;
-    return EV_OK;
-}
-
-/* Message i of the batch: counted, deduplicated and applied (folded, or with slow one by one under a savepoint). */
-static ev_result_t
-process(tly_ctl_replay_t *r, const unit_t *u, int i, bool slow, char *err, size_t errcap)
-{
-    const rd_kafka_message_t *m = u->msgs[i];
     const prepared_t *p = &u->prep[i];
-    r->processed++;
-    switch (p->kind) {
-    case PREP_INVALID:
-        if (!slow) {
-            snprintf(err, errcap, "%s", p->why);
-            return EV_FAILED;
-        }
-        return record_failure(r, m, NULL, p->why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
-    case PREP_UNKNOWN:
-        r->skipped++;
-        return EV_OK;
-    case PREP_TOO_NEW:
-        snprintf(err, errcap,
-                 "partition %" PRId32 " offset %" PRId64 ": %s version %d is newer than this tallyctl knows (%d); "
-                 "upgrade tallyctl and run the replay again (it resumes here)",
-                 m->partition, m->offset, p->env.type, p->env.version, tly_projection_max_version(p->env.type));
-        return EV_FATAL;
-    case PREP_OK:
-        break;
-    }
-    size_t slot;
-    if (r->has_until && p->env.occurred_at_us > r->until_us) {
-        r->skipped++;
-        return EV_OK;
-    }
-    if (idset_find(&r->seen, p->env.id.b, &slot)) {
-        r->dups++;
-        return EV_OK;
-    }
-    idset_add(&r->seen, p->env.id.b);
-    fresh_push(r, p->env.id.b);
-    return slow ? apply_one(r, m, &p->env, slow, err, errcap) : fold_one(r, &p->env, err, errcap);
+    if (u->fate[i] == FATE_INVALID)
+        return record_failure(r, u->msgs[i], NULL, p->why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
+    return u->fate[i] == FATE_APPLY ? apply_one(r, u->msgs[i], &p->env, true, err, errcap) : EV_OK;
 }
 
 /* Writes the ids applied since `from` to _replay_applied: one row of their 16 bytes each, however many. */
@@ -987,17 +1049,42 @@ forget_fresh(tly_ctl_replay_t *r, size_t from)
     r->nfresh = from;
 }
 
+/* The statements of a batch whose events were folded (the fast path): one set of statements per segment. */
+static ev_result_t
+write_folded(tly_ctl_replay_t *r, unit_t *u, char *err, size_t errcap)
+{
+    if (!u->folded && !fold_unit(r, u))
+        return EV_FAILED;
+    u->folded = false; /* a flush empties its batch: a retry folds again */
+    for (int k = 0; k < u->nsegs; ++k)
+        if (tly_projection_batch_flush(u->segs[k], r->conn, err, errcap) != 0)
+            return write_failure(r);
+    return EV_OK;
+}
+
+static ev_result_t
+too_new(const unit_t *u, char *err, size_t errcap)
+{
+    const rd_kafka_message_t *m = u->msgs[u->fatal];
+    const tly_envelope_t *env = &u->prep[u->fatal].env;
+    snprintf(err, errcap,
+             "partition %" PRId32 " offset %" PRId64 ": %s version %d is newer than this tallyctl knows (%d); "
+             "upgrade tallyctl and run the replay again (it resumes here)",
+             m->partition, m->offset, env->type, env->version, tly_projection_max_version(env->type));
+    return EV_FATAL;
+}
+
 /*
- * Applies the batch u and the positions. own_tx: in a transaction of its own,
- * committed; else inside the final transaction, under a savepoint. First
- * folded and written set-based (projection.h); when that fails for an
- * event's own reason, redone with a savepoint per event to isolate it.
- * Returns 0, -1 fatal, -2 transient (rolled back when own_tx).
+ * Applies the batch u and the positions. own_tx: in a transaction of its
+ * own, committed; else inside the final transaction, under a savepoint.
+ * First written set-based (folded by the reader, projection.h); when that
+ * fails for an event's own reason, redone with a savepoint per event to
+ * isolate it. Returns 0, -1 fatal, -2 transient (rolled back when own_tx).
  */
 static int
-run_batch(tly_ctl_replay_t *r, const unit_t *u, bool own_tx, char *err, size_t errcap)
+run_batch(tly_ctl_replay_t *r, unit_t *u, bool own_tx, char *err, size_t errcap)
 {
-    bool slow = false;
+    bool slow = u->invalid;
     counters_t before;
     size_t fresh_from = r->nfresh;
     counters_save(r, &before);
@@ -1006,22 +1093,20 @@ run_batch(tly_ctl_replay_t *r, const unit_t *u, bool own_tx, char *err, size_t e
         abort();
     memcpy(staged0, r->staged, sizeof(int64_t) * (size_t)r->nparts);
     int ret = -2;
-    if (r->batch == NULL) {
-        r->batch = tly_projection_batch_create(r->mask);
-        tly_projection_batch_set_bulk(r->batch, job_may_exist, r);
-    }
     for (;;) {
         tly_pgx_reset_last();
-        tly_projection_batch_reset(r->batch);
         if (exec(r, own_tx ? "BEGIN" : "SAVEPOINT batch", err, errcap) != 0)
             goto out;
-        ev_result_t res = EV_OK;
+        ev_result_t res = u->fatal >= 0 ? too_new(u, err, errcap) : EV_OK;
+        for (size_t i = 0; i < u->nids; ++i)
+            fresh_push(r, u->ids[i]);
         for (int i = 0; i < u->n && res == EV_OK; ++i) {
-            res = process(r, u, i, slow, err, errcap);
+            if (slow)
+                res = apply_slow(r, u, i, err, errcap);
             r->staged[u->msgs[i]->partition] = u->msgs[i]->offset + 1;
         }
-        if (res == EV_OK && !slow && tly_projection_batch_flush(r->batch, r->conn, err, errcap) != 0)
-            res = write_failure(r);
+        if (res == EV_OK && !slow)
+            res = write_folded(r, u, err, errcap);
         if (res == EV_OK && save_dedup(r, fresh_from, err, errcap) != 0)
             res = EV_TRANSIENT;
         if (res == EV_OK && save_positions(r, u->reached, err, errcap) != 0)
@@ -1034,7 +1119,7 @@ run_batch(tly_ctl_replay_t *r, const unit_t *u, bool own_tx, char *err, size_t e
             rollback(r);
         else if (exec(r, "ROLLBACK TO SAVEPOINT batch", err, errcap) != 0)
             res = EV_TRANSIENT; /* the final transaction is retried whole */
-        forget_fresh(r, fresh_from);
+        r->nfresh = fresh_from; /* not saved; they stay seen: the retry, or the slow path, applies the same events */
         counters_restore(r, &before);
         memcpy(r->staged, staged0, sizeof(int64_t) * (size_t)r->nparts);
         if (res == EV_FAILED && !slow) {
@@ -1044,6 +1129,11 @@ run_batch(tly_ctl_replay_t *r, const unit_t *u, bool own_tx, char *err, size_t e
         ret = res == EV_FATAL ? -1 : -2;
         goto out;
     }
+    r->processed += u->n;
+    r->dups += u->dups;
+    r->skipped += u->skips;
+    if (!slow)
+        r->applied += (int64_t)u->nids; /* the slow path counted each one it applied */
     for (int p = 0; p < r->nparts; ++p) {
         if (u->reached[p] && r->staged[p] < r->end[p])
             r->staged[p] = r->end[p];
@@ -1065,9 +1155,17 @@ sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+/* Stores the positions alone: an empty batch (end-of-partition markers move them too). */
+static int
+write_positions(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
+{
+    unit_t none = {.reached = r->reached, .fatal = -1};
+    return run_batch(r, &none, own_tx, err, errcap);
+}
+
 /* Writes u in a transaction of its own (own_tx), retrying transient failures, or under the final transaction's savepoint. */
 static int
-write_unit(tly_ctl_replay_t *r, const unit_t *u, bool own_tx, char *err, size_t errcap)
+write_unit(tly_ctl_replay_t *r, unit_t *u, bool own_tx, char *err, size_t errcap)
 {
     int rc, tries = 0, delay = 50;
     while ((rc = run_batch(r, u, own_tx, err, errcap)) == -2 && own_tx && ++tries < 20) {
@@ -1100,24 +1198,26 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
     read_unit(r, cur);
     int64_t last_progress = tly_clock_mono_us();
     int rc = 0;
+    bool more = false, cur_written = false;
     for (;;) {
-        bool more = !all_reached(r); /* the reader thread is not running: its state is ours to read */
+        more = !all_reached(r); /* the reader thread is not running: its state is ours to read */
         reader_t rd;
         if (more)
             reader_start(&rd, r, next);
         int64_t now = tly_clock_mono_us();
+        cur_written = false;
         if (cur->n > 0) {
             last_progress = now;
             rc = write_unit(r, cur, own_tx, err, errcap);
+            cur_written = rc == 0;
         } else if (more && now - last_progress > STALL_US) {
             snprintf(err, errcap, "no events from %s for %d s while %" PRId64 " are still expected; is the broker up?",
                      r->s->kafka_topic, (int)(STALL_US / 1000000), remaining(r));
             rc = -1;
         }
-        bool written = cur->n > 0;
         if (more)
             reader_finish(&rd);
-        if (rc == 0 && written) {
+        if (cur_written) {
             progress(r, false);
             if (own_tx && r->o.max_batches > 0 && ++r->batches >= r->o.max_batches)
                 rc = 1;
@@ -1128,16 +1228,16 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
         cur = next;
         next = t;
     }
+    if (rc != 0 && !cur_written)
+        unit_forget(r, cur);
+    if (rc != 0 && more)
+        unit_forget(r, next); /* read ahead, never written */
     unit_free_msgs(cur);
     unit_free_msgs(next);
     if (rc != 0)
         return rc;
     /* a phase with nothing but end-of-partition markers still moves positions */
-    if (own_tx) {
-        unit_t none = {.reached = r->reached};
-        return run_batch(r, &none, true, err, errcap);
-    }
-    return 0;
+    return own_tx ? write_positions(r, true, err, errcap) : 0;
 }
 
 /* --- the shadow schema ---------------------------------------------------- */
@@ -1581,8 +1681,9 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
         unit_t *u = &r->units[i];
         u->msgs = calloc((size_t)r->o.batch, sizeof(*u->msgs));
         u->prep = calloc((size_t)r->o.batch, sizeof(*u->prep));
+        u->fate = calloc((size_t)r->o.batch, sizeof(*u->fate));
         u->reached = calloc((size_t)r->nparts, sizeof(bool));
-        if (u->msgs == NULL || u->prep == NULL || u->reached == NULL)
+        if (u->msgs == NULL || u->prep == NULL || u->fate == NULL || u->reached == NULL)
             abort();
     }
     if (choose_shadow(r, err, errcap) != 0)
@@ -1661,7 +1762,7 @@ tly_ctl_replay_final(tly_ctl_replay_t *r, const char *lockmode, char *err, size_
         }
         int rc = run_phase(r, false, err, errcap);
         if (rc == 0)
-            rc = run_batch(r, &(unit_t){.reached = r->reached}, false, err, errcap); /* positions of the final range */
+            rc = write_positions(r, false, err, errcap); /* positions of the final range */
         if (rc == 0) {
             for (int p = 0; p < r->nparts; ++p)
                 r->pos[p] = r->staged[p];
@@ -1758,9 +1859,12 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
     for (int i = 0; i < 2; ++i) {
         free(r->units[i].msgs);
         free(r->units[i].prep);
+        free(r->units[i].fate);
+        free(r->units[i].ids);
+        for (int k = 0; k < (int)(sizeof(r->units[i].segs) / sizeof(r->units[i].segs[0])); ++k)
+            tly_projection_batch_destroy(r->units[i].segs[k]);
         free(r->units[i].reached);
     }
-    tly_projection_batch_destroy(r->batch);
     free(r->fresh);
     free(r->seen.keys);
     free(r->seen.state);
