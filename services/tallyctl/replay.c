@@ -925,23 +925,22 @@ job_may_exist(void *ctx, const tly_uuid_t *id)
     return false;
 }
 
+/* Applies one event under a savepoint of its own; when it fails on its own account, parks it as the live projector does. */
 static ev_result_t
-apply_one(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t *env, bool slow, char *err, size_t errcap)
+apply_one(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t *env, char *err, size_t errcap)
 {
     char why[1024];
     tly_pgx_reset_last();
-    if (slow && exec(r, "SAVEPOINT ev", err, errcap) != 0)
+    if (exec(r, "SAVEPOINT ev", err, errcap) != 0)
         return EV_TRANSIENT;
     if (!tly_uuid_is_nil(&env->job_id))
         (void)job_may_exist(r, &env->job_id); /* written below by an upsert, not by the bulk COPY */
     if (tly_projection_apply(r->conn, env, r->mask, why, sizeof(why)) == 0) {
         r->applied++;
-        return slow && exec(r, "RELEASE SAVEPOINT ev", err, errcap) != 0 ? EV_TRANSIENT : EV_OK;
+        return exec(r, "RELEASE SAVEPOINT ev", err, errcap) != 0 ? EV_TRANSIENT : EV_OK;
     }
     bool transient = tly_pgx_last_transient(r->conn);
     snprintf(err, errcap, "%s", why);
-    if (!slow)
-        return transient ? EV_TRANSIENT : EV_FAILED;
     if (exec(r, "ROLLBACK TO SAVEPOINT ev", err, errcap) != 0 || transient)
         return EV_TRANSIENT;
     /* As the live projector does when it parks an event: its job ends failed (dead_lettered). */
@@ -969,7 +968,7 @@ apply_slow(tly_ctl_replay_t *r, const unit_t *u, int i, char *err, size_t errcap
     const prepared_t *p = &u->prep[i];
     if (u->fate[i] == FATE_INVALID)
         return record_failure(r, u->msgs[i], NULL, p->why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
-    return u->fate[i] == FATE_APPLY ? apply_one(r, u->msgs[i], &p->env, true, err, errcap) : EV_OK;
+    return u->fate[i] == FATE_APPLY ? apply_one(r, u->msgs[i], &p->env, err, errcap) : EV_OK;
 }
 
 /* Writes the ids applied since `from` to _replay_applied: one row of their 16 bytes each, however many. */
