@@ -270,6 +270,19 @@ out:
     return ret;
 }
 
+/* apply_batch in a transaction of its own that must succeed. Returns the flushes done. */
+static int
+commit_batch(const history_t *h, int from, int to, tly_projection_exists_fn bulk)
+{
+    char err[512];
+    PQclear(sql("BEGIN"));
+    int flushes = apply_batch(h, from, to, bulk, err, sizeof(err));
+    if (flushes < 0)
+        fail_msg("batch%s: %s", bulk != NULL ? " (bulk)" : "", err);
+    PQclear(sql("COMMIT"));
+    return flushes;
+}
+
 static void
 test_batch_equals_one_by_one(void **state)
 {
@@ -300,11 +313,7 @@ test_batch_equals_one_by_one(void **state)
     use_schema("pb_one");
     apply_one_by_one(&h, 0, h.n);
     use_schema("pb_batch");
-    PQclear(sql("BEGIN"));
-    int flushes = apply_batch(&h, 0, h.n, NULL, err, sizeof(err));
-    if (flushes < 0)
-        fail_msg("batch: %s", err);
-    PQclear(sql("COMMIT"));
+    int flushes = commit_batch(&h, 0, h.n, NULL);
     fprintf(stderr, "one batch: %d flushes\n", flushes);
     assert_int_equal(flushes, 1); /* the second AccountOpened of `late` follows its own insert in the batch: no flush */
     assert_same_tables("pb_one", "pb_batch");
@@ -313,19 +322,13 @@ test_batch_equals_one_by_one(void **state)
     make_schema("pb_half");
     use_schema("pb_half");
     apply_one_by_one(&h, 0, half);
-    PQclear(sql("BEGIN"));
-    if (apply_batch(&h, half, h.n, NULL, err, sizeof(err)) < 0)
-        fail_msg("batch: %s", err);
-    PQclear(sql("COMMIT"));
+    commit_batch(&h, half, h.n, NULL);
     assert_same_tables("pb_one", "pb_half");
 
     /* bulk mode (tallyctl replay): ledger entries and the jobs said new by binary COPY, the same rows */
     make_schema("pb_bulk");
     use_schema("pb_bulk");
-    PQclear(sql("BEGIN"));
-    if (apply_batch(&h, 0, h.n, job_never_exists, err, sizeof(err)) < 0)
-        fail_msg("bulk batch: %s", err);
-    PQclear(sql("COMMIT"));
+    commit_batch(&h, 0, h.n, job_never_exists);
     assert_same_tables("pb_one", "pb_bulk");
     /* rows wrongly taken for new (the second half again) fail the COPY on their key: the caller goes one by one */
     PQclear(sql("BEGIN"));
@@ -337,10 +340,7 @@ test_batch_equals_one_by_one(void **state)
     make_schema("pb_bulk_half");
     use_schema("pb_bulk_half");
     apply_one_by_one(&h, 0, half);
-    PQclear(sql("BEGIN"));
-    if (apply_batch(&h, half, h.n, job_always_exists, err, sizeof(err)) < 0)
-        fail_msg("bulk batch: %s", err);
-    PQclear(sql("COMMIT"));
+    commit_batch(&h, half, h.n, job_always_exists);
     assert_same_tables("pb_one", "pb_bulk_half");
 
     /* an AccountOpened after updates of its account in the same batch asks for a flush first */
