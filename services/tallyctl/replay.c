@@ -7,13 +7,17 @@
  * transaction as the rows it describes:
  *   _replay_meta       mode, models, --until, state (running, done, swapped)
  *   _replay_positions  per partition: next offset to apply, target end offset
- *   _replay_dedup      event ids applied (the log may hold an event twice)
+ *   _replay_applied    event ids applied (the log may hold an event twice):
+ *                      one row per batch, its ids' 16 bytes each end to end;
+ *                      shadows of earlier versions have _replay_dedup
+ *                      (one uuid per row) instead, read on resume too
  *   _replay_failures   events the projection refused (what the live
  *                      projector would have parked in dead_letters)
  * so a replay killed at any moment resumes where its last batch committed.
  */
 #include "replay.h"
 #include "db.h"
+#include "envscan.h"
 #include "pgx.h"
 #include "projection.h"
 
@@ -27,6 +31,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +44,7 @@
 #define CATCHUP_CLOSE_ENOUGH 2000 /* events behind the projector at which the final, locked catch-up starts */
 #define STALL_US (60 * 1000000LL)
 #define FINAL_TRIES 5
+#define PARSE_THREADS 4 /* at most: one per CPU (the machine's PostgreSQL and broker want theirs too) */
 
 /* --- read models --------------------------------------------------------- */
 
@@ -236,6 +242,53 @@ idset_del(idset_t *s, const uint8_t *k)
 
 /* --- the replay ---------------------------------------------------------- */
 
+/* What reading a message gave, before any bookkeeping (see prepare). */
+typedef enum en_prep_kind_t {
+    PREP_OK,      /* env holds the event, upcast to the version the projection knows */
+    PREP_INVALID, /* not an envelope, or the upcast failed: why */
+    PREP_UNKNOWN, /* a type the projections do not know: skipped */
+    PREP_TOO_NEW, /* a version newer than this tallyctl knows: env.type and env.version */
+} prep_kind_t;
+
+typedef struct st_prepared_t {
+    prep_kind_t kind;
+    tly_envelope_t env; /* data is NULL unless PREP_OK */
+    char *why;          /* PREP_INVALID: malloc'd */
+} prepared_t;
+
+/* What becomes of a message of a batch (decided by the reader, in log order). */
+typedef enum en_fate_t {
+    FATE_APPLY,   /* a new event: folded (or, on the slow path, applied under a savepoint) */
+    FATE_DUP,     /* its id was applied before */
+    FATE_SKIP,    /* unknown type, or after --until */
+    FATE_INVALID, /* not an envelope, or not upcast: a _replay_failures row (slow path) */
+    FATE_FATAL,   /* newer than this tallyctl knows: the replay stops before this batch */
+} fate_t;
+
+/*
+ * One batch: the messages read from Kafka, each one parsed and upcast, what
+ * becomes of it, and the new events folded. The reader thread fills the next
+ * unit while the current one is written; during a phase only that thread
+ * touches the consumer, gpos, reached and the set of ids seen (so a batch
+ * that fails keeps its ids seen: its retry applies the same events; ids of
+ * batches never written are forgotten when the phase ends).
+ */
+typedef struct st_unit_t {
+    rd_kafka_message_t **msgs;
+    prepared_t *prep;
+    uint8_t *fate; /* fate_t per message */
+    bool *reached; /* reached[] when this batch's last message was read: what its positions may claim */
+    int n;
+    int fatal;           /* the message of FATE_FATAL, or -1 */
+    bool invalid;        /* a FATE_INVALID message: straight to the slow path */
+    int64_t dups, skips; /* messages of those fates */
+    uint8_t (*ids)[16];  /* ids of the FATE_APPLY events, in order */
+    size_t nids, cap_ids;
+    tly_projection_batch_t *segs[8]; /* the FATE_APPLY events folded: a new one where a batch must be flushed first */
+    int nsegs;
+    bool folded; /* segs hold the events (a flush empties them) */
+} unit_t;
+
 struct st_tly_ctl_replay_t {
     tly_ctl_replay_opts_t o;
     const tly_ctl_settings_t *s;
@@ -255,16 +308,17 @@ struct st_tly_ctl_replay_t {
     int64_t *pos, *staged, *end, *gpos, *saved_pos;
     bool *reached;
     idset_t seen;
+    idset_t jobs; /* job ids the shadow may hold: a job not in here is new, written by COPY */
     uint8_t (*fresh)[16];
     size_t nfresh, fresh_cap;
-    rd_kafka_message_t **msgs;
-    tly_projection_batch_t *batch; /* the fast path: the batch's events folded, one statement per table */
+    unit_t units[2]; /* the batch being written and the one being read meanwhile */
     /* statistics */
     int64_t processed, applied, dups, failed, skipped;
     int64_t t0_us, last_print_us, phase_total;
     bool tty;
     int batches;
     bool in_final;
+    int parse_threads;
 };
 
 PGconn *
@@ -560,9 +614,9 @@ all_reached(const tly_ctl_replay_t *r)
     return true;
 }
 
-/* Polls up to batch messages of [gpos, end) per partition. Returns the count; sets reached[] on the way. */
+/* Polls up to batch messages of [gpos, end) per partition into u. Returns the count; sets reached[] on the way. */
 static int
-gather(tly_ctl_replay_t *r)
+gather(tly_ctl_replay_t *r, unit_t *u)
 {
     int n = 0;
     while (n < r->o.batch && !all_reached(r)) {
@@ -605,9 +659,217 @@ gather(tly_ctl_replay_t *r)
             r->reached[p] = true;
             pause_one(r, p);
         }
-        r->msgs[n++] = m;
+        u->msgs[n++] = m;
     }
     return n;
+}
+
+/* Parses and upcasts one message: no bookkeeping, so the reader thread can run it ahead of the write. */
+static void
+prepare(const rd_kafka_message_t *m, prepared_t *p)
+{
+    tly_envelope_t env;
+    char why[256];
+    memset(p, 0, sizeof(*p));
+    const char *payload = m->payload != NULL ? m->payload : "";
+    if (tly_ctl_envscan(payload, m->len, &env) != 0 && tly_envelope_parse(payload, m->len, &env, why, sizeof(why)) != 0)
+        goto invalid;
+    if (!tly_projection_knows(env.type) || env.version > tly_projection_max_version(env.type)) {
+        p->kind = tly_projection_knows(env.type) ? PREP_TOO_NEW : PREP_UNKNOWN;
+        p->env = env;
+        json_decref(p->env.data);
+        p->env.data = NULL;
+        return;
+    }
+    int rc = tly_upcast(&env, tly_projection_max_version(env.type), &p->env, why, sizeof(why));
+    tly_envelope_clear(&env);
+    if (rc == 0)
+        return; /* PREP_OK */
+invalid:
+    p->kind = PREP_INVALID;
+    if ((p->why = strdup(why)) == NULL)
+        abort();
+}
+
+static void
+prepared_clear(prepared_t *p)
+{
+    tly_envelope_clear(&p->env);
+    free(p->why);
+    p->why = NULL;
+}
+
+static void
+unit_free_msgs(unit_t *u)
+{
+    for (int i = 0; i < u->n; ++i) {
+        prepared_clear(&u->prep[i]);
+        rd_kafka_message_destroy(u->msgs[i]);
+    }
+    u->n = 0;
+}
+
+static void decide(tly_ctl_replay_t *r, unit_t *u);
+static bool fold_unit(tly_ctl_replay_t *r, unit_t *u);
+
+/* Messages [from, to) of a unit, parsed by one thread. */
+typedef struct st_slice_t {
+    unit_t *u;
+    int from, to;
+    pthread_t thread;
+    bool started;
+} slice_t;
+
+static void *
+prepare_slice(void *arg)
+{
+    slice_t *sl = arg;
+    for (int i = sl->from; i < sl->to; ++i)
+        prepare(sl->u->msgs[i], &sl->u->prep[i]);
+    return NULL;
+}
+
+/*
+ * Reads the next batch into u: gathered, parsed (on up to PARSE_THREADS
+ * threads), and reached[] as of its last message. What u held (the batch
+ * written before) is freed first, here, off the writing thread.
+ */
+static void
+read_unit(tly_ctl_replay_t *r, unit_t *u)
+{
+    slice_t sl[PARSE_THREADS];
+    unit_free_msgs(u);
+    u->n = gather(r, u);
+    memcpy(u->reached, r->reached, sizeof(bool) * (size_t)r->nparts);
+    int k = u->n < 1000 ? 1 : r->parse_threads;
+    for (int t = 0; t < k; ++t) {
+        sl[t] = (slice_t){.u = u, .from = (int)((int64_t)u->n * t / k), .to = (int)((int64_t)u->n * (t + 1) / k)};
+        if (t > 0)
+            sl[t].started = pthread_create(&sl[t].thread, NULL, prepare_slice, &sl[t]) == 0;
+    }
+    for (int t = 0; t < k; ++t) {
+        if (t == 0 || !sl[t].started)
+            prepare_slice(&sl[t]);
+        else
+            pthread_join(sl[t].thread, NULL);
+    }
+    decide(r, u);
+    if (u->fatal < 0 && !u->invalid)
+        (void)fold_unit(r, u);
+}
+
+static void
+unit_add_id(unit_t *u, const uint8_t *id)
+{
+    if (u->nids == u->cap_ids) {
+        u->cap_ids = u->cap_ids == 0 ? 4096 : u->cap_ids * 2;
+        if ((u->ids = realloc(u->ids, u->cap_ids * 16)) == NULL)
+            abort();
+    }
+    memcpy(u->ids[u->nids++], id, 16);
+}
+
+/* Decides the fate of each message in log order: the one place (during a phase) that adds to the ids seen. */
+static void
+decide(tly_ctl_replay_t *r, unit_t *u)
+{
+    u->fatal = -1;
+    u->invalid = false;
+    u->dups = u->skips = 0;
+    u->nids = 0;
+    for (int i = 0; i < u->n && u->fatal < 0; ++i) {
+        const prepared_t *p = &u->prep[i];
+        size_t slot;
+        fate_t f = FATE_APPLY;
+        if (p->kind == PREP_TOO_NEW)
+            f = FATE_FATAL, u->fatal = i;
+        else if (p->kind == PREP_INVALID)
+            f = FATE_INVALID, u->invalid = true;
+        else if (p->kind == PREP_UNKNOWN || (r->has_until && p->env.occurred_at_us > r->until_us))
+            f = FATE_SKIP, u->skips++;
+        else if (idset_find(&r->seen, p->env.id.b, &slot))
+            f = FATE_DUP, u->dups++;
+        if (f == FATE_APPLY) {
+            idset_add(&r->seen, p->env.id.b);
+            unit_add_id(u, p->env.id.b);
+        }
+        u->fate[i] = (uint8_t)f;
+    }
+}
+
+/* Forgets the ids of a batch that will not be written (the phase ended before it, or it failed for good). */
+static void
+unit_forget(tly_ctl_replay_t *r, unit_t *u)
+{
+    for (size_t i = 0; i < u->nids; ++i)
+        idset_del(&r->seen, u->ids[i]);
+    u->nids = 0;
+}
+
+static bool job_may_exist(void *ctx, const tly_uuid_t *id);
+
+/*
+ * Folds the FATE_APPLY events into u->segs, the live projector's code in
+ * bulk mode. Returns false when the fold refuses an event (the slow path
+ * then finds it) or a batch asks to be flushed first once too often.
+ */
+static bool
+fold_unit(tly_ctl_replay_t *r, unit_t *u)
+{
+    char err[512];
+    u->nsegs = 0;
+    u->folded = false;
+    for (int i = 0; i < u->n; ++i) {
+        if (u->fate[i] != FATE_APPLY)
+            continue;
+        int a = u->nsegs == 0 ? 1 : tly_projection_batch_add(u->segs[u->nsegs - 1], &u->prep[i].env, err, sizeof(err));
+        if (a == 1) { /* cannot be folded after what the batch holds: it goes to the next one, written after */
+            if (u->nsegs == (int)(sizeof(u->segs) / sizeof(u->segs[0])))
+                return false;
+            if (u->segs[u->nsegs] == NULL) {
+                u->segs[u->nsegs] = tly_projection_batch_create(r->mask);
+                tly_projection_batch_set_bulk(u->segs[u->nsegs], job_may_exist, r);
+            }
+            tly_projection_batch_reset(u->segs[u->nsegs]);
+            a = tly_projection_batch_add(u->segs[u->nsegs++], &u->prep[i].env, err, sizeof(err));
+        }
+        if (a != 0)
+            return false;
+    }
+    u->folded = true;
+    return true;
+}
+
+typedef struct st_reader_t {
+    tly_ctl_replay_t *r;
+    unit_t *u;
+    pthread_t thread;
+    bool started;
+} reader_t;
+
+static void *
+reader_main(void *arg)
+{
+    reader_t *rd = arg;
+    read_unit(rd->r, rd->u);
+    return NULL;
+}
+
+/* Starts reading u on the reader thread; when no thread can be started, reader_finish reads it instead. */
+static void
+reader_start(reader_t *rd, tly_ctl_replay_t *r, unit_t *u)
+{
+    *rd = (reader_t){.r = r, .u = u};
+    rd->started = pthread_create(&rd->thread, NULL, reader_main, rd) == 0;
+}
+
+static void
+reader_finish(reader_t *rd)
+{
+    if (rd->started)
+        pthread_join(rd->thread, NULL);
+    else
+        read_unit(rd->r, rd->u);
 }
 
 /* --- applying a batch ---------------------------------------------------- */
@@ -650,21 +912,35 @@ record_failure(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envel
     return res != NULL ? 0 : -1;
 }
 
+/* Bulk loading (tly_projection_batch_set_bulk): a job may be in the shadow once a batch wrote it. Ids stay when
+   that batch rolls back: "may exist" only costs an upsert instead of a COPY. */
+static bool
+job_may_exist(void *ctx, const tly_uuid_t *id)
+{
+    tly_ctl_replay_t *r = ctx;
+    size_t slot;
+    if (idset_find(&r->jobs, id->b, &slot))
+        return true;
+    idset_add(&r->jobs, id->b);
+    return false;
+}
+
+/* Applies one event under a savepoint of its own; when it fails on its own account, parks it as the live projector does. */
 static ev_result_t
-apply_one(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t *env, bool slow, char *err, size_t errcap)
+apply_one(tly_ctl_replay_t *r, const rd_kafka_message_t *m, const tly_envelope_t *env, char *err, size_t errcap)
 {
     char why[1024];
     tly_pgx_reset_last();
-    if (slow && exec(r, "SAVEPOINT ev", err, errcap) != 0)
+    if (exec(r, "SAVEPOINT ev", err, errcap) != 0)
         return EV_TRANSIENT;
+    if (!tly_uuid_is_nil(&env->job_id))
+        (void)job_may_exist(r, &env->job_id); /* written below by an upsert, not by the bulk COPY */
     if (tly_projection_apply(r->conn, env, r->mask, why, sizeof(why)) == 0) {
         r->applied++;
-        return slow && exec(r, "RELEASE SAVEPOINT ev", err, errcap) != 0 ? EV_TRANSIENT : EV_OK;
+        return exec(r, "RELEASE SAVEPOINT ev", err, errcap) != 0 ? EV_TRANSIENT : EV_OK;
     }
     bool transient = tly_pgx_last_transient(r->conn);
     snprintf(err, errcap, "%s", why);
-    if (!slow)
-        return transient ? EV_TRANSIENT : EV_FAILED;
     if (exec(r, "ROLLBACK TO SAVEPOINT ev", err, errcap) != 0 || transient)
         return EV_TRANSIENT;
     /* As the live projector does when it parks an event: its job ends failed (dead_lettered). */
@@ -685,119 +961,37 @@ write_failure(tly_ctl_replay_t *r)
     return tly_pgx_last_transient(r->conn) ? EV_TRANSIENT : EV_FAILED;
 }
 
-/* The fast path: folds the event into the batch (written by flush_batch); the same code as the live projector's batches. */
+/* The slow path for message i: a new event applied under a savepoint of its own, an invalid one recorded. */
 static ev_result_t
-fold_one(tly_ctl_replay_t *r, const tly_envelope_t *env, char *err, size_t errcap)
+apply_slow(tly_ctl_replay_t *r, const unit_t *u, int i, char *err, size_t errcap)
 {
-    int a = tly_projection_batch_add(r->batch, env, err, errcap);
-    if (a == 1) { /* cannot be folded after what the batch holds: write that first */
-        if (tly_projection_batch_flush(r->batch, r->conn, err, errcap) != 0)
-            return write_failure(r);
-        a = tly_projection_batch_add(r->batch, env, err, errcap);
-    }
-    if (a != 0)
-        return EV_FAILED;
-    r->applied++;
-    return EV_OK;
+    const prepared_t *p = &u->prep[i];
+    if (u->fate[i] == FATE_INVALID)
+        return record_failure(r, u->msgs[i], NULL, p->why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
+    return u->fate[i] == FATE_APPLY ? apply_one(r, u->msgs[i], &p->env, err, errcap) : EV_OK;
 }
 
-static ev_result_t
-process(tly_ctl_replay_t *r, const rd_kafka_message_t *m, bool slow, char *err, size_t errcap)
-{
-    tly_envelope_t env, up;
-    char why[256];
-    r->processed++;
-    if (tly_envelope_parse(m->payload != NULL ? m->payload : "", m->len, &env, why, sizeof(why)) != 0) {
-        if (!slow) {
-            snprintf(err, errcap, "%s", why);
-            return EV_FAILED;
-        }
-        return record_failure(r, m, NULL, why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
-    }
-    if (!tly_projection_knows(env.type)) {
-        r->skipped++;
-        tly_envelope_clear(&env);
-        return EV_OK;
-    }
-    int maxv = tly_projection_max_version(env.type);
-    if (env.version > maxv) {
-        snprintf(err, errcap,
-                 "partition %" PRId32 " offset %" PRId64 ": %s version %d is newer than this tallyctl knows (%d); "
-                 "upgrade tallyctl and run the replay again (it resumes here)",
-                 m->partition, m->offset, env.type, env.version, maxv);
-        tly_envelope_clear(&env);
-        return EV_FATAL;
-    }
-    if (tly_upcast(&env, maxv, &up, why, sizeof(why)) != 0) {
-        tly_envelope_clear(&env);
-        if (!slow) {
-            snprintf(err, errcap, "%s", why);
-            return EV_FAILED;
-        }
-        return record_failure(r, m, NULL, why, err, errcap) == 0 ? EV_OK : EV_TRANSIENT;
-    }
-    tly_envelope_clear(&env);
-    ev_result_t res = EV_OK;
-    size_t slot;
-    if (r->has_until && up.occurred_at_us > r->until_us) {
-        r->skipped++;
-    } else if (idset_find(&r->seen, up.id.b, &slot)) {
-        r->dups++;
-    } else {
-        idset_add(&r->seen, up.id.b);
-        fresh_push(r, up.id.b);
-        res = slow ? apply_one(r, m, &up, slow, err, errcap) : fold_one(r, &up, err, errcap);
-    }
-    tly_envelope_clear(&up);
-    return res;
-}
-
-/* Writes the ids applied since `from` to _replay_dedup with COPY. */
+/* Writes the ids applied since `from` to _replay_applied: one row of their 16 bytes each, however many. */
 static int
 save_dedup(tly_ctl_replay_t *r, size_t from, char *err, size_t errcap)
 {
     char sql[256];
     if (from >= r->nfresh)
         return 0;
-    snprintf(sql, sizeof(sql), "COPY %s._replay_dedup (event_id) FROM STDIN", r->schema);
-    PGresult *res = PQexec(r->conn, sql);
-    if (PQresultStatus(res) != PGRES_COPY_IN) {
+    snprintf(sql, sizeof(sql), "INSERT INTO %s._replay_applied (ids) VALUES ($1)", r->schema);
+    const char *vals[] = {(const char *)r->fresh[from]};
+    const int lens[] = {(int)((r->nfresh - from) * 16)}, binary[] = {1};
+    PGresult *res = PQexecParams(r->conn, sql, 1, NULL, vals, lens, binary, 0);
+    int ret = PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : -1;
+    if (ret != 0)
         snprintf(err, errcap, "could not save applied event ids: %s", PQerrorMessage(r->conn));
-        PQclear(res);
-        return -1;
-    }
     PQclear(res);
-    char buf[64 * 1024];
-    size_t used = 0;
-    int ok = 1;
-    for (size_t i = from; i < r->nfresh && ok == 1; ++i) {
-        tly_uuid_t u;
-        memcpy(u.b, r->fresh[i], 16);
-        tly_uuid_format(&u, buf + used);
-        used += TLY_UUID_STR_LEN;
-        buf[used++] = '\n';
-        if (used + TLY_UUID_STR_LEN + 2 > sizeof(buf)) {
-            ok = PQputCopyData(r->conn, buf, (int)used);
-            used = 0;
-        }
-    }
-    if (ok == 1 && used > 0)
-        ok = PQputCopyData(r->conn, buf, (int)used);
-    if (PQputCopyEnd(r->conn, ok == 1 ? NULL : "aborted") != 1)
-        ok = 0;
-    bool failed = ok != 1;
-    while ((res = PQgetResult(r->conn)) != NULL) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK && !failed) {
-            snprintf(err, errcap, "could not save applied event ids: %s", PQresultErrorMessage(res));
-            failed = true;
-        }
-        PQclear(res);
-    }
-    return failed ? -1 : 0;
+    return ret;
 }
 
+/* Stores staged[] (end[] for a partition reached[] says is done) and end[]. */
 static int
-save_positions(tly_ctl_replay_t *r, char *err, size_t errcap)
+save_positions(tly_ctl_replay_t *r, const bool *reached, char *err, size_t errcap)
 {
     size_t cap = (size_t)r->nparts * 48 + 16;
     char *parts = malloc(cap), *offs = malloc(cap), *ends = malloc(cap);
@@ -806,7 +1000,7 @@ save_positions(tly_ctl_replay_t *r, char *err, size_t errcap)
     size_t a = 0, b = 0, c = 0;
     parts[a++] = '{', offs[b++] = '{', ends[c++] = '{';
     for (int p = 0; p < r->nparts; ++p) {
-        int64_t next = r->reached[p] && r->staged[p] < r->end[p] ? r->end[p] : r->staged[p];
+        int64_t next = reached[p] && r->staged[p] < r->end[p] ? r->end[p] : r->staged[p];
         a += (size_t)snprintf(parts + a, cap - a, "%s%d", p > 0 ? "," : "", p);
         b += (size_t)snprintf(offs + b, cap - b, "%s%" PRId64, p > 0 ? "," : "", next);
         c += (size_t)snprintf(ends + c, cap - c, "%s%" PRId64, p > 0 ? "," : "", r->end[p]);
@@ -854,17 +1048,42 @@ forget_fresh(tly_ctl_replay_t *r, size_t from)
     r->nfresh = from;
 }
 
+/* The statements of a batch whose events were folded (the fast path): one set of statements per segment. */
+static ev_result_t
+write_folded(tly_ctl_replay_t *r, unit_t *u, char *err, size_t errcap)
+{
+    if (!u->folded && !fold_unit(r, u))
+        return EV_FAILED;
+    u->folded = false; /* a flush empties its batch: a retry folds again */
+    for (int k = 0; k < u->nsegs; ++k)
+        if (tly_projection_batch_flush(u->segs[k], r->conn, err, errcap) != 0)
+            return write_failure(r);
+    return EV_OK;
+}
+
+static ev_result_t
+too_new(const unit_t *u, char *err, size_t errcap)
+{
+    const rd_kafka_message_t *m = u->msgs[u->fatal];
+    const tly_envelope_t *env = &u->prep[u->fatal].env;
+    snprintf(err, errcap,
+             "partition %" PRId32 " offset %" PRId64 ": %s version %d is newer than this tallyctl knows (%d); "
+             "upgrade tallyctl and run the replay again (it resumes here)",
+             m->partition, m->offset, env->type, env->version, tly_projection_max_version(env->type));
+    return EV_FATAL;
+}
+
 /*
- * Applies msgs[0, n) and the positions. own_tx: in a transaction of its own,
- * committed; else inside the final transaction, under a savepoint. First
- * folded and written set-based (projection.h); when that fails for an
- * event's own reason, redone with a savepoint per event to isolate it.
- * Returns 0, -1 fatal, -2 transient (rolled back when own_tx).
+ * Applies the batch u and the positions. own_tx: in a transaction of its
+ * own, committed; else inside the final transaction, under a savepoint.
+ * First written set-based (folded by the reader, projection.h); when that
+ * fails for an event's own reason, redone with a savepoint per event to
+ * isolate it. Returns 0, -1 fatal, -2 transient (rolled back when own_tx).
  */
 static int
-run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
+run_batch(tly_ctl_replay_t *r, unit_t *u, bool own_tx, char *err, size_t errcap)
 {
-    bool slow = false;
+    bool slow = u->invalid;
     counters_t before;
     size_t fresh_from = r->nfresh;
     counters_save(r, &before);
@@ -873,23 +1092,23 @@ run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
         abort();
     memcpy(staged0, r->staged, sizeof(int64_t) * (size_t)r->nparts);
     int ret = -2;
-    if (r->batch == NULL)
-        r->batch = tly_projection_batch_create(r->mask);
     for (;;) {
         tly_pgx_reset_last();
-        tly_projection_batch_reset(r->batch);
         if (exec(r, own_tx ? "BEGIN" : "SAVEPOINT batch", err, errcap) != 0)
             goto out;
-        ev_result_t res = EV_OK;
-        for (int i = 0; i < n && res == EV_OK; ++i) {
-            res = process(r, r->msgs[i], slow, err, errcap);
-            r->staged[r->msgs[i]->partition] = r->msgs[i]->offset + 1;
+        ev_result_t res = u->fatal >= 0 ? too_new(u, err, errcap) : EV_OK;
+        for (size_t i = 0; i < u->nids; ++i)
+            fresh_push(r, u->ids[i]);
+        for (int i = 0; i < u->n && res == EV_OK; ++i) {
+            if (slow)
+                res = apply_slow(r, u, i, err, errcap);
+            r->staged[u->msgs[i]->partition] = u->msgs[i]->offset + 1;
         }
-        if (res == EV_OK && !slow && tly_projection_batch_flush(r->batch, r->conn, err, errcap) != 0)
-            res = write_failure(r);
+        if (res == EV_OK && !slow)
+            res = write_folded(r, u, err, errcap);
         if (res == EV_OK && save_dedup(r, fresh_from, err, errcap) != 0)
             res = EV_TRANSIENT;
-        if (res == EV_OK && save_positions(r, err, errcap) != 0)
+        if (res == EV_OK && save_positions(r, u->reached, err, errcap) != 0)
             res = EV_TRANSIENT;
         if (res == EV_OK && exec(r, own_tx ? "COMMIT" : "RELEASE SAVEPOINT batch", err, errcap) != 0)
             res = EV_TRANSIENT;
@@ -899,7 +1118,7 @@ run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
             rollback(r);
         else if (exec(r, "ROLLBACK TO SAVEPOINT batch", err, errcap) != 0)
             res = EV_TRANSIENT; /* the final transaction is retried whole */
-        forget_fresh(r, fresh_from);
+        r->nfresh = fresh_from; /* not saved; they stay seen: the retry, or the slow path, applies the same events */
         counters_restore(r, &before);
         memcpy(r->staged, staged0, sizeof(int64_t) * (size_t)r->nparts);
         if (res == EV_FAILED && !slow) {
@@ -909,8 +1128,13 @@ run_batch(tly_ctl_replay_t *r, int n, bool own_tx, char *err, size_t errcap)
         ret = res == EV_FATAL ? -1 : -2;
         goto out;
     }
+    r->processed += u->n;
+    r->dups += u->dups;
+    r->skipped += u->skips;
+    if (!slow)
+        r->applied += (int64_t)u->nids; /* the slow path counted each one it applied */
     for (int p = 0; p < r->nparts; ++p) {
-        if (r->reached[p] && r->staged[p] < r->end[p])
+        if (u->reached[p] && r->staged[p] < r->end[p])
             r->staged[p] = r->end[p];
         if (own_tx)
             r->pos[p] = r->staged[p];
@@ -924,20 +1148,41 @@ out:
 }
 
 static void
-free_msgs(tly_ctl_replay_t *r, int n)
-{
-    for (int i = 0; i < n; ++i)
-        rd_kafka_message_destroy(r->msgs[i]);
-}
-
-static void
 sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
 }
 
-/* Replays [pos, end) of every partition. Returns 0, 1 (max_batches reached), -1 fatal, -2 transient (final phase). */
+/* Stores the positions alone: an empty batch (end-of-partition markers move them too). */
+static int
+write_positions(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
+{
+    unit_t none = {.reached = r->reached, .fatal = -1};
+    return run_batch(r, &none, own_tx, err, errcap);
+}
+
+/* Writes u in a transaction of its own (own_tx), retrying transient failures, or under the final transaction's savepoint. */
+static int
+write_unit(tly_ctl_replay_t *r, unit_t *u, bool own_tx, char *err, size_t errcap)
+{
+    int rc, tries = 0, delay = 50;
+    while ((rc = run_batch(r, u, own_tx, err, errcap)) == -2 && own_tx && ++tries < 20) {
+        fprintf(stderr, "tallyctl: batch failed, retrying: %s\n", err);
+        if (tly_pg_broken(r->conn))
+            PQreset(r->conn);
+        sleep_ms(delay);
+        delay = delay * 2 > 5000 ? 5000 : delay * 2;
+    }
+    return rc;
+}
+
+/*
+ * Replays [pos, end) of every partition. Batch N+1 is read from Kafka and
+ * parsed on a second thread while batch N is folded and written here, so
+ * the JSON parsing overlaps PostgreSQL's work. Returns 0, 1 (max_batches
+ * reached), -1 fatal, -2 transient (final phase).
+ */
 static int
 run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
 {
@@ -948,41 +1193,50 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
     }
     if (nassigned == 0)
         return 0;
+    unit_t *cur = &r->units[0], *next = &r->units[1];
+    read_unit(r, cur);
     int64_t last_progress = tly_clock_mono_us();
-    while (!all_reached(r)) {
-        int n = gather(r);
+    int rc = 0;
+    bool more = false, cur_written = false;
+    for (;;) {
+        more = !all_reached(r); /* the reader thread is not running: its state is ours to read */
+        reader_t rd;
+        if (more)
+            reader_start(&rd, r, next);
         int64_t now = tly_clock_mono_us();
-        if (n == 0 && !all_reached(r)) {
-            if (now - last_progress > STALL_US) {
-                snprintf(err, errcap, "no events from %s for %d s while %" PRId64 " are still expected; is the broker up?",
-                         r->s->kafka_topic, (int)(STALL_US / 1000000), remaining(r));
-                return -1;
-            }
-            continue;
+        cur_written = false;
+        if (cur->n > 0) {
+            last_progress = now;
+            rc = write_unit(r, cur, own_tx, err, errcap);
+            cur_written = rc == 0;
+        } else if (more && now - last_progress > STALL_US) {
+            snprintf(err, errcap, "no events from %s for %d s while %" PRId64 " are still expected; is the broker up?",
+                     r->s->kafka_topic, (int)(STALL_US / 1000000), remaining(r));
+            rc = -1;
         }
-        last_progress = now;
-        int rc, tries = 0, delay = 50;
-        while ((rc = run_batch(r, n, own_tx, err, errcap)) == -2 && own_tx && ++tries < 20) {
-            fprintf(stderr, "tallyctl: batch failed, retrying: %s\n", err);
-            if (tly_pg_broken(r->conn))
-                PQreset(r->conn);
-            sleep_ms(delay);
-            delay = delay * 2 > 5000 ? 5000 : delay * 2;
+        if (more)
+            reader_finish(&rd);
+        if (cur_written) {
+            progress(r, false);
+            if (own_tx && r->o.max_batches > 0 && ++r->batches >= r->o.max_batches)
+                rc = 1;
         }
-        free_msgs(r, n);
-        if (rc != 0)
-            return rc;
-        progress(r, false);
-        if (own_tx && r->o.max_batches > 0 && ++r->batches >= r->o.max_batches)
-            return 1;
+        if (rc != 0 || !more)
+            break;
+        unit_t *t = cur;
+        cur = next;
+        next = t;
     }
+    if (rc != 0 && !cur_written)
+        unit_forget(r, cur);
+    if (rc != 0 && more)
+        unit_forget(r, next); /* read ahead, never written */
+    unit_free_msgs(cur);
+    unit_free_msgs(next);
+    if (rc != 0)
+        return rc;
     /* a phase with nothing but end-of-partition markers still moves positions */
-    if (own_tx) {
-        int rc = run_batch(r, 0, true, err, errcap);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    return own_tx ? write_positions(r, true, err, errcap) : 0;
 }
 
 /* --- the shadow schema ---------------------------------------------------- */
@@ -1076,6 +1330,16 @@ create_deferred_indexes(tly_ctl_replay_t *r, char *err, size_t errcap)
     return ret;
 }
 
+/* _replay_applied: its ids are random bytes, so the values are stored as they are, never compressed (pglz would try). */
+static int
+create_applied(tly_ctl_replay_t *r, const char *if_not_exists, char *err, size_t errcap)
+{
+    return execf(r, err, errcap,
+                 "CREATE TABLE %s%s._replay_applied (ids bytea NOT NULL); "
+                 "ALTER TABLE %s._replay_applied ALTER COLUMN ids SET STORAGE EXTERNAL",
+                 if_not_exists, r->schema, r->schema);
+}
+
 static int
 create_shadow(tly_ctl_replay_t *r, const char *until_text, char *err, size_t errcap)
 {
@@ -1095,7 +1359,7 @@ create_shadow(tly_ctl_replay_t *r, const char *until_text, char *err, size_t err
               "end_offset bigint NOT NULL)",
               r->schema) != 0 ||
         /* no index: ids are deduplicated in memory; this is read whole, on resume only */
-        execf(r, err, errcap, "CREATE TABLE %s._replay_dedup (event_id uuid NOT NULL)", r->schema) != 0 ||
+        create_applied(r, "", err, errcap) != 0 ||
         execf(r, err, errcap,
               "CREATE TABLE %s._replay_failures (partition integer NOT NULL, \"offset\" bigint NOT NULL, event_id uuid, "
               "type text, error text NOT NULL, PRIMARY KEY (partition, \"offset\"))",
@@ -1127,7 +1391,61 @@ drop_schema(tly_ctl_replay_t *r, const char *schema, char *err, size_t errcap)
     return execf(r, err, errcap, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
 }
 
-/* Loads positions and applied ids of a shadow being resumed. */
+/* Adds the uuids of column `col` of shadow table `t` to `set`; `*count` (optional) gets how many. */
+static int
+load_ids(tly_ctl_replay_t *r, const char *t, const char *col, idset_t *set, int64_t *count, char *err, size_t errcap)
+{
+    PGresult *res =
+        queryf(r, "could not read the ids of a shadow table", 0, NULL, err, errcap, "SELECT %s FROM %s.%s", col, r->schema, t);
+    if (res == NULL)
+        return -1;
+    for (int i = 0; i < PQntuples(res); ++i) {
+        tly_uuid_t u;
+        if (tly_uuid_parse(PQgetvalue(res, i, 0), &u))
+            idset_add(set, u.b);
+    }
+    if (count != NULL)
+        *count = PQntuples(res);
+    PQclear(res);
+    return 0;
+}
+
+/* Loads the applied ids of _replay_applied, and of _replay_dedup in a shadow an earlier version began (it then gets
+   _replay_applied for the rest). */
+static int
+load_applied(tly_ctl_replay_t *r, int64_t *count, char *err, size_t errcap)
+{
+    char q[160];
+    snprintf(q, sizeof(q), "%s._replay_dedup", r->schema);
+    const char *vals[] = {q};
+    PGresult *res =
+        tly_ctl_db_query(r->conn, "could not look up table", "SELECT to_regclass($1) IS NOT NULL", 1, vals, err, errcap);
+    if (res == NULL)
+        return -1;
+    bool old = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    *count = 0;
+    if (old && (load_ids(r, "_replay_dedup", "event_id", &r->seen, count, err, errcap) != 0 ||
+                create_applied(r, "IF NOT EXISTS ", err, errcap) != 0))
+        return -1;
+    if ((res = queryf(r, "could not read applied event ids", 0, NULL, err, errcap, "SELECT ids FROM %s._replay_applied",
+                      r->schema)) == NULL)
+        return -1;
+    for (int i = 0; i < PQntuples(res); ++i) {
+        size_t n = 0;
+        unsigned char *ids = PQunescapeBytea((const unsigned char *)PQgetvalue(res, i, 0), &n);
+        if (ids == NULL)
+            abort();
+        for (size_t k = 0; k + 16 <= n; k += 16)
+            idset_add(&r->seen, ids + k);
+        *count += (int64_t)(n / 16);
+        PQfreemem(ids);
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Loads positions, applied ids and the jobs already written of a shadow being resumed. */
 static int
 load_progress(tly_ctl_replay_t *r, char *err, size_t errcap)
 {
@@ -1144,17 +1462,12 @@ load_progress(tly_ctl_replay_t *r, char *err, size_t errcap)
     }
     int stored = PQntuples(res);
     PQclear(res);
-    res = queryf(r, "could not read applied event ids", 0, NULL, err, errcap, "SELECT event_id FROM %s._replay_dedup", r->schema);
-    if (res == NULL)
+    int64_t applied = 0;
+    if (load_applied(r, &applied, err, errcap) != 0 ||
+        ((r->mask & TLY_MODEL_JOBS) && load_ids(r, "jobs", "id", &r->jobs, NULL, err, errcap) != 0))
         return -1;
-    for (int i = 0; i < PQntuples(res); ++i) {
-        tly_uuid_t u;
-        if (tly_uuid_parse(PQgetvalue(res, i, 0), &u))
-            idset_add(&r->seen, u.b);
-    }
     if (!r->o.quiet && stored > 0)
-        fprintf(stderr, "tallyctl: resuming %s (%d events applied before)\n", r->schema, PQntuples(res));
-    PQclear(res);
+        fprintf(stderr, "tallyctl: resuming %s (%" PRId64 " events applied before)\n", r->schema, applied);
     return 0;
 }
 
@@ -1320,6 +1633,11 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
     if (r->o.batch <= 0)
         r->o.batch = 40000;
     r->tty = isatty(2);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    r->parse_threads = cpus < 1 ? 1 : cpus > PARSE_THREADS ? PARSE_THREADS : (int)cpus;
+    const char *pt = getenv("TALLY_REPLAY_PARSE_THREADS");
+    if (pt != NULL && atoi(pt) >= 1 && atoi(pt) <= PARSE_THREADS)
+        r->parse_threads = atoi(pt);
     r->t0_us = tly_clock_mono_us();
     int nends = 0;
     for (int p = 0; p < MAX_PARTS; ++p)
@@ -1356,10 +1674,17 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
     r->gpos = calloc((size_t)r->nparts, sizeof(int64_t));
     r->saved_pos = calloc((size_t)r->nparts, sizeof(int64_t));
     r->reached = calloc((size_t)r->nparts, sizeof(bool));
-    r->msgs = calloc((size_t)r->o.batch, sizeof(*r->msgs));
-    if (r->pos == NULL || r->staged == NULL || r->end == NULL || r->gpos == NULL || r->saved_pos == NULL || r->reached == NULL ||
-        r->msgs == NULL)
+    if (r->pos == NULL || r->staged == NULL || r->end == NULL || r->gpos == NULL || r->saved_pos == NULL || r->reached == NULL)
         abort();
+    for (int i = 0; i < 2; ++i) {
+        unit_t *u = &r->units[i];
+        u->msgs = calloc((size_t)r->o.batch, sizeof(*u->msgs));
+        u->prep = calloc((size_t)r->o.batch, sizeof(*u->prep));
+        u->fate = calloc((size_t)r->o.batch, sizeof(*u->fate));
+        u->reached = calloc((size_t)r->nparts, sizeof(bool));
+        if (u->msgs == NULL || u->prep == NULL || u->fate == NULL || u->reached == NULL)
+            abort();
+    }
     if (choose_shadow(r, err, errcap) != 0)
         goto fail;
     char sp[256];
@@ -1368,8 +1693,8 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
         goto fail;
     if (r->o.mode == TLY_REPLAY_COPY && r->created) {
         /* a point-in-time copy: targets fixed now (resumes keep them) */
-        if (set_targets(r, err, errcap) != 0 || exec(r, "BEGIN", err, errcap) != 0 || save_positions(r, err, errcap) != 0 ||
-            exec(r, "COMMIT", err, errcap) != 0)
+        if (set_targets(r, err, errcap) != 0 || exec(r, "BEGIN", err, errcap) != 0 ||
+            save_positions(r, r->reached, err, errcap) != 0 || exec(r, "COMMIT", err, errcap) != 0)
             goto fail;
     }
     if (!r->o.quiet)
@@ -1436,7 +1761,7 @@ tly_ctl_replay_final(tly_ctl_replay_t *r, const char *lockmode, char *err, size_
         }
         int rc = run_phase(r, false, err, errcap);
         if (rc == 0)
-            rc = run_batch(r, 0, false, err, errcap); /* positions of the final range */
+            rc = write_positions(r, false, err, errcap); /* positions of the final range */
         if (rc == 0) {
             for (int p = 0; p < r->nparts; ++p)
                 r->pos[p] = r->staged[p];
@@ -1530,11 +1855,20 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
     free(r->gpos);
     free(r->saved_pos);
     free(r->reached);
-    free(r->msgs);
-    tly_projection_batch_destroy(r->batch);
+    for (int i = 0; i < 2; ++i) {
+        free(r->units[i].msgs);
+        free(r->units[i].prep);
+        free(r->units[i].fate);
+        free(r->units[i].ids);
+        for (int k = 0; k < (int)(sizeof(r->units[i].segs) / sizeof(r->units[i].segs[0])); ++k)
+            tly_projection_batch_destroy(r->units[i].segs[k]);
+        free(r->units[i].reached);
+    }
     free(r->fresh);
     free(r->seen.keys);
     free(r->seen.state);
+    free(r->jobs.keys);
+    free(r->jobs.state);
     free(r);
 }
 

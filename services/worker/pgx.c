@@ -8,6 +8,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Grows *buf to at least `need` bytes, doubling from `first`; aborts when out of memory. */
+static void
+reserve(char **buf, size_t *cap, size_t need, size_t first)
+{
+    if (need <= *cap)
+        return;
+    size_t c = *cap == 0 ? first : *cap;
+    while (need > c)
+        c *= 2;
+    char *p = realloc(*buf, c);
+    if (p == NULL)
+        abort();
+    *buf = p;
+    *cap = c;
+}
+
 /* SQLSTATE of the last failed statement on this thread; "" when none. */
 static __thread char last_sqlstate[6];
 
@@ -178,6 +194,122 @@ tly_pgx_ensure(PGconn **conn, bool *up, const char *dsn, const char *setup, cons
     return 1;
 }
 
+int
+tly_pgx_copy(PGconn *conn, const char *what, const char *sql, const char *data, size_t len, char *err, size_t errcap)
+{
+    PGresult *res = PQexec(conn, sql);
+    if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
+        fail(conn, res, what, err, errcap);
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    int ok = 1;
+    for (size_t off = 0; off < len && ok == 1; off += 1 << 20) /* libpq sends each call's bytes whole: bounded chunks */
+        ok = PQputCopyData(conn, data + off, (int)(len - off < (1 << 20) ? len - off : 1 << 20));
+    int ret = 0;
+    if (PQputCopyEnd(conn, ok == 1 ? NULL : "could not send the rows") != 1 || ok != 1) {
+        fail(conn, NULL, what, err, errcap);
+        ret = -1;
+    }
+    while ((res = PQgetResult(conn)) != NULL) {
+        ExecStatusType st = PQresultStatus(res);
+        if (st != PGRES_COMMAND_OK && ret == 0) {
+            fail(conn, res, what, err, errcap);
+            ret = -1;
+        }
+        PQclear(res);
+        if (st == PGRES_COPY_IN) /* the end could not be sent: the connection is gone */
+            break;
+    }
+    return ret;
+}
+
+/* --- COPY (FORMAT binary) data --------------------------------------------- */
+
+#define PG_EPOCH_US 946684800000000LL /* 2000-01-01T00:00:00Z, the zero of PostgreSQL's binary timestamptz */
+
+static void
+copy_put(tly_pgx_copy_t *c, const void *p, size_t n)
+{
+    reserve(&c->buf, &c->cap, c->len + n, 1 << 16);
+    memcpy(c->buf + c->len, p, n);
+    c->len += n;
+}
+
+/* v in network byte order, n bytes */
+static void
+copy_put_be(tly_pgx_copy_t *c, uint64_t v, size_t n)
+{
+    uint8_t out[8];
+    for (size_t i = 0; i < n; ++i)
+        out[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+    copy_put(c, out, n);
+}
+
+/* A column: its length (-1 for NULL), then its bytes. */
+static void
+copy_field(tly_pgx_copy_t *c, const void *p, size_t n)
+{
+    copy_put_be(c, p != NULL ? (uint32_t)n : UINT32_MAX, 4);
+    if (p != NULL)
+        copy_put(c, p, n);
+}
+
+void
+tly_pgx_copy_begin(tly_pgx_copy_t *c)
+{
+    static const char signature[] = "PGCOPY\n\377\r\n"; /* with its NUL: 11 bytes */
+    c->len = 0;
+    copy_put(c, signature, sizeof(signature));
+    copy_put_be(c, 0, 8); /* flags, header extension length */
+}
+
+void
+tly_pgx_copy_row(tly_pgx_copy_t *c, int nfields)
+{
+    copy_put_be(c, (uint16_t)nfields, 2);
+}
+
+void
+tly_pgx_copy_uuid(tly_pgx_copy_t *c, const uint8_t *b)
+{
+    copy_field(c, b, 16);
+}
+
+void
+tly_pgx_copy_text(tly_pgx_copy_t *c, const char *s)
+{
+    copy_field(c, s, s != NULL ? strlen(s) : 0);
+}
+
+void
+tly_pgx_copy_i64(tly_pgx_copy_t *c, int64_t v)
+{
+    copy_put_be(c, 8, 4);
+    copy_put_be(c, (uint64_t)v, 8);
+}
+
+void
+tly_pgx_copy_time(tly_pgx_copy_t *c, int64_t unix_us)
+{
+    tly_pgx_copy_i64(c, unix_us - PG_EPOCH_US);
+}
+
+int
+tly_pgx_copy_send(tly_pgx_copy_t *c, PGconn *conn, const char *what, const char *sql, char *err, size_t errcap)
+{
+    copy_put_be(c, UINT16_MAX, 2); /* the trailer: a row of -1 columns */
+    return tly_pgx_copy(conn, what, sql, c->buf, c->len, err, errcap);
+}
+
+void
+tly_pgx_copy_free(tly_pgx_copy_t *c)
+{
+    free(c->buf);
+    *c = (tly_pgx_copy_t){0};
+}
+
 bool
 tly_pgx_last_transient(PGconn *conn)
 {
@@ -201,16 +333,7 @@ tly_pgx_reset_last(void)
 static void
 array_reserve(tly_pgx_array_t *a, size_t more)
 {
-    if (a->len + more + 3 <= a->cap) /* room for the closing brace and NUL too */
-        return;
-    size_t cap = a->cap == 0 ? 4096 : a->cap;
-    while (a->len + more + 3 > cap)
-        cap *= 2;
-    char *buf = realloc(a->buf, cap);
-    if (buf == NULL)
-        abort();
-    a->buf = buf;
-    a->cap = cap;
+    reserve(&a->buf, &a->cap, a->len + more + 3, 4096); /* room for the closing brace and NUL too */
 }
 
 void

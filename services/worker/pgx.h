@@ -43,6 +43,40 @@ void tly_pgx_reset_last(void);
  */
 int tly_pgx_ensure(PGconn **conn, bool *up, const char *dsn, const char *setup, const char *who);
 
+/**
+ * Runs `sql`, a `COPY ... FROM STDIN`, sending `len` bytes of `data` (in the
+ * format the statement names). Returns 0, or -1 with "could not <what>:
+ * <server message>" in `err` (the SQLSTATE kept as by tly_pgx_query).
+ */
+int tly_pgx_copy(PGconn *conn, const char *what, const char *sql, const char *data, size_t len, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
+/*
+ * Data for `COPY ... FROM STDIN (FORMAT binary)`, built row by row: begin,
+ * then per row tly_pgx_copy_row and one call per column (the statement's
+ * column order and types: uuid, text, bigint, timestamptz), then send.
+ * Reused across statements: begin keeps the memory.
+ */
+typedef struct st_tly_pgx_copy_t {
+    char *buf;
+    size_t len, cap;
+} tly_pgx_copy_t;
+
+void tly_pgx_copy_begin(tly_pgx_copy_t *c);
+/** Starts a row of `nfields` columns. */
+void tly_pgx_copy_row(tly_pgx_copy_t *c, int nfields);
+/** A uuid column: its 16 bytes, or SQL NULL when `b` is NULL. */
+void tly_pgx_copy_uuid(tly_pgx_copy_t *c, const uint8_t *b);
+/** A text column (NULL is SQL NULL). */
+void tly_pgx_copy_text(tly_pgx_copy_t *c, const char *s);
+void tly_pgx_copy_i64(tly_pgx_copy_t *c, int64_t v);
+/** A timestamptz column from microseconds since the Unix epoch. */
+void tly_pgx_copy_time(tly_pgx_copy_t *c, int64_t unix_us);
+/** Ends the data and runs `sql` with it (tly_pgx_copy). */
+int tly_pgx_copy_send(tly_pgx_copy_t *c, PGconn *conn, const char *what, const char *sql, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+void tly_pgx_copy_free(tly_pgx_copy_t *c);
+
 /*
  * A PostgreSQL array literal ("{...}") built element by element, for the
  * set-based statements (`unnest($1::uuid[], ...)`): every element is quoted

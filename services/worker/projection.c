@@ -193,6 +193,7 @@ tly_projection_batch_destroy(tly_projection_batch_t *b)
     free(b->jobs);
     free(b->transfers);
     free(b->steps);
+    tly_pgx_copy_free(&b->copy);
     for (int i = 0; i < TLY_PROJ_NARRAYS; ++i)
         tly_pgx_array_free(&b->arr[i]);
     free(b);
@@ -739,15 +740,37 @@ tly_projection_batch_add(tly_projection_batch_t *b, const tly_envelope_t *env, c
     return ret;
 }
 
+void
+tly_projection_batch_set_bulk(tly_projection_batch_t *b, tly_projection_exists_fn job_exists, void *ctx)
+{
+    b->job_exists = job_exists;
+    b->exists_ctx = ctx;
+}
+
+/* Bulk loading: marks the jobs that are not in the table yet (COPY); returns how many the upsert still writes. */
+static int
+mark_new_jobs(tly_projection_batch_t *b)
+{
+    int upserts = 0;
+    for (int i = 0; i < b->njobs; ++i) {
+        b->jobs[i].copy = b->job_exists != NULL && !b->job_exists(b->exists_ctx, &b->jobs[i].id);
+        upserts += !b->jobs[i].copy;
+    }
+    return upserts;
+}
+
 int
 tly_projection_batch_flush(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
     int ret = -1;
+    bool bulk = b->job_exists != NULL;
     if (b->naccounts > 0 && tly_proj_write_accounts(b, conn, err, errcap) != 0)
         goto out;
-    if (b->nledger > 0 && tly_proj_write_ledger(b, conn, err, errcap) != 0)
+    if (b->nledger > 0 && (bulk ? tly_proj_copy_ledger(b, conn, err, errcap) : tly_proj_write_ledger(b, conn, err, errcap)) != 0)
         goto out;
-    if (b->njobs > 0 && tly_proj_write_jobs(b, conn, err, errcap) != 0)
+    if (b->njobs > 0 && mark_new_jobs(b) > 0 && tly_proj_write_jobs(b, conn, err, errcap) != 0)
+        goto out;
+    if (bulk && b->njobs > 0 && tly_proj_copy_jobs(b, conn, err, errcap) != 0)
         goto out;
     if (b->ntransfers > 0 && tly_proj_write_transfers(b, conn, err, errcap) != 0)
         goto out;

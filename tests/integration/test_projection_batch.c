@@ -6,7 +6,9 @@
  *     unfreeze; a transfer's events shuffled; duplicate terminal outcomes;
  *     an AccountOpened after updates of its account) written as one batch
  *     gives the same rows, column for column, as the same events applied one
- *     at a time; also on top of rows that exist already.
+ *     at a time; also on top of rows that exist already; also in bulk mode
+ *     (tallyctl replay's COPY of ledger entries and new jobs), where a job
+ *     wrongly said new fails the flush on its key.
  *   test_batch_missing_account: a batch with a deposit of an account that was
  *     never opened fails as a whole, naming the account and the event type,
  *     and writes nothing (the caller's transaction is rolled back).
@@ -226,12 +228,30 @@ apply_one_by_one(const history_t *h, int from, int to)
     PQclear(sql("COMMIT"));
 }
 
-/* The projector's apply_batch: add, flush first when asked, flush at the end. Returns flushes done, or -1. */
+/* Bulk mode's question (tly_projection_batch_set_bulk), answered the same for every job. */
+static bool
+job_never_exists(void *ctx, const tly_uuid_t *id)
+{
+    return false;
+}
+
+static bool
+job_always_exists(void *ctx, const tly_uuid_t *id)
+{
+    return true;
+}
+
+/*
+ * The projector's apply_batch: add, flush first when asked, flush at the
+ * end; with `bulk`, in tallyctl replay's bulk mode. Returns flushes done, or -1.
+ */
 static int
-apply_batch(const history_t *h, int from, int to, char *err, size_t errcap)
+apply_batch(const history_t *h, int from, int to, tly_projection_exists_fn bulk, char *err, size_t errcap)
 {
     tly_projection_batch_t *b = tly_projection_batch_create(TLY_MODEL_ALL);
     int flushes = 0, ret = -1;
+    if (bulk != NULL)
+        tly_projection_batch_set_bulk(b, bulk, NULL);
     for (int i = from; i < to; ++i) {
         int r = tly_projection_batch_add(b, &h->ev[i], err, errcap);
         if (r == 1) {
@@ -248,6 +268,19 @@ apply_batch(const history_t *h, int from, int to, char *err, size_t errcap)
 out:
     tly_projection_batch_destroy(b);
     return ret;
+}
+
+/* apply_batch in a transaction of its own that must succeed. Returns the flushes done. */
+static int
+commit_batch(const history_t *h, int from, int to, tly_projection_exists_fn bulk)
+{
+    char err[512];
+    PQclear(sql("BEGIN"));
+    int flushes = apply_batch(h, from, to, bulk, err, sizeof(err));
+    if (flushes < 0)
+        fail_msg("batch%s: %s", bulk != NULL ? " (bulk)" : "", err);
+    PQclear(sql("COMMIT"));
+    return flushes;
 }
 
 static void
@@ -280,11 +313,7 @@ test_batch_equals_one_by_one(void **state)
     use_schema("pb_one");
     apply_one_by_one(&h, 0, h.n);
     use_schema("pb_batch");
-    PQclear(sql("BEGIN"));
-    int flushes = apply_batch(&h, 0, h.n, err, sizeof(err));
-    if (flushes < 0)
-        fail_msg("batch: %s", err);
-    PQclear(sql("COMMIT"));
+    int flushes = commit_batch(&h, 0, h.n, NULL);
     fprintf(stderr, "one batch: %d flushes\n", flushes);
     assert_int_equal(flushes, 1); /* the second AccountOpened of `late` follows its own insert in the batch: no flush */
     assert_same_tables("pb_one", "pb_batch");
@@ -293,11 +322,26 @@ test_batch_equals_one_by_one(void **state)
     make_schema("pb_half");
     use_schema("pb_half");
     apply_one_by_one(&h, 0, half);
-    PQclear(sql("BEGIN"));
-    if (apply_batch(&h, half, h.n, err, sizeof(err)) < 0)
-        fail_msg("batch: %s", err);
-    PQclear(sql("COMMIT"));
+    commit_batch(&h, half, h.n, NULL);
     assert_same_tables("pb_one", "pb_half");
+
+    /* bulk mode (tallyctl replay): ledger entries and the jobs said new by binary COPY, the same rows */
+    make_schema("pb_bulk");
+    use_schema("pb_bulk");
+    commit_batch(&h, 0, h.n, job_never_exists);
+    assert_same_tables("pb_one", "pb_bulk");
+    /* rows wrongly taken for new (the second half again) fail the COPY on their key: the caller goes one by one */
+    PQclear(sql("BEGIN"));
+    assert_int_equal(apply_batch(&h, half, h.n, job_never_exists, err, sizeof(err)), -1);
+    fprintf(stderr, "bulk error: %s\n", err);
+    assert_non_null(strstr(err, "duplicate key"));
+    PQclear(sql("ROLLBACK"));
+    /* on top of existing rows, every job said to exist (upserted): the same rows */
+    make_schema("pb_bulk_half");
+    use_schema("pb_bulk_half");
+    apply_one_by_one(&h, 0, half);
+    commit_batch(&h, half, h.n, job_always_exists);
+    assert_same_tables("pb_one", "pb_bulk_half");
 
     /* an AccountOpened after updates of its account in the same batch asks for a flush first */
     history_t *h2 = calloc(1, sizeof(*h2));
@@ -319,7 +363,7 @@ test_batch_equals_one_by_one(void **state)
     apply_one_by_one(h2, 0, h2->n);
     use_schema("pb_flush_batch");
     PQclear(sql("BEGIN"));
-    assert_int_equal(apply_batch(h2, 0, h2->n, err, sizeof(err)), 2);
+    assert_int_equal(apply_batch(h2, 0, h2->n, NULL, err, sizeof(err)), 2);
     PQclear(sql("COMMIT"));
     assert_same_tables("pb_flush_one", "pb_flush_batch");
     assert_int_equal(sql_i64("SELECT version FROM pb_flush_batch.accounts"), 3);
@@ -327,7 +371,8 @@ test_batch_equals_one_by_one(void **state)
     history_clear(h2);
     free(h2);
     history_clear(&h);
-    PQclear(sql("RESET search_path; DROP SCHEMA pb_one, pb_batch, pb_half, pb_flush_one, pb_flush_batch CASCADE"));
+    PQclear(sql(
+        "RESET search_path; DROP SCHEMA pb_one, pb_batch, pb_half, pb_bulk, pb_bulk_half, pb_flush_one, pb_flush_batch CASCADE"));
 }
 
 static void
@@ -344,7 +389,7 @@ test_batch_missing_account(void **state)
     make_schema("pb_missing");
     use_schema("pb_missing");
     PQclear(sql("BEGIN"));
-    assert_int_equal(apply_batch(&h, 0, h.n, err, sizeof(err)), -1);
+    assert_int_equal(apply_batch(&h, 0, h.n, NULL, err, sizeof(err)), -1);
     fprintf(stderr, "batch error: %s\n", err);
     tly_uuid_format(&ghost, id);
     snprintf(want, sizeof(want), "could not apply FundsWithdrawn: account %s is not in the read model", id);
