@@ -88,11 +88,13 @@ tly_kafka_consumer_create(const char *brokers, const char *group,
         conf_set(conf, "fetch.wait.max.ms", "10", err, errcap) != 0 ||
         /* bounded prefetch: librdkafka's defaults (100,000 messages or 64 MB
            per consumer) made a worker with three consumers reach 312 MB on a
-           backlog; a batch is at most a few hundred events anyway */
+           backlog; a batch (at most 2,000 events, about 1 MB) needs far less.
+           With five consumers per worker, 8 MB each still let the worker reach
+           125 MB during ingest (every consumer's queue full while it lags) */
         conf_set(conf, "queued.min.messages", "2000", err, errcap) != 0 ||
-        conf_set(conf, "queued.max.messages.kbytes", "8192", err, errcap) != 0 ||
-        /* and one fetch response at most 4 MB (default 52 MB, held whole while a backlog is read) */
-        conf_set(conf, "fetch.max.bytes", "4194304", err, errcap) != 0) {
+        conf_set(conf, "queued.max.messages.kbytes", "4096", err, errcap) != 0 ||
+        /* and one fetch response at most 2 MB (default 52 MB, held whole while a backlog is read) */
+        conf_set(conf, "fetch.max.bytes", "2097152", err, errcap) != 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }

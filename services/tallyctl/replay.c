@@ -317,6 +317,7 @@ struct st_tly_ctl_replay_t {
     int64_t t0_us, last_print_us, phase_total;
     bool tty;
     int batches;
+    int64_t pace_t0_us, paced; /* --max-rate: when the first batch was written, events written since */
     bool in_final;
     int parse_threads;
 };
@@ -1163,6 +1164,29 @@ write_positions(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
 }
 
 /* Writes u in a transaction of its own (own_tx), retrying transient failures, or under the final transaction's savepoint. */
+/*
+ * --max-rate: after a batch of n events, sleeps as long as it takes for the
+ * events written since the first batch to be no more than max_rate per
+ * second (the next batch is read meanwhile). The batches are small then
+ * (tly_ctl_replay_open), so the live services get the CPUs between them
+ * instead of waiting behind one long burst.
+ */
+static void
+pace(tly_ctl_replay_t *r, int n)
+{
+    if (r->o.max_rate <= 0)
+        return;
+    int64_t now = tly_clock_mono_us();
+    if (r->pace_t0_us == 0)
+        r->pace_t0_us = now;
+    r->paced += n;
+    int64_t due = r->pace_t0_us + r->paced * 1000000 / r->o.max_rate;
+    if (due > now) {
+        struct timespec ts = {(time_t)((due - now) / 1000000), (long)((due - now) % 1000000) * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 static int
 write_unit(tly_ctl_replay_t *r, unit_t *u, bool own_tx, char *err, size_t errcap)
 {
@@ -1214,6 +1238,8 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
                      r->s->kafka_topic, (int)(STALL_US / 1000000), remaining(r));
             rc = -1;
         }
+        if (cur_written)
+            pace(r, cur->n);
         if (more)
             reader_finish(&rd);
         if (cur_written) {
@@ -1632,6 +1658,8 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
     r->s = s;
     if (r->o.batch <= 0)
         r->o.batch = 40000;
+    if (r->o.max_rate > 0 && r->o.batch > r->o.max_rate / 20) /* at most 50 ms of events per batch */
+        r->o.batch = r->o.max_rate / 20 < 500 ? 500 : (int)(r->o.max_rate / 20);
     r->tty = isatty(2);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     r->parse_threads = cpus < 1 ? 1 : cpus > PARSE_THREADS ? PARSE_THREADS : (int)cpus;
@@ -1878,15 +1906,20 @@ int
 tly_ctl_replay_cmd(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args)
 {
     char err[2048];
-    const char *batch = tly_ctl_arg(cmd, args, "batch");
+    const char *batch = tly_ctl_arg(cmd, args, "batch"), *max_rate = tly_ctl_arg(cmd, args, "max-rate");
     tly_ctl_replay_opts_t o = {
         .projections = tly_ctl_arg(cmd, args, "projection"),
         .until = tly_ctl_arg(cmd, args, "until"),
         .into = tly_ctl_arg(cmd, args, "into"),
         .restart = tly_ctl_arg(cmd, args, "restart") != NULL,
         .batch = batch != NULL ? atoi(batch) : 40000,
+        .max_rate = max_rate != NULL ? atoll(max_rate) : 0,
         .quiet = tly_ctl_arg(cmd, args, "quiet") != NULL,
     };
+    if (o.max_rate < 0) {
+        tly_ctl_error("--max-rate must be 0 (no limit) or more");
+        return TLY_CTL_USAGE;
+    }
     const char *stop = getenv("TALLY_REPLAY_MAX_BATCHES"); /* tests: stop after N batches, as if killed */
     o.max_batches = stop != NULL ? atoi(stop) : 0;
     if (o.batch < 1 || o.batch > 100000) {

@@ -30,6 +30,7 @@ typedef struct st_tly_ctl_replay_opts_t {
     const char *into;        /* schema name (mode COPY) or NULL for tally_shadow_<n> */
     bool restart;            /* drop an unfinished shadow instead of resuming it */
     int batch;               /* events per transaction */
+    int64_t max_rate;        /* events per second at most (0: as fast as it goes), to leave the live system its share */
     int max_batches;         /* stop after this many batches (tests); 0 = no limit */
     bool quiet;              /* no progress output */
 } tly_ctl_replay_opts_t;
