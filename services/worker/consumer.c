@@ -89,6 +89,30 @@ tly_backoff_sleep(int *delay_ms, atomic_bool *stop)
 }
 
 void
+tly_retry_failed(tly_retry_t *rt, const char *err, atomic_bool *stop)
+{
+    if (!rt->failing) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s failed, retrying", rt->what);
+        tly_log(TLY_LOG_ERROR, msg, "consumer", rt->name, "error", err, NULL);
+    }
+    rt->failing = true;
+    tly_backoff_sleep(&rt->delay_ms, stop);
+}
+
+void
+tly_retry_ok(tly_retry_t *rt)
+{
+    if (rt->failing) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "%s recovered", rt->what);
+        tly_log(TLY_LOG_INFO, msg, "consumer", rt->name, NULL);
+    }
+    rt->failing = false;
+    rt->delay_ms = 0;
+}
+
+void
 tly_sleep_unless_stopped(int64_t ms, atomic_bool *stop)
 {
     for (int64_t slept = 0; slept < ms && !atomic_load(stop); slept += 20) {

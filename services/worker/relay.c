@@ -204,25 +204,18 @@ tly_relay_run(const tly_relay_config_t *cfg)
         tly_log(TLY_LOG_ERROR, "could not create kafka producer", "consumer", "relay", "error", err, NULL);
         return -1;
     }
-    int delay = 0;
-    bool failing = false;
+    tly_retry_t rt = {.what = "outbox relay", .name = "relay"};
     while (!atomic_load(cfg->stop)) {
         if (!ensure_pg(&r)) {
-            tly_backoff_sleep(&delay, cfg->stop);
+            tly_backoff_sleep(&rt.delay_ms, cfg->stop);
             continue;
         }
         int n = publish_once(&r, err, sizeof(err));
         if (n < 0) {
-            if (!failing)
-                tly_log(TLY_LOG_ERROR, "outbox relay failed, retrying", "consumer", "relay", "error", err, NULL);
-            failing = true;
-            tly_backoff_sleep(&delay, cfg->stop);
+            tly_retry_failed(&rt, err, cfg->stop);
             continue;
         }
-        if (failing)
-            tly_log(TLY_LOG_INFO, "outbox relay recovered", "consumer", "relay", NULL);
-        failing = false;
-        delay = 0;
+        tly_retry_ok(&rt);
         r.deleted += n;
         maybe_vacuum(&r);
         if (n < RELAY_BATCH)

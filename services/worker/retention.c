@@ -115,24 +115,17 @@ tly_retention_run(const tly_retention_config_t *cfg)
 {
     char err[1024];
     retention_t r = {.cfg = cfg, .pg_up = true};
-    int delay = 0;
-    bool failing = false;
+    tly_retry_t rt = {.what = "retention pass", .name = "retention"};
     while (!atomic_load(cfg->stop)) {
         if (tly_pgx_ensure(&r.conn, &r.pg_up, cfg->pg_dsn, NULL, "retention") < 0) {
-            tly_backoff_sleep(&delay, cfg->stop);
+            tly_backoff_sleep(&rt.delay_ms, cfg->stop);
             continue;
         }
         if (pass(&r, err, sizeof(err)) != 0) {
-            if (!failing)
-                tly_log(TLY_LOG_ERROR, "retention pass failed, retrying", "consumer", "retention", "error", err, NULL);
-            failing = true;
-            tly_backoff_sleep(&delay, cfg->stop);
+            tly_retry_failed(&rt, err, cfg->stop);
             continue;
         }
-        if (failing)
-            tly_log(TLY_LOG_INFO, "retention recovered", "consumer", "retention", NULL);
-        failing = false;
-        delay = 0;
+        tly_retry_ok(&rt);
         tly_sleep_unless_stopped(cfg->interval_ms, cfg->stop);
     }
     if (r.conn != NULL)

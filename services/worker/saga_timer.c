@@ -150,8 +150,7 @@ tly_saga_timer_run(const tly_saga_timer_config_t *cfg)
 {
     char err[1024];
     saga_timer_t t = {.cfg = cfg, .pg_up = true};
-    int delay = 0;
-    bool failing = false;
+    tly_retry_t rt = {.what = "saga timer", .name = "saga-timer"};
     /* look a few times per timeout, at most every second, at least every 20 ms */
     int64_t tick_ms = cfg->saga.step_timeout_us / 4000;
     if (tick_ms > 1000)
@@ -160,21 +159,15 @@ tly_saga_timer_run(const tly_saga_timer_config_t *cfg)
         tick_ms = 20;
     while (!atomic_load(cfg->stop)) {
         if (!ensure_pg(&t)) {
-            tly_backoff_sleep(&delay, cfg->stop);
+            tly_backoff_sleep(&rt.delay_ms, cfg->stop);
             continue;
         }
         int n = pass(&t, err, sizeof(err));
         if (n < 0) {
-            if (!failing)
-                tly_log(TLY_LOG_ERROR, "saga timer failed, retrying", "consumer", "saga-timer", "error", err, NULL);
-            failing = true;
-            tly_backoff_sleep(&delay, cfg->stop);
+            tly_retry_failed(&rt, err, cfg->stop);
             continue;
         }
-        if (failing)
-            tly_log(TLY_LOG_INFO, "saga timer recovered", "consumer", "saga-timer", NULL);
-        failing = false;
-        delay = 0;
+        tly_retry_ok(&rt);
         report_stuck(&t);
         if (n >= PASS_MAX)
             continue;
