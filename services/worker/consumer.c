@@ -186,10 +186,7 @@ grow_parts(consumer_t *c, int32_t partition)
 static bool
 ensure_pg(consumer_t *c)
 {
-    /* The batch statements are prepared (pgx.c) and their plan does not depend
-       on the arrays they get: plan each once, not at every batch (PostgreSQL's
-       default keeps re-planning statements whose generic plan looks costlier). */
-    return tly_pgx_ensure(&c->conn, &c->pg_up, c->cfg->pg_dsn, "SET plan_cache_mode = force_generic_plan", c->h->name) >= 0;
+    return tly_pgx_ensure(&c->conn, &c->pg_up, c->cfg->pg_dsn, NULL, c->h->name) >= 0;
 }
 
 static void
