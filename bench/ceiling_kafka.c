@@ -9,6 +9,7 @@
  *   ceiling_kafka --brokers=HOST:PORT --topic=T [--count=200000] [--partitions=12]
  * Creates the topic if missing (delete it afterwards yourself). Prints JSON.
  */
+#include "bench_args.h"
 #include "bench_kafka.h"
 #include <librdkafka/rdkafka.h>
 
@@ -60,20 +61,13 @@ main(int argc, char **argv)
     const char *brokers = NULL, *topic = "bench.ceiling";
     long count = 200000;
     int partitions = 12;
-    for (int i = 1; i < argc; ++i) {
-        if (!strncmp(argv[i], "--brokers=", 10))
-            brokers = argv[i] + 10;
-        else if (!strncmp(argv[i], "--topic=", 8))
-            topic = argv[i] + 8;
-        else if (!strncmp(argv[i], "--count=", 8))
-            count = atol(argv[i] + 8);
-        else if (!strncmp(argv[i], "--partitions=", 13))
-            partitions = atoi(argv[i] + 13);
-        else {
-            fprintf(stderr, "usage: ceiling_kafka --brokers=B [--topic=T] [--count=N] [--partitions=P]\n");
-            return 2;
-        }
-    }
+    const bench_arg_t args[] = {{"brokers", BENCH_ARG_STR, &brokers},
+                                {"topic", BENCH_ARG_STR, &topic},
+                                {"count", BENCH_ARG_LONG, &count},
+                                {"partitions", BENCH_ARG_INT, &partitions}};
+    if (bench_args_parse(argc, argv, args, sizeof(args) / sizeof(args[0]),
+                         "ceiling_kafka --brokers=B [--topic=T] [--count=N] [--partitions=P]") != 0)
+        return 2;
     if (brokers == NULL) {
         fprintf(stderr, "ceiling_kafka: --brokers is required\n");
         return 2;

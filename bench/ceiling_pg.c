@@ -11,6 +11,8 @@
  *   ceiling_pg --dsn=DSN [--rows=200000] [--batch=500] [--distinct=20000]
  * Prints JSON.
  */
+#include "bench_args.h"
+
 #include <libpq-fe.h>
 
 #include <stdint.h>
@@ -54,20 +56,13 @@ main(int argc, char **argv)
 {
     const char *dsn = NULL;
     long rows = 200000, batch = 500, distinct = 20000;
-    for (int i = 1; i < argc; ++i) {
-        if (!strncmp(argv[i], "--dsn=", 6))
-            dsn = argv[i] + 6;
-        else if (!strncmp(argv[i], "--rows=", 7))
-            rows = atol(argv[i] + 7);
-        else if (!strncmp(argv[i], "--batch=", 8))
-            batch = atol(argv[i] + 8);
-        else if (!strncmp(argv[i], "--distinct=", 11))
-            distinct = atol(argv[i] + 11);
-        else {
-            fprintf(stderr, "usage: ceiling_pg --dsn=DSN [--rows=N] [--batch=N] [--distinct=N]\n");
-            return 2;
-        }
-    }
+    const bench_arg_t args[] = {{"dsn", BENCH_ARG_STR, &dsn},
+                                {"rows", BENCH_ARG_LONG, &rows},
+                                {"batch", BENCH_ARG_LONG, &batch},
+                                {"distinct", BENCH_ARG_LONG, &distinct}};
+    if (bench_args_parse(argc, argv, args, sizeof(args) / sizeof(args[0]),
+                         "ceiling_pg --dsn=DSN [--rows=N] [--batch=N] [--distinct=N]") != 0)
+        return 2;
     if (dsn == NULL || batch < 1 || distinct < batch) {
         fprintf(stderr, "ceiling_pg: --dsn is required; --distinct must be >= --batch\n");
         return 2;

@@ -10,6 +10,7 @@
  *   gen_history --brokers=HOST:PORT --topic=T [--events=1000000] [--accounts=1000] [--partitions=12]
  * Creates the topic if missing (delete it afterwards yourself). Prints JSON.
  */
+#include "bench_args.h"
 #include "bench_kafka.h"
 #include <librdkafka/rdkafka.h>
 
@@ -144,22 +145,14 @@ main(int argc, char **argv)
     long events = 1000000, naccounts = 1000;
     int partitions = 12;
     topic_name = "bench.replay";
-    for (int i = 1; i < argc; ++i) {
-        if (!strncmp(argv[i], "--brokers=", 10))
-            brokers = argv[i] + 10;
-        else if (!strncmp(argv[i], "--topic=", 8))
-            topic_name = argv[i] + 8;
-        else if (!strncmp(argv[i], "--events=", 9))
-            events = atol(argv[i] + 9);
-        else if (!strncmp(argv[i], "--accounts=", 11))
-            naccounts = atol(argv[i] + 11);
-        else if (!strncmp(argv[i], "--partitions=", 13))
-            partitions = atoi(argv[i] + 13);
-        else {
-            fprintf(stderr, "usage: gen_history --brokers=B [--topic=T] [--events=N] [--accounts=A] [--partitions=P]\n");
-            return 2;
-        }
-    }
+    const bench_arg_t args[] = {{"brokers", BENCH_ARG_STR, &brokers},
+                                {"topic", BENCH_ARG_STR, &topic_name},
+                                {"events", BENCH_ARG_LONG, &events},
+                                {"accounts", BENCH_ARG_LONG, &naccounts},
+                                {"partitions", BENCH_ARG_INT, &partitions}};
+    if (bench_args_parse(argc, argv, args, sizeof(args) / sizeof(args[0]),
+                         "gen_history --brokers=B [--topic=T] [--events=N] [--accounts=A] [--partitions=P]") != 0)
+        return 2;
     if (brokers == NULL || naccounts < 1 || events < 2 * naccounts) {
         fprintf(stderr, "gen_history: --brokers is required and --events must be at least 2 * --accounts\n");
         return 2;
