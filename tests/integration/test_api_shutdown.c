@@ -11,14 +11,13 @@
 #include <cmocka.h>
 
 #include "tly_test_http.h"
+#include "tly_test_util.h"
 
 #include <curl/curl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,19 +25,6 @@
 #define INFLIGHT 40
 
 static const char *key;
-
-static int
-free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 static pid_t
 start_api(int port, char *log_path)
@@ -106,7 +92,7 @@ static void
 test_sigterm_answers_in_flight_and_exits(void **state)
 {
     char base[64], log_path[512], auth[256], account_url[256];
-    int port = free_port();
+    int port = tly_test_free_port();
     snprintf(base, sizeof(base), "http://127.0.0.1:%d", port);
     pid_t pid = start_api(port, log_path);
     assert_true(wait_ready(base));

@@ -21,7 +21,6 @@
 
 #include <curl/curl.h>
 #include <libpq-fe.h>
-#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <poll.h>
 #include <regex.h>
@@ -29,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -418,19 +416,6 @@ test_rotate_secret(void **state)
 
 /* --- SSRF at the API, on instances of our own ---------------------------------------- */
 
-static int
-free_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static size_t
 discard(char *p, size_t size, size_t n, void *ud)
 {
@@ -442,7 +427,7 @@ static pid_t
 start_api(const char *allow, char *base, size_t cap)
 {
     char bin[512], port[16], log_path[512];
-    int p = free_port();
+    int p = tly_test_free_port();
     snprintf(bin, sizeof(bin), "%s/tally-command-api", tly_test_env("TALLY_BIN"));
     snprintf(port, sizeof(port), "%d", p);
     snprintf(log_path, sizeof(log_path), "%s/log/webhook-test-command-api.log", tly_test_env("TALLY_VAR"));

@@ -29,6 +29,9 @@ void tly_test_sh(const char *cmd, char *out, size_t cap);
  */
 void tly_test_make_tenant(const char *prefix, int rate, char *tenant, size_t tenant_cap, char *key, size_t key_cap);
 
+/** A TCP port on 127.0.0.1 that was free a moment ago (bound, read, released). */
+int tly_test_free_port(void);
+
 /** The pid in $TALLY_VAR/run/<name>.pid (what the stack started), or 0. */
 pid_t tly_test_read_pid(const char *name);
 
