@@ -17,7 +17,7 @@
  */
 #include "replay.h"
 #include "db.h"
-#include "envscan.h"
+#include "tally/envscan.h"
 #include "pgx.h"
 #include "projection.h"
 
@@ -673,7 +673,7 @@ prepare(const rd_kafka_message_t *m, prepared_t *p)
     char why[256];
     memset(p, 0, sizeof(*p));
     const char *payload = m->payload != NULL ? m->payload : "";
-    if (tly_ctl_envscan(payload, m->len, &env) != 0 && tly_envelope_parse(payload, m->len, &env, why, sizeof(why)) != 0)
+    if (tly_envelope_scan(payload, m->len, &env) != 0 && tly_envelope_parse(payload, m->len, &env, why, sizeof(why)) != 0)
         goto invalid;
     if (!tly_projection_knows(env.type) || env.version > tly_projection_max_version(env.type)) {
         p->kind = tly_projection_knows(env.type) ? PREP_TOO_NEW : PREP_UNKNOWN;

@@ -20,6 +20,7 @@
 #include "admin.h"
 #include "pgx.h"
 #include "tally/clock.h"
+#include "tally/envscan.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/metrics.h"
@@ -334,8 +335,10 @@ keep(consumer_t *c, tly_consumer_msg_t *m, rd_kafka_message_t *rkm)
         return false;
     memset(m, 0, sizeof(*m));
     m->rkm = rkm;
-    m->parsed = tly_envelope_parse(rkm->payload != NULL ? rkm->payload : "", rkm->len, &m->env, m->parse_error,
-                                   sizeof(m->parse_error)) == 0;
+    const char *payload = rkm->payload != NULL ? rkm->payload : "";
+    /* the scanner reads Tally's own envelopes without a jansson tree; anything else, or a refusal, is jansson's to judge */
+    m->parsed = tly_envelope_scan(payload, rkm->len, &m->env) == 0 ||
+                tly_envelope_parse(payload, rkm->len, &m->env, m->parse_error, sizeof(m->parse_error)) == 0;
     if (!tly_kafka_header(rkm, "traceparent", m->traceparent, sizeof(m->traceparent)) ||
         !tly_traceparent_valid(m->traceparent, strlen(m->traceparent)))
         m->traceparent[0] = '\0';

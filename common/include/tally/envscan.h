@@ -1,11 +1,12 @@
 /*
- * A fast path for tly_envelope_parse (common/envelope.c) in `tallyctl
- * replay`, where parsing each envelope with jansson was most of the CPU.
+ * A fast path for tly_envelope_parse (common/envelope.c), used where every
+ * event of the log is parsed: `tallyctl replay` and the worker's consumers
+ * (parsing each envelope with jansson was a large part of both one's CPU).
  * See envscan.c for the shape it reads and why it never disagrees with
  * tly_envelope_parse.
  */
-#ifndef TALLYCTL_ENVSCAN_H
-#define TALLYCTL_ENVSCAN_H
+#ifndef TALLY_ENVSCAN_H
+#define TALLY_ENVSCAN_H
 
 #include "tally/envelope.h"
 
@@ -18,6 +19,6 @@
  * that shape or might be refused: then call tly_envelope_parse, which accepts
  * it or says why not. Thread-safe.
  */
-int tly_ctl_envscan(const char *buf, size_t len, tly_envelope_t *env) __attribute__((warn_unused_result));
+int tly_envelope_scan(const char *buf, size_t len, tly_envelope_t *env) __attribute__((warn_unused_result));
 
 #endif

@@ -15,9 +15,9 @@
  * same values (tly_uuid_parse, tly_clock_parse_rfc3339, the lengths and the
  * version range). Whatever falls outside, or fails a check, is declined and
  * goes to tly_envelope_parse, which gives the result and the error message.
- * tests/unit/tallyctl/test_envscan.c compares the two on mutated envelopes.
+ * tests/unit/common/test_envscan.c compares the two on mutated envelopes.
  */
-#include "envscan.h"
+#include "tally/envscan.h"
 
 #include "tally/clock.h"
 
@@ -292,7 +292,7 @@ fill(const fields_t *f, tly_envelope_t *env)
 }
 
 int
-tly_ctl_envscan(const char *buf, size_t len, tly_envelope_t *env)
+tly_envelope_scan(const char *buf, size_t len, tly_envelope_t *env)
 {
     scan_t sc = {buf, buf + len};
     tok_t keys[MAX_KEYS];

@@ -1,5 +1,5 @@
 /*
- * services/tallyctl/envscan.c against tly_envelope_parse: the scanner reads
+ * common/envscan.c against tly_envelope_parse: the scanner reads
  * the envelopes Tally writes, and whatever it accepts, mutated or not, it
  * reads exactly as tly_envelope_parse does (every field, data json_equal).
  */
@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "envscan.h"
+#include "tally/envscan.h"
 
 #include "tally/envelope.h"
 
@@ -25,7 +25,7 @@ check_same(const char *buf, size_t len)
 {
     tly_envelope_t a, b;
     char err[256];
-    int rs = tly_ctl_envscan(buf, len, &a);
+    int rs = tly_envelope_scan(buf, len, &a);
     int rp = tly_envelope_parse(buf, len, &b, err, sizeof(err));
     if (rs == 0) {
         if (rp != 0)
