@@ -270,6 +270,8 @@ on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t rerr, rd_kafka_topic_partition_
     }
     rd_kafka_assign(rk, list);
     tly_worker_admin_assigned(c->h->name, true);
+    if (c->cfg->joined != NULL)
+        atomic_store(c->cfg->joined, true);
     char count[16];
     snprintf(count, sizeof(count), "%d", list->cnt);
     tly_log(TLY_LOG_INFO, "partitions assigned", "consumer", c->h->name, "count", count, NULL);
@@ -892,10 +894,31 @@ consumer_free(consumer_t *c, tly_consumer_msg_t *msgs)
     free(msgs);
 }
 
+/*
+ * Waits until cfg->join_after is set, at most join_after_max_ms. Two
+ * consumers that join an empty group at the same moment race: the first's
+ * SyncGroup fails with "rebalance in progress" and librdkafka retries the
+ * join only a second or two later, so both start late. One after the other,
+ * the first starts with every partition at once and hands half of them over
+ * when the second joins.
+ */
+static void
+wait_join_turn(const tly_consumer_config_t *cfg)
+{
+    if (cfg->join_after == NULL)
+        return;
+    for (int64_t waited = 0; waited < cfg->join_after_max_ms && !atomic_load(cfg->join_after) && !atomic_load(cfg->stop);
+         waited += 10) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int
 tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t *handler)
 {
     char err[512];
+    wait_join_turn(cfg);
     consumer_t c = {.cfg = cfg, .h = handler, .pg_up = true};
     tly_consumer_msg_t *msgs = calloc((size_t)cfg->batch_max, sizeof(*msgs));
     c.cand = calloc((size_t)cfg->batch_max, sizeof(*c.cand));

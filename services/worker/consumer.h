@@ -76,6 +76,16 @@ typedef struct st_tly_consumer_config_t {
     int batch_wait_ms;   /* how long to gather a batch once one message is in */
     int max_event_tries; /* failures of one event alone before it is parked */
     atomic_bool *stop;   /* set by the signal thread; the batch in hand is finished first */
+    /*
+     * Optional. `joined`: set once this consumer has claimed its first
+     * assignment. `join_after` (with `join_after_max_ms`): wait until that
+     * flag of another consumer of the same group is set (or the time is up)
+     * before joining, so that a process's consumers of one group join one
+     * after another (see "Start-up" in README.md).
+     */
+    atomic_bool *joined;
+    atomic_bool *join_after;
+    int join_after_max_ms;
 } tly_consumer_config_t;
 
 /**

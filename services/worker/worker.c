@@ -13,10 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define JOIN_AFTER_MAX_MS 5000 /* a projector consumer waits at most this for the first one's assignment */
+
 typedef struct st_consumer_thread_t {
     tly_consumer_config_t cfg;
     tly_consumer_handler_t handler;
     int result;
+    atomic_bool joined; /* set by the consumer at its first assignment */
 } consumer_thread_t;
 
 struct st_tly_worker_t {
@@ -167,6 +170,13 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
         for (int i = 0; i < cfg->projector_consumers && i < TLY_PROJECTOR_CONSUMERS_MAX; ++i) {
             consumer_thread_t *t = i == 0 ? &w->projector : &w->more_projectors[i - 1];
             consumer_cfg(&t->cfg, cfg, "tally-projector", stop);
+            /* the first joins alone; the others after it has its partitions (consumer.c, wait_join_turn) */
+            atomic_init(&t->joined, false);
+            t->cfg.joined = &t->joined;
+            if (i > 0) {
+                t->cfg.join_after = &w->projector.joined;
+                t->cfg.join_after_max_ms = JOIN_AFTER_MAX_MS;
+            }
             tly_projector_role_init(&t->handler);
             if (spawn(w, run_consumer, t, err, errcap) != 0)
                 goto fail;
