@@ -67,6 +67,7 @@ typedef struct st_consumer_t {
     tly_consumer_msg_t **cand, **sorted, **fresh;
     unsigned char *is_fresh; /* by index in the gathered batch */
     tly_pgx_array_t arr[3];
+    tly_pgx_barray_t ids;     /* the dedup statement's event ids */
     int64_t unsaved_since_us; /* monotonic; 0 when no partition is unsaved */
 } consumer_t;
 
@@ -659,23 +660,22 @@ cmp_msg_id(const void *a, const void *b)
 static int
 dedup_batch(consumer_t *c, tly_consumer_msg_t *msgs, int n, char *err, size_t errcap)
 {
-    tly_pgx_array_t *ids = &c->arr[0];
-    char id[TLY_UUID_STR_LEN + 1];
+    tly_pgx_barray_t *ids = &c->ids;
     memcpy(c->sorted, c->cand, sizeof(*c->sorted) * (size_t)n);
     qsort(c->sorted, (size_t)n, sizeof(*c->sorted), cmp_msg_id);
-    tly_pgx_array_reset(ids);
+    tly_pgx_barray_reset(ids, TLY_PGX_UUID);
     for (int i = 0; i < n; ++i) {
         c->is_fresh[c->cand[i] - msgs] = 0;
         if (i > 0 && memcmp(&c->sorted[i]->env.id, &c->sorted[i - 1]->env.id, sizeof(c->sorted[i]->env.id)) == 0)
             continue;
-        tly_uuid_format(&c->sorted[i]->env.id, id);
-        tly_pgx_array_add(ids, id);
+        tly_pgx_barray_uuid(ids, c->sorted[i]->env.id.b);
     }
-    const char *vals[] = {c->h->name, tly_pgx_array_text(ids)};
-    PGresult *res = tly_pgx_query(c->conn, "record applied events",
-                                  "INSERT INTO consumer_dedup (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
-                                  "ON CONFLICT DO NOTHING RETURNING event_id",
-                                  2, vals, err, errcap);
+    int lens[2] = {0, 0}, formats[2] = {0, 1}; /* the ids in binary (pgx.h) */
+    const char *vals[] = {c->h->name, tly_pgx_barray_bytes(ids, &lens[1])};
+    PGresult *res = tly_pgx_query_params(c->conn, "record applied events",
+                                         "INSERT INTO consumer_dedup (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
+                                         "ON CONFLICT DO NOTHING RETURNING event_id",
+                                         2, vals, lens, formats, err, errcap);
     if (res == NULL)
         return -1;
     for (int k = 0; k < PQntuples(res); ++k) {
@@ -891,6 +891,7 @@ consumer_free(consumer_t *c, tly_consumer_msg_t *msgs)
     free(c->is_fresh);
     for (size_t i = 0; i < sizeof(c->arr) / sizeof(c->arr[0]); ++i)
         tly_pgx_array_free(&c->arr[i]);
+    tly_pgx_barray_free(&c->ids);
     free(msgs);
 }
 

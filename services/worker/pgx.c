@@ -120,8 +120,9 @@ prepared_add(PGconn *conn, int pid, uint64_t hash, const char *sql, int n, PGres
     return slot;
 }
 
+/* Runs `sql` prepared (or unprepared when no slot is free); `lens` and `formats` NULL: text parameters. */
 static PGresult *
-run(PGconn *conn, const char *sql, int n, const char *const *vals)
+run(PGconn *conn, const char *sql, int n, const char *const *vals, const int *lens, const int *formats)
 {
     int pid = PQbackendPID(conn);
     uint64_t hash = sql_hash(sql);
@@ -133,8 +134,8 @@ run(PGconn *conn, const char *sql, int n, const char *const *vals)
             return res; /* the statement does not prepare: its error */
     }
     if (p == NULL)
-        return PQexecParams(conn, sql, n, NULL, vals, NULL, NULL, 0);
-    res = PQexecPrepared(conn, p->name, n, vals, NULL, NULL, 0);
+        return PQexecParams(conn, sql, n, NULL, vals, lens, formats, 0);
+    res = PQexecPrepared(conn, p->name, n, vals, lens, formats, 0);
     const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     if (state != NULL && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0)) {
         /* gone (DISCARD ALL) or its result type changed under it (0A000 aborts
@@ -144,16 +145,28 @@ run(PGconn *conn, const char *sql, int n, const char *const *vals)
     return res;
 }
 
-PGresult *
-tly_pgx_query(PGconn *conn, const char *what, const char *sql, int n, const char *const *vals, char *err, size_t errcap)
+static PGresult *
+checked(PGconn *conn, PGresult *res, const char *what, char *err, size_t errcap)
 {
-    PGresult *res = run(conn, sql, n, vals);
     ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return res;
     fail(conn, res, what, err, errcap);
     PQclear(res);
     return NULL;
+}
+
+PGresult *
+tly_pgx_query(PGconn *conn, const char *what, const char *sql, int n, const char *const *vals, char *err, size_t errcap)
+{
+    return checked(conn, run(conn, sql, n, vals, NULL, NULL), what, err, errcap);
+}
+
+PGresult *
+tly_pgx_query_params(PGconn *conn, const char *what, const char *sql, int n, const char *const *vals, const int *lens,
+                     const int *formats, char *err, size_t errcap)
+{
+    return checked(conn, run(conn, sql, n, vals, lens, formats), what, err, errcap);
 }
 
 int
@@ -308,6 +321,83 @@ tly_pgx_copy_free(tly_pgx_copy_t *c)
 {
     free(c->buf);
     *c = (tly_pgx_copy_t){0};
+}
+
+/* --- binary arrays -------------------------------------------------------- */
+
+#define BARRAY_HEADER 20 /* ndim, flags, element type, then one dimension: its length and lower bound */
+
+void
+tly_pgx_barray_reset(tly_pgx_barray_t *a, uint32_t oid)
+{
+    a->data.len = 0;
+    reserve(&a->data.buf, &a->data.cap, BARRAY_HEADER, 4096);
+    a->data.len = BARRAY_HEADER; /* written by tly_pgx_barray_bytes, once the count is known */
+    a->n = 0;
+    a->hasnull = false;
+    a->oid = oid;
+}
+
+void
+tly_pgx_barray_uuid(tly_pgx_barray_t *a, const uint8_t *b)
+{
+    copy_field(&a->data, b, 16);
+    a->hasnull = a->hasnull || b == NULL;
+    a->n++;
+}
+
+void
+tly_pgx_barray_text(tly_pgx_barray_t *a, const char *s)
+{
+    copy_field(&a->data, s, s != NULL ? strlen(s) : 0);
+    a->hasnull = a->hasnull || s == NULL;
+    a->n++;
+}
+
+void
+tly_pgx_barray_i64(tly_pgx_barray_t *a, int64_t v)
+{
+    tly_pgx_copy_i64(&a->data, v);
+    a->n++;
+}
+
+void
+tly_pgx_barray_time(tly_pgx_barray_t *a, int64_t unix_us)
+{
+    tly_pgx_copy_time(&a->data, unix_us);
+    a->n++;
+}
+
+const char *
+tly_pgx_barray_bytes(tly_pgx_barray_t *a, int *len)
+{
+    if (a->data.len < BARRAY_HEADER)
+        tly_pgx_barray_reset(a, a->oid); /* a zeroed struct: an empty array */
+    size_t end = a->data.len;
+    a->data.len = 0;
+    if (a->n == 0) { /* no dimensions: the header's first 12 bytes only */
+        copy_put_be(&a->data, 0, 4);
+        copy_put_be(&a->data, 0, 4);
+        copy_put_be(&a->data, a->oid, 4);
+        *len = 12;
+        a->data.len = end;
+        return a->data.buf;
+    }
+    copy_put_be(&a->data, 1, 4);
+    copy_put_be(&a->data, a->hasnull ? 1 : 0, 4);
+    copy_put_be(&a->data, a->oid, 4);
+    copy_put_be(&a->data, (uint32_t)a->n, 4);
+    copy_put_be(&a->data, 1, 4);
+    a->data.len = end;
+    *len = (int)end;
+    return a->data.buf;
+}
+
+void
+tly_pgx_barray_free(tly_pgx_barray_t *a)
+{
+    tly_pgx_copy_free(&a->data);
+    *a = (tly_pgx_barray_t){0};
 }
 
 bool

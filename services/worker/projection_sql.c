@@ -62,6 +62,30 @@ exec_arrays(tly_projection_batch_t *b, PGconn *conn, const char *what, const cha
     return res != NULL ? 0 : -1;
 }
 
+/* Resets the first `n` binary arrays of the batch to the element types `oids` and returns them. */
+static tly_pgx_barray_t *
+barrays(tly_projection_batch_t *b, int n, const uint32_t *oids)
+{
+    for (int i = 0; i < n; ++i)
+        tly_pgx_barray_reset(&b->barr[i], oids[i]);
+    return b->barr;
+}
+
+/* Runs `sql` with the first `n` binary arrays as parameters. */
+static int
+exec_barrays(tly_projection_batch_t *b, PGconn *conn, const char *what, const char *sql, int n, char *err, size_t errcap)
+{
+    const char *vals[TLY_PROJ_NARRAYS];
+    int lens[TLY_PROJ_NARRAYS], formats[TLY_PROJ_NARRAYS];
+    for (int i = 0; i < n; ++i) {
+        vals[i] = tly_pgx_barray_bytes(&b->barr[i], &lens[i]);
+        formats[i] = 1;
+    }
+    PGresult *res = tly_pgx_query_params(conn, what, sql, n, vals, lens, formats, err, errcap);
+    PQclear(res);
+    return res != NULL ? 0 : -1;
+}
+
 /*
  * The order in which a statement writes its rows: sorted by key. Row locks are
  * then taken in one global order (table, then key) by every batch, so two
@@ -196,26 +220,28 @@ tly_proj_write_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size
 int
 tly_proj_write_ledger(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
-    tly_pgx_array_t *a = arrays(b, 10);
+    static const uint32_t oids[] = {TLY_PGX_UUID, TLY_PGX_UUID, TLY_PGX_UUID, TLY_PGX_TEXT,        TLY_PGX_INT8,
+                                    TLY_PGX_TEXT, TLY_PGX_INT8, TLY_PGX_UUID, TLY_PGX_TIMESTAMPTZ, TLY_PGX_UUID};
+    tly_pgx_barray_t *a = barrays(b, 10, oids);
     for (int i = 0; i < b->nledger; ++i) {
         const tly_proj_ledger_t *r = &b->ledger[i];
-        add_uuid(&a[0], &r->id, true);
-        add_uuid(&a[1], &r->tenant, true);
-        add_uuid(&a[2], &r->account, true);
-        tly_pgx_array_add(&a[3], r->kind);
-        tly_pgx_array_add_i64(&a[4], r->amount);
-        tly_pgx_array_add(&a[5], tly_proj_str(b, r->currency));
-        tly_pgx_array_add_i64(&a[6], r->balance_after);
-        add_uuid(&a[7], &r->job, r->has_job);
-        add_time(&a[8], r->at);
-        add_uuid(&a[9], &r->transfer, r->has_transfer);
+        tly_pgx_barray_uuid(&a[0], r->id.b);
+        tly_pgx_barray_uuid(&a[1], r->tenant.b);
+        tly_pgx_barray_uuid(&a[2], r->account.b);
+        tly_pgx_barray_text(&a[3], r->kind);
+        tly_pgx_barray_i64(&a[4], r->amount);
+        tly_pgx_barray_text(&a[5], tly_proj_str(b, r->currency));
+        tly_pgx_barray_i64(&a[6], r->balance_after);
+        tly_pgx_barray_uuid(&a[7], r->has_job ? r->job.b : NULL);
+        tly_pgx_barray_time(&a[8], r->at);
+        tly_pgx_barray_uuid(&a[9], r->has_transfer ? r->transfer.b : NULL);
     }
-    return exec_arrays(b, conn, "insert ledger entry",
-                       "INSERT INTO ledger_entries (id, tenant_id, account_id, kind, amount, currency, balance_after, job_id, "
-                       "created_at, transfer_id) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], "
-                       "$5::bigint[], $6::text[], $7::bigint[], $8::uuid[], $9::timestamptz[], $10::uuid[]) "
-                       "ON CONFLICT (id) DO NOTHING",
-                       10, err, errcap);
+    return exec_barrays(b, conn, "insert ledger entry",
+                        "INSERT INTO ledger_entries (id, tenant_id, account_id, kind, amount, currency, balance_after, job_id, "
+                        "created_at, transfer_id) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], "
+                        "$5::bigint[], $6::text[], $7::bigint[], $8::uuid[], $9::timestamptz[], $10::uuid[]) "
+                        "ON CONFLICT (id) DO NOTHING",
+                        10, err, errcap);
 }
 
 /* --- jobs ---------------------------------------------------------------- */
@@ -223,41 +249,43 @@ tly_proj_write_ledger(tly_projection_batch_t *b, PGconn *conn, char *err, size_t
 int
 tly_proj_write_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
-    tly_pgx_array_t *a = arrays(b, 10);
+    static const uint32_t oids[] = {TLY_PGX_UUID, TLY_PGX_UUID, TLY_PGX_TEXT, TLY_PGX_TEXT,        TLY_PGX_UUID,
+                                    TLY_PGX_TEXT, TLY_PGX_TEXT, TLY_PGX_INT8, TLY_PGX_TIMESTAMPTZ, TLY_PGX_TIMESTAMPTZ};
+    tly_pgx_barray_t *a = barrays(b, 10, oids);
     int *order = KEY_ORDER(b->jobs, b->njobs, tly_proj_job_t);
     for (int k = 0; k < b->njobs; ++k) {
         const tly_proj_job_t *r = &b->jobs[order[k]];
         if (r->copy)
             continue;
-        add_uuid(&a[0], &r->id, true);
-        add_uuid(&a[1], &r->tenant, true);
-        tly_pgx_array_add(&a[2], r->status);
-        tly_pgx_array_add(&a[3], r->rtype);
-        add_uuid(&a[4], &r->resource, true);
-        tly_pgx_array_add(&a[5], tly_proj_str(b, r->code));
-        tly_pgx_array_add(&a[6], tly_proj_str(b, r->detail));
-        tly_pgx_array_add_i64(&a[7], r->rank);
-        add_time(&a[8], r->created_at);
-        add_time(&a[9], r->updated_at);
+        tly_pgx_barray_uuid(&a[0], r->id.b);
+        tly_pgx_barray_uuid(&a[1], r->tenant.b);
+        tly_pgx_barray_text(&a[2], r->status);
+        tly_pgx_barray_text(&a[3], r->rtype);
+        tly_pgx_barray_uuid(&a[4], r->resource.b);
+        tly_pgx_barray_text(&a[5], tly_proj_str(b, r->code));
+        tly_pgx_barray_text(&a[6], tly_proj_str(b, r->detail));
+        tly_pgx_barray_i64(&a[7], r->rank);
+        tly_pgx_barray_time(&a[8], r->created_at);
+        tly_pgx_barray_time(&a[9], r->updated_at);
     }
     free(order);
-    return exec_arrays(b, conn, "write job",
-                       "WITH up AS (INSERT INTO jobs (id, tenant_id, status, resource_type, resource_id, error_code, "
-                       "error_detail, version, created_at, updated_at) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], "
-                       "$4::text[], $5::uuid[], $6::text[], $7::text[], $8::bigint[], $9::timestamptz[], $10::timestamptz[]) "
-                       "ON CONFLICT (id) DO UPDATE SET "
-                       "created_at = LEAST(jobs.created_at, EXCLUDED.created_at), "
-                       "status = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.status ELSE jobs.status END, "
-                       "error_code = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.error_code "
-                       "ELSE jobs.error_code END, "
-                       "error_detail = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.error_detail "
-                       "ELSE jobs.error_detail END, "
-                       "updated_at = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.updated_at "
-                       "WHEN EXCLUDED.version = jobs.version THEN LEAST(jobs.updated_at, EXCLUDED.updated_at) "
-                       "ELSE jobs.updated_at END, "
-                       "version = GREATEST(jobs.version, EXCLUDED.version) RETURNING id, status) "
-                       "SELECT pg_notify('tally_jobs', id::text) FROM up WHERE status IN ('succeeded', 'failed')",
-                       10, err, errcap);
+    return exec_barrays(b, conn, "write job",
+                        "WITH up AS (INSERT INTO jobs (id, tenant_id, status, resource_type, resource_id, error_code, "
+                        "error_detail, version, created_at, updated_at) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], "
+                        "$4::text[], $5::uuid[], $6::text[], $7::text[], $8::bigint[], $9::timestamptz[], $10::timestamptz[]) "
+                        "ON CONFLICT (id) DO UPDATE SET "
+                        "created_at = LEAST(jobs.created_at, EXCLUDED.created_at), "
+                        "status = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.status ELSE jobs.status END, "
+                        "error_code = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.error_code "
+                        "ELSE jobs.error_code END, "
+                        "error_detail = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.error_detail "
+                        "ELSE jobs.error_detail END, "
+                        "updated_at = CASE WHEN EXCLUDED.version > jobs.version THEN EXCLUDED.updated_at "
+                        "WHEN EXCLUDED.version = jobs.version THEN LEAST(jobs.updated_at, EXCLUDED.updated_at) "
+                        "ELSE jobs.updated_at END, "
+                        "version = GREATEST(jobs.version, EXCLUDED.version) RETURNING id, status) "
+                        "SELECT pg_notify('tally_jobs', id::text) FROM up WHERE status IN ('succeeded', 'failed')",
+                        10, err, errcap);
 }
 
 /* --- bulk loading: COPY (FORMAT binary) ---------------------------------- */
