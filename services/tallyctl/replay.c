@@ -21,6 +21,7 @@
 #include "pgx.h"
 #include "projection.h"
 
+#include "tally/kafka.h"
 #include "tally/clock.h"
 #include "tally/envelope.h"
 #include "tally/pg.h"
@@ -477,6 +478,10 @@ kafka_open(tly_ctl_replay_t *r, char *err, size_t errcap)
             rd_kafka_conf_destroy(conf);
             return -1;
         }
+    }
+    if (tly_kafka_conf_apply(conf, getenv("TALLY_KAFKA_CONFIG"), "TALLY_KAFKA_CONFIG", err, errcap) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
     }
     r->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, rderr, sizeof(rderr));
     if (r->rk == NULL) {
