@@ -12,8 +12,7 @@
 # Knobs (environment): BENCH_DURATION (s per closed-loop run, 15),
 # BENCH_E2E_RATE (1000/s), BENCH_E2E_DURATION (60 s, as the goal states it), BENCH_BACKLOG
 # (deposits in the projector backlog, 100000 = 200000 events),
-# BENCH_REPLAY_EVENTS (1000000), BENCH_REPLAY_PACED_RATE (30000: --max-rate of the second
-# live-p99-during-replay run), BENCH_SKIP_BUILD=1, BENCH_KEEP_STACK=1.
+# BENCH_REPLAY_EVENTS (1000000), BENCH_SKIP_BUILD=1, BENCH_KEEP_STACK=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,7 +24,7 @@ E2E_RATE=${BENCH_E2E_RATE:-1000}
 E2E_DUR=${BENCH_E2E_DURATION:-60}
 BACKLOG=${BENCH_BACKLOG:-100000}
 REPLAY_EVENTS=${BENCH_REPLAY_EVENTS:-1000000}
-REPLAY_PACED_RATE=${BENCH_REPLAY_PACED_RATE:-30000} # the second live-p99 run's tallyctl replay --max-rate
+REPLAY_BUSY_RATE=25000 # tallyctl replay's default --busy-rate (TLY_CTL_REPLAY_BUSY_RATE), for the label
 THREADS=2 # the APIs' default TALLY_HTTP_THREADS; the HTTP ceiling uses the same
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RUN_ID=b$(date +%s)
@@ -554,22 +553,24 @@ scenario_replay() {
         "COPY rows/s" "value>=150000" \
         "$(printf '%.1f s, tallyctl start to exit; %s ledger entries, %s jobs succeeded in the shadow' "$secs" "$entries" "$jobs")"
     q "DROP SCHEMA $schema CASCADE" >/dev/null
-    replay_live_p99 "$topic" "${schema}_live" 0
-    replay_live_p99 "$topic" "${schema}_paced" "$REPLAY_PACED_RATE"
+    replay_live_p99 "$topic" "${schema}_live" "" "" "a replay (default: busy rate $REPLAY_BUSY_RATE/s while it sees live traffic)"
+    replay_live_p99 "$topic" "${schema}_flat" "--busy-rate 0" .flat "a replay at full speed (--busy-rate 0)"
 }
 
 # The live API while a replay runs: POST deposit p99 (8 connections, closed
 # loop, 10 s) without a replay, then with one running (started 2 s before,
 # stopped after), goal: within 2x. RATE: the replay's --max-rate (0: none).
+# Live POST p99 (wrk, 8 connections, 10 s) without a replay, then during one
+# started 2 s before. $3: tallyctl replay's rate options; $4: the figure's id
+# suffix and label. The goal applies to the default replay, which slows to
+# its busy rate while it sees live traffic; the flat-out one is for reference.
 replay_live_p99() {
-    local topic=$1 schema=$2 rate=$3 base during pid id=replay.live.p99 label="a replay"
-    if ((rate > 0)); then
-        id=replay.live.p99.paced
-        label="a replay at --max-rate $rate"
-    fi
+    local topic=$1 schema=$2 opts=$3 id=replay.live.p99$4 label=$5 base during pid goal=""
+    [[ -z $4 ]] && goal="ratio<2"
     log "replay: live API p99 without a replay (POST deposits, 8 connections, 10s)"
     base=$(wrk_post "$TALLY_COMMAND_URL" 8 10)
-    TALLY_KAFKA_TOPIC=$topic "$TALLY_BIN/tallyctl" replay --into "$schema" --max-rate "$rate" --quiet >>"$WORK/replay.log" 2>&1 &
+    # shellcheck disable=SC2086 # $opts: tallyctl options, split on purpose
+    TALLY_KAFKA_TOPIC=$topic "$TALLY_BIN/tallyctl" replay --into "$schema" $opts >>"$WORK/replay.log" 2>&1 &
     pid=$!
     CHILDREN+=("$pid")
     sleep 2
@@ -581,7 +582,7 @@ replay_live_p99() {
     wait "$pid" 2>/dev/null || true
     q "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null
     rec "$id" "POST deposit p99 during $label (8 conns)" "$(jv "$during" .p99_ms)" ms "$(jv "$base" .p99_ms)" \
-        "p99 without a replay" "ratio<2" \
+        "p99 without a replay" "$goal" \
         "ratio $(awk -v a="$(jv "$during" .p99_ms)" -v b="$(jv "$base" .p99_ms)" 'BEGIN{printf "%.2f", (b > 0 ? a / b : 0)}'); rate $(jv "$during" .ok_rps)/s vs $(jv "$base" .ok_rps)/s; replay still running at the end: $still"
 }
 

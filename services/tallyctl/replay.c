@@ -18,6 +18,7 @@
 #include "replay.h"
 #include "db.h"
 #include "envscan.h"
+#include "jarena.h"
 #include "livewatch.h"
 #include "pgx.h"
 #include "projection.h"
@@ -288,7 +289,8 @@ typedef struct st_unit_t {
     size_t nids, cap_ids;
     tly_projection_batch_t *segs[8]; /* the FATE_APPLY events folded: a new one where a batch must be flushed first */
     int nsegs;
-    bool folded; /* segs hold the events (a flush empties them) */
+    bool folded;                            /* segs hold the events (a flush empties them) */
+    tly_ctl_jarena_t arenas[PARSE_THREADS]; /* the events' JSON, one arena per parse thread (jarena.h) */
 } unit_t;
 
 struct st_tly_ctl_replay_t {
@@ -718,10 +720,14 @@ prepared_clear(prepared_t *p)
 static void
 unit_free_msgs(unit_t *u)
 {
+    tly_ctl_jarena_skip_frees(true); /* the events' JSON is in u's arenas, emptied below */
     for (int i = 0; i < u->n; ++i) {
         prepared_clear(&u->prep[i]);
         rd_kafka_message_destroy(u->msgs[i]);
     }
+    tly_ctl_jarena_skip_frees(false);
+    for (int t = 0; t < PARSE_THREADS; ++t)
+        tly_ctl_jarena_reset(&u->arenas[t]);
     u->n = 0;
 }
 
@@ -731,7 +737,7 @@ static bool fold_unit(tly_ctl_replay_t *r, unit_t *u);
 /* Messages [from, to) of a unit, parsed by one thread. */
 typedef struct st_slice_t {
     unit_t *u;
-    int from, to;
+    int from, to, t;
     pthread_t thread;
     bool started;
 } slice_t;
@@ -740,8 +746,10 @@ static void *
 prepare_slice(void *arg)
 {
     slice_t *sl = arg;
+    tly_ctl_jarena_use(&sl->u->arenas[sl->t]);
     for (int i = sl->from; i < sl->to; ++i)
         prepare(sl->u->msgs[i], &sl->u->prep[i]);
+    tly_ctl_jarena_use(NULL);
     return NULL;
 }
 
@@ -759,7 +767,7 @@ read_unit(tly_ctl_replay_t *r, unit_t *u)
     memcpy(u->reached, r->reached, sizeof(bool) * (size_t)r->nparts);
     int k = u->n < 1000 ? 1 : r->parse_threads;
     for (int t = 0; t < k; ++t) {
-        sl[t] = (slice_t){.u = u, .from = (int)((int64_t)u->n * t / k), .to = (int)((int64_t)u->n * (t + 1) / k)};
+        sl[t] = (slice_t){.u = u, .from = (int)((int64_t)u->n * t / k), .to = (int)((int64_t)u->n * (t + 1) / k), .t = t};
         if (t > 0)
             sl[t].started = pthread_create(&sl[t].thread, NULL, prepare_slice, &sl[t]) == 0;
     }
@@ -1713,6 +1721,7 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
         abort();
     r->o = *o;
     r->s = s;
+    tly_ctl_jarena_install();
     if (r->o.batch <= 0)
         r->o.batch = 40000;
     if (r->o.max_rate > 0) {
@@ -1955,6 +1964,8 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
         for (int k = 0; k < (int)(sizeof(r->units[i].segs) / sizeof(r->units[i].segs[0])); ++k)
             tly_projection_batch_destroy(r->units[i].segs[k]);
         free(r->units[i].reached);
+        for (int t = 0; t < PARSE_THREADS; ++t)
+            tly_ctl_jarena_free(&r->units[i].arenas[t]);
     }
     free(r->fresh);
     free(r->seen.keys);
