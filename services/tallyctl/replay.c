@@ -1303,7 +1303,7 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
                      r->s->kafka_topic, (int)(STALL_US / 1000000), remaining(r));
             rc = -1;
         }
-        if (cur_written)
+        if (cur_written && own_tx) /* the final phase holds the live tables' lock: never slowed */
             pace(r, cur->n);
         if (more)
             reader_finish(&rd);
