@@ -101,6 +101,15 @@ tly_ctl_jarena_reset(tly_ctl_jarena_t *a)
     a->used = 0;
 }
 
+bool
+tly_ctl_jarena_owns(const tly_ctl_jarena_t *a, const void *p)
+{
+    for (const tly_ctl_jarena_chunk_t *c = a->chunks; c != NULL; c = c->next)
+        if ((const unsigned char *)p >= c->mem && (const unsigned char *)p < c->mem + c->cap)
+            return true;
+    return false;
+}
+
 void
 tly_ctl_jarena_free(tly_ctl_jarena_t *a)
 {

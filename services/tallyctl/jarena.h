@@ -34,6 +34,8 @@ void tly_ctl_jarena_use(tly_ctl_jarena_t *a);
 void tly_ctl_jarena_skip_frees(bool on);
 /** Empties `a` for reuse, keeping its memory. Nothing allocated from it may be used afterwards. */
 void tly_ctl_jarena_reset(tly_ctl_jarena_t *a);
+/** True when `p` points into memory of `a` (tests). */
+bool tly_ctl_jarena_owns(const tly_ctl_jarena_t *a, const void *p);
 /** Gives `a`'s memory back. */
 void tly_ctl_jarena_free(tly_ctl_jarena_t *a);
 
