@@ -12,8 +12,7 @@
 # Knobs (environment): BENCH_DURATION (s per closed-loop run, 15),
 # BENCH_E2E_RATE (1000/s), BENCH_E2E_DURATION (60 s, as the goal states it), BENCH_BACKLOG
 # (deposits in the projector backlog, 100000 = 200000 events),
-# BENCH_REPLAY_EVENTS (1000000), BENCH_REPLAY_PACED_RATE (30000: --max-rate of the second
-# live-p99-during-replay run), BENCH_SKIP_BUILD=1, BENCH_KEEP_STACK=1.
+# BENCH_REPLAY_EVENTS (1000000), BENCH_SKIP_BUILD=1, BENCH_KEEP_STACK=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,7 +24,7 @@ E2E_RATE=${BENCH_E2E_RATE:-1000}
 E2E_DUR=${BENCH_E2E_DURATION:-60}
 BACKLOG=${BENCH_BACKLOG:-100000}
 REPLAY_EVENTS=${BENCH_REPLAY_EVENTS:-1000000}
-REPLAY_PACED_RATE=${BENCH_REPLAY_PACED_RATE:-30000} # the second live-p99 run's tallyctl replay --max-rate
+REPLAY_BUSY_RATE=25000 # tallyctl replay's default --busy-rate (TLY_CTL_REPLAY_BUSY_RATE), for the label
 THREADS=2 # the APIs' default TALLY_HTTP_THREADS; the HTTP ceiling uses the same
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RUN_ID=b$(date +%s)
@@ -453,7 +452,7 @@ check_alive() {
     done
 }
 
-q() { psql "$TALLY_PG_DSN" -qAtc "$1"; }
+q() { PGOPTIONS='-c client_min_messages=warning' psql "$TALLY_PG_DSN" -qAtc "$1"; } # no "drop cascades to" notices
 
 # Waits until SQL $1 returns >= $2; prints seconds since $3 (EPOCHREALTIME) at the first and at the last step.
 # Polls every 0.25 s: a psql every 0.1 s cost 9 % of the 2 CPUs (perf) during the projector's catch-up.
@@ -526,6 +525,31 @@ scenario_project() {
     rss_stop project
 }
 
+# The ceiling of a replay: PostgreSQL's bulk load of the very rows it wrote.
+# Copies every read-model table of shadow $1 (binary COPY out, piped into COPY
+# in) into empty tables created LIKE them, indexes included, one table after
+# the other as one connection would; prints "seconds rows".
+copy_same_rows() {
+    local src=$1 dst=${1}_copy t t0 rows=0 n
+    q "DROP SCHEMA IF EXISTS $dst CASCADE; CREATE SCHEMA $dst" >/dev/null
+    for t in accounts ledger_entries jobs transfers; do
+        q "CREATE TABLE $dst.$t (LIKE $src.$t INCLUDING ALL)" >/dev/null
+    done
+    t0=$EPOCHREALTIME
+    for t in accounts ledger_entries jobs transfers; do
+        psql "$TALLY_PG_DSN" -qAtc "COPY $src.$t TO STDOUT (FORMAT binary)" |
+            psql "$TALLY_PG_DSN" -qAtc "COPY $dst.$t FROM STDIN (FORMAT binary)" >/dev/null
+    done
+    local secs
+    secs=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b-a}')
+    for t in accounts ledger_entries jobs transfers; do
+        n=$(q "SELECT count(*) FROM $dst.$t")
+        rows=$((rows + n))
+    done
+    q "DROP SCHEMA $dst CASCADE" >/dev/null
+    echo "$secs $rows"
+}
+
 # Sets PG_CEILING, once per run: ceiling_pg's batched upserts and COPY of accounts-shaped rows into scratch tables.
 pg_ceiling() {
     if [[ -z $PG_CEILING ]]; then
@@ -550,32 +574,34 @@ scenario_replay() {
     t1=$EPOCHREALTIME
     ((rc == 0)) || { tail -n 20 "$WORK/replay.log" >&2; die "tallyctl replay failed ($rc)"; }
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')
-    local entries jobs pg
+    local entries jobs same
     entries=$(q "SELECT count(*) FROM $schema.ledger_entries")
     jobs=$(q "SELECT count(*) FROM $schema.jobs WHERE status = 'succeeded'")
-    pg_ceiling
-    pg=$PG_CEILING
+    same=$(copy_same_rows "$schema")
     rec replay.rate "replay: events/s into a shadow schema ($(jv "$g" .events) events)" \
-        "$(awk -v n="$(jv "$g" .events)" -v s="$secs" 'BEGIN{printf "%.0f", n/s}')" ev/s "$(jv "$pg" .copy_rows_per_s)" \
-        "COPY rows/s" "value>=150000" \
-        "$(printf '%.1f s, tallyctl start to exit; %s ledger entries, %s jobs succeeded in the shadow' "$secs" "$entries" "$jobs")"
+        "$(awk -v n="$(jv "$g" .events)" -v s="$secs" 'BEGIN{printf "%.0f", n/s}')" ev/s \
+        "$(awk -v n="$(jv "$g" .events)" -v s="${same% *}" 'BEGIN{printf "%.0f", n/s}')" \
+        "COPY of the same rows, as events/s" "value>=150000" \
+        "$(printf '%.1f s, tallyctl start to exit; %s ledger entries, %s jobs succeeded in the shadow; COPY of its %s rows into empty tables of the same definition (indexes included): %.1f s' "$secs" "$entries" "$jobs" "${same#* }" "${same% *}")"
     q "DROP SCHEMA $schema CASCADE" >/dev/null
-    replay_live_p99 "$topic" "${schema}_live" 0
-    replay_live_p99 "$topic" "${schema}_paced" "$REPLAY_PACED_RATE"
+    replay_live_p99 "$topic" "${schema}_live" "" "" "a replay (default: busy rate $REPLAY_BUSY_RATE/s while it sees live traffic)"
+    replay_live_p99 "$topic" "${schema}_flat" "--busy-rate 0" .flat "a replay at full speed (--busy-rate 0)"
 }
 
 # The live API while a replay runs: POST deposit p99 (8 connections, closed
 # loop, 10 s) without a replay, then with one running (started 2 s before,
 # stopped after), goal: within 2x. RATE: the replay's --max-rate (0: none).
+# Live POST p99 (wrk, 8 connections, 10 s) without a replay, then during one
+# started 2 s before. $3: tallyctl replay's rate options; $4: the figure's id
+# suffix and label. The goal applies to the default replay, which slows to
+# its busy rate while it sees live traffic; the flat-out one is for reference.
 replay_live_p99() {
-    local topic=$1 schema=$2 rate=$3 base during pid id=replay.live.p99 label="a replay"
-    if ((rate > 0)); then
-        id=replay.live.p99.paced
-        label="a replay at --max-rate $rate"
-    fi
+    local topic=$1 schema=$2 opts=$3 id=replay.live.p99$4 label=$5 base during pid goal=""
+    [[ -z $4 ]] && goal="ratio<2"
     log "replay: live API p99 without a replay (POST deposits, 8 connections, 10s)"
     base=$(wrk_post "$TALLY_COMMAND_URL" 8 10)
-    TALLY_KAFKA_TOPIC=$topic "$TALLY_BIN/tallyctl" replay --into "$schema" --max-rate "$rate" --quiet >>"$WORK/replay.log" 2>&1 &
+    # shellcheck disable=SC2086 # $opts: tallyctl options, split on purpose
+    TALLY_KAFKA_TOPIC=$topic "$TALLY_BIN/tallyctl" replay --into "$schema" $opts >>"$WORK/replay.log" 2>&1 &
     pid=$!
     CHILDREN+=("$pid")
     sleep 2
@@ -587,7 +613,7 @@ replay_live_p99() {
     wait "$pid" 2>/dev/null || true
     q "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null
     rec "$id" "POST deposit p99 during $label (8 conns)" "$(jv "$during" .p99_ms)" ms "$(jv "$base" .p99_ms)" \
-        "p99 without a replay" "ratio<2" \
+        "p99 without a replay" "$goal" \
         "ratio $(awk -v a="$(jv "$during" .p99_ms)" -v b="$(jv "$base" .p99_ms)" 'BEGIN{printf "%.2f", (b > 0 ? a / b : 0)}'); rate $(jv "$during" .ok_rps)/s vs $(jv "$base" .ok_rps)/s; replay still running at the end: $still"
 }
 

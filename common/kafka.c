@@ -45,6 +45,50 @@ conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err, 
     return 0;
 }
 
+int
+tly_kafka_conf_apply(rd_kafka_conf_t *conf, const char *list, const char *source, char *err, size_t errcap)
+{
+    if (list == NULL)
+        return 0;
+    char *copy = strdup(list), *save = NULL;
+    if (copy == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return -1;
+    }
+    int ret = 0;
+    for (char *item = strtok_r(copy, ";", &save); item != NULL && ret == 0; item = strtok_r(NULL, ";", &save)) {
+        item += strspn(item, " \t\n");
+        if (*item == '\0')
+            continue;
+        char *eq = strchr(item, '=');
+        if (eq == NULL || eq == item) {
+            snprintf(err, errcap, "%s: \"%s\" is not name=value", source, item);
+            ret = -1;
+            break;
+        }
+        *eq = '\0';
+        char *end = eq;
+        while (end > item && (end[-1] == ' ' || end[-1] == '\t'))
+            *--end = '\0';
+        if (conf_set(conf, item, eq + 1, err, errcap) != 0) {
+            size_t n = strlen(err);
+            snprintf(err + n, errcap - n, " (from %s)", source);
+            ret = -1;
+        }
+    }
+    free(copy);
+    return ret;
+}
+
+/* The operator's overrides: TALLY_KAFKA_CONFIG for every client, then `role_var` for this kind of client. */
+static int
+conf_overrides(rd_kafka_conf_t *conf, const char *role_var, char *err, size_t errcap)
+{
+    if (tly_kafka_conf_apply(conf, getenv("TALLY_KAFKA_CONFIG"), "TALLY_KAFKA_CONFIG", err, errcap) != 0)
+        return -1;
+    return tly_kafka_conf_apply(conf, getenv(role_var), role_var, err, errcap);
+}
+
 rd_kafka_t *
 tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
                           void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque, char *err, size_t errcap)
@@ -56,7 +100,8 @@ tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
         conf_set(conf, "enable.idempotence", "true", err, errcap) != 0 ||
         conf_set(conf, "message.timeout.ms", timeout, err, errcap) != 0 || conf_set(conf, "linger.ms", "1", err, errcap) != 0 ||
         conf_set(conf, "compression.type", "lz4", err, errcap) != 0 ||
-        conf_set(conf, "socket.nagle.disable", "true", err, errcap) != 0) {
+        conf_set(conf, "socket.nagle.disable", "true", err, errcap) != 0 ||
+        conf_overrides(conf, "TALLY_KAFKA_PRODUCER_CONFIG", err, errcap) != 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
@@ -94,7 +139,8 @@ tly_kafka_consumer_create(const char *brokers, const char *group,
         conf_set(conf, "queued.min.messages", "2000", err, errcap) != 0 ||
         conf_set(conf, "queued.max.messages.kbytes", "4096", err, errcap) != 0 ||
         /* and one fetch response at most 2 MB (default 52 MB, held whole while a backlog is read) */
-        conf_set(conf, "fetch.max.bytes", "2097152", err, errcap) != 0) {
+        conf_set(conf, "fetch.max.bytes", "2097152", err, errcap) != 0 ||
+        conf_overrides(conf, "TALLY_KAFKA_CONSUMER_CONFIG", err, errcap) != 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
@@ -167,7 +213,8 @@ tly_kafka_create_topic(const char *brokers, const char *topic, int partitions, i
     rd_kafka_queue_t *q = NULL;
     rd_kafka_event_t *ev = NULL;
     rd_kafka_conf_t *conf = conf_new();
-    if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0) {
+    if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 ||
+        tly_kafka_conf_apply(conf, getenv("TALLY_KAFKA_CONFIG"), "TALLY_KAFKA_CONFIG", err, errcap) != 0) {
         rd_kafka_conf_destroy(conf);
         return -1;
     }

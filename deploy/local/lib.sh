@@ -269,6 +269,15 @@ port = $TALLY_PG_PORT
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$(tly_pg_sock)'
 max_connections = 200
+# PostgreSQL's defaults (128 MB of buffers, a checkpoint per 1 GB of WAL)
+# are sized for a small shared host. A replay writes about 1 GB of WAL per
+# million events: with the defaults every replay forced checkpoints that
+# flushed all dirty buffers while live commits waited on the same disk.
+shared_buffers = 512MB
+max_wal_size = 8GB
+min_wal_size = 1GB
+checkpoint_timeout = 15min
+wal_compression = lz4
 EOF
     ((EUID == 0)) && chown postgres: "$conf"
     return 0

@@ -88,7 +88,7 @@ const tly_ctl_cmd_t tly_ctl_commands[] = {
     {.name = "replay",
      .summary = "rebuild read models from the event log into a shadow schema and swap them in (or keep a copy)",
      .usage = "replay [--projection NAME...] [--until TIME|P:O,...] [--into SCHEMA] [--restart] [--batch N] [--max-rate N] "
-              "[--quiet]",
+              "[--busy-rate N] [--quiet]",
      .options = {{"projection", "NAME", false, "read model to rebuild: accounts, ledger_entries, jobs (default: all)",
                   .repeat = true},
                  {"until", "TIME", false, "point in time (RFC 3339) or end offsets \"0:120,1:98\"; no swap"},
@@ -98,6 +98,9 @@ const tly_ctl_cmd_t tly_ctl_commands[] = {
                  {"max-rate", "N", false,
                   "at most N events/s (default: no limit), in batches of 50 ms of events, to leave the live services their "
                   "share of the machine"},
+                 {"busy-rate", "N", false,
+                  "while other sessions are working in the database, at most N events/s in batches of 50 ms (default "
+                  "25000); full speed while it is quiet; 0: never slow down; ignored with --max-rate"},
                  {"quiet", "", false, "no progress output", .flag = true}},
      .examples = {"tallyctl replay", "tallyctl replay --projection accounts --projection ledger_entries",
                   "tallyctl replay --until 2026-11-22T14:00:00Z --into balances_1400", "tallyctl replay --restart"},

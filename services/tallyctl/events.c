@@ -39,6 +39,10 @@ open_consumer(const tly_ctl_settings_t *s, int *nparts, char *err, size_t errcap
             rd_kafka_conf_destroy(conf);
             return NULL;
         }
+    if (tly_kafka_conf_apply(conf, getenv("TALLY_KAFKA_CONFIG"), "TALLY_KAFKA_CONFIG", err, errcap) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, rderr, sizeof(rderr));
     if (rk == NULL) {
         snprintf(err, errcap, "could not create kafka consumer: %s", rderr);

@@ -18,9 +18,12 @@
 #include "replay.h"
 #include "db.h"
 #include "tally/envscan.h"
+#include "jarena.h"
+#include "livewatch.h"
 #include "pgx.h"
 #include "projection.h"
 
+#include "tally/kafka.h"
 #include "tally/clock.h"
 #include "tally/envelope.h"
 #include "tally/pg.h"
@@ -286,7 +289,8 @@ typedef struct st_unit_t {
     size_t nids, cap_ids;
     tly_projection_batch_t *segs[8]; /* the FATE_APPLY events folded: a new one where a batch must be flushed first */
     int nsegs;
-    bool folded; /* segs hold the events (a flush empties them) */
+    bool folded;                            /* segs hold the events (a flush empties them) */
+    tly_ctl_jarena_t arenas[PARSE_THREADS]; /* the events' JSON, one arena per parse thread (jarena.h) */
 } unit_t;
 
 struct st_tly_ctl_replay_t {
@@ -317,7 +321,12 @@ struct st_tly_ctl_replay_t {
     int64_t t0_us, last_print_us, phase_total;
     bool tty;
     int batches;
-    int64_t pace_t0_us, paced; /* --max-rate: when the first batch was written, events written since */
+    int64_t pace_t0_us, paced;  /* pacing: when the first batch at this rate was written, events written since */
+    int batch_now;              /* events per batch now: o.batch (the units' capacity), or fewer while paced */
+    int64_t rate_now;           /* events/s now: o.max_rate, o.busy_rate while yielding, 0 = no limit */
+    tly_ctl_livewatch_t *watch; /* o.busy_rate: is the live system working? */
+    bool yielding;
+    int64_t yield_since_us, yielded_us;
     bool in_final;
     int parse_threads;
 };
@@ -451,6 +460,10 @@ tly_ctl_replay_summary(const tly_ctl_replay_t *r, FILE *out)
             "%" PRId64 " events read (%" PRId64 " applied, %" PRId64 " duplicates, %" PRId64 " failed, %" PRId64
             " skipped) in %.1f s: %.0f events/s\n",
             r->processed, r->applied, r->dups, r->failed, r->skipped, secs, secs > 0 ? (double)r->processed / secs : 0);
+    int64_t yielded = r->yielded_us + (r->yielding ? tly_clock_mono_us() - r->yield_since_us : 0);
+    if (r->watch != NULL)
+        fprintf(out, "at the busy rate (%" PRId64 " events/s) while live traffic was seen: %.1f s\n", r->o.busy_rate,
+                (double)yielded / 1e6);
 }
 
 /* --- kafka --------------------------------------------------------------- */
@@ -477,6 +490,10 @@ kafka_open(tly_ctl_replay_t *r, char *err, size_t errcap)
             rd_kafka_conf_destroy(conf);
             return -1;
         }
+    }
+    if (tly_kafka_conf_apply(conf, getenv("TALLY_KAFKA_CONFIG"), "TALLY_KAFKA_CONFIG", err, errcap) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
     }
     r->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, rderr, sizeof(rderr));
     if (r->rk == NULL) {
@@ -620,7 +637,7 @@ static int
 gather(tly_ctl_replay_t *r, unit_t *u)
 {
     int n = 0;
-    while (n < r->o.batch && !all_reached(r)) {
+    while (n < r->batch_now && !all_reached(r)) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(r->rk, n == 0 ? 200 : 5);
         if (m == NULL) {
             if (n > 0)
@@ -703,10 +720,14 @@ prepared_clear(prepared_t *p)
 static void
 unit_free_msgs(unit_t *u)
 {
+    tly_ctl_jarena_skip_frees(true); /* the events' JSON is in u's arenas, emptied below */
     for (int i = 0; i < u->n; ++i) {
         prepared_clear(&u->prep[i]);
         rd_kafka_message_destroy(u->msgs[i]);
     }
+    tly_ctl_jarena_skip_frees(false);
+    for (int t = 0; t < PARSE_THREADS; ++t)
+        tly_ctl_jarena_reset(&u->arenas[t]);
     u->n = 0;
 }
 
@@ -716,7 +737,7 @@ static bool fold_unit(tly_ctl_replay_t *r, unit_t *u);
 /* Messages [from, to) of a unit, parsed by one thread. */
 typedef struct st_slice_t {
     unit_t *u;
-    int from, to;
+    int from, to, t;
     pthread_t thread;
     bool started;
 } slice_t;
@@ -725,8 +746,10 @@ static void *
 prepare_slice(void *arg)
 {
     slice_t *sl = arg;
+    tly_ctl_jarena_use(&sl->u->arenas[sl->t]);
     for (int i = sl->from; i < sl->to; ++i)
         prepare(sl->u->msgs[i], &sl->u->prep[i]);
+    tly_ctl_jarena_use(NULL);
     return NULL;
 }
 
@@ -744,7 +767,7 @@ read_unit(tly_ctl_replay_t *r, unit_t *u)
     memcpy(u->reached, r->reached, sizeof(bool) * (size_t)r->nparts);
     int k = u->n < 1000 ? 1 : r->parse_threads;
     for (int t = 0; t < k; ++t) {
-        sl[t] = (slice_t){.u = u, .from = (int)((int64_t)u->n * t / k), .to = (int)((int64_t)u->n * (t + 1) / k)};
+        sl[t] = (slice_t){.u = u, .from = (int)((int64_t)u->n * t / k), .to = (int)((int64_t)u->n * (t + 1) / k), .t = t};
         if (t > 0)
             sl[t].started = pthread_create(&sl[t].thread, NULL, prepare_slice, &sl[t]) == 0;
     }
@@ -1174,17 +1197,57 @@ write_positions(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
 static void
 pace(tly_ctl_replay_t *r, int n)
 {
-    if (r->o.max_rate <= 0)
+    if (r->rate_now <= 0)
         return;
     int64_t now = tly_clock_mono_us();
     if (r->pace_t0_us == 0)
         r->pace_t0_us = now;
     r->paced += n;
-    int64_t due = r->pace_t0_us + r->paced * 1000000 / r->o.max_rate;
+    int64_t due = r->pace_t0_us + r->paced * 1000000 / r->rate_now;
     if (due > now) {
         struct timespec ts = {(time_t)((due - now) / 1000000), (long)((due - now) % 1000000) * 1000};
         nanosleep(&ts, NULL);
     }
+}
+
+/* At most 50 ms of events per batch at `rate`, at least 500, at most the units' capacity. */
+static int
+paced_batch(const tly_ctl_replay_t *r, int64_t rate)
+{
+    int64_t b = rate / 20 < 500 ? 500 : rate / 20;
+    return b < r->o.batch ? (int)b : r->o.batch;
+}
+
+/*
+ * The busy rate: between batches (the reader thread is not running), asks
+ * the live-traffic watch whether other sessions are working and, when the
+ * answer changed, switches between full speed in full batches and
+ * o.busy_rate in 50-ms batches. --max-rate fixes the rate instead.
+ */
+static void
+adapt(tly_ctl_replay_t *r)
+{
+    if (r->watch == NULL)
+        return;
+    bool busy = tly_ctl_livewatch_busy(r->watch);
+    if (busy == r->yielding)
+        return;
+    int64_t now = tly_clock_mono_us();
+    r->yielding = busy;
+    r->pace_t0_us = 0;
+    r->paced = 0;
+    r->rate_now = busy ? r->o.busy_rate : 0;
+    r->batch_now = busy ? paced_batch(r, r->o.busy_rate) : r->o.batch;
+    if (busy)
+        r->yield_since_us = now;
+    else
+        r->yielded_us += now - r->yield_since_us;
+    if (!r->o.quiet)
+        fprintf(stderr, "%stallyctl: %s (%.1f active sessions on average)\n", r->tty ? "\r\033[K" : "",
+                busy ? "live traffic: slowing to the busy rate" : "the database is quiet: full speed",
+                tly_ctl_livewatch_load(r->watch));
+    if (!r->o.quiet)
+        fflush(stderr);
 }
 
 static int
@@ -1225,6 +1288,8 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
     for (;;) {
         more = !all_reached(r); /* the reader thread is not running: its state is ours to read */
         reader_t rd;
+        if (own_tx)
+            adapt(r);
         if (more)
             reader_start(&rd, r, next);
         int64_t now = tly_clock_mono_us();
@@ -1238,7 +1303,7 @@ run_phase(tly_ctl_replay_t *r, bool own_tx, char *err, size_t errcap)
                      r->s->kafka_topic, (int)(STALL_US / 1000000), remaining(r));
             rc = -1;
         }
-        if (cur_written)
+        if (cur_written && own_tx) /* the final phase holds the live tables' lock: never slowed */
             pace(r, cur->n);
         if (more)
             reader_finish(&rd);
@@ -1656,10 +1721,15 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
         abort();
     r->o = *o;
     r->s = s;
+    tly_ctl_jarena_install();
     if (r->o.batch <= 0)
         r->o.batch = 40000;
-    if (r->o.max_rate > 0 && r->o.batch > r->o.max_rate / 20) /* at most 50 ms of events per batch */
-        r->o.batch = r->o.max_rate / 20 < 500 ? 500 : (int)(r->o.max_rate / 20);
+    if (r->o.max_rate > 0) {
+        r->o.batch = paced_batch(r, r->o.max_rate);
+        r->o.busy_rate = 0; /* a fixed rate: nothing to adapt */
+    }
+    r->batch_now = r->o.batch;
+    r->rate_now = r->o.max_rate;
     r->tty = isatty(2);
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     r->parse_threads = cpus < 1 ? 1 : cpus > PARSE_THREADS ? PARSE_THREADS : (int)cpus;
@@ -1690,6 +1760,8 @@ tly_ctl_replay_open(const tly_ctl_settings_t *s, const tly_ctl_replay_opts_t *o,
         goto fail;
     }
     if (tly_ctl_models_parse(r->conn, o->projections, &r->mask, r->tables, &r->ntables, err, errcap) != 0)
+        goto fail;
+    if (r->o.busy_rate > 0 && (r->watch = tly_ctl_livewatch_start(s->pg_dsn, err, errcap)) == NULL)
         goto fail;
     size_t used = 0;
     for (int i = 0; i < r->ntables; ++i)
@@ -1870,6 +1942,7 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
 {
     if (r == NULL)
         return;
+    tly_ctl_livewatch_stop(r->watch);
     if (r->rk != NULL) {
         rd_kafka_assign(r->rk, NULL);
         rd_kafka_consumer_close(r->rk);
@@ -1891,6 +1964,8 @@ tly_ctl_replay_close(tly_ctl_replay_t *r)
         for (int k = 0; k < (int)(sizeof(r->units[i].segs) / sizeof(r->units[i].segs[0])); ++k)
             tly_projection_batch_destroy(r->units[i].segs[k]);
         free(r->units[i].reached);
+        for (int t = 0; t < PARSE_THREADS; ++t)
+            tly_ctl_jarena_free(&r->units[i].arenas[t]);
     }
     free(r->fresh);
     free(r->seen.keys);
@@ -1906,7 +1981,8 @@ int
 tly_ctl_replay_cmd(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args)
 {
     char err[2048];
-    const char *batch = tly_ctl_arg(cmd, args, "batch"), *max_rate = tly_ctl_arg(cmd, args, "max-rate");
+    const char *batch = tly_ctl_arg(cmd, args, "batch"), *max_rate = tly_ctl_arg(cmd, args, "max-rate"),
+               *busy_rate = tly_ctl_arg(cmd, args, "busy-rate");
     tly_ctl_replay_opts_t o = {
         .projections = tly_ctl_arg(cmd, args, "projection"),
         .until = tly_ctl_arg(cmd, args, "until"),
@@ -1914,10 +1990,15 @@ tly_ctl_replay_cmd(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings,
         .restart = tly_ctl_arg(cmd, args, "restart") != NULL,
         .batch = batch != NULL ? atoi(batch) : 40000,
         .max_rate = max_rate != NULL ? atoll(max_rate) : 0,
+        .busy_rate = busy_rate != NULL ? atoll(busy_rate) : TLY_CTL_REPLAY_BUSY_RATE,
         .quiet = tly_ctl_arg(cmd, args, "quiet") != NULL,
     };
     if (o.max_rate < 0) {
         tly_ctl_error("--max-rate must be 0 (no limit) or more");
+        return TLY_CTL_USAGE;
+    }
+    if (o.busy_rate < 0) {
+        tly_ctl_error("--busy-rate must be 0 (never slow down) or more");
         return TLY_CTL_USAGE;
     }
     const char *stop = getenv("TALLY_REPLAY_MAX_BATCHES"); /* tests: stop after N batches, as if killed */

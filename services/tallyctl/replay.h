@@ -31,9 +31,13 @@ typedef struct st_tly_ctl_replay_opts_t {
     bool restart;            /* drop an unfinished shadow instead of resuming it */
     int batch;               /* events per transaction */
     int64_t max_rate;        /* events per second at most (0: as fast as it goes), to leave the live system its share */
+    int64_t busy_rate;       /* events per second while other sessions are working (livewatch.h); 0: never slow down */
     int max_batches;         /* stop after this many batches (tests); 0 = no limit */
     bool quiet;              /* no progress output */
 } tly_ctl_replay_opts_t;
+
+/* --busy-rate's default: live POST p99 stayed within 1.4x of its value without a replay at 30,000/s (bench/run.sh replay) */
+#define TLY_CTL_REPLAY_BUSY_RATE 25000
 
 typedef struct st_tly_ctl_replay_t tly_ctl_replay_t;
 

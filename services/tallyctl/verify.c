@@ -157,6 +157,7 @@ tly_ctl_verify_cmd(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings,
         .mode = TLY_REPLAY_VERIFY,
         .projections = tly_ctl_arg(cmd, args, "projection"),
         .batch = batch != NULL ? atoi(batch) : 40000,
+        .busy_rate = TLY_CTL_REPLAY_BUSY_RATE,
         .quiet = tly_ctl_arg(cmd, args, "quiet") != NULL,
     };
     if (o.batch < 1 || o.batch > 100000) {

@@ -7,6 +7,10 @@
  *     batches and run again: it resumes and ends equal to an uninterrupted
  *     copy (the history holds duplicated events); a swap replay stopped after
  *     3 batches resumes and swaps, and verify passes.
+ *   test_replay_yields_to_live_traffic: while another session keeps running
+ *     statements, a copy replay runs at its --busy-rate (its summary says for
+ *     how long, and it takes at least that long); once the session stops, it
+ *     says the database is quiet and goes back to full speed.
  *   test_point_in_time: a known history (times in 2020) replayed with
  *     --until to two moments gives the balances of those moments.
  *   test_dead_letter_retry: a deposit the projector cannot apply (a CHECK
@@ -336,6 +340,95 @@ test_replay_killed_resumes(void **state)
     assert_int_equal(ctl("verify --quiet", out, sizeof(out)), 0);
 }
 
+/* A session that keeps running statements, as the live services do, until told to stop. */
+typedef struct st_busy_t {
+    volatile bool stop;
+    int statements;
+} busy_t;
+
+static void *
+busy_main(void *arg)
+{
+    busy_t *b = arg;
+    PGconn *c = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    while (!b->stop) {
+        PQclear(PQexec(c, "SELECT pg_sleep(0.05)"));
+        b->statements++;
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+/* Runs tallyctl with TALLY_KAFKA_TOPIC set to `topic` for that run only. */
+static int
+ctl_topic(const char *topic, const char *args, char *out, size_t cap)
+{
+    char live[256];
+    snprintf(live, sizeof(live), "%s", tly_test_env("TALLY_KAFKA_TOPIC"));
+    setenv("TALLY_KAFKA_TOPIC", topic, 1);
+    int rc = ctl(args, out, cap);
+    setenv("TALLY_KAFKA_TOPIC", live, 1);
+    return rc;
+}
+
+static void
+test_replay_yields_to_live_traffic(void **state)
+{
+    char out[65536], err[256], topic[64], live[256];
+    const int rate = 1000;
+    /* a history of its own, so the time at the busy rate does not depend on what earlier tests wrote */
+    snprintf(topic, sizeof(topic), "tally.test.yield.%d", (int)getpid());
+    assert_int_equal(tly_kafka_create_topic(tly_test_env("TALLY_KAFKA_BROKERS"), topic, 3, 10000, err, sizeof(err)), 0);
+    snprintf(live, sizeof(live), "%s", tly_test_env("TALLY_KAFKA_TOPIC"));
+    setenv("TALLY_KAFKA_TOPIC", topic, 1);
+    int64_t events = produce_history(20, 150, 99);
+    setenv("TALLY_KAFKA_TOPIC", live, 1);
+    assert_true(events >= 3000);
+    sql("DROP SCHEMA IF EXISTS yield_copy CASCADE");
+
+    busy_t b = {0};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, busy_main, &b), 0);
+    tly_test_sleep_ms(300);
+    int64_t t0 = tly_clock_mono_us();
+    char args[128];
+    snprintf(args, sizeof(args), "replay --into yield_copy --busy-rate %d", rate);
+    int rc = ctl_topic(topic, args, out, sizeof(out));
+    double secs = (double)(tly_clock_mono_us() - t0) / 1e6;
+    b.stop = true;
+    pthread_join(th, NULL);
+    assert_int_equal(rc, 0);
+    assert_true(b.statements > 10);
+    assert_non_null(strstr(out, "live traffic: slowing to the busy rate"));
+    char want[64];
+    snprintf(want, sizeof(want), "%" PRId64 " events read (", events);
+    assert_non_null(strstr(out, want));
+    const char *y = strstr(out, "while live traffic was seen: ");
+    assert_non_null(y);
+    double yielded = strtod(y + strlen("while live traffic was seen: "), NULL);
+    assert_true(yielded > 0.8 * (double)events / rate);
+    /* at the busy rate throughout: it takes about events/rate, not the fraction of a second it takes when quiet */
+    assert_true(secs >= 0.8 * (double)events / rate);
+    sql("DROP SCHEMA yield_copy CASCADE");
+
+    /* the same replay with nobody else working: full speed, never slowed */
+    wait_settled(60);
+    t0 = tly_clock_mono_us();
+    rc = ctl_topic(topic, args, out, sizeof(out));
+    secs = (double)(tly_clock_mono_us() - t0) / 1e6;
+    assert_int_equal(rc, 0);
+    assert_null(strstr(out, "slowing to the busy rate"));
+    assert_non_null(strstr(out, "while live traffic was seen: 0.0 s"));
+    assert_true(secs < 0.8 * (double)events / rate);
+    sql("DROP SCHEMA yield_copy CASCADE");
+    /* --max-rate fixes the rate: no watch, no busy-rate line */
+    rc = ctl_topic(topic, "replay --into yield_copy --max-rate 1000000", out, sizeof(out));
+    assert_int_equal(rc, 0);
+    assert_null(strstr(out, "while live traffic was seen"));
+    sql("DROP SCHEMA yield_copy CASCADE");
+}
+
 static void
 test_point_in_time(void **state)
 {
@@ -505,9 +598,9 @@ main(void)
         return 1;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_replay_during_load), cmocka_unit_test(test_point_in_time),
-        cmocka_unit_test(test_dead_letter_retry),  cmocka_unit_test(test_replay_killed_resumes),
-        cmocka_unit_test(test_mixed_versions),
+        cmocka_unit_test(test_replay_during_load),    cmocka_unit_test(test_replay_yields_to_live_traffic),
+        cmocka_unit_test(test_point_in_time),         cmocka_unit_test(test_dead_letter_retry),
+        cmocka_unit_test(test_replay_killed_resumes), cmocka_unit_test(test_mixed_versions),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     rd_kafka_destroy(producer);

@@ -13,6 +13,17 @@
 #include <stddef.h>
 
 /**
+ * Sets the librdkafka properties of `list`, "name=value" items separated by
+ * ';' (e.g. "security.protocol=ssl;ssl.ca.location=/etc/ca.pem"). `source`
+ * names the list in the error. Every client Tally creates applies
+ * TALLY_KAFKA_CONFIG, then TALLY_KAFKA_PRODUCER_CONFIG or
+ * TALLY_KAFKA_CONSUMER_CONFIG, after its own defaults, so an operator can add
+ * TLS/SASL settings or retune a default without a rebuild. 0, or -1 with `err`.
+ */
+int tly_kafka_conf_apply(rd_kafka_conf_t *conf, const char *list, const char *source, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
+/**
  * Creates an idempotent producer (acks=all). `message_timeout_ms` bounds how
  * long a message may wait for its acknowledgement before its delivery report
  * says it failed. `opaque` is passed to `dr_cb`. Returns NULL with `err` set.

@@ -123,6 +123,38 @@ test_uuid_parse_format(void **state)
     assert_false(tly_uuid_parse("6b1f2e51-8c0d-4a3e-9f27-440b5da193c8x", &u));
     assert_false(tly_uuid_parse("6b1f2e518c0d-4a3e-9f27-440b5da193c8ab", &u));
     assert_false(tly_uuid_parse("zb1f2e51-8c0d-4a3e-9f27-440b5da193c8", &u));
+    assert_false(tly_uuid_parse("", &u));
+}
+
+/* Every byte value at every position of a valid id: accepted exactly when it keeps the id's shape, and then decoded. */
+static void
+test_uuid_parse_every_byte(void **state)
+{
+    const char *base = "0123abcd-ef45-6789-ABCD-ef0123456789";
+    char s[40];
+    tly_uuid_t u, want;
+    assert_true(tly_uuid_parse(base, &want));
+    for (size_t pos = 0; pos < 36; ++pos) {
+        for (int c = 1; c < 256; ++c) {
+            memcpy(s, base, 37);
+            s[pos] = (char)c;
+            bool dash = pos == 8 || pos == 13 || pos == 18 || pos == 23;
+            bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+            bool ok = dash ? c == '-' : hex;
+            assert_int_equal(tly_uuid_parse(s, &u), ok);
+            if (ok && !dash) {
+                int v = c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+                size_t digit = pos - (pos > 8) - (pos > 13) - (pos > 18) - (pos > 23);
+                int got = digit % 2 == 0 ? u.b[digit / 2] >> 4 : u.b[digit / 2] & 0x0f;
+                assert_int_equal(got, v);
+            }
+        }
+        memcpy(s, base, 37);
+        s[pos] = '\0'; /* shorter strings: refused, and nothing past the end is read (ASan) */
+        char *short_copy = strdup(s);
+        assert_false(tly_uuid_parse(short_copy, &u));
+        free(short_copy);
+    }
 }
 
 int
@@ -133,6 +165,7 @@ main(void)
         cmocka_unit_test(test_rejects_bad_envelopes),
         cmocka_unit_test(test_derive_is_deterministic),
         cmocka_unit_test(test_traceparent),
+        cmocka_unit_test(test_uuid_parse_every_byte),
         cmocka_unit_test(test_uuid_parse_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
