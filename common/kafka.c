@@ -117,11 +117,16 @@ tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
 }
 
 rd_kafka_t *
-tly_kafka_consumer_create(const char *brokers, const char *group,
+tly_kafka_consumer_create(const char *brokers, const char *group, int prefetch_kbytes,
                           void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t, rd_kafka_topic_partition_list_t *, void *),
                           void *opaque, char *err, size_t errcap)
 {
-    char rderr[256];
+    char rderr[256], kbytes[16], min_msgs[16];
+    if (prefetch_kbytes <= 0)
+        prefetch_kbytes = TLY_KAFKA_PREFETCH_KB;
+    snprintf(kbytes, sizeof(kbytes), "%d", prefetch_kbytes);
+    /* about 500 bytes an event: the message count must not stop the queue before the bytes do (a stall, see below) */
+    snprintf(min_msgs, sizeof(min_msgs), "%d", prefetch_kbytes / 2);
     rd_kafka_conf_t *conf = conf_new();
     if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 || conf_set(conf, "group.id", group, err, errcap) != 0 ||
         conf_set(conf, "enable.auto.commit", "false", err, errcap) != 0 ||
@@ -135,9 +140,14 @@ tly_kafka_consumer_create(const char *brokers, const char *group,
            per consumer) made a worker with three consumers reach 312 MB on a
            backlog; a batch (at most 2,000 events, about 1 MB) needs far less.
            With five consumers per worker, 8 MB each still let the worker reach
-           125 MB during ingest (every consumer's queue full while it lags) */
-        conf_set(conf, "queued.min.messages", "2000", err, errcap) != 0 ||
-        conf_set(conf, "queued.max.messages.kbytes", "4096", err, errcap) != 0 ||
+           125 MB during ingest (every consumer's queue full while it lags).
+           But librdkafka 2.0.2 (Debian 12's) stops fetching for a partition
+           whose queue is full and looks again only about once a second (2.1
+           made that fetch.queue.backoff.ms), so a consumer catching up on a
+           backlog gets about one queue per second: the consumers that catch
+           up (the worker's projector and decider) ask for a deeper one */
+        conf_set(conf, "queued.min.messages", min_msgs, err, errcap) != 0 ||
+        conf_set(conf, "queued.max.messages.kbytes", kbytes, err, errcap) != 0 ||
         /* and one fetch response at most 2 MB (default 52 MB, held whole while a backlog is read) */
         conf_set(conf, "fetch.max.bytes", "2097152", err, errcap) != 0 ||
         conf_overrides(conf, "TALLY_KAFKA_CONSUMER_CONFIG", err, errcap) != 0) {

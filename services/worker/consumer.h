@@ -75,6 +75,7 @@ typedef struct st_tly_consumer_config_t {
     int batch_max;       /* messages per transaction */
     int batch_wait_ms;   /* how long to gather a batch once one message is in */
     int max_event_tries; /* failures of one event alone before it is parked */
+    int prefetch_kbytes; /* Kafka prefetch queue (0: TLY_KAFKA_PREFETCH_KB); deeper for consumers that catch up */
     atomic_bool *stop;   /* set by the signal thread; the batch in hand is finished first */
     /*
      * Optional. `joined`: set once this consumer has claimed its first

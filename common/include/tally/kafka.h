@@ -32,12 +32,16 @@ rd_kafka_t *tly_kafka_producer_create(const char *brokers, int message_timeout_m
                                       void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque, char *err,
                                       size_t errcap) __attribute__((warn_unused_result));
 
+/* A consumer's prefetch queue unless it asks for another (tly_kafka_consumer_create). */
+#define TLY_KAFKA_PREFETCH_KB 4096
+
 /**
  * Creates a consumer in `group` with auto-commit off and auto offset reset to
- * earliest, using `rebalance_cb` to take and give up partitions. Returns NULL
- * with `err` set.
+ * earliest, using `rebalance_cb` to take and give up partitions, prefetching
+ * at most `prefetch_kbytes` (0: TLY_KAFKA_PREFETCH_KB). Returns NULL with
+ * `err` set.
  */
-rd_kafka_t *tly_kafka_consumer_create(const char *brokers, const char *group,
+rd_kafka_t *tly_kafka_consumer_create(const char *brokers, const char *group, int prefetch_kbytes,
                                       void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t, rd_kafka_topic_partition_list_t *,
                                                            void *),
                                       void *opaque, char *err, size_t errcap) __attribute__((warn_unused_result));

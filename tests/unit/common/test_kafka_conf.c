@@ -49,23 +49,46 @@ test_errors_name_the_source(void **state)
     rd_kafka_conf_destroy(conf);
 }
 
+static void
+expect_rk_prop(rd_kafka_t *rk, const char *name, const char *want)
+{
+    char v[64];
+    size_t n = sizeof(v);
+    assert_int_equal(rd_kafka_conf_get(rd_kafka_conf(rk), name, v, &n), RD_KAFKA_CONF_OK);
+    assert_string_equal(v, want);
+}
+
+/* A consumer's prefetch: the default, or a deeper one whose message count does not stop it before its bytes. */
+static void
+test_consumer_prefetch(void **state)
+{
+    char err[256] = "";
+    rd_kafka_t *rk = tly_kafka_consumer_create("127.0.0.1:1", "g", 0, NULL, NULL, err, sizeof(err));
+    assert_non_null(rk);
+    expect_rk_prop(rk, "queued.max.messages.kbytes", "4096");
+    expect_rk_prop(rk, "queued.min.messages", "2048");
+    rd_kafka_destroy(rk);
+    rk = tly_kafka_consumer_create("127.0.0.1:1", "g", 16384, NULL, NULL, err, sizeof(err));
+    assert_non_null(rk);
+    expect_rk_prop(rk, "queued.max.messages.kbytes", "16384");
+    expect_rk_prop(rk, "queued.min.messages", "8192");
+    rd_kafka_destroy(rk);
+}
+
 /* The services' constructors apply the environment after their own settings, and refuse a bad one. */
 static void
 test_constructors_apply_the_environment(void **state)
 {
     char err[256] = "";
     setenv("TALLY_KAFKA_CONSUMER_CONFIG", "no.such.property=1", 1);
-    rd_kafka_t *rk = tly_kafka_consumer_create("127.0.0.1:1", "g", NULL, NULL, err, sizeof(err));
+    rd_kafka_t *rk = tly_kafka_consumer_create("127.0.0.1:1", "g", 0, NULL, NULL, err, sizeof(err));
     assert_null(rk);
     assert_non_null(strstr(err, "TALLY_KAFKA_CONSUMER_CONFIG"));
     unsetenv("TALLY_KAFKA_CONSUMER_CONFIG");
     setenv("TALLY_KAFKA_CONFIG", "client.id=from-env", 1);
     rk = tly_kafka_producer_create("127.0.0.1:1", 1000, NULL, NULL, err, sizeof(err));
     assert_non_null(rk);
-    char v[64];
-    size_t n = sizeof(v);
-    assert_int_equal(rd_kafka_conf_get(rd_kafka_conf(rk), "client.id", v, &n), RD_KAFKA_CONF_OK);
-    assert_string_equal(v, "from-env");
+    expect_rk_prop(rk, "client.id", "from-env");
     rd_kafka_destroy(rk);
     unsetenv("TALLY_KAFKA_CONFIG");
 }
@@ -76,6 +99,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_list_is_applied_in_order),
         cmocka_unit_test(test_errors_name_the_source),
+        cmocka_unit_test(test_consumer_prefetch),
         cmocka_unit_test(test_constructors_apply_the_environment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
