@@ -125,8 +125,8 @@ tly_kafka_consumer_create(const char *brokers, const char *group, int prefetch_k
     if (prefetch_kbytes <= 0)
         prefetch_kbytes = TLY_KAFKA_PREFETCH_KB;
     snprintf(kbytes, sizeof(kbytes), "%d", prefetch_kbytes);
-    /* about 500 bytes an event: the message count must not stop the queue before the bytes do (a stall, see below) */
-    snprintf(min_msgs, sizeof(min_msgs), "%d", prefetch_kbytes / 2);
+    /* the queue's message count, 1.25 per KB: about 10 MB of Tally's ~500-byte events for 16 MB (the depth measured) */
+    snprintf(min_msgs, sizeof(min_msgs), "%d", prefetch_kbytes / 4 * 5);
     rd_kafka_conf_t *conf = conf_new();
     if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 || conf_set(conf, "group.id", group, err, errcap) != 0 ||
         conf_set(conf, "enable.auto.commit", "false", err, errcap) != 0 ||

@@ -58,7 +58,7 @@ expect_rk_prop(rd_kafka_t *rk, const char *name, const char *want)
     assert_string_equal(v, want);
 }
 
-/* A consumer's prefetch: the default, or a deeper one whose message count does not stop it before its bytes. */
+/* A consumer's prefetch: the default, or a deeper one (bytes, and a message count to match). */
 static void
 test_consumer_prefetch(void **state)
 {
@@ -66,12 +66,12 @@ test_consumer_prefetch(void **state)
     rd_kafka_t *rk = tly_kafka_consumer_create("127.0.0.1:1", "g", 0, NULL, NULL, err, sizeof(err));
     assert_non_null(rk);
     expect_rk_prop(rk, "queued.max.messages.kbytes", "4096");
-    expect_rk_prop(rk, "queued.min.messages", "2048");
+    expect_rk_prop(rk, "queued.min.messages", "5120");
     rd_kafka_destroy(rk);
     rk = tly_kafka_consumer_create("127.0.0.1:1", "g", 16384, NULL, NULL, err, sizeof(err));
     assert_non_null(rk);
     expect_rk_prop(rk, "queued.max.messages.kbytes", "16384");
-    expect_rk_prop(rk, "queued.min.messages", "8192");
+    expect_rk_prop(rk, "queued.min.messages", "20480");
     rd_kafka_destroy(rk);
 }
 
