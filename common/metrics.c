@@ -556,7 +556,7 @@ static const double kafka_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 static struct {
     tly_metric_t *http_requests, *http_duration, *rate_limited, *idem_replays, *kafka_duration, *kafka_errors, *events_applied,
-        *consumer_lag, *dead_letters, *saga_states;
+        *consumer_txs, *consumer_lag, *dead_letters, *saga_states;
 } wk;
 static pthread_once_t wk_once = PTHREAD_ONCE_INIT;
 
@@ -587,6 +587,9 @@ wk_init(void)
     wk.events_applied =
         tly_metrics_counter(r, "tally_events_applied_total",
                             "Events whose consumer position was committed, by consumer (rate() gives events/s).", "consumer", 16);
+    wk.consumer_txs =
+        tly_metrics_counter(r, "tally_consumer_transactions_total",
+                            "Batch transactions committed, by consumer (batches that write nothing need none).", "consumer", 16);
     wk.consumer_lag = tly_metrics_gauge(r, "tally_consumer_lag",
                                         "Events in the log not yet committed by this consumer, by consumer and partition.",
                                         "consumer,partition", 1024);
@@ -664,6 +667,13 @@ tly_metrics_events_applied(const char *consumer, uint64_t n)
 {
     wk_ready();
     tly_counter_add(tly_metric_s1(wk.events_applied, consumer), n);
+}
+
+void
+tly_metrics_consumer_transaction(const char *consumer)
+{
+    wk_ready();
+    tly_counter_add(tly_metric_s1(wk.consumer_txs, consumer), 1);
 }
 
 void

@@ -604,6 +604,7 @@ tx_finish(consumer_t *c, char *err, size_t errcap)
             on_fenced(c);
         return res;
     }
+    tly_metrics_consumer_transaction(c->h->name);
     after_commit(c);
     c->unsaved_since_us = 0;
     return TX_OK;
@@ -760,21 +761,47 @@ failed:
     return tly_pgx_last_transient(c->conn) ? TX_TRANSIENT : TX_BATCH_FAILED;
 }
 
+/* The handler's word that a batch of events it would apply writes nothing (handler->nothing_to_do); false when unsure. */
+static bool
+nothing_to_do(consumer_t *c, tly_consumer_msg_t *msgs, int n)
+{
+    char err[512];
+    bool nothing = false;
+    if (c->h->nothing_to_do == NULL)
+        return false;
+    if (c->h->nothing_to_do(c->h->ctx, c->conn, msgs, n, &nothing, err, sizeof(err)) != 0) {
+        tly_log(TLY_LOG_DEBUG, "could not tell whether a batch has work; running its transaction", "consumer", c->h->name, "error",
+                err, NULL);
+        return false;
+    }
+    return nothing;
+}
+
 /*
  * A batch of nothing but events this handler ignores (the saga's share of a
- * deposit workload, the decider's of outcomes) needs no transaction: nothing
- * is written but the position, and a position left behind ignored events is
- * harmless (after a crash or a rebalance they are read and ignored again).
- * So the position only moves in memory here, and is written with the next
- * transaction, or by flush_unsaved within UNSAVED_MAX_US. Returns false, and
- * changes nothing, when any event of the batch is not to be ignored.
+ * deposit workload, the decider's of outcomes), or of events it would apply
+ * without writing anything (the webhooks role's, for tenants without an
+ * endpoint), needs no transaction: nothing is written but the position, and
+ * a position left behind such events is harmless (after a crash or a
+ * rebalance they are read and passed over again). So the position only
+ * moves in memory here, and is written with the next transaction, or by
+ * flush_unsaved within UNSAVED_MAX_US. Returns false, and changes nothing,
+ * when any event of the batch has work to do.
  */
 static bool
 skip_ignored(consumer_t *c, tly_consumer_msg_t *msgs, int n)
 {
-    for (int i = 0; i < n; ++i)
-        if (!msgs[i].parsed || c->h->classify(c->h->ctx, &msgs[i].env) != TLY_VERDICT_IGNORE)
+    bool all_ignored = true;
+    for (int i = 0; i < n; ++i) {
+        if (!msgs[i].parsed)
+            return false; /* parked in dead_letters */
+        tly_verdict_t v = c->h->classify(c->h->ctx, &msgs[i].env);
+        if (v == TLY_VERDICT_TOO_NEW)
             return false;
+        all_ignored = all_ignored && v == TLY_VERDICT_IGNORE;
+    }
+    if (!all_ignored && !nothing_to_do(c, msgs, n))
+        return false;
     for (int i = 0; i < n; ++i) {
         partition_t *p = part_of(c, msgs[i].rkm->partition);
         if (p == NULL || !p->assigned || p->stopped || msgs[i].rkm->offset < p->next_offset)

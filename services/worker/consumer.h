@@ -59,6 +59,16 @@ typedef struct st_tly_consumer_handler_t {
      */
     int (*apply_batch)(void *ctx, PGconn *conn, const tly_consumer_msg_t *const *msgs, int n, char *err, size_t errcap);
     /**
+     * Optional. Called outside any transaction before a batch whose events
+     * all classify as APPLY or IGNORE: sets `*nothing` when, as the database
+     * says now, none of them would write anything. Such a batch needs no
+     * transaction and is treated as a batch of ignored events (its
+     * positions move in memory and are written with the next transaction,
+     * or within a second). 0, or -1 with `err`: the batch then runs in its
+     * transaction as usual.
+     */
+    int (*nothing_to_do)(void *ctx, PGconn *conn, const tly_consumer_msg_t *msgs, int n, bool *nothing, char *err, size_t errcap);
+    /**
      * The handler's effects are idempotent by themselves (a unique key on
      * what it writes, inserted with ON CONFLICT DO NOTHING): applying an
      * event twice changes nothing, so the consumer keeps no consumer_dedup

@@ -169,6 +169,48 @@ webhook_apply_batch(void *ctx, PGconn *conn, const tly_consumer_msg_t *const *ms
     return 0;
 }
 
+/*
+ * Most events belong to tenants without a live endpoint, and for them the
+ * batch transaction would write nothing but the consumer's position: one
+ * read-only statement (no transaction, no WAL, no commit to flush) tells the
+ * consumer so, and it passes the batch over (consumer.c, skip_ignored). It
+ * reads what the transaction would have read first, so the rule stays as
+ * documented: an endpoint takes effect from the next batch on.
+ */
+static int
+webhook_nothing_to_do(void *ctx, PGconn *conn, const tly_consumer_msg_t *msgs, int n, bool *nothing, char *err, size_t errcap)
+{
+    tly_pgx_array_t tenants = {0};
+    char id[TLY_UUID_STR_LEN + 1];
+    for (int i = 0; i < n; ++i) {
+        if (tly_uuid_is_nil(&msgs[i].env.tenant_id))
+            continue;
+        bool seen = false;
+        for (int k = 0; k < i && !seen; ++k)
+            seen = memcmp(&msgs[k].env.tenant_id, &msgs[i].env.tenant_id, sizeof(tly_uuid_t)) == 0;
+        if (!seen) {
+            tly_uuid_format(&msgs[i].env.tenant_id, id);
+            tly_pgx_array_add(&tenants, id);
+        }
+    }
+    *nothing = tenants.n == 0;
+    if (tenants.n > 0) {
+        const char *vals[] = {tly_pgx_array_text(&tenants)};
+        PGresult *res = tly_pgx_query(conn, "look for webhook endpoints",
+                                      "SELECT NOT EXISTS (SELECT 1 FROM webhook_endpoints WHERE tenant_id = ANY($1::uuid[]) "
+                                      "AND enabled AND deleted_at IS NULL)",
+                                      1, vals, err, errcap);
+        if (res == NULL) {
+            tly_pgx_array_free(&tenants);
+            return -1;
+        }
+        *nothing = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+    }
+    tly_pgx_array_free(&tenants);
+    return 0;
+}
+
 static int
 webhook_end(void *ctx, PGconn *conn, char *err, size_t errcap)
 {
@@ -186,6 +228,7 @@ tly_webhook_role_init(tly_consumer_handler_t *h, tly_webhook_role_t *role)
         .name = "webhooks",
         .ctx = role,
         .classify = webhook_classify,
+        .nothing_to_do = webhook_nothing_to_do,
         .begin = webhook_begin,
         .apply = webhook_apply,
         .end = webhook_end,

@@ -60,6 +60,7 @@ static char tenant_id[64], api_key[320], account[64];
 static tly_test_receiver_t *rx;
 static char **stack_argv, **stack_envp;
 static pid_t hooks_pid;     /* our webhooks worker */
+static int hooks_admin;     /* its admin port (/metrics) */
 static char watcher_id[64]; /* endpoint subscribed to WebhookEndpointDisabled */
 
 /* --- SQL ------------------------------------------------------------------------ */
@@ -264,8 +265,11 @@ static pid_t
 start_hooks(bool allow_private)
 {
     char path[1024], log[1024];
+    static char admin_env[64];
+    hooks_admin = tly_test_free_port();
+    snprintf(admin_env, sizeof(admin_env), "TALLY_ADMIN_PORT=%d", hooks_admin);
     const char *extra[] = {"TALLY_WORKER_ROLES=webhooks",
-                           "TALLY_ADMIN_PORT=0",
+                           admin_env,
                            allow_private ? "TALLY_WEBHOOK_ALLOW_PRIVATE=true" : "TALLY_WEBHOOK_ALLOW_PRIVATE=false",
                            "TALLY_WEBHOOK_TIMEOUT_MS=1000",
                            "TALLY_WEBHOOK_TIME_SCALE=50000",
@@ -732,6 +736,58 @@ test_replay_sends_nothing(void **state)
     delete_endpoint(ep);
 }
 
+/* A counter of our webhooks worker's /metrics for the webhooks consumer (0 when absent). */
+static long long
+hooks_metric(const char *name)
+{
+    char cmd[512], out[64];
+    snprintf(cmd, sizeof(cmd),
+             "curl -fsS --max-time 5 http://127.0.0.1:%d/metrics | awk '$1 == \"%s{consumer=\\\"webhooks\\\"}\" "
+             "{ v = $2 } END { print v + 0 }'",
+             hooks_admin, name);
+    tly_test_sh(cmd, out, sizeof(out));
+    return strtoll(out, NULL, 10);
+}
+
+/*
+ * A tenant without endpoints costs the recording consumer no transaction: its
+ * events are passed over (positions move, written at most once a second), so
+ * the transactions counted are at most the seconds the events took, where
+ * one per batch would be about one per event (each deposit below waits for
+ * its job, so its two events come in batches of their own).
+ */
+static void
+test_quiet_tenant_costs_no_transactions(void **state)
+{
+    char tenant[320], key[320], saved[320], quiet[64], path[128];
+    tly_test_make_tenant("quiet", 1000, tenant, sizeof(tenant), key, sizeof(key));
+    snprintf(saved, sizeof(saved), "%s", api_key);
+    snprintf(api_key, sizeof(api_key), "%s", key);
+    json_t *job = run("/v1/accounts", "{\"currency\":\"EUR\",\"label\":\"quiet\"}", false);
+    snprintf(quiet, sizeof(quiet), "%s", json_string_value(json_object_get(json_object_get(job, "resource"), "id")));
+    json_decref(job);
+    long long applied0 = hooks_metric("tally_events_applied_total");
+    long long tx0 = hooks_metric("tally_consumer_transactions_total");
+    int64_t t0 = tly_test_now_ms();
+    snprintf(path, sizeof(path), "/v1/accounts/%s/deposits", quiet);
+    for (int i = 0; i < 20; ++i)
+        json_decref(run(path, "{\"amount\":5,\"currency\":\"EUR\"}", true));
+    snprintf(api_key, sizeof(api_key), "%s", saved);
+    int64_t end = tly_test_now_ms() + 30000;
+    while (hooks_metric("tally_events_applied_total") < applied0 + 40 && tly_test_now_ms() < end)
+        tly_test_sleep_ms(100);
+    long long applied = hooks_metric("tally_events_applied_total") - applied0;
+    long long txs = hooks_metric("tally_consumer_transactions_total") - tx0;
+    double secs = (double)(tly_test_now_ms() - t0) / 1000.0;
+    fprintf(stderr, "quiet tenant: %lld events passed over in %.1f s with %lld transactions\n", applied, secs, txs);
+    assert_true(applied >= 40);
+    assert_true(txs <= (long long)secs + 2);
+    /* and the positions past them are written, by the once-a-second flush */
+    assert_true(wait_sql("SELECT (max(updated_at) > now() - interval '3 seconds')::int FROM consumer_positions "
+                         "WHERE consumer = 'webhooks'",
+                         0, NULL, 1, 5000));
+}
+
 /* Without allow-private: plain http, a name resolving to loopback, the metadata address: refused, never connected. */
 static void
 test_ssrf(void **state)
@@ -788,6 +844,7 @@ main(void)
         cmocka_unit_test(test_disabled_after_days),
         cmocka_unit_test(test_rotation),
         cmocka_unit_test(test_replay_sends_nothing),
+        cmocka_unit_test(test_quiet_tenant_costs_no_transactions),
         cmocka_unit_test(test_kill9),
         cmocka_unit_test(test_ssrf),
     };

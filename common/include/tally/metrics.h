@@ -97,6 +97,8 @@ void tly_metrics_kafka_delivery(bool ok, double seconds);
 void tly_metrics_kafka_enqueue_error(void);
 /** tally_events_applied_total{consumer}: events whose position was committed. */
 void tly_metrics_events_applied(const char *consumer, uint64_t n);
+/** tally_consumer_transactions_total{consumer}: batch transactions committed. */
+void tly_metrics_consumer_transaction(const char *consumer);
 /** tally_consumer_lag{consumer,partition}: high watermark minus committed position. */
 void tly_metrics_consumer_lag(const char *consumer, int32_t partition, int64_t lag);
 /** Removes the lag series of a partition this consumer no longer owns. */
