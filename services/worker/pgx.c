@@ -4,6 +4,7 @@
 #include "tally/pg.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,25 @@ typedef struct st_prepared_t {
 
 static __thread prepared_t prepared[PREPARED_MAX];
 static __thread unsigned prepared_seq;
+static pthread_key_t prepared_key; /* its destructor frees a thread's SQL copies when the thread ends */
+static pthread_once_t prepared_once = PTHREAD_ONCE_INIT;
+
+static void
+prepared_forget(void *cache)
+{
+    prepared_t *p = cache;
+    for (int i = 0; i < PREPARED_MAX; ++i) {
+        free(p[i].sql);
+        p[i].sql = NULL;
+    }
+}
+
+static void
+prepared_key_create(void)
+{
+    if (pthread_key_create(&prepared_key, prepared_forget) != 0)
+        abort();
+}
 
 static uint64_t
 sql_hash(const char *sql)
@@ -116,6 +136,9 @@ prepared_add(PGconn *conn, int pid, uint64_t hash, const char *sql, int n, PGres
     slot->hash = hash;
     slot->sql = strdup(sql);
     if (slot->sql == NULL)
+        abort();
+    pthread_once(&prepared_once, prepared_key_create);
+    if (pthread_getspecific(prepared_key) == NULL && pthread_setspecific(prepared_key, prepared) != 0)
         abort();
     return slot;
 }
