@@ -955,7 +955,8 @@ tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t 
     c.is_fresh = calloc((size_t)cfg->batch_max, 1);
     if (msgs == NULL || c.cand == NULL || c.sorted == NULL || c.fresh == NULL || c.is_fresh == NULL)
         abort();
-    c.rk = tly_kafka_consumer_create(cfg->brokers, cfg->group, cfg->prefetch_kbytes, on_rebalance, &c, err, sizeof(err));
+    c.rk = tly_kafka_consumer_create(cfg->brokers, cfg->group, cfg->prefetch_kbytes, cfg->gather_ms, on_rebalance, &c, err,
+                                     sizeof(err));
     if (c.rk == NULL) {
         tly_log(TLY_LOG_ERROR, "could not create kafka consumer", "consumer", handler->name, "error", err, NULL);
         consumer_free(&c, msgs);

@@ -86,6 +86,7 @@ typedef struct st_tly_consumer_config_t {
     int batch_wait_ms;   /* how long to gather a batch once one message is in */
     int max_event_tries; /* failures of one event alone before it is parked */
     int prefetch_kbytes; /* Kafka prefetch queue (0: TLY_KAFKA_PREFETCH_KB); deeper for consumers that catch up */
+    int gather_ms;       /* 0: fetches answered as soon as an event arrives; > 0: the broker gathers for this long */
     atomic_bool *stop;   /* set by the signal thread; the batch in hand is finished first */
     /*
      * Optional. `joined`: set once this consumer has claimed its first

@@ -38,10 +38,12 @@ rd_kafka_t *tly_kafka_producer_create(const char *brokers, int message_timeout_m
 /**
  * Creates a consumer in `group` with auto-commit off and auto offset reset to
  * earliest, using `rebalance_cb` to take and give up partitions, prefetching
- * at most `prefetch_kbytes` (0: TLY_KAFKA_PREFETCH_KB). Returns NULL with
- * `err` set.
+ * at most `prefetch_kbytes` (0: TLY_KAFKA_PREFETCH_KB). `gather_ms` 0: the
+ * broker answers a fetch as soon as an event arrives; > 0: it gathers events
+ * for up to that long (or 1 MB) first, for consumers whose latency matters
+ * less than the broker's work per fetch. Returns NULL with `err` set.
  */
-rd_kafka_t *tly_kafka_consumer_create(const char *brokers, const char *group, int prefetch_kbytes,
+rd_kafka_t *tly_kafka_consumer_create(const char *brokers, const char *group, int prefetch_kbytes, int gather_ms,
                                       void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t, rd_kafka_topic_partition_list_t *,
                                                            void *),
                                       void *opaque, char *err, size_t errcap) __attribute__((warn_unused_result));
