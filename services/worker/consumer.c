@@ -196,7 +196,9 @@ rollback(consumer_t *c)
 {
     char err[256];
     if (!tly_pg_broken(c->conn) && PQtransactionStatus(c->conn) != PQTRANS_IDLE)
-        (void)!tly_pg_exec(c->conn, "ROLLBACK", err, sizeof(err));
+        (void)!tly_pgx_end(c->conn, false, err, sizeof(err));
+    else
+        tly_pgx_begin(NULL); /* a BEGIN not sent yet (tx_start) is forgotten */
 }
 
 /* --- claiming partitions ------------------------------------------------- */
@@ -582,8 +584,9 @@ tx_start(consumer_t *c, char *err, size_t errcap)
         c->parts[i].touched = c->parts[i].stop_pending = c->parts[i].fence_pending = false;
         c->parts[i].staged_next = c->parts[i].next_offset;
     }
-    if (!ensure_pg(c) || tly_pg_exec(c->conn, "BEGIN", err, errcap) != 0)
+    if (!ensure_pg(c))
         return false;
+    tly_pgx_begin(c->conn); /* sent with the first statement (pgx.c) */
     if (c->h->begin != NULL)
         c->h->begin(c->h->ctx);
     return true;
@@ -596,7 +599,7 @@ tx_finish(consumer_t *c, char *err, size_t errcap)
     tx_result_t res = update_positions(c, err, errcap);
     if (res == TX_OK && c->h->end != NULL && c->h->end(c->h->ctx, c->conn, err, errcap) != 0)
         res = TX_TRANSIENT;
-    if (res == TX_OK && tly_pg_exec(c->conn, "COMMIT", err, errcap) != 0)
+    if (res == TX_OK && tly_pgx_end(c->conn, true, err, errcap) != 0)
         res = TX_TRANSIENT;
     if (res != TX_OK) {
         rollback(c);

@@ -143,6 +143,85 @@ prepared_add(PGconn *conn, int pid, uint64_t hash, const char *sql, int n, PGres
     return slot;
 }
 
+/*
+ * A transaction's BEGIN waits here (tly_pgx_begin) and goes out with the
+ * transaction's first statement: both in one pipeline, one round trip
+ * instead of two. The BEGIN is explicit, so the pipeline's Sync does not end
+ * the transaction; if the BEGIN fails the statement is not run and the
+ * caller gets the BEGIN's error.
+ */
+static __thread PGconn *pending_begin;
+
+void
+tly_pgx_begin(PGconn *conn)
+{
+    pending_begin = conn;
+}
+
+/* Sends a waiting BEGIN on its own (before statements that cannot share its pipeline, e.g. COPY). */
+static PGresult *
+flush_begin(PGconn *conn)
+{
+    if (pending_begin != conn || conn == NULL)
+        return NULL;
+    pending_begin = NULL;
+    PGresult *res = PQexec(conn, "BEGIN");
+    if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
+        PQclear(res);
+        return NULL;
+    }
+    return res != NULL ? res : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
+/* The next result of the pipeline, then the NULL that ends it; NULL when the connection has nothing more. */
+static PGresult *
+pipeline_result(PGconn *conn)
+{
+    PGresult *res = PQgetResult(conn), *extra;
+    if (res != NULL && PQresultStatus(res) != PGRES_PIPELINE_SYNC)
+        while ((extra = PQgetResult(conn)) != NULL)
+            PQclear(extra);
+    return res;
+}
+
+/* BEGIN and one statement (prepared as `name`, or `sql` unprepared when NULL) in one round trip. */
+static PGresult *
+begin_with(PGconn *conn, const char *name, const char *sql, int n, const char *const *vals, const int *lens, const int *formats)
+{
+    pending_begin = NULL;
+    if (PQenterPipelineMode(conn) != 1) {
+        PGresult *res = PQexec(conn, "BEGIN");
+        if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
+            return res;
+        PQclear(res);
+        return name != NULL ? PQexecPrepared(conn, name, n, vals, lens, formats, 0)
+                            : PQexecParams(conn, sql, n, NULL, vals, lens, formats, 0);
+    }
+    bool sent = PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1 &&
+                (name != NULL ? PQsendQueryPrepared(conn, name, n, vals, lens, formats, 0)
+                              : PQsendQueryParams(conn, sql, n, NULL, vals, lens, formats, 0)) == 1 &&
+                PQpipelineSync(conn) == 1;
+    PGresult *begin = NULL, *res = NULL, *sync = NULL;
+    if (sent) {
+        begin = pipeline_result(conn);
+        res = pipeline_result(conn);
+        sync = PQgetResult(conn); /* PGRES_PIPELINE_SYNC */
+    }
+    PQclear(sync);
+    if (PQexitPipelineMode(conn) != 1 || !sent) {
+        /* results left unread: the connection is in no state to go on */
+        PQclear(begin);
+        PQclear(res);
+        return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    }
+    if (begin == NULL || PQresultStatus(begin) != PGRES_COMMAND_OK) {
+        PQclear(res);
+        return begin;
+    }
+    PQclear(begin);
+    return res;
+}
+
 /* Runs `sql` prepared (or unprepared when no slot is free); `lens` and `formats` NULL: text parameters. */
 static PGresult *
 run(PGconn *conn, const char *sql, int n, const char *const *vals, const int *lens, const int *formats)
@@ -156,9 +235,14 @@ run(PGconn *conn, const char *sql, int n, const char *const *vals, const int *le
         if (res != NULL)
             return res; /* the statement does not prepare: its error */
     }
-    if (p == NULL)
+    if (pending_begin == conn)
+        res = begin_with(conn, p != NULL ? p->name : NULL, sql, n, vals, lens, formats);
+    else if (p == NULL)
         return PQexecParams(conn, sql, n, NULL, vals, lens, formats, 0);
-    res = PQexecPrepared(conn, p->name, n, vals, lens, formats, 0);
+    else
+        res = PQexecPrepared(conn, p->name, n, vals, lens, formats, 0);
+    if (p == NULL)
+        return res;
     const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     if (state != NULL && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0)) {
         /* gone (DISCARD ALL) or its result type changed under it (0A000 aborts
@@ -231,9 +315,25 @@ tly_pgx_ensure(PGconn **conn, bool *up, const char *dsn, const char *setup, cons
 }
 
 int
+tly_pgx_end(PGconn *conn, bool commit, char *err, size_t errcap)
+{
+    if (pending_begin == conn) { /* nothing was run: there is no transaction to end */
+        pending_begin = NULL;
+        return 0;
+    }
+    return tly_pg_exec(conn, commit ? "COMMIT" : "ROLLBACK", err, errcap);
+}
+
+int
 tly_pgx_copy(PGconn *conn, const char *what, const char *sql, const char *data, size_t len, char *err, size_t errcap)
 {
-    PGresult *res = PQexec(conn, sql);
+    PGresult *res = flush_begin(conn);
+    if (res != NULL) {
+        fail(conn, res, what, err, errcap);
+        PQclear(res);
+        return -1;
+    }
+    res = PQexec(conn, sql);
     if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
         fail(conn, res, what, err, errcap);
         PQclear(res);

@@ -25,6 +25,16 @@ int tly_pgx_exec(PGconn *conn, const char *what, const char *sql, int n, const c
                  size_t errcap) __attribute__((warn_unused_result));
 
 /**
+ * Opens a transaction on `conn` whose BEGIN goes out with its first statement
+ * (one round trip for both; an error of the BEGIN is that statement's).
+ * End it with tly_pgx_end, which sends nothing when no statement ran.
+ * tly_pgx_begin(NULL) forgets a BEGIN not sent yet (per thread).
+ */
+void tly_pgx_begin(PGconn *conn);
+/** COMMIT (`commit`) or ROLLBACK of a transaction opened by tly_pgx_begin. Returns 0 or -1 with `err`. */
+int tly_pgx_end(PGconn *conn, bool commit, char *err, size_t errcap) __attribute__((warn_unused_result));
+
+/**
  * True when the last failure on this thread was not caused by the statement's
  * data: the connection broke, or the SQLSTATE class is 08 (connection), 40
  * (serialization, deadlock), 53 (resources), 57 (operator intervention) or

@@ -15,7 +15,7 @@
  * unseen), commit. A crash between produce and delete republishes the same
  * events (same ids); consumers dedup by id (consumer_dedup).
  *
- * Wake-up: the decider NOTIFYs tally_outbox in its transaction; we LISTEN
+ * Wake-up: every outbox insert NOTIFYs tally_outbox (tly_outbox_rows_flush); we LISTEN
  * and also poll every 100 ms in case a notification is lost with a
  * connection.
  *
@@ -122,23 +122,15 @@ publish_once(relay_t *r, char *err, size_t errcap)
 {
     PGresult *res = NULL;
     int ret = -1;
-    if (tly_pg_exec(r->conn, "BEGIN", err, errcap) != 0)
-        return -1;
+    /* BEGIN, the lock and the read in one round trip: without the lock (another relay publishes) the read
+       gives no rows, which is the same as an empty outbox for this pass */
+    tly_pgx_begin(r->conn);
     const char *lock_vals[] = {RELAY_LOCK};
-    res = tly_pgx_query(r->conn, "take the relay lock", "SELECT pg_try_advisory_xact_lock($1::bigint)", 1, lock_vals, err, errcap);
-    if (res == NULL)
-        goto cleanup;
-    bool locked = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
-    res = NULL;
-    if (!locked) {
-        ret = 0;
-        goto cleanup;
-    }
     res = tly_pgx_query(r->conn, "read outbox",
+                        "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($1::bigint) AS held) "
                         "SELECT seq, topic, msg_key, payload, headers->>'type', COALESCE(headers->>'version', '1'), "
-                        "headers->>'traceparent' FROM outbox ORDER BY seq LIMIT 1000",
-                        0, NULL, err, errcap);
+                        "headers->>'traceparent' FROM outbox WHERE (SELECT held FROM lock) ORDER BY seq LIMIT 1000",
+                        1, lock_vals, err, errcap);
     if (res == NULL)
         goto cleanup;
     int n = PQntuples(res);
@@ -154,7 +146,7 @@ publish_once(relay_t *r, char *err, size_t errcap)
     }
     if (n > 0 && delete_rows(r, res, err, errcap) != 0)
         goto cleanup;
-    if (tly_pg_exec(r->conn, "COMMIT", err, errcap) != 0)
+    if (tly_pgx_end(r->conn, true, err, errcap) != 0)
         goto cleanup;
     ret = n;
 cleanup:
@@ -162,7 +154,7 @@ cleanup:
         PQclear(res);
     if (ret <= 0 && !tly_pg_broken(r->conn) && PQtransactionStatus(r->conn) != PQTRANS_IDLE) {
         char ignored[128];
-        (void)!tly_pg_exec(r->conn, "ROLLBACK", ignored, sizeof(ignored));
+        (void)!tly_pgx_end(r->conn, false, ignored, sizeof(ignored));
     }
     return ret;
 }

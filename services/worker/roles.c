@@ -28,7 +28,6 @@ static void
 decider_begin(void *ctx)
 {
     tly_decider_role_t *r = ctx;
-    r->wrote_outbox = false;
     tly_outbox_rows_reset(&r->outbox);
 }
 
@@ -205,12 +204,15 @@ tly_outbox_rows_flush(tly_outbox_rows_t *rows, PGconn *conn, char *err, size_t e
         const char *vals[TLY_OUTBOX_NCOLS];
         for (int c = 0; c < TLY_OUTBOX_NCOLS; ++c)
             vals[c] = tly_pgx_array_text(&rows->col[c]);
-        /* seq follows the array order (WITH ORDINALITY): the relay publishes each key's events in the order decided */
+        /* seq follows the array order (WITH ORDINALITY): the relay publishes each key's events in the order decided.
+           The same statement wakes the relay (NOTIFY tally_outbox, delivered at commit; PostgreSQL folds repeats
+           within a transaction into one) when it inserted a row: no round trip of its own */
         ret = tly_pgx_exec(conn, "insert outbox rows",
-                           "INSERT INTO outbox (event_id, topic, msg_key, payload, headers) "
+                           "WITH ins AS (INSERT INTO outbox (event_id, topic, msg_key, payload, headers) "
                            "SELECT id, topic, msg_key, payload, headers::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], "
                            "$4::text[], $5::text[]) WITH ORDINALITY AS r(id, topic, msg_key, payload, headers, ord) "
-                           "ORDER BY ord ON CONFLICT (event_id) DO NOTHING",
+                           "ORDER BY ord ON CONFLICT (event_id) DO NOTHING RETURNING 1) "
+                           "SELECT pg_notify('tally_outbox', '') WHERE EXISTS (SELECT 1 FROM ins)",
                            5, vals, NULL, err, errcap);
     }
     tly_outbox_rows_reset(rows);
@@ -245,8 +247,6 @@ tly_outbox_insert(PGconn *conn, const char *topic, const char *parent_tp, const 
 static int
 decider_flush_outbox(tly_decider_role_t *r, PGconn *conn, char *err, size_t errcap)
 {
-    if (r->outbox.col[TLY_OUTBOX_ID].n > 0)
-        r->wrote_outbox = true;
     return tly_outbox_rows_flush(&r->outbox, conn, err, errcap);
 }
 
@@ -310,15 +310,6 @@ decider_park(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, const char 
     return decider_flush_outbox(r, conn, err, errcap);
 }
 
-static int
-decider_end(void *ctx, PGconn *conn, char *err, size_t errcap)
-{
-    tly_decider_role_t *r = ctx;
-    if (!r->wrote_outbox)
-        return 0;
-    return tly_pgx_exec(conn, "notify the relay", "NOTIFY tally_outbox", 0, NULL, NULL, err, errcap);
-}
-
 void
 tly_decider_role_free(tly_decider_role_t *role)
 {
@@ -342,7 +333,6 @@ tly_decider_role_init(tly_consumer_handler_t *h, tly_decider_role_t *role, const
         .begin = decider_begin,
         .apply = decider_apply,
         .park = decider_park,
-        .end = decider_end,
         .apply_batch = decider_apply_batch,
     };
 }
@@ -461,12 +451,6 @@ saga_classify(void *ctx, const tly_envelope_t *env)
     return env->version > TLY_SAGA_EVENT_VERSION ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
 }
 
-static void
-saga_begin(void *ctx)
-{
-    ((tly_saga_role_t *)ctx)->wrote_outbox = false;
-}
-
 /* Advances the event's saga once (the consumer dedups by event id; saga.c ignores what does not fit the state). */
 static int
 saga_apply(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, char *err, size_t errcap)
@@ -489,7 +473,6 @@ saga_apply(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, char *err, si
     for (int i = 0; i < step.nevents; ++i) {
         if (tly_outbox_insert(conn, r->topic, msg->traceparent, &step.events[i], err, errcap) != 0)
             goto cleanup;
-        r->wrote_outbox = true;
     }
     ret = 0;
 cleanup:
@@ -514,19 +497,8 @@ saga_park(void *ctx, PGconn *conn, const tly_consumer_msg_t *msg, const char *wh
     tly_envelope_derive(&ev, &msg->env, "TransferRejected", TLY_SAGA_EVENT_VERSION,
                         json_pack("{s:s, s:s}", "code", TLY_CODE_DEAD_LETTERED, "detail", why), NULL);
     int ret = tly_outbox_insert(conn, r->topic, msg->traceparent, &ev, err, errcap);
-    if (ret == 0)
-        r->wrote_outbox = true;
     tly_envelope_clear(&ev);
     return ret;
-}
-
-static int
-saga_end(void *ctx, PGconn *conn, char *err, size_t errcap)
-{
-    tly_saga_role_t *r = ctx;
-    if (!r->wrote_outbox)
-        return 0;
-    return tly_pgx_exec(conn, "notify the relay", "NOTIFY tally_outbox", 0, NULL, NULL, err, errcap);
 }
 
 void
@@ -539,10 +511,8 @@ tly_saga_role_init(tly_consumer_handler_t *h, tly_saga_role_t *role, const char 
         .name = "saga",
         .ctx = role,
         .classify = saga_classify,
-        .begin = saga_begin,
         .apply = saga_apply,
         .park = saga_park,
-        .end = saga_end,
     };
 }
 

@@ -38,7 +38,6 @@ typedef struct st_tly_decider_slot_t {
 /* Per-batch state of the decider role; lives as long as the consumer (tly_decider_role_free). */
 typedef struct st_tly_decider_role_t {
     const char *topic; /* where outcomes go (outbox.topic) */
-    bool wrote_outbox; /* NOTIFY the relay at commit */
     tly_outbox_rows_t outbox;
     tly_decider_slot_t *slots; /* the batch's accounts by id (open addressing, cap a power of two) */
     size_t cap;
@@ -55,7 +54,6 @@ void tly_decider_role_free(tly_decider_role_t *role);
 typedef struct st_tly_saga_role_t {
     const char *topic;
     tly_saga_config_t cfg;
-    bool wrote_outbox;
 } tly_saga_role_t;
 
 /** Fills `h` for the saga role; `role` must outlive the consumer. */

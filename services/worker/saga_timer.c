@@ -87,8 +87,6 @@ pass(saga_timer_t *t, char *err, size_t errcap)
             goto fail_res;
     }
     PQclear(res);
-    if (sent > 0 && tly_pgx_exec(t->conn, "notify the relay", "NOTIFY tally_outbox", 0, NULL, NULL, err, errcap) != 0)
-        goto fail;
     if (tly_pg_exec(t->conn, "COMMIT", err, errcap) != 0)
         goto fail;
     if (sent > 0) {

@@ -518,8 +518,6 @@ disable_endpoint(sender_t *s, const char *endpoint, const char *reason, bool *di
         goto cleanup;
     if (tly_outbox_insert(s->conn, s->cfg->topic, "", &ev, err, errcap) != 0)
         goto cleanup;
-    if (tly_pgx_exec(s->conn, "notify the relay", "NOTIFY tally_outbox", 0, NULL, NULL, err, errcap) != 0)
-        goto cleanup;
     *disabled = true;
     ret = 0;
 cleanup:
