@@ -113,14 +113,19 @@ run_webhook_sender(void *arg)
 }
 
 /*
- * The projector's and the decider's consumers prefetch up to 16 MB (the
- * others 4 MB): they are the ones that catch up on a backlog, and with
+ * The projector's and the decider's consumers prefetch deeper than the
+ * others' 4 MB: they are the ones that catch up on a backlog, and with
  * librdkafka 2.0.2 a full queue stalls fetching for about a second (see
  * tly_kafka_consumer_create). Measured on a 200k-event backlog: projector
  * 10–13k events/s with 4 MB, 32–34k with 16 MB; decider 3.3k requests/s,
- * 12.8–13.1k. Worker RSS stays under 128 MB with both deeper (services/worker/README.md).
+ * 12.8–13.1k. The projector runs two consumers, and with 16 MB each the
+ * worker's peak RSS in a catch-up was 118, 131 and 143 MB in three
+ * bench/run.sh project runs and 108–132 MB in bench/reproject.sh runs (the
+ * limit is 128 MB); with 12 MB each, 100–112 MB in five reproject runs at
+ * 29.4–30.7k events/s against 30.8k with 16 MB (8 MB: 96 MB, 22.7k).
  */
-#define CATCH_UP_PREFETCH_KB 16384
+#define DECIDER_PREFETCH_KB 16384
+#define PROJECTOR_PREFETCH_KB 12288
 
 /*
  * The webhooks consumer lets the broker gather events for up to 50 ms per
@@ -165,7 +170,7 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
         abort();
     if (roles & TLY_ROLE_DECIDER) {
         consumer_cfg(&w->decider.cfg, cfg, "tally-decider", stop);
-        w->decider.cfg.prefetch_kbytes = CATCH_UP_PREFETCH_KB;
+        w->decider.cfg.prefetch_kbytes = DECIDER_PREFETCH_KB;
         tly_decider_role_init(&w->decider.handler, &w->decider_role, cfg->topic);
         if (spawn(w, run_consumer, &w->decider, err, errcap) != 0)
             goto fail;
@@ -189,7 +194,7 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
         for (int i = 0; i < cfg->projector_consumers && i < TLY_PROJECTOR_CONSUMERS_MAX; ++i) {
             consumer_thread_t *t = i == 0 ? &w->projector : &w->more_projectors[i - 1];
             consumer_cfg(&t->cfg, cfg, "tally-projector", stop);
-            t->cfg.prefetch_kbytes = CATCH_UP_PREFETCH_KB;
+            t->cfg.prefetch_kbytes = PROJECTOR_PREFETCH_KB;
             /* the first joins alone; the others after it has its partitions (consumer.c, wait_join_turn) */
             atomic_init(&t->joined, false);
             t->cfg.joined = &t->joined;
