@@ -556,7 +556,7 @@ static const double kafka_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 static struct {
     tly_metric_t *http_requests, *http_duration, *rate_limited, *idem_replays, *kafka_duration, *kafka_errors, *events_applied,
-        *consumer_txs, *consumer_lag, *dead_letters, *saga_states;
+        *consumer_txs, *consumer_lag, *dead_letters, *saga_states, *cmd_statements, *cmd_rows;
 } wk;
 static pthread_once_t wk_once = PTHREAD_ONCE_INIT;
 
@@ -596,6 +596,19 @@ wk_init(void)
     wk.dead_letters =
         tly_metrics_counter(r, "tally_dead_letters_total", "Events parked in dead_letters, by consumer.", "consumer", 16);
     wk.saga_states = tly_metrics_gauge(r, "tally_saga_states", "Sagas (transfers) in each state.", "state", 32);
+    wk.cmd_statements = tly_metrics_counter(r, "tally_command_statements_total",
+                                            "Batched statements the command API ran, by statement (record: the command "
+                                            "records of a loop iteration; accept: their acceptances).",
+                                            "statement", 4);
+    wk.cmd_rows = tly_metrics_counter(r, "tally_command_statement_rows_total",
+                                      "Rows the command API's batched statements carried, by statement (rows / statements "
+                                      "is the batch size).",
+                                      "statement", 4);
+    for (int i = 0; i < 2; ++i) {
+        const char *st = i == 0 ? "record" : "accept";
+        tly_counter_add(tly_metric_s1(wk.cmd_statements, st), 0);
+        tly_counter_add(tly_metric_s1(wk.cmd_rows, st), 0);
+    }
 }
 
 static inline void
@@ -636,6 +649,14 @@ tly_metrics_rate_limited(void)
 {
     wk_ready();
     tly_counter_add(tly_metric_s0(wk.rate_limited), 1);
+}
+
+void
+tly_metrics_command_statement(const char *statement, uint64_t rows)
+{
+    wk_ready();
+    tly_counter_add(tly_metric_s1(wk.cmd_statements, statement), 1);
+    tly_counter_add(tly_metric_s1(wk.cmd_rows, statement), rows);
 }
 
 void

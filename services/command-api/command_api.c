@@ -171,6 +171,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     if (thr == NULL)
         abort();
     thr->cfg = cfg;
+    thr->loop = t->loop;
     thr->keys = shared_keys;
     thr->producer =
         tly_kafka_producer_create(cfg->kafka_brokers, (int)cfg->kafka_timeout_ms, cmd_on_delivery, thr, err, sizeof(err));
@@ -186,6 +187,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->kafka_wakeup->data = thr;
     h2o_socket_read_start(thr->kafka_wakeup, on_kafka_wakeup);
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, cmd_statements, STMT__COUNT);
+    cmd_records_init(thr);
     return thr;
 }
 
@@ -201,6 +203,7 @@ thread_dispose(void *app)
     cmd_thread_t *thr = app;
     /* in-flight ops are done or past the grace period; deliver what is queued */
     rd_kafka_flush(thr->producer, 2000);
+    cmd_records_dispose(thr);
     tly_pgpool_destroy(thr->pg);
     h2o_socket_read_stop(thr->kafka_wakeup);
     h2o_socket_close(thr->kafka_wakeup);

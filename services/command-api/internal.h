@@ -32,19 +32,38 @@ enum {
 };
 extern const tly_pg_statement_t cmd_statements[STMT__COUNT];
 
+typedef struct st_cmd_op_t cmd_op_t;
+
+/* A 202 already sent whose acceptance is still to be recorded (record.c). */
+typedef struct st_cmd_accept_t {
+    struct st_cmd_accept_t *next;
+    tly_uuid_t job_id;
+    char *body; /* the 202 body, kept for idempotent replays */
+    int attempts;
+} cmd_accept_t;
+
 typedef struct st_cmd_thread_t {
     tly_command_api_config_t *cfg;
+    h2o_evloop_t *loop;
     tly_keycache_t *keys;
     tly_pgpool_t *pg;
     rd_kafka_t *producer;
     h2o_socket_t *kafka_wakeup;
     int wakeup_fds[2];
     size_t inflight;
+    /* batched statements (record.c): what this loop iteration queued */
+    cmd_op_t *records, **records_tail; /* ops waiting for their command record */
+    size_t nrecords;
+    cmd_accept_t *accepts; /* acceptances to record */
+    size_t naccepts;
+    h2o_timeout_t flush_now, flush_retry;
+    h2o_timeout_entry_t flush_entry, retry_entry;
+    bool closing;
 } cmd_thread_t;
 
 typedef struct st_cmd_batch_t cmd_batch_t;
 
-typedef struct st_cmd_op_t {
+struct st_cmd_op_t {
     tly_api_req_t api; /* request frame; api.req is NULL for batch items */
     cmd_thread_t *thr;
     cmd_batch_t *batch; /* the batch this op is an item of, or NULL */
@@ -56,8 +75,9 @@ typedef struct st_cmd_op_t {
     bool has_idem;
     char hash_hex[65];
     char traceparent[TLY_TRACEPARENT_LEN + 1];
-    char *response; /* the 202 body */
-} cmd_op_t;
+    char *response;           /* the 202 body */
+    struct st_cmd_op_t *next; /* in thr->records */
+};
 
 /** An op for an HTTP request (`req`), or for a batch item (`req` NULL, `batch` set). */
 cmd_op_t *cmd_op_create(cmd_thread_t *thr, h2o_req_t *req, cmd_batch_t *batch, size_t index);
@@ -83,6 +103,19 @@ bool cmd_op_idempotency_key(cmd_op_t *op, const char *key, size_t len);
  * recognise a repeated Idempotency-Key with a different request.
  */
 void cmd_op_start(cmd_op_t *op, const char *path, size_t path_len, const char *body, size_t body_len);
+
+/** Called by record.c for each op of a record batch: `inserted` false means the key was seen before. */
+void cmd_op_recorded(cmd_op_t *op, bool inserted);
+/** Called by record.c when an op's record could not be written: 503. */
+void cmd_op_record_failed(cmd_op_t *op, const char *err);
+
+/** Sets up (and tears down) a thread's batched statements. */
+void cmd_records_init(cmd_thread_t *thr);
+void cmd_records_dispose(cmd_thread_t *thr);
+/** Queues the op's command record for this loop iteration's insert; calls back cmd_op_recorded or cmd_op_record_failed. */
+void cmd_record_enqueue(cmd_op_t *op);
+/** Queues the acceptance of a sent 202 (takes `body`). */
+void cmd_accept_enqueue(cmd_thread_t *thr, const tly_uuid_t *job_id, char *body);
 
 /** Kafka delivery report callback (the producer's dr_msg_cb). */
 void cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque);

@@ -1,7 +1,8 @@
 /*
  * One command on its way to a 202: idempotency record, Kafka append (acks=all),
- * acceptance record. Every step is asynchronous and comes back into the
- * thread's h2o loop. An op ends exactly once, through op_end, which answers
+ * the 202, then the acceptance record (record.c batches the records and the
+ * acceptances). Every step is asynchronous and comes back into the thread's
+ * h2o loop. An op ends exactly once, through op_end, which answers
  * the client (or fills the batch item) and frees the op.
  */
 #include "internal.h"
@@ -27,10 +28,15 @@
 /* clang-format on */
 
 const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
-    [STMT_INSERT] = {"insert_request",
+    /* Every command of a loop iteration in one statement (op.c, "batched
+       statements"); the rows returned are the ones recorded, a row missing
+       is a key seen before. */
+    [STMT_INSERT] = {"insert_requests",
                      "INSERT INTO command_requests (job_id, event_id, tenant_id, idempotency_key, request_hash, state, "
-                     "locked_until, resource_type, resource_id) VALUES ($1, $2, $3, $4, decode($5, 'hex'), 'pending', "
-                     "now() + interval '15 seconds', $6, $7) ON CONFLICT (tenant_id, idempotency_key) "
+                     "locked_until, resource_type, resource_id) SELECT u.job_id, u.event_id, u.tenant_id, u.idem, "
+                     "decode(u.hash, 'hex'), 'pending', now() + interval '15 seconds', u.rtype, u.res "
+                     "FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::uuid[]) "
+                     "AS u(job_id, event_id, tenant_id, idem, hash, rtype, res) ON CONFLICT (tenant_id, idempotency_key) "
                      "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING job_id",
                      7},
     /* The same key was seen before: take it over when the earlier attempt
@@ -44,9 +50,10 @@ const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
                     "SELECT cur.job_id, cur.event_id, cur.request_hash = decode($3, 'hex'), cur.state, "
                     "cur.response_body, cur.resource_id, (SELECT count(*) FROM upd) FROM cur",
                     3},
-    [STMT_ACCEPT] = {"accept_request",
-                     "UPDATE command_requests SET state = 'accepted', response_status = 202, response_body = $2 "
-                     "WHERE job_id = $1",
+    /* The acceptances of a loop iteration's delivery reports, in one statement. */
+    [STMT_ACCEPT] = {"accept_requests",
+                     "UPDATE command_requests c SET state = 'accepted', response_status = 202, response_body = u.body "
+                     "FROM unnest($1::uuid[], $2::text[]) AS u(job_id, body) WHERE c.job_id = u.job_id",
                      2},
     [STMT_FAIL] = {"fail_request", "UPDATE command_requests SET state = 'failed' WHERE job_id = $1 AND state = 'pending'", 1},
     [STMT_KEY_CREATE] = {"create_key",
@@ -285,27 +292,10 @@ op_give_up(cmd_op_t *op, const char *detail)
     tly_pgpool_exec(rest->thr->pg, STMT_FAIL, params, on_failed_recorded, rest);
 }
 
-static void
-on_accepted_recorded(void *data, PGresult *res, const char *err)
-{
-    cmd_op_t *op = data;
-    if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
-        /* the event is in the log and will be processed, but the job cannot be
-           shown yet: the client must not hold a 202 that 404s */
-        tly_log(TLY_LOG_ERROR, "could not record accepted command", "request_id", op->api.request_id, "trace_id", trace_of(op),
-                "error", err != NULL ? err : PQresultErrorMessage(res), NULL);
-        cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded; retry with the same Idempotency-Key",
-                       NULL);
-        return;
-    }
-    op_end(op, 202, op->response, false);
-}
-
 void
 cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
     cmd_op_t *op = msg->_private;
-    char job[TLY_UUID_STR_LEN + 1];
     int64_t latency_us = rd_kafka_message_latency(msg);
     tly_metrics_kafka_delivery(msg->err == RD_KAFKA_RESP_ERR_NO_ERROR, latency_us >= 0 ? (double)latency_us / 1e6 : 0.0);
     if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -314,9 +304,11 @@ cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
         op_give_up(op, "the event log did not acknowledge the command in time; retry with the same Idempotency-Key");
         return;
     }
-    tly_uuid_format(&op->job_id, job);
-    const char *params[2] = {job, op->response};
-    tly_pgpool_exec(op->thr->pg, STMT_ACCEPT, params, on_accepted_recorded, op);
+    /* the event is in the log and the record exists (the job reads as queued): answer now, record the acceptance after */
+    char *body = op->response;
+    op->response = NULL;
+    cmd_accept_enqueue(op->thr, &op->job_id, body);
+    op_end(op, 202, body, false);
 }
 
 static char *
@@ -392,18 +384,19 @@ on_claimed(void *data, PGresult *res, const char *err)
     }
 }
 
-static void
-on_inserted(void *data, PGresult *res, const char *err)
+void
+cmd_op_record_failed(cmd_op_t *op, const char *err)
 {
-    cmd_op_t *op = data;
+    tly_log(TLY_LOG_WARN, "could not record command", "request_id", op->api.request_id, "trace_id", trace_of(op), "error", err,
+            NULL);
+    cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded", NULL);
+}
+
+void
+cmd_op_recorded(cmd_op_t *op, bool inserted)
+{
     char tenant[TLY_UUID_STR_LEN + 1];
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        tly_log(TLY_LOG_WARN, "could not record command", "request_id", op->api.request_id, "trace_id", trace_of(op), "error",
-                err != NULL ? err : PQresultErrorMessage(res), NULL);
-        cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded", NULL);
-        return;
-    }
-    if (PQntuples(res) == 1) {
+    if (inserted) {
         op_produce(op);
         return;
     }
@@ -434,15 +427,8 @@ request_hash(cmd_op_t *op, const char *path, size_t path_len, const char *body, 
 void
 cmd_op_start(cmd_op_t *op, const char *path, size_t path_len, const char *body, size_t body_len)
 {
-    char job[TLY_UUID_STR_LEN + 1], event[TLY_UUID_STR_LEN + 1], tenant[TLY_UUID_STR_LEN + 1], res[TLY_UUID_STR_LEN + 1];
     request_hash(op, path, path_len, body, body_len);
     op->job_id = tly_uuid_v4();
     op->event_id = tly_uuid_v4();
-    tly_uuid_format(&op->job_id, job);
-    tly_uuid_format(&op->event_id, event);
-    tly_uuid_format(&op->api.principal.tenant_id, tenant);
-    tly_uuid_format(&op->resource_id, res);
-    const char *params[7] = {
-        job, event, tenant, op->has_idem ? op->idem_key : NULL, op->hash_hex, tly_command_spec(op->cmd.kind)->aggregate_type, res};
-    tly_pgpool_exec(op->thr->pg, STMT_INSERT, params, on_inserted, op);
+    cmd_record_enqueue(op);
 }

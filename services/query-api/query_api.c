@@ -54,7 +54,10 @@
 const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     [STMT_ACCOUNT] = {"get_account", "SELECT " ACCOUNT_JSON ", version FROM accounts WHERE id = $1 AND tenant_id = $2", 2},
     /* The projected job, or, before the projector saw its event, the command
-       record of an accepted request: a job that got a 202 is never 404. */
+       record: a job that got a 202 is never 404. The record is written before
+       the append and marked accepted after the 202 (the command API's README
+       says why), so any record but a failed one reads as queued; a job id is
+       only known to a client once its 202 was sent. */
     [STMT_JOB] =
         {"get_job",
          "SELECT json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', " TS(
@@ -66,7 +69,7 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
                            "SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "
                            "version + 1 AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "
                            "UNION ALL SELECT job_id, 'queued', created_at, created_at, resource_type, resource_id, NULL, NULL, 1 "
-                           "FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state = 'accepted' "
+                           "FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state <> 'failed' "
                            "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1",
          2},
     /* $1 tenant, ($2, $3) exclusive lower position, $4 exclusive upper

@@ -66,7 +66,7 @@ typedef struct st_consumer_t {
     /* the set-based path's scratch, batch_max entries each */
     tly_consumer_msg_t **cand, **sorted, **fresh;
     unsigned char *is_fresh; /* by index in the gathered batch */
-    tly_pgx_array_t arr[3];
+    tly_pg_array_t arr[3];
     tly_pgx_barray_t ids;     /* the dedup statement's event ids */
     int64_t unsaved_since_us; /* monotonic; 0 when no partition is unsaved */
 } consumer_t;
@@ -493,23 +493,22 @@ handle(consumer_t *c, tly_consumer_msg_t *m, partition_t *p, bool park, char *er
 static tx_result_t
 update_positions(consumer_t *c, char *err, size_t errcap)
 {
-    tly_pgx_array_t *parts = &c->arr[0], *offs = &c->arr[1], *epochs = &c->arr[2];
-    tly_pgx_array_reset(parts);
-    tly_pgx_array_reset(offs);
-    tly_pgx_array_reset(epochs);
+    tly_pg_array_t *parts = &c->arr[0], *offs = &c->arr[1], *epochs = &c->arr[2];
+    tly_pg_array_reset(parts);
+    tly_pg_array_reset(offs);
+    tly_pg_array_reset(epochs);
     for (int i = 0; i < c->nparts; ++i) {
         partition_t *p = &c->parts[i];
         if (!p->touched && !(p->unsaved && p->assigned && !p->stopped))
             continue;
-        tly_pgx_array_add_i64(parts, i);
-        tly_pgx_array_add_i64(offs, p->staged_next);
-        tly_pgx_array_add_i64(epochs, p->epoch);
+        tly_pg_array_add_i64(parts, i);
+        tly_pg_array_add_i64(offs, p->staged_next);
+        tly_pg_array_add_i64(epochs, p->epoch);
         p->fence_pending = true; /* until the statement returns the partition */
     }
     if (parts->n == 0)
         return TX_OK;
-    const char *vals[] = {c->h->name, c->cfg->topic, tly_pgx_array_text(parts), tly_pgx_array_text(offs),
-                          tly_pgx_array_text(epochs)};
+    const char *vals[] = {c->h->name, c->cfg->topic, tly_pg_array_text(parts), tly_pg_array_text(offs), tly_pg_array_text(epochs)};
     PGresult *res = tly_pgx_query(c->conn, "update positions",
                                   "UPDATE consumer_positions AS cp SET next_offset = u.next_offset, updated_at = now() "
                                   "FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS u(partition, next_offset, epoch) "
@@ -920,7 +919,7 @@ consumer_free(consumer_t *c, tly_consumer_msg_t *msgs)
     free(c->fresh);
     free(c->is_fresh);
     for (size_t i = 0; i < sizeof(c->arr) / sizeof(c->arr[0]); ++i)
-        tly_pgx_array_free(&c->arr[i]);
+        tly_pg_array_free(&c->arr[i]);
     tly_pgx_barray_free(&c->ids);
     free(msgs);
 }

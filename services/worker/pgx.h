@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tally/pgarray.h"
+
 /**
  * Runs `sql` with `n` text parameters (NULL entries are SQL NULL). Returns the
  * result (caller PQclears) or NULL with "could not <what>: <server message>"
@@ -86,28 +88,6 @@ void tly_pgx_copy_time(tly_pgx_copy_t *c, int64_t unix_us);
 int tly_pgx_copy_send(tly_pgx_copy_t *c, PGconn *conn, const char *what, const char *sql, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 void tly_pgx_copy_free(tly_pgx_copy_t *c);
-
-/*
- * A PostgreSQL array literal ("{...}") built element by element, for the
- * set-based statements (`unnest($1::uuid[], ...)`): every element is quoted
- * and escaped, so any text is safe. Reused across batches: reset keeps the
- * memory.
- */
-typedef struct st_tly_pgx_array_t {
-    char *buf;
-    size_t len, cap;
-    int n;
-} tly_pgx_array_t;
-
-/** Empties `a` (keeps its memory). A zeroed struct is an empty array. */
-void tly_pgx_array_reset(tly_pgx_array_t *a);
-/** Appends `s` (NULL appends SQL NULL). */
-void tly_pgx_array_add(tly_pgx_array_t *a, const char *s);
-/** Appends a signed integer. */
-void tly_pgx_array_add_i64(tly_pgx_array_t *a, int64_t v);
-/** The literal, valid until the next change of `a`. */
-const char *tly_pgx_array_text(tly_pgx_array_t *a);
-void tly_pgx_array_free(tly_pgx_array_t *a);
 
 /*
  * The same kind of parameter in PostgreSQL's binary array format (what

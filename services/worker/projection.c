@@ -195,7 +195,7 @@ tly_projection_batch_destroy(tly_projection_batch_t *b)
     free(b->steps);
     tly_pgx_copy_free(&b->copy);
     for (int i = 0; i < TLY_PROJ_NARRAYS; ++i)
-        tly_pgx_array_free(&b->arr[i]);
+        tly_pg_array_free(&b->arr[i]);
     for (int i = 0; i < TLY_PROJ_NARRAYS; ++i)
         tly_pgx_barray_free(&b->barr[i]);
     free(b);

@@ -97,7 +97,7 @@ struct st_tly_projection_batch_t {
     tly_proj_step_t *steps;
     int naccounts, nledger, njobs, ntransfers, nsteps;
     int cap_accounts, cap_ledger, cap_jobs, cap_transfers, cap_steps;
-    tly_pgx_array_t arr[TLY_PROJ_NARRAYS];   /* statement parameters, reused */
+    tly_pg_array_t arr[TLY_PROJ_NARRAYS];    /* statement parameters, reused */
     tly_pgx_barray_t barr[TLY_PROJ_NARRAYS]; /* the same in binary (jobs, ledger entries) */
     tly_projection_exists_fn job_exists;     /* bulk loading when set (tly_projection_batch_set_bulk) */
     void *exists_ctx;

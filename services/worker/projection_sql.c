@@ -16,31 +16,31 @@
 #include <string.h>
 
 static void
-add_uuid(tly_pgx_array_t *a, const tly_uuid_t *u, bool present)
+add_uuid(tly_pg_array_t *a, const tly_uuid_t *u, bool present)
 {
     char s[TLY_UUID_STR_LEN + 1];
     if (!present) {
-        tly_pgx_array_add(a, NULL);
+        tly_pg_array_add(a, NULL);
         return;
     }
     tly_uuid_format(u, s);
-    tly_pgx_array_add(a, s);
+    tly_pg_array_add(a, s);
 }
 
 static void
-add_time(tly_pgx_array_t *a, int64_t us)
+add_time(tly_pg_array_t *a, int64_t us)
 {
     char s[40];
     tly_clock_format_rfc3339(us, s, sizeof(s));
-    tly_pgx_array_add(a, s);
+    tly_pg_array_add(a, s);
 }
 
 /* Resets the first `n` arrays of the batch and returns them. */
-static tly_pgx_array_t *
+static tly_pg_array_t *
 arrays(tly_projection_batch_t *b, int n)
 {
     for (int i = 0; i < n; ++i)
-        tly_pgx_array_reset(&b->arr[i]);
+        tly_pg_array_reset(&b->arr[i]);
     return b->arr;
 }
 
@@ -50,7 +50,7 @@ run(tly_projection_batch_t *b, PGconn *conn, const char *what, const char *sql, 
 {
     const char *vals[TLY_PROJ_NARRAYS];
     for (int i = 0; i < n; ++i)
-        vals[i] = tly_pgx_array_text(&b->arr[i]);
+        vals[i] = tly_pg_array_text(&b->arr[i]);
     return tly_pgx_query(conn, what, sql, n, vals, err, errcap);
 }
 
@@ -129,7 +129,7 @@ key_order(const void *rows, int n, size_t size, size_t off)
 static int
 insert_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
-    tly_pgx_array_t *a = arrays(b, 5);
+    tly_pg_array_t *a = arrays(b, 5);
     int *order = KEY_ORDER(b->accounts, b->naccounts, tly_proj_account_t);
     for (int k = 0; k < b->naccounts; ++k) {
         const tly_proj_account_t *r = &b->accounts[order[k]];
@@ -137,8 +137,8 @@ insert_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
             continue;
         add_uuid(&a[0], &r->id, true);
         add_uuid(&a[1], &r->tenant, true);
-        tly_pgx_array_add(&a[2], tly_proj_str(b, r->currency));
-        tly_pgx_array_add(&a[3], tly_proj_str(b, r->label));
+        tly_pg_array_add(&a[2], tly_proj_str(b, r->currency));
+        tly_pg_array_add(&a[3], tly_proj_str(b, r->label));
         add_time(&a[4], r->opened_at);
     }
     free(order);
@@ -156,7 +156,7 @@ insert_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
 static int
 update_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
-    tly_pgx_array_t *a = arrays(b, 5);
+    tly_pg_array_t *a = arrays(b, 5);
     int *order = KEY_ORDER(b->accounts, b->naccounts, tly_proj_account_t);
     for (int k = 0; k < b->naccounts; ++k) {
         tly_proj_account_t *r = &b->accounts[order[k]];
@@ -165,11 +165,11 @@ update_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
             continue;
         add_uuid(&a[0], &r->id, true);
         if (r->has_balance)
-            tly_pgx_array_add_i64(&a[1], r->balance);
+            tly_pg_array_add_i64(&a[1], r->balance);
         else
-            tly_pgx_array_add(&a[1], NULL);
-        tly_pgx_array_add(&a[2], r->status);
-        tly_pgx_array_add_i64(&a[3], r->nupdates);
+            tly_pg_array_add(&a[1], NULL);
+        tly_pg_array_add(&a[2], r->status);
+        tly_pg_array_add_i64(&a[3], r->nupdates);
         add_time(&a[4], r->updated_at);
     }
     free(order);
@@ -361,7 +361,7 @@ tly_proj_copy_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t er
 
 /* The transfer's steps as a JSON array (the statement sorts it). Steps and times need no escaping. */
 static void
-add_timeline(tly_projection_batch_t *b, tly_pgx_array_t *a, const tly_proj_transfer_t *t)
+add_timeline(tly_projection_batch_t *b, tly_pg_array_t *a, const tly_proj_transfer_t *t)
 {
     size_t cap = 256, len = 0;
     char *s = malloc(cap);
@@ -384,33 +384,33 @@ add_timeline(tly_projection_batch_t *b, tly_pgx_array_t *a, const tly_proj_trans
     }
     s[len++] = ']';
     s[len] = '\0';
-    tly_pgx_array_add(a, s);
+    tly_pg_array_add(a, s);
     free(s);
 }
 
 int
 tly_proj_write_transfers(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
-    tly_pgx_array_t *a = arrays(b, 16);
+    tly_pg_array_t *a = arrays(b, 16);
     int *order = KEY_ORDER(b->transfers, b->ntransfers, tly_proj_transfer_t);
     for (int k = 0; k < b->ntransfers; ++k) {
         const tly_proj_transfer_t *r = &b->transfers[order[k]];
         add_uuid(&a[0], &r->id, true);
         add_uuid(&a[1], &r->tenant, true);
-        tly_pgx_array_add(&a[2], tly_proj_str(b, r->from));
-        tly_pgx_array_add(&a[3], tly_proj_str(b, r->to));
+        tly_pg_array_add(&a[2], tly_proj_str(b, r->from));
+        tly_pg_array_add(&a[3], tly_proj_str(b, r->to));
         if (r->has_amount)
-            tly_pgx_array_add_i64(&a[4], r->amount);
+            tly_pg_array_add_i64(&a[4], r->amount);
         else
-            tly_pgx_array_add(&a[4], NULL);
-        tly_pgx_array_add(&a[5], tly_proj_str(b, r->currency));
-        tly_pgx_array_add(&a[6], tly_proj_str(b, r->reference));
-        tly_pgx_array_add(&a[7], r->status != NULL ? r->status : "requested");
-        tly_pgx_array_add(&a[8], r->compensated ? "true" : "false");
-        tly_pgx_array_add(&a[9], tly_proj_str(b, r->code));
-        tly_pgx_array_add(&a[10], tly_proj_str(b, r->detail));
+            tly_pg_array_add(&a[4], NULL);
+        tly_pg_array_add(&a[5], tly_proj_str(b, r->currency));
+        tly_pg_array_add(&a[6], tly_proj_str(b, r->reference));
+        tly_pg_array_add(&a[7], r->status != NULL ? r->status : "requested");
+        tly_pg_array_add(&a[8], r->compensated ? "true" : "false");
+        tly_pg_array_add(&a[9], tly_proj_str(b, r->code));
+        tly_pg_array_add(&a[10], tly_proj_str(b, r->detail));
         add_uuid(&a[11], &r->job, r->has_job);
-        tly_pgx_array_add_i64(&a[12], r->events);
+        tly_pg_array_add_i64(&a[12], r->events);
         add_timeline(b, &a[13], r);
         add_time(&a[14], r->created_at);
         add_time(&a[15], r->updated_at);

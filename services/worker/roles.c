@@ -111,13 +111,13 @@ load_states(tly_decider_role_t *r, PGconn *conn, char *err, size_t errcap)
     for (int i = 0; i < r->nused; ++i)
         order[i] = &r->slots[r->used[i]];
     qsort(order, (size_t)r->nused, sizeof(*order), cmp_slot_id);
-    tly_pgx_array_reset(&r->arr[0]);
+    tly_pg_array_reset(&r->arr[0]);
     for (int i = 0; i < r->nused; ++i) {
         tly_uuid_format(&order[i]->state.id, id);
-        tly_pgx_array_add(&r->arr[0], id);
+        tly_pg_array_add(&r->arr[0], id);
     }
     free(order);
-    const char *vals[] = {tly_pgx_array_text(&r->arr[0])};
+    const char *vals[] = {tly_pg_array_text(&r->arr[0])};
     PGresult *res = tly_pgx_query(conn, "load decider states",
                                   "SELECT id, tenant_id, currency, status, balance, version FROM decider_accounts "
                                   "WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
@@ -148,25 +148,25 @@ store_states(tly_decider_role_t *r, PGconn *conn, char *err, size_t errcap)
 {
     char id[TLY_UUID_STR_LEN + 1], tenant[TLY_UUID_STR_LEN + 1];
     for (int c = 0; c < 6; ++c)
-        tly_pgx_array_reset(&r->arr[c]);
+        tly_pg_array_reset(&r->arr[c]);
     for (int i = 0; i < r->nused; ++i) {
         const tly_decider_slot_t *s = &r->slots[r->used[i]];
         if (!s->dirty)
             continue;
         tly_uuid_format(&s->state.id, id);
         tly_uuid_format(&s->state.tenant_id, tenant);
-        tly_pgx_array_add(&r->arr[0], id);
-        tly_pgx_array_add(&r->arr[1], tenant);
-        tly_pgx_array_add(&r->arr[2], s->state.currency);
-        tly_pgx_array_add(&r->arr[3], tly_account_status_name(s->state.status));
-        tly_pgx_array_add_i64(&r->arr[4], s->state.balance);
-        tly_pgx_array_add_i64(&r->arr[5], s->state.version);
+        tly_pg_array_add(&r->arr[0], id);
+        tly_pg_array_add(&r->arr[1], tenant);
+        tly_pg_array_add(&r->arr[2], s->state.currency);
+        tly_pg_array_add(&r->arr[3], tly_account_status_name(s->state.status));
+        tly_pg_array_add_i64(&r->arr[4], s->state.balance);
+        tly_pg_array_add_i64(&r->arr[5], s->state.version);
     }
     if (r->arr[0].n == 0)
         return 0;
     const char *vals[6];
     for (int c = 0; c < 6; ++c)
-        vals[c] = tly_pgx_array_text(&r->arr[c]);
+        vals[c] = tly_pg_array_text(&r->arr[c]);
     return tly_pgx_exec(conn, "store decider states",
                         "INSERT INTO decider_accounts (id, tenant_id, currency, status, balance, version) "
                         "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) "
@@ -190,7 +190,7 @@ tly_outbox_rows_add(tly_outbox_rows_t *rows, const char *topic, const char *pare
     char *payload = tly_envelope_to_json(ev);
     const char *cols[TLY_OUTBOX_NCOLS] = {id, topic, key, payload, headers};
     for (int c = 0; c < TLY_OUTBOX_NCOLS; ++c)
-        tly_pgx_array_add(&rows->col[c], cols[c]);
+        tly_pg_array_add(&rows->col[c], cols[c]);
     free(payload);
     free(headers);
     json_decref(h);
@@ -203,7 +203,7 @@ tly_outbox_rows_flush(tly_outbox_rows_t *rows, PGconn *conn, char *err, size_t e
     if (rows->col[TLY_OUTBOX_ID].n > 0) {
         const char *vals[TLY_OUTBOX_NCOLS];
         for (int c = 0; c < TLY_OUTBOX_NCOLS; ++c)
-            vals[c] = tly_pgx_array_text(&rows->col[c]);
+            vals[c] = tly_pg_array_text(&rows->col[c]);
         /* seq follows the array order (WITH ORDINALITY): the relay publishes each key's events in the order decided.
            The same statement wakes the relay (NOTIFY tally_outbox, delivered at commit; PostgreSQL folds repeats
            within a transaction into one) when it inserted a row: no round trip of its own */
@@ -223,14 +223,14 @@ void
 tly_outbox_rows_reset(tly_outbox_rows_t *rows)
 {
     for (int c = 0; c < TLY_OUTBOX_NCOLS; ++c)
-        tly_pgx_array_reset(&rows->col[c]);
+        tly_pg_array_reset(&rows->col[c]);
 }
 
 void
 tly_outbox_rows_free(tly_outbox_rows_t *rows)
 {
     for (int c = 0; c < TLY_OUTBOX_NCOLS; ++c)
-        tly_pgx_array_free(&rows->col[c]);
+        tly_pg_array_free(&rows->col[c]);
 }
 
 int
@@ -315,7 +315,7 @@ tly_decider_role_free(tly_decider_role_t *role)
 {
     tly_outbox_rows_free(&role->outbox);
     for (int c = 0; c < 6; ++c)
-        tly_pgx_array_free(&role->arr[c]);
+        tly_pg_array_free(&role->arr[c]);
     free(role->slots);
     free(role->used);
     memset(role, 0, sizeof(*role));

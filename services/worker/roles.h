@@ -19,7 +19,7 @@
 /* Outbox rows gathered for one multi-row INSERT (tly_outbox_rows_flush): one array per column. A zeroed struct is empty. */
 enum { TLY_OUTBOX_ID, TLY_OUTBOX_TOPIC, TLY_OUTBOX_KEY, TLY_OUTBOX_PAYLOAD, TLY_OUTBOX_HEADERS, TLY_OUTBOX_NCOLS };
 typedef struct st_tly_outbox_rows_t {
-    tly_pgx_array_t col[TLY_OUTBOX_NCOLS];
+    tly_pg_array_t col[TLY_OUTBOX_NCOLS];
 } tly_outbox_rows_t;
 
 /** Adds `ev` (key = its aggregate id) with a child span of `parent_tp` (or a new trace when it is "" or NULL). */
@@ -44,7 +44,7 @@ typedef struct st_tly_decider_role_t {
     int *used; /* indexes of the used slots */
     int nused;
     size_t used_cap;
-    tly_pgx_array_t arr[6]; /* statement parameters, reused */
+    tly_pg_array_t arr[6]; /* statement parameters, reused */
 } tly_decider_role_t;
 
 /** Fills `h` for the decider role; `role` must outlive the consumer. */

@@ -180,7 +180,7 @@ webhook_apply_batch(void *ctx, PGconn *conn, const tly_consumer_msg_t *const *ms
 static int
 webhook_nothing_to_do(void *ctx, PGconn *conn, const tly_consumer_msg_t *msgs, int n, bool *nothing, char *err, size_t errcap)
 {
-    tly_pgx_array_t tenants = {0};
+    tly_pg_array_t tenants = {0};
     char id[TLY_UUID_STR_LEN + 1];
     for (int i = 0; i < n; ++i) {
         if (tly_uuid_is_nil(&msgs[i].env.tenant_id))
@@ -190,24 +190,24 @@ webhook_nothing_to_do(void *ctx, PGconn *conn, const tly_consumer_msg_t *msgs, i
             seen = memcmp(&msgs[k].env.tenant_id, &msgs[i].env.tenant_id, sizeof(tly_uuid_t)) == 0;
         if (!seen) {
             tly_uuid_format(&msgs[i].env.tenant_id, id);
-            tly_pgx_array_add(&tenants, id);
+            tly_pg_array_add(&tenants, id);
         }
     }
     *nothing = tenants.n == 0;
     if (tenants.n > 0) {
-        const char *vals[] = {tly_pgx_array_text(&tenants)};
+        const char *vals[] = {tly_pg_array_text(&tenants)};
         PGresult *res = tly_pgx_query(conn, "look for webhook endpoints",
                                       "SELECT NOT EXISTS (SELECT 1 FROM webhook_endpoints WHERE tenant_id = ANY($1::uuid[]) "
                                       "AND enabled AND deleted_at IS NULL)",
                                       1, vals, err, errcap);
         if (res == NULL) {
-            tly_pgx_array_free(&tenants);
+            tly_pg_array_free(&tenants);
             return -1;
         }
         *nothing = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
         PQclear(res);
     }
-    tly_pgx_array_free(&tenants);
+    tly_pg_array_free(&tenants);
     return 0;
 }
 

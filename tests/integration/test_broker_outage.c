@@ -2,7 +2,8 @@
  * A 202 is a promise, and a broker that cannot acknowledge gets a 503, never a
  * 202. The broker is frozen (SIGSTOP), so that requests already on the wire
  * may still be appended when it wakes: the retry with the same
- * Idempotency-Key must then be applied exactly once. Runs last: it stalls the
+ * Idempotency-Key must then be applied exactly once. While the first attempt
+ * waits for the broker, the same key is in flight (409). Runs last: it stalls the
  * shared stack for a few seconds.
  */
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include "tly_test_http.h"
 #include "tly_test_util.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +57,20 @@ balance_of(const char *account)
     return b;
 }
 
+typedef struct st_in_flight_t {
+    const char *path;
+    const char *const *headers;
+    tly_test_response_t r;
+} in_flight_t;
+
+static void *
+post_deposit(void *arg)
+{
+    in_flight_t *f = arg;
+    f->r = tly_test_request("POST", f->path, key, "{\"amount\":700,\"currency\":\"EUR\"}", f->headers);
+    return NULL;
+}
+
 static void
 test_frozen_broker_gives_503_and_retry_applies_once(void **state)
 {
@@ -77,7 +93,17 @@ test_frozen_broker_gives_503_and_retry_applies_once(void **state)
     snprintf(path, sizeof(path), "/v1/accounts/%s/deposits", account);
     tly_test_idem_header(idem, sizeof(idem));
     const char *hdrs[] = {idem, NULL};
-    r = tly_test_request("POST", path, key, "{\"amount\":700,\"currency\":\"EUR\"}", hdrs);
+    /* the first attempt waits for the frozen broker (up to the 5 s deadline); the same key meanwhile is in flight: 409 */
+    in_flight_t first = {path, hdrs, {0}};
+    pthread_t tid;
+    assert_int_equal(pthread_create(&tid, NULL, post_deposit, &first), 0);
+    usleep(1500 * 1000);
+    tly_test_response_t busy = tly_test_request("POST", path, key, "{\"amount\":700,\"currency\":\"EUR\"}", hdrs);
+    assert_int_equal(busy.status, 409);
+    assert_string_equal(json_string_value(json_object_get(busy.json, "code")), "idempotency_key_in_use");
+    tly_test_response_free(&busy);
+    assert_int_equal(pthread_join(tid, NULL), 0);
+    r = first.r;
     assert_int_equal(r.status, 503);
     assert_true(tly_test_header(&r, "retry-after", retry_after, sizeof(retry_after)));
     assert_string_equal(json_string_value(json_object_get(r.json, "code")), "event_log_unavailable");

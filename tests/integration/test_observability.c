@@ -296,6 +296,79 @@ test_metrics_move(void **state)
     free(cmd0), free(qry0), free(wrk0), free(cmd1), free(qry1), free(wrk1);
 }
 
+/* ---- the command API batches its statements -------------------------------------- */
+
+/*
+ * A /v1/batch of 50 deposits, two of them with one Idempotency-Key: the
+ * records of all 50 go to PostgreSQL in one statement (one loop iteration),
+ * the acceptances in a few; of the two items that share a key, one is
+ * accepted and the other finds it in flight (409).
+ */
+static void
+test_command_statements_batched(void **state)
+{
+    static const char *rec_st = "tally_command_statements_total{statement=\"record\"}";
+    static const char *rec_rows = "tally_command_statement_rows_total{statement=\"record\"}";
+    static const char *acc_st = "tally_command_statements_total{statement=\"accept\"}";
+    static const char *acc_rows = "tally_command_statement_rows_total{statement=\"accept\"}";
+    char account[64], body[16384], tag[64];
+    size_t len = 0;
+    open_account(NULL, account, sizeof(account));
+    snprintf(tag, sizeof(tag), "obs-batch-%lld", (long long)tly_test_now_ms());
+    len += (size_t)snprintf(body + len, sizeof(body) - len, "{\"requests\":[");
+    for (int i = 0; i < 50; ++i)
+        len += (size_t)snprintf(body + len, sizeof(body) - len,
+                                "%s{\"path\":\"/v1/accounts/%s/deposits\",\"idempotency_key\":\"%s-%d\","
+                                "\"body\":{\"amount\":1,\"currency\":\"EUR\"}}",
+                                i > 0 ? "," : "", account, tag, i == 49 ? 48 : i);
+    snprintf(body + len, sizeof(body) - len, "]}");
+
+    char *cmd0 = scrape(0);
+    tly_test_response_t r = tly_test_request("POST", "/v1/batch", key, body, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *results = json_object_get(r.json, "results");
+    assert_int_equal(json_array_size(results), 50);
+    /* items 48 and 49 share a key: one is recorded, the other finds it in flight (409) or, if its claim comes after
+       the first's acceptance, replays the same 202 */
+    int accepted = 0;
+    for (size_t i = 0; i < 48; ++i)
+        accepted += json_integer_value(json_object_get(json_array_get(results, i), "status")) == 202;
+    assert_int_equal(accepted, 48);
+    json_t *twin[2] = {json_array_get(results, 48), json_array_get(results, 49)};
+    long st[2] = {(long)json_integer_value(json_object_get(twin[0], "status")),
+                  (long)json_integer_value(json_object_get(twin[1], "status"))};
+    assert_true(st[0] == 202 || st[1] == 202);
+    int other = st[0] == 202 ? 1 : 0;
+    if (st[other] == 409)
+        assert_string_equal(jstr(json_object_get(twin[other], "problem"), "code", NULL), "idempotency_key_in_use");
+    else {
+        assert_int_equal(st[other], 202);
+        assert_string_equal(jstr(twin[0], "job", "id"), jstr(twin[1], "job", "id"));
+    }
+    tly_test_response_free(&r);
+
+    char *cmd1 = scrape(0);
+    /* the open account's own record and acceptance came before cmd0 */
+    assert_true(sample(cmd1, rec_rows) - sample(cmd0, rec_rows) == 50);
+    assert_true(sample(cmd1, rec_st) - sample(cmd0, rec_st) == 1);
+    assert_true(sample(cmd1, acc_rows) - sample(cmd0, acc_rows) == 49);
+    assert_true(sample(cmd1, acc_st) - sample(cmd0, acc_st) <= 10);
+    free(cmd0), free(cmd1);
+
+    /* every accepted deposit is applied once */
+    char path[160];
+    snprintf(path, sizeof(path), "/v1/accounts/%s", account);
+    long long balance = -1;
+    for (int i = 0; i < 80 && balance != 49; ++i) {
+        r = tly_test_request("GET", path, key, NULL, NULL);
+        balance = (long long)json_integer_value(json_object_get(r.json, "balance"));
+        tly_test_response_free(&r);
+        if (balance != 49)
+            tly_test_sleep_ms(250);
+    }
+    assert_int_equal(balance, 49);
+}
+
 /* ---- logs --------------------------------------------------------------------------- */
 
 /* Every line of each service's log is a JSON object with time, level, service and msg. */
@@ -572,9 +645,13 @@ main(void)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_admin_endpoints),     cmocka_unit_test(test_metrics_move),
-        cmocka_unit_test(test_trace_id_end_to_end), cmocka_unit_test(test_no_secrets_in_logs),
-        cmocka_unit_test(test_logs_are_json),       cmocka_unit_test(test_readyz_follows_postgresql),
+        cmocka_unit_test(test_admin_endpoints),
+        cmocka_unit_test(test_metrics_move),
+        cmocka_unit_test(test_command_statements_batched),
+        cmocka_unit_test(test_trace_id_end_to_end),
+        cmocka_unit_test(test_no_secrets_in_logs),
+        cmocka_unit_test(test_logs_are_json),
+        cmocka_unit_test(test_readyz_follows_postgresql),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -91,6 +91,8 @@ void tly_metrics_http_request(const char *route, const char *method, int status,
 void tly_metrics_rate_limited(void);
 /** tally_idempotency_replays_total: a stored 202 answered again. */
 void tly_metrics_idempotency_replay(void);
+/** One batched statement of the command API: tally_command_statements_total and tally_command_statement_rows_total. */
+void tly_metrics_command_statement(const char *statement, uint64_t rows);
 /** A Kafka delivery report: tally_kafka_produce_duration_seconds, or tally_kafka_produce_errors_total{stage="delivery"}. */
 void tly_metrics_kafka_delivery(bool ok, double seconds);
 /** tally_kafka_produce_errors_total{stage="enqueue"}: the producer refused the message. */
