@@ -31,6 +31,9 @@ const tly_config_def_t tly_command_api_settings[] = {
     {"pg-pool", "TALLY_PG_POOL", TLY_CONFIG_INT, "4", 1, 64, OFF(pg_pool), "PostgreSQL connections per thread"},
     {"kafka-timeout-ms", "TALLY_KAFKA_TIMEOUT_MS", TLY_CONFIG_INT, "5000", 100, 60000, OFF(kafka_timeout_ms),
      "how long the broker may take to acknowledge before the answer is 503"},
+    {"accept-gather-ms", "TALLY_ACCEPT_GATHER_MS", TLY_CONFIG_INT, "20", 0, 1000, OFF(accept_gather_ms),
+     "how long acceptances (recorded after their 202s) gather before one statement writes them; a retry with the same "
+     "Idempotency-Key meanwhile gets 409"},
     {"key-refresh-ms", "TALLY_KEY_REFRESH_MS", TLY_CONFIG_INT, "1000", 100, 5000, OFF(key_refresh_ms),
      "how often API key changes (revocations) are loaded"},
     {"webhook-allow-private", "TALLY_WEBHOOK_ALLOW_PRIVATE", TLY_CONFIG_BOOL, "false", 0, 0, OFF(webhook_allow_private),

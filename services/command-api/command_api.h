@@ -23,6 +23,7 @@ typedef struct st_tly_command_api_config_t {
     int64_t threads;
     int64_t pg_pool;
     int64_t kafka_timeout_ms;
+    int64_t accept_gather_ms;
     int64_t key_refresh_ms;
     bool webhook_allow_private;
     char *log_level;

@@ -15,6 +15,9 @@
 
 #define CMD_MAX_BODY (64 * 1024)
 #define CMD_IDEMPOTENCY_KEY_MAX 255
+/* A key found in flight is looked at again this long after the acceptance gathering, CMD_RECLAIMS times, before 409. */
+#define CMD_RECLAIM_SLACK_MS 15
+#define CMD_RECLAIMS 3
 
 enum {
     STMT_INSERT,
@@ -56,8 +59,8 @@ typedef struct st_cmd_thread_t {
     size_t nrecords;
     cmd_accept_t *accepts; /* acceptances to record */
     size_t naccepts;
-    h2o_timeout_t flush_now, flush_retry;
-    h2o_timeout_entry_t flush_entry, retry_entry;
+    h2o_timeout_t flush_now, accept_gather, flush_retry, reclaim;
+    h2o_timeout_entry_t flush_entry, gather_entry, retry_entry;
     bool closing;
 } cmd_thread_t;
 
@@ -77,6 +80,8 @@ struct st_cmd_op_t {
     char traceparent[TLY_TRACEPARENT_LEN + 1];
     char *response;           /* the 202 body */
     struct st_cmd_op_t *next; /* in thr->records */
+    h2o_timeout_entry_t reclaim; /* another look at a key found in flight */
+    int reclaims;
 };
 
 /** An op for an HTTP request (`req`), or for a batch item (`req` NULL, `batch` set). */

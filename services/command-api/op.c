@@ -133,6 +133,8 @@ cmd_op_create(cmd_thread_t *thr, h2o_req_t *req, cmd_batch_t *batch, size_t inde
 void
 cmd_op_destroy(cmd_op_t *op)
 {
+    if (h2o_timeout_is_linked(&op->reclaim))
+        h2o_timeout_unlink(&op->reclaim);
     tly_api_req_finish(&op->api);
     json_decref(op->body);
     free(op->response);
@@ -355,6 +357,8 @@ op_produce(cmd_op_t *op)
     }
 }
 
+static void on_reclaim(h2o_timeout_entry_t *entry);
+
 static void
 on_claimed(void *data, PGresult *res, const char *err)
 {
@@ -379,6 +383,11 @@ on_claimed(void *data, PGresult *res, const char *err)
         op_produce(op);
     } else if (strcmp(state, "accepted") == 0) {
         op_end(op, 202, PQgetvalue(res, 0, 4), true);
+    } else if (op->reclaims < CMD_RECLAIMS) {
+        /* pending: still in flight, or answered 202 with its acceptance not yet recorded (record.c): look again */
+        ++op->reclaims;
+        op->reclaim.cb = on_reclaim;
+        h2o_timeout_link(op->thr->loop, &op->thr->reclaim, &op->reclaim);
     } else {
         cmd_op_problem(op, 409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being processed", NULL);
     }
@@ -392,17 +401,28 @@ cmd_op_record_failed(cmd_op_t *op, const char *err)
     cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded", NULL);
 }
 
-void
-cmd_op_recorded(cmd_op_t *op, bool inserted)
+static void
+claim(cmd_op_t *op)
 {
     char tenant[TLY_UUID_STR_LEN + 1];
-    if (inserted) {
-        op_produce(op);
-        return;
-    }
     tly_uuid_format(&op->api.principal.tenant_id, tenant);
     const char *params[3] = {tenant, op->idem_key, op->hash_hex};
     tly_pgpool_exec(op->thr->pg, STMT_CLAIM, params, on_claimed, op);
+}
+
+static void
+on_reclaim(h2o_timeout_entry_t *entry)
+{
+    claim(H2O_STRUCT_FROM_MEMBER(cmd_op_t, reclaim, entry));
+}
+
+void
+cmd_op_recorded(cmd_op_t *op, bool inserted)
+{
+    if (inserted)
+        op_produce(op);
+    else
+        claim(op);
 }
 
 static void

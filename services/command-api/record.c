@@ -55,6 +55,13 @@ schedule(cmd_thread_t *thr)
         h2o_timeout_link(thr->loop, &thr->flush_now, &thr->flush_entry);
 }
 
+static void
+schedule_accepts(cmd_thread_t *thr)
+{
+    if (!h2o_timeout_is_linked(&thr->gather_entry) && !h2o_timeout_is_linked(&thr->retry_entry))
+        h2o_timeout_link(thr->loop, &thr->accept_gather, &thr->gather_entry);
+}
+
 /* ---- records -------------------------------------------------------------- */
 
 static int
@@ -259,7 +266,7 @@ cmd_accept_enqueue(cmd_thread_t *thr, const tly_uuid_t *job_id, char *body)
     thr->accepts = e;
     ++thr->naccepts;
     ++thr->inflight;
-    schedule(thr);
+    schedule_accepts(thr);
 }
 
 /* ---- the flush -------------------------------------------------------------- */
@@ -269,15 +276,18 @@ on_flush(h2o_timeout_entry_t *entry)
 {
     cmd_thread_t *thr = H2O_STRUCT_FROM_MEMBER(cmd_thread_t, flush_entry, entry);
     flush_records(thr);
-    if (!h2o_timeout_is_linked(&thr->retry_entry))
-        flush_accepts(thr);
+}
+
+static void
+on_gathered(h2o_timeout_entry_t *entry)
+{
+    flush_accepts(H2O_STRUCT_FROM_MEMBER(cmd_thread_t, gather_entry, entry));
 }
 
 static void
 on_retry(h2o_timeout_entry_t *entry)
 {
-    cmd_thread_t *thr = H2O_STRUCT_FROM_MEMBER(cmd_thread_t, retry_entry, entry);
-    flush_accepts(thr);
+    flush_accepts(H2O_STRUCT_FROM_MEMBER(cmd_thread_t, retry_entry, entry));
 }
 
 void
@@ -285,8 +295,11 @@ cmd_records_init(cmd_thread_t *thr)
 {
     thr->records_tail = &thr->records;
     h2o_timeout_init(thr->loop, &thr->flush_now, 0);
+    h2o_timeout_init(thr->loop, &thr->accept_gather, (uint64_t)thr->cfg->accept_gather_ms);
     h2o_timeout_init(thr->loop, &thr->flush_retry, ACCEPT_RETRY_MS);
+    h2o_timeout_init(thr->loop, &thr->reclaim, (uint64_t)thr->cfg->accept_gather_ms + CMD_RECLAIM_SLACK_MS);
     thr->flush_entry.cb = on_flush;
+    thr->gather_entry.cb = on_gathered;
     thr->retry_entry.cb = on_retry;
 }
 
@@ -298,6 +311,8 @@ cmd_records_dispose(cmd_thread_t *thr)
         h2o_timeout_unlink(&thr->flush_entry);
     if (h2o_timeout_is_linked(&thr->retry_entry))
         h2o_timeout_unlink(&thr->retry_entry);
+    if (h2o_timeout_is_linked(&thr->gather_entry))
+        h2o_timeout_unlink(&thr->gather_entry);
     /* past the grace period: what is still queued is given up */
     while (thr->records != NULL) {
         cmd_op_t *op = thr->records;
@@ -318,5 +333,7 @@ cmd_records_dispose(cmd_thread_t *thr)
     }
     thr->naccepts = 0;
     h2o_timeout_dispose(thr->loop, &thr->flush_now);
+    h2o_timeout_dispose(thr->loop, &thr->accept_gather);
+    h2o_timeout_dispose(thr->loop, &thr->reclaim);
     h2o_timeout_dispose(thr->loop, &thr->flush_retry);
 }

@@ -1,7 +1,8 @@
 /*
  * SIGTERM on a command API with requests in flight: it stops accepting,
  * answers every request it already took (each 202 still a promise: its job
- * reaches a terminal state), flushes and exits 0 within 10 s. Runs its own
+ * reaches a terminal state, and its acceptance is recorded), flushes and exits
+ * 0 within 10 s. Runs its own
  * command API instance on a free port beside the stack's.
  */
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include "tly_test_util.h"
 
 #include <curl/curl.h>
+#include <libpq-fe.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +27,22 @@
 #define INFLIGHT 40
 
 static const char *key;
+
+/* The state of a command record ("" when there is none); a static buffer. */
+static const char *
+record_state(const char *job_id)
+{
+    static char state[32];
+    const char *params[1] = {job_id};
+    PGconn *conn = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
+    assert_int_equal(PQstatus(conn), CONNECTION_OK);
+    PGresult *res = PQexecParams(conn, "SELECT state FROM command_requests WHERE job_id = $1", 1, NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    snprintf(state, sizeof(state), "%s", PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+    PQfinish(conn);
+    return state;
+}
 
 static pid_t
 start_api(int port, char *log_path)
@@ -149,6 +167,9 @@ test_sigterm_answers_in_flight_and_exits(void **state)
             json_error_t jerr;
             json_t *b = json_loads(sinks[i].body, 0, &jerr);
             assert_non_null(b);
+            /* its acceptance was recorded before the exit (SIGTERM waits for the gathered acceptances) */
+            const char *job_id = json_string_value(json_object_get(json_object_get(b, "job"), "id"));
+            assert_string_equal(record_state(job_id), "accepted");
             json_t *job = tly_test_wait_job(json_string_value(json_object_get(json_object_get(b, "job"), "url")), key, 30000);
             assert_string_equal(json_string_value(json_object_get(job, "status")), "succeeded");
             json_decref(job);
