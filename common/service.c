@@ -3,6 +3,7 @@
 #include "tally/log.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 int
 tly_service_main(const char *name, const tly_config_def_t *defs, size_t ndefs, void *cfg, size_t log_level_offset, int argc,
@@ -24,6 +25,10 @@ tly_service_main(const char *name, const tly_config_def_t *defs, size_t ndefs, v
         return 2;
     }
     tly_log_init(name, level);
+    /* PostgreSQL's pg_stat_activity shows which service a connection is (unless the operator named it) */
+    char app[64];
+    snprintf(app, sizeof(app), "tally-%s", name);
+    setenv("PGAPPNAME", app, 0);
     rc = run(cfg);
     tly_config_free(defs, ndefs, cfg);
     return rc;

@@ -743,8 +743,14 @@ run_tx_batch(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, char *
         goto failed;
     }
     int64_t t_apply = tly_clock_mono_us();
-    if (nfresh > 0 && c->h->apply_batch(c->h->ctx, c->conn, (const tly_consumer_msg_t *const *)c->fresh, nfresh, err, errcap) != 0)
-        goto failed;
+    if (nfresh > 0) {
+        /* the batch's writes go out without waiting for each other (pgx.c); read here, so a failure is the batch's */
+        tly_pgx_defer(c->conn);
+        int r = c->h->apply_batch(c->h->ctx, c->conn, (const tly_consumer_msg_t *const *)c->fresh, nfresh, err, errcap);
+        tly_pgx_defer(NULL);
+        if (r != 0 || tly_pgx_sync(c->conn, err, errcap) != 0)
+            goto failed;
+    }
     int64_t t_log = tly_clock_mono_us();
     for (int i = 0; i < nfresh; ++i)
         log_applied(c, c->fresh[i]);

@@ -152,16 +152,44 @@ prepared_add(PGconn *conn, int pid, uint64_t hash, const char *sql, int n, PGres
  */
 static __thread PGconn *pending_begin;
 
+/* Deferred statements (below, before run()). */
+#define PIPE_MAX 16
+
+static __thread PGconn *defer_conn;
+static __thread struct {
+    PGconn *conn; /* in pipeline mode with statements not read yet */
+    bool begin;   /* the first result is a BEGIN's */
+    int n;
+    char what[PIPE_MAX][64];
+} pipe_q;
+static __thread char deferred_what[64]; /* the failing deferred statement, for `checked` */
+
+/* Forgets the pipeline state of a connection that is going away. */
+static void
+pipe_forget(void)
+{
+    pipe_q.conn = NULL;
+    pipe_q.n = 0;
+    pipe_q.begin = false;
+    defer_conn = NULL;
+}
+
 void
 tly_pgx_begin(PGconn *conn)
 {
     pending_begin = conn;
+    if (conn == NULL)
+        pipe_forget();
 }
 
 /* Sends a waiting BEGIN on its own (before statements that cannot share its pipeline, e.g. COPY). */
+static PGresult *pipe_finish(PGconn *conn, bool last);
+
 static PGresult *
 flush_begin(PGconn *conn)
 {
+    if (conn != NULL && pipe_q.conn == conn)
+        return pipe_finish(conn, false);
     if (pending_begin != conn || conn == NULL)
         return NULL;
     pending_begin = NULL;
@@ -222,6 +250,111 @@ begin_with(PGconn *conn, const char *name, const char *sql, int n, const char *c
     return res;
 }
 
+/*
+ * Deferred statements (tly_pgx_defer, tly_pgx_send): while deferring is on
+ * for a connection, statements whose result is only success or failure go
+ * out in one libpq pipeline without waiting, together with a waiting BEGIN;
+ * the next statement whose result is needed (tly_pgx_query), tly_pgx_sync or
+ * tly_pgx_end sends a Sync and reads them all. Each round trip saved is a
+ * wake-up of the backend and of this thread: a set-based projector batch
+ * makes 4 instead of 7. The first failure among them is the one reported,
+ * under its own statement's name; those after it were not run.
+ */
+
+void
+tly_pgx_defer(PGconn *conn)
+{
+    defer_conn = conn;
+}
+
+/* Leaves a pipeline that cannot be read to its end: the connection is reset (a new backend; prepared statements follow it). */
+static void
+pipe_abandon(PGconn *conn)
+{
+    pipe_q.conn = NULL;
+    pipe_q.n = 0;
+    pipe_q.begin = false;
+    if (PQexitPipelineMode(conn) != 1)
+        PQreset(conn);
+}
+
+/* Enters pipeline mode for `conn` (sending a waiting BEGIN); false when it cannot. */
+static bool
+pipe_open(PGconn *conn)
+{
+    if (pipe_q.conn == conn)
+        return true;
+    if (PQenterPipelineMode(conn) != 1)
+        return false;
+    pipe_q.conn = conn;
+    pipe_q.n = 0;
+    pipe_q.begin = false;
+    if (pending_begin == conn) {
+        pending_begin = NULL;
+        if (PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) != 1) {
+            pipe_abandon(conn);
+            return false;
+        }
+        pipe_q.begin = true;
+    }
+    return true;
+}
+
+/*
+ * Sends a Sync and reads the pipeline to its end. `last` true: one more
+ * statement was sent after the deferred ones; its result is returned when
+ * everything before it succeeded. Otherwise the first failure is returned
+ * (deferred_what names a deferred one), or NULL when all succeeded.
+ */
+static PGresult *
+pipe_finish(PGconn *conn, bool last)
+{
+    PGresult *failure = NULL, *mine = NULL;
+    int expect = (pipe_q.begin ? 1 : 0) + pipe_q.n + (last ? 1 : 0);
+    deferred_what[0] = '\0';
+    if (PQpipelineSync(conn) != 1) {
+        pipe_abandon(conn);
+        return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    }
+    for (int i = 0; i < expect; ++i) {
+        PGresult *res = pipeline_result(conn);
+        if (res == NULL) { /* the connection went away */
+            PQclear(failure);
+            PQclear(mine);
+            pipe_abandon(conn);
+            return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+        }
+        ExecStatusType st = PQresultStatus(res);
+        bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+        if (last && i == expect - 1 && failure == NULL) {
+            mine = res;
+            continue;
+        }
+        if (!ok && failure == NULL && st != PGRES_PIPELINE_ABORTED) {
+            failure = res;
+            int k = i - (pipe_q.begin ? 1 : 0); /* which deferred statement (-1: the BEGIN) */
+            snprintf(deferred_what, sizeof(deferred_what), "%s", k >= 0 && k < pipe_q.n ? pipe_q.what[k] : "begin");
+            continue;
+        }
+        PQclear(res);
+    }
+    PQclear(PQgetResult(conn)); /* PGRES_PIPELINE_SYNC */
+    pipe_q.conn = NULL;
+    pipe_q.n = 0;
+    pipe_q.begin = false;
+    if (PQexitPipelineMode(conn) != 1) {
+        PQclear(failure);
+        PQclear(mine);
+        PQreset(conn);
+        return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    }
+    if (failure != NULL) {
+        PQclear(mine);
+        return failure;
+    }
+    return mine;
+}
+
 /* Runs `sql` prepared (or unprepared when no slot is free); `lens` and `formats` NULL: text parameters. */
 static PGresult *
 run(PGconn *conn, const char *sql, int n, const char *const *vals, const int *lens, const int *formats)
@@ -230,12 +363,22 @@ run(PGconn *conn, const char *sql, int n, const char *const *vals, const int *le
     uint64_t hash = sql_hash(sql);
     PGresult *res = NULL;
     prepared_t *p = prepared_find(conn, pid, hash, sql);
-    if (p == NULL && pid != 0) {
+    if (p == NULL && pid != 0 && pipe_q.conn != conn) { /* (in a pipeline it runs unprepared this once) */
         p = prepared_add(conn, pid, hash, sql, n, &res);
         if (res != NULL)
             return res; /* the statement does not prepare: its error */
     }
-    if (pending_begin == conn)
+    if (pipe_q.conn == conn) {
+        bool sent = (p != NULL ? PQsendQueryPrepared(conn, p->name, n, vals, lens, formats, 0)
+                               : PQsendQueryParams(conn, sql, n, NULL, vals, lens, formats, 0)) == 1;
+        if (!sent) {
+            pipe_abandon(conn);
+            return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+        }
+        res = pipe_finish(conn, true);
+        if (deferred_what[0] != '\0')
+            return res; /* a deferred statement failed: this one was not run */
+    } else if (pending_begin == conn)
         res = begin_with(conn, p != NULL ? p->name : NULL, sql, n, vals, lens, formats);
     else if (p == NULL)
         return PQexecParams(conn, sql, n, NULL, vals, lens, formats, 0);
@@ -258,7 +401,8 @@ checked(PGconn *conn, PGresult *res, const char *what, char *err, size_t errcap)
     ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return res;
-    fail(conn, res, what, err, errcap);
+    fail(conn, res, deferred_what[0] != '\0' ? deferred_what : what, err, errcap);
+    deferred_what[0] = '\0';
     PQclear(res);
     return NULL;
 }
@@ -289,15 +433,85 @@ tly_pgx_exec(PGconn *conn, const char *what, const char *sql, int n, const char 
     return 0;
 }
 
+/* pg_stat_activity's application_name: tally-worker/<role>, unless the operator set one (PGAPPNAME or the DSN). */
+static bool
+name_connection(PGconn *conn, const char *who, char *err, size_t errcap)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "tally-worker/%s", who);
+    const char *vals[1] = {name};
+    PGresult *res =
+        PQexecParams(conn, "SELECT set_config('application_name', $1, false) WHERE current_setting('application_name') = ''", 1,
+                     NULL, vals, NULL, NULL, 0);
+    bool ok = tly_pg_ok(conn, res, "could not set application_name", err, errcap);
+    PQclear(res);
+    return ok;
+}
+
+int
+tly_pgx_send(PGconn *conn, const char *what, const char *sql, int n, const char *const *vals, const int *lens, const int *formats,
+             char *err, size_t errcap)
+{
+    if (defer_conn != conn || conn == NULL) {
+        PGresult *res = checked(conn, run(conn, sql, n, vals, lens, formats), what, err, errcap);
+        PQclear(res);
+        return res != NULL ? 0 : -1;
+    }
+    int pid = PQbackendPID(conn);
+    uint64_t hash = sql_hash(sql);
+    prepared_t *p = prepared_find(conn, pid, hash, sql);
+    if (p == NULL && pipe_q.conn != conn && pid != 0) { /* the first run on this connection: prepare it now */
+        PGresult *res = NULL;
+        p = prepared_add(conn, pid, hash, sql, n, &res);
+        if (res != NULL) {
+            fail(conn, res, what, err, errcap);
+            PQclear(res);
+            return -1;
+        }
+    }
+    if (!pipe_open(conn) || (p != NULL ? PQsendQueryPrepared(conn, p->name, n, vals, lens, formats, 0)
+                                       : PQsendQueryParams(conn, sql, n, NULL, vals, lens, formats, 0)) != 1) {
+        if (pipe_q.conn == conn)
+            pipe_abandon(conn);
+        fail(conn, NULL, what, err, errcap);
+        return -1;
+    }
+    snprintf(pipe_q.what[pipe_q.n++], sizeof(pipe_q.what[0]), "%s", what);
+    return pipe_q.n < PIPE_MAX ? 0 : tly_pgx_sync(conn, err, errcap);
+}
+
+int
+tly_pgx_sync(PGconn *conn, char *err, size_t errcap)
+{
+    if (pipe_q.conn != conn || conn == NULL)
+        return 0;
+    PGresult *res = pipe_finish(conn, false);
+    if (res == NULL)
+        return 0;
+    fail(conn, res, deferred_what[0] != '\0' ? deferred_what : "read deferred statements", err, errcap);
+    deferred_what[0] = '\0';
+    PQclear(res);
+    return -1;
+}
+
 int
 tly_pgx_ensure(PGconn **conn, bool *up, const char *dsn, const char *setup, const char *who)
 {
     char err[512];
     if (!tly_pg_broken(*conn))
         return 0;
-    if (*conn != NULL)
+    if (*conn != NULL) {
+        if (pipe_q.conn == *conn || defer_conn == *conn)
+            pipe_forget();
+        if (pending_begin == *conn)
+            pending_begin = NULL;
         PQfinish(*conn);
+    }
     *conn = tly_pg_connect(dsn, err, sizeof(err));
+    if (*conn != NULL && !name_connection(*conn, who, err, sizeof(err))) {
+        PQfinish(*conn);
+        *conn = NULL;
+    }
     if (*conn != NULL && setup != NULL && tly_pg_exec(*conn, setup, err, sizeof(err)) != 0) {
         PQfinish(*conn);
         *conn = NULL;
@@ -317,9 +531,20 @@ tly_pgx_ensure(PGconn **conn, bool *up, const char *dsn, const char *setup, cons
 int
 tly_pgx_end(PGconn *conn, bool commit, char *err, size_t errcap)
 {
+    if (defer_conn == conn)
+        defer_conn = NULL;
     if (pending_begin == conn) { /* nothing was run: there is no transaction to end */
         pending_begin = NULL;
         return 0;
+    }
+    if (pipe_q.conn == conn) {
+        char ignored[256];
+        if (tly_pgx_sync(conn, commit ? err : ignored, commit ? errcap : sizeof(ignored)) != 0) {
+            if (tly_pg_broken(conn))
+                return -1;
+            (void)!tly_pg_exec(conn, "ROLLBACK", ignored, sizeof(ignored));
+            return commit ? -1 : 0;
+        }
     }
     return tly_pg_exec(conn, commit ? "COMMIT" : "ROLLBACK", err, errcap);
 }

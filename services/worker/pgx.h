@@ -37,6 +37,27 @@ void tly_pgx_begin(PGconn *conn);
 int tly_pgx_end(PGconn *conn, bool commit, char *err, size_t errcap) __attribute__((warn_unused_result));
 
 /**
+ * Deferred statements on `conn` (NULL: none), per thread: while on,
+ * tly_pgx_send does not wait for its statement. Everything sent goes out in
+ * one pipeline (with a BEGIN of tly_pgx_begin that is still waiting) and is
+ * read by the next tly_pgx_query on the connection (which then reports the
+ * first failure of a deferred statement instead of running), tly_pgx_sync or
+ * tly_pgx_end. Only for work whose failure fails the whole transaction, so
+ * that a late error is still its own.
+ */
+void tly_pgx_defer(PGconn *conn);
+/**
+ * A statement whose result is only success or failure: deferred while
+ * tly_pgx_defer is on for `conn` (returns 0 at once unless the connection
+ * fails), else run at once. Parameters as tly_pgx_query_params (`lens` and
+ * `formats` NULL: text).
+ */
+int tly_pgx_send(PGconn *conn, const char *what, const char *sql, int n, const char *const *vals, const int *lens,
+                 const int *formats, char *err, size_t errcap) __attribute__((warn_unused_result));
+/** Reads every deferred statement of `conn`: 0, or -1 with the first failure ("could not <its what>: ...") in `err`. */
+int tly_pgx_sync(PGconn *conn, char *err, size_t errcap) __attribute__((warn_unused_result));
+
+/**
  * True when the last failure on this thread was not caused by the statement's
  * data: the connection broke, or the SQLSTATE class is 08 (connection), 40
  * (serialization, deadlock), 53 (resources), 57 (operator intervention) or

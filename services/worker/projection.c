@@ -766,8 +766,9 @@ tly_projection_batch_flush(tly_projection_batch_t *b, PGconn *conn, char *err, s
 {
     int ret = -1;
     bool bulk = b->job_exists != NULL;
-    if (b->naccounts > 0 && tly_proj_write_accounts(b, conn, err, errcap) != 0)
-        goto out;
+    /* Tables in one order for every batch (row locks, projection_sql.c). Accounts last: their update is the one
+       statement whose result is read (every row found), so when the caller defers (tly_pgx_defer) the others go out
+       ahead of it in the same round trip. */
     if (b->nledger > 0 && (bulk ? tly_proj_copy_ledger(b, conn, err, errcap) : tly_proj_write_ledger(b, conn, err, errcap)) != 0)
         goto out;
     if (b->njobs > 0 && mark_new_jobs(b) > 0 && tly_proj_write_jobs(b, conn, err, errcap) != 0)
@@ -775,6 +776,8 @@ tly_projection_batch_flush(tly_projection_batch_t *b, PGconn *conn, char *err, s
     if (bulk && b->njobs > 0 && tly_proj_copy_jobs(b, conn, err, errcap) != 0)
         goto out;
     if (b->ntransfers > 0 && tly_proj_write_transfers(b, conn, err, errcap) != 0)
+        goto out;
+    if (b->naccounts > 0 && tly_proj_write_accounts(b, conn, err, errcap) != 0)
         goto out;
     ret = 0;
 out:

@@ -54,12 +54,14 @@ run(tly_projection_batch_t *b, PGconn *conn, const char *what, const char *sql, 
     return tly_pgx_query(conn, what, sql, n, vals, err, errcap);
 }
 
+/* Runs `sql` with the first `n` arrays as parameters; deferred when the caller defers (tly_pgx_defer). */
 static int
 exec_arrays(tly_projection_batch_t *b, PGconn *conn, const char *what, const char *sql, int n, char *err, size_t errcap)
 {
-    PGresult *res = run(b, conn, what, sql, n, err, errcap);
-    PQclear(res);
-    return res != NULL ? 0 : -1;
+    const char *vals[TLY_PROJ_NARRAYS];
+    for (int i = 0; i < n; ++i)
+        vals[i] = tly_pg_array_text(&b->arr[i]);
+    return tly_pgx_send(conn, what, sql, n, vals, NULL, NULL, err, errcap);
 }
 
 /* Resets the first `n` binary arrays of the batch to the element types `oids` and returns them. */
@@ -81,9 +83,7 @@ exec_barrays(tly_projection_batch_t *b, PGconn *conn, const char *what, const ch
         vals[i] = tly_pgx_barray_bytes(&b->barr[i], &lens[i]);
         formats[i] = 1;
     }
-    PGresult *res = tly_pgx_query_params(conn, what, sql, n, vals, lens, formats, err, errcap);
-    PQclear(res);
-    return res != NULL ? 0 : -1;
+    return tly_pgx_send(conn, what, sql, n, vals, lens, formats, err, errcap);
 }
 
 /*

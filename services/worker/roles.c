@@ -167,12 +167,12 @@ store_states(tly_decider_role_t *r, PGconn *conn, char *err, size_t errcap)
     const char *vals[6];
     for (int c = 0; c < 6; ++c)
         vals[c] = tly_pg_array_text(&r->arr[c]);
-    return tly_pgx_exec(conn, "store decider states",
+    return tly_pgx_send(conn, "store decider states",
                         "INSERT INTO decider_accounts (id, tenant_id, currency, status, balance, version) "
                         "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) "
                         "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, balance = EXCLUDED.balance, "
                         "version = EXCLUDED.version",
-                        6, vals, NULL, err, errcap);
+                        6, vals, NULL, NULL, err, errcap);
 }
 
 void
@@ -207,13 +207,13 @@ tly_outbox_rows_flush(tly_outbox_rows_t *rows, PGconn *conn, char *err, size_t e
         /* seq follows the array order (WITH ORDINALITY): the relay publishes each key's events in the order decided.
            The same statement wakes the relay (NOTIFY tally_outbox, delivered at commit; PostgreSQL folds repeats
            within a transaction into one) when it inserted a row: no round trip of its own */
-        ret = tly_pgx_exec(conn, "insert outbox rows",
+        ret = tly_pgx_send(conn, "insert outbox rows",
                            "WITH ins AS (INSERT INTO outbox (event_id, topic, msg_key, payload, headers) "
                            "SELECT id, topic, msg_key, payload, headers::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[], "
                            "$4::text[], $5::text[]) WITH ORDINALITY AS r(id, topic, msg_key, payload, headers, ord) "
                            "ORDER BY ord ON CONFLICT (event_id) DO NOTHING RETURNING 1) "
                            "SELECT pg_notify('tally_outbox', '') WHERE EXISTS (SELECT 1 FROM ins)",
-                           5, vals, NULL, err, errcap);
+                           5, vals, NULL, NULL, err, errcap);
     }
     tly_outbox_rows_reset(rows);
     return ret;
