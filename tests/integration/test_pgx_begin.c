@@ -29,15 +29,28 @@
 static PGconn *conn, *other;
 static char table[64];
 
+/* `agg` ("count(*)", "sum(x)") over the test table, as session `c` sees it. */
 static long long
-count_rows(PGconn *c)
+aggregate(PGconn *c, const char *agg)
 {
     char q[128];
-    snprintf(q, sizeof(q), "SELECT count(*) FROM %s", table);
+    snprintf(q, sizeof(q), "SELECT coalesce(%s, 0) FROM %s", agg, table);
     PGresult *res = tly_test_sql(c, q, 0, NULL);
     long long n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     PQclear(res);
     return n;
+}
+
+static long long
+count_rows(PGconn *c)
+{
+    return aggregate(c, "count(*)");
+}
+
+static long long
+sum_in(PGconn *c)
+{
+    return aggregate(c, "sum(x)");
 }
 
 static void
@@ -160,17 +173,6 @@ send_insert(const char *what, const char *v, char *err, size_t errcap)
     snprintf(q, sizeof(q), "INSERT INTO %s (x) VALUES ($1::bigint)", table);
     const char *vals[] = {v};
     return tly_pgx_send(conn, what, q, 1, vals, NULL, NULL, err, errcap);
-}
-
-static long long
-sum_in(PGconn *c)
-{
-    char q[128];
-    snprintf(q, sizeof(q), "SELECT coalesce(sum(x), 0) FROM %s", table);
-    PGresult *res = tly_test_sql(c, q, 0, NULL);
-    long long n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    PQclear(res);
-    return n;
 }
 
 /* Sends, then a query on the same connection sees them all (one round trip), then commit. */
