@@ -2,6 +2,7 @@
 #include "tly_test_http.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,34 @@ load_env_file(void)
     fclose(f);
 }
 
+/* Values read from the env file, one copy per name for the life of the process (threads may ask too). */
+static struct {
+    char *name, *value;
+} env_cache[64];
+static pthread_mutex_t env_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static const char *
+remember(const char *name, const char *value)
+{
+    const char *kept = NULL;
+    pthread_mutex_lock(&env_lock);
+    size_t i = 0;
+    for (; i < sizeof(env_cache) / sizeof(env_cache[0]) && env_cache[i].name != NULL; ++i)
+        if (strcmp(env_cache[i].name, name) == 0)
+            break;
+    if (i < sizeof(env_cache) / sizeof(env_cache[0])) {
+        if (env_cache[i].name == NULL) {
+            env_cache[i].name = strdup(name);
+            env_cache[i].value = strdup(value);
+        }
+        kept = env_cache[i].value;
+    }
+    pthread_mutex_unlock(&env_lock);
+    if (kept == NULL)
+        abort(); /* more names than the cache holds */
+    return kept;
+}
+
 const char *
 tly_test_env(const char *name)
 {
@@ -48,7 +77,7 @@ tly_test_env(const char *name)
                 vlen -= 2;
             }
             snprintf(value, sizeof(value), "%.*s", (int)vlen, start);
-            return strdup(value); /* lives as long as the test process */
+            return remember(name, value);
         }
         line += len + (end != NULL ? 1 : 0);
     }
