@@ -55,7 +55,7 @@ static const char *bin_dir;
 static PGconn *db;
 static rd_kafka_t *producer;
 
-#define sql(q) tly_test_sql(db, (q), 0, NULL)
+#define sql(q) PQclear(tly_test_sql(db, (q), 0, NULL)) /* statements run for their effect */
 #define sql_text(q) tly_test_sql_text(db, (q), 0, NULL)
 #define sql_i64(q) tly_test_sql_i64(db, (q), 0, NULL)
 

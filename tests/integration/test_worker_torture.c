@@ -262,11 +262,16 @@ adopt_stack_worker(void)
         snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
         char **argv = tly_test_read_nul_vector(path);
         if (argv != NULL && strstr(argv[0], "tally-worker") != NULL) {
+            tly_test_free_nul_vector(stack_argv);
             stack_argv = argv;
             snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
             char **envp = tly_test_read_nul_vector(path);
-            if (envp != NULL)
+            if (envp != NULL) {
+                tly_test_free_nul_vector(stack_envp);
                 stack_envp = envp;
+            }
+        } else {
+            tly_test_free_nul_vector(argv);
         }
     } else {
         stack_worker.pid = 0;

@@ -101,7 +101,21 @@ tly_test_read_nul_vector(const char *path)
     for (size_t i = 0; i < len; i += strlen(buf + i) + 1)
         v[k++] = buf + i;
     v[k] = NULL;
-    return k > 0 ? v : NULL;
+    if (k == 0) {
+        free(v);
+        free(buf);
+        return NULL;
+    }
+    return v;
+}
+
+void
+tly_test_free_nul_vector(char **v)
+{
+    if (v == NULL)
+        return;
+    free(v[0]); /* the buffer every element points into */
+    free(v);
 }
 
 void

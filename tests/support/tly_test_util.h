@@ -49,5 +49,7 @@ pid_t tly_test_spawn(char *const *argv, char *const *envp, const char *log, bool
 
 /** Reads a NUL-separated file (/proc/<pid>/cmdline, environ) into a NULL-ended vector; NULL when empty or unreadable. */
 char **tly_test_read_nul_vector(const char *path);
+/** Frees what tly_test_read_nul_vector returned (NULL is fine). */
+void tly_test_free_nul_vector(char **v);
 
 #endif
