@@ -59,8 +59,10 @@ while :; do
 done
 t1=$EPOCHREALTIME
 wcpu=$(awk '{print $14 + $15}' "/proc/$wp/stat")
+hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$wp/status") # peak RSS, kB
 pg1=$(pgcpu)
 ev=$(q "SELECT count(*) FROM consumer_dedup WHERE consumer = 'projector'")
-awk -v a="$t0" -v f="$first" -v b="$t1" -v ev="$ev" -v w="$wcpu" -v p=$((pg1 - pg0)) -v hz="$(getconf CLK_TCK)" 'BEGIN{
+awk -v a="$t0" -v f="$first" -v b="$t1" -v ev="$ev" -v w="$wcpu" -v p=$((pg1 - pg0)) -v h="$hwm" -v hz="$(getconf CLK_TCK)" 'BEGIN{
     printf "events %d: %.2f s from start (%.0f ev/s), %.2f s from the first applied batch (%.0f ev/s, first at %.2f s); ", ev, b-a, ev/(b-a), b-f, ev/(b-f), f-a
-    printf "worker CPU %.2f s (%.1f us/event), PostgreSQL CPU %.2f s (%.1f us/event)\n", w/hz, w/hz/ev*1e6, p/hz, p/hz/ev*1e6 }'
+    printf "worker CPU %.2f s (%.1f us/event), PostgreSQL CPU %.2f s (%.1f us/event); ", w/hz, w/hz/ev*1e6, p/hz, p/hz/ev*1e6
+    printf "worker peak RSS %.0f MB\n", h/1024 }'
