@@ -332,6 +332,9 @@ cmd_records_dispose(cmd_thread_t *thr)
         accept_free(thr, e);
     }
     thr->naccepts = 0;
+    /* ops still waiting to look at their key again are past the grace period too: their timers go with the loop */
+    while (!h2o_linklist_is_empty(&thr->reclaim._entries))
+        h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, thr->reclaim._entries.next));
     h2o_timeout_dispose(thr->loop, &thr->flush_now);
     h2o_timeout_dispose(thr->loop, &thr->accept_gather);
     h2o_timeout_dispose(thr->loop, &thr->reclaim);
