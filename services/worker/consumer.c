@@ -600,6 +600,8 @@ tx_finish(consumer_t *c, char *err, size_t errcap)
         res = TX_TRANSIENT;
     if (res == TX_OK && tly_pgx_end(c->conn, true, err, errcap) != 0)
         res = TX_TRANSIENT;
+    if (res == TX_TRANSIENT && tly_pgx_last_deferred() && !tly_pgx_last_transient(c->conn))
+        res = TX_BATCH_FAILED; /* a deferred write of the set-based batch failed for its own reason */
     if (res != TX_OK) {
         rollback(c);
         if (res == TX_FENCED)
@@ -744,11 +746,12 @@ run_tx_batch(consumer_t *c, tly_consumer_msg_t *msgs, int start, int end, char *
     }
     int64_t t_apply = tly_clock_mono_us();
     if (nfresh > 0) {
-        /* the batch's writes go out without waiting for each other (pgx.c); read here, so a failure is the batch's */
+        /* the batch's writes go out without waiting for each other (pgx.c), and are read with the positions' update in
+           tx_finish: a failure of one of them is the batch's (TX_BATCH_FAILED there) */
         tly_pgx_defer(c->conn);
         int r = c->h->apply_batch(c->h->ctx, c->conn, (const tly_consumer_msg_t *const *)c->fresh, nfresh, err, errcap);
         tly_pgx_defer(NULL);
-        if (r != 0 || tly_pgx_sync(c->conn, err, errcap) != 0)
+        if (r != 0)
             goto failed;
     }
     int64_t t_log = tly_clock_mono_us();

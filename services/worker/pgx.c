@@ -27,6 +27,8 @@ reserve(char **buf, size_t *cap, size_t need, size_t first)
 
 /* SQLSTATE of the last failed statement on this thread; "" when none. */
 static __thread char last_sqlstate[6];
+/* The last failure was a deferred statement's (tly_pgx_send), reported by a later call. */
+static __thread bool last_deferred;
 
 static void
 fail(PGconn *conn, PGresult *res, const char *what, char *err, size_t errcap)
@@ -38,6 +40,7 @@ fail(PGconn *conn, PGresult *res, const char *what, char *err, size_t errcap)
         --n;
     snprintf(err, errcap, "could not %s: %.*s", what, (int)n, msg);
     snprintf(last_sqlstate, sizeof(last_sqlstate), "%s", state != NULL ? state : "08000");
+    last_deferred = false;
 }
 
 /*
@@ -401,7 +404,9 @@ checked(PGconn *conn, PGresult *res, const char *what, char *err, size_t errcap)
     ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return res;
-    fail(conn, res, deferred_what[0] != '\0' ? deferred_what : what, err, errcap);
+    bool deferred = deferred_what[0] != '\0';
+    fail(conn, res, deferred ? deferred_what : what, err, errcap);
+    last_deferred = deferred;
     deferred_what[0] = '\0';
     PQclear(res);
     return NULL;
@@ -489,6 +494,7 @@ tly_pgx_sync(PGconn *conn, char *err, size_t errcap)
     if (res == NULL)
         return 0;
     fail(conn, res, deferred_what[0] != '\0' ? deferred_what : "read deferred statements", err, errcap);
+    last_deferred = true;
     deferred_what[0] = '\0';
     PQclear(res);
     return -1;
@@ -764,4 +770,11 @@ void
 tly_pgx_reset_last(void)
 {
     last_sqlstate[0] = '\0';
+    last_deferred = false;
+}
+
+bool
+tly_pgx_last_deferred(void)
+{
+    return last_deferred;
 }

@@ -66,6 +66,8 @@ int tly_pgx_sync(PGconn *conn, char *err, size_t errcap) __attribute__((warn_unu
 bool tly_pgx_last_transient(PGconn *conn);
 /** Forgets the last failure (call before a unit of work). */
 void tly_pgx_reset_last(void);
+/** True when the last failure on this thread was a deferred statement's (tly_pgx_send), reported by a later call. */
+bool tly_pgx_last_deferred(void);
 
 /**
  * Connects `*conn` to `dsn` when it is NULL or broken (then runs `setup`, e.g.

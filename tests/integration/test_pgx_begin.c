@@ -215,6 +215,7 @@ test_deferred_failure_is_reported_by_name(void **state)
     assert_null(res);
     assert_non_null(strstr(err, "could not insert bad:"));
     assert_false(tly_pgx_last_transient(conn)); /* the statement's data: 22P02 */
+    assert_true(tly_pgx_last_deferred());       /* the consumer blames the batch, not the query that read it */
     tly_pgx_defer(NULL);
     assert_int_equal(tly_pgx_end(conn, false, err, sizeof(err)), 0);
     assert_int_equal(PQtransactionStatus(conn), PQTRANS_IDLE);
@@ -269,6 +270,7 @@ test_send_without_defer_runs_at_once(void **state)
     assert_int_equal(PQpipelineStatus(conn), PQ_PIPELINE_OFF);
     assert_int_equal(send_insert("insert wrong", "z", err, sizeof(err)), -1);
     assert_non_null(strstr(err, "could not insert wrong:"));
+    assert_false(tly_pgx_last_deferred());
     assert_int_equal(tly_pgx_end(conn, false, err, sizeof(err)), 0);
     assert_int_equal(sum_in(other), before);
 }
