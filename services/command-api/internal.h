@@ -78,8 +78,8 @@ struct st_cmd_op_t {
     bool has_idem;
     char hash_hex[65];
     char traceparent[TLY_TRACEPARENT_LEN + 1];
-    char *response;           /* the 202 body */
-    struct st_cmd_op_t *next; /* in thr->records */
+    char *response;              /* the 202 body */
+    struct st_cmd_op_t *next;    /* in thr->records */
     h2o_timeout_entry_t reclaim; /* another look at a key found in flight */
     int reclaims;
 };
