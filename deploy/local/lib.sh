@@ -644,6 +644,24 @@ tly_stack_down() {
     tly_pg_stop
 }
 
+# The ports of the stack, to $TALLY_VAR/ports (sourced by tly_restore_ports):
+# a process that died is restarted on the port it had, not a default.
+tly_write_ports() {
+    local name
+    for name in TALLY_PG_PORT TALLY_KAFKA_PORT TALLY_KAFKA_CONTROLLER_PORT TALLY_COMMAND_PORT \
+        TALLY_QUERY_PORT TALLY_GATEWAY_PORT TALLY_COMMAND_ADMIN_PORT TALLY_QUERY_ADMIN_PORT \
+        TALLY_WORKER_ADMIN_PORT; do
+        printf '%s=%s\n' "$name" "${!name}"
+    done >"$TALLY_VAR/ports.tmp"
+    mv "$TALLY_VAR/ports.tmp" "$TALLY_VAR/ports"
+}
+
+tly_restore_ports() {
+    [[ -f $TALLY_VAR/ports ]] || return 0
+    # shellcheck source=/dev/null
+    . "$TALLY_VAR/ports"
+}
+
 # Writes the stack's variables to $1. $2 = shell: single-quoted values, to
 # source; raw: KEY=VALUE up to the end of the line, for programs. The file
 # holds the API key, so it is private.
