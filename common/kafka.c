@@ -93,13 +93,19 @@ rd_kafka_t *
 tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
                           void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *), void *opaque, char *err, size_t errcap)
 {
-    char timeout[32], rderr[256];
+    char timeout[32], request_timeout[32], rderr[256];
     rd_kafka_conf_t *conf = conf_new();
     snprintf(timeout, sizeof(timeout), "%d", message_timeout_ms);
+    /* A request to a broker that stopped answering (frozen, cut off) is given
+       up after half the message's time, not librdkafka's 30 s, so the
+       message is retried on the partition's new leader within its deadline
+       (the idempotent producer keeps the retry from writing it twice). */
+    snprintf(request_timeout, sizeof(request_timeout), "%d", message_timeout_ms / 2 < 30000 ? message_timeout_ms / 2 : 30000);
     if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 || conf_set(conf, "acks", "all", err, errcap) != 0 ||
         conf_set(conf, "enable.idempotence", "true", err, errcap) != 0 ||
-        conf_set(conf, "message.timeout.ms", timeout, err, errcap) != 0 || conf_set(conf, "linger.ms", "1", err, errcap) != 0 ||
-        conf_set(conf, "compression.type", "lz4", err, errcap) != 0 ||
+        conf_set(conf, "message.timeout.ms", timeout, err, errcap) != 0 ||
+        conf_set(conf, "request.timeout.ms", request_timeout, err, errcap) != 0 ||
+        conf_set(conf, "linger.ms", "1", err, errcap) != 0 || conf_set(conf, "compression.type", "lz4", err, errcap) != 0 ||
         conf_set(conf, "socket.nagle.disable", "true", err, errcap) != 0 ||
         conf_overrides(conf, "TALLY_KAFKA_PRODUCER_CONFIG", err, errcap) != 0) {
         rd_kafka_conf_destroy(conf);
@@ -243,7 +249,9 @@ tly_kafka_create_topic(const char *brokers, const char *topic, int partitions, i
         rd_kafka_conf_destroy(conf);
         return -1;
     }
-    nt = rd_kafka_NewTopic_new(topic, partitions, 1, rderr, sizeof(rderr));
+    /* the broker's default.replication.factor (and min.insync.replicas): 1 on a single node, 3 (2 in sync) in the
+       replicated mode (deploy/local/lib.sh), whatever an operator's cluster says */
+    nt = rd_kafka_NewTopic_new(topic, partitions, -1, rderr, sizeof(rderr));
     if (nt == NULL || rd_kafka_NewTopic_set_config(nt, "retention.ms", "-1") != RD_KAFKA_RESP_ERR_NO_ERROR ||
         rd_kafka_NewTopic_set_config(nt, "retention.bytes", "-1") != RD_KAFKA_RESP_ERR_NO_ERROR) {
         snprintf(err, errcap, "could not describe topic %s: %s", topic, rderr);

@@ -16,6 +16,8 @@
 # DIR/local.env holds the same, shell-quoted:  set -a; . DIR/local.env
 #
 # Binaries: $TALLY_BIN, else DIR/../bin if it holds tallyctl, else build/bin.
+# TALLY_KAFKA_NODES=3 (for `up`): the replicated mode, three Kafka nodes
+# (deploy/local/lib.sh); `down` and `heal` keep the mode DIR was made in.
 set -euo pipefail
 
 # shellcheck source=deploy/local/lib.sh
@@ -51,13 +53,14 @@ up() {
     touch "$dir/$marker"
     read -r TALLY_PG_PORT TALLY_KAFKA_PORT TALLY_KAFKA_CONTROLLER_PORT \
         TALLY_COMMAND_PORT TALLY_QUERY_PORT TALLY_GATEWAY_PORT \
-        TALLY_COMMAND_ADMIN_PORT TALLY_QUERY_ADMIN_PORT TALLY_WORKER_ADMIN_PORT < <(tly_free_ports 9)
+        TALLY_COMMAND_ADMIN_PORT TALLY_QUERY_ADMIN_PORT TALLY_WORKER_ADMIN_PORT \
+        TALLY_KAFKA_PORT_2 TALLY_KAFKA_CONTROLLER_PORT_2 TALLY_KAFKA_PORT_3 \
+        TALLY_KAFKA_CONTROLLER_PORT_3 TALLY_PG_PORT_2 < <(tly_free_ports 14)
     pick_bin "$dir"
     TALLY_VAR=$dir
     tly_init
     # A failed start leaves nothing running.
     trap 'if (($? != 0)); then tly_stack_down; fi' EXIT
-    tly_write_ports
     tly_stack_up test "$TALLY_VAR/env"
     tly_write_env "$TALLY_VAR/env" raw
     tly_write_env "$TALLY_VAR/local.env" shell

@@ -5,7 +5,9 @@
 #
 # Layout under $TALLY_VAR (default <repo>/var):
 #   pg/data pg/run          PostgreSQL 15 cluster and its unix socket
+#   pg-2/                   its standby in the replicated mode; pg-primary: which node is primary
 #   kafka/                  server.properties, log4j.properties, cluster.id, data/
+#   kafka-1/ kafka-2/ ...   the same per node in the replicated mode (TALLY_KAFKA_NODES=3)
 #   nginx/                  rendered nginx.conf, temp files
 #   log/<name>.log          one log per process
 #   run/<name>.pid .port    what we started, and on which port
@@ -36,8 +38,20 @@ tly_init() {
     TALLY_BIN=${TALLY_BIN:-$TALLY_ROOT/build/bin}
     TALLY_PG_BINDIR=${TALLY_PG_BINDIR:-/usr/lib/postgresql/15/bin}
     TALLY_PG_PORT=${TALLY_PG_PORT:-55432}
+    TALLY_PG_PORT_2=${TALLY_PG_PORT_2:-55433}
+    # the mode a state directory was made in stays its mode (tly_write_ports)
+    if [[ -z ${TALLY_KAFKA_NODES:-} && -f $TALLY_VAR/ports ]]; then
+        TALLY_KAFKA_NODES=$(sed -n 's/^TALLY_KAFKA_NODES=//p' "$TALLY_VAR/ports")
+    fi
+    TALLY_KAFKA_NODES=${TALLY_KAFKA_NODES:-1}
+    [[ $TALLY_KAFKA_NODES == 1 || $TALLY_KAFKA_NODES == 3 ]] ||
+        tly_die "TALLY_KAFKA_NODES must be 1 or 3, not $TALLY_KAFKA_NODES"
     TALLY_KAFKA_PORT=${TALLY_KAFKA_PORT:-59092}
     TALLY_KAFKA_CONTROLLER_PORT=${TALLY_KAFKA_CONTROLLER_PORT:-59093}
+    TALLY_KAFKA_PORT_2=${TALLY_KAFKA_PORT_2:-59094}
+    TALLY_KAFKA_CONTROLLER_PORT_2=${TALLY_KAFKA_CONTROLLER_PORT_2:-59095}
+    TALLY_KAFKA_PORT_3=${TALLY_KAFKA_PORT_3:-59096}
+    TALLY_KAFKA_CONTROLLER_PORT_3=${TALLY_KAFKA_CONTROLLER_PORT_3:-59097}
     TALLY_COMMAND_PORT=${TALLY_COMMAND_PORT:-8081}
     TALLY_QUERY_PORT=${TALLY_QUERY_PORT:-8082}
     TALLY_GATEWAY_PORT=${TALLY_GATEWAY_PORT:-8080}
@@ -50,8 +64,10 @@ tly_init() {
 
 # Exports the environment contract of the C binaries (same names everywhere).
 tly_export_env() {
-    export TALLY_PG_DSN="host=$TALLY_VAR/pg/run port=$TALLY_PG_PORT dbname=tally user=tally"
-    export TALLY_KAFKA_BROKERS="127.0.0.1:$TALLY_KAFKA_PORT"
+    TALLY_PG_DSN=$(tly_pg_dsn)
+    export TALLY_PG_DSN
+    TALLY_KAFKA_BROKERS=$(tly_kafka_brokers)
+    export TALLY_KAFKA_BROKERS TALLY_KAFKA_NODES
     export TALLY_KAFKA_TOPIC=${TALLY_KAFKA_TOPIC:-tally.events}
     export TALLY_KAFKA_PARTITIONS=${TALLY_KAFKA_PARTITIONS:-12}
     export TALLY_LOG_LEVEL=${TALLY_LOG_LEVEL:-info}
@@ -209,8 +225,24 @@ tly_as_pg() {
     if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-tly_pg_data() { printf '%s\n' "$TALLY_VAR/pg/data"; }
-tly_pg_sock() { printf '%s\n' "$TALLY_VAR/pg/run"; }
+# Node $1 (default 1): its data and socket directories, port, process name
+# and log. Node 1 is $TALLY_VAR/pg; the replicated mode adds node 2, its
+# standby, in $TALLY_VAR/pg-2 on TALLY_PG_PORT_2. Which node is the primary
+# is recorded in $TALLY_VAR/pg-primary (1 until a promotion).
+tly_pg_dir() { if ((${1:-1} == 1)); then echo "$TALLY_VAR/pg"; else echo "$TALLY_VAR/pg-$1"; fi; }
+tly_pg_data() { printf '%s/data\n' "$(tly_pg_dir "${1:-1}")"; }
+tly_pg_sock() { printf '%s/run\n' "$(tly_pg_dir "${1:-1}")"; }
+tly_pg_port() { if ((${1:-1} == 1)); then echo "$TALLY_PG_PORT"; else echo "$TALLY_PG_PORT_2"; fi; }
+tly_pg_name() { if ((${1:-1} == 1)); then echo postgres; else echo "postgres-$1"; fi; }
+tly_pg_log() { printf '%s/log/%s.log\n' "$TALLY_VAR" "$(tly_pg_name "${1:-1}")"; }
+
+tly_replicated() { ((TALLY_KAFKA_NODES == 3)); }
+tly_pg_nodes() { if tly_replicated; then echo 2; else echo 1; fi; }
+tly_pg_primary() {
+    local file=$TALLY_VAR/pg-primary
+    if [[ -s $file ]]; then cat "$file"; else echo 1; fi
+}
+tly_pg_standby() { echo $((3 - $(tly_pg_primary))); }
 
 # Creates $1 owned by the postgres account, or checks that it is.
 tly_pg_own_dir() {
@@ -226,8 +258,9 @@ tly_pg_own_dir() {
 }
 
 tly_pg_prepare_dirs() {
-    local sock
-    sock=$(tly_pg_sock)
+    local n=${1:-1} sock log
+    sock=$(tly_pg_sock "$n")
+    log=$(tly_pg_log "$n")
     [[ -x $TALLY_PG_BINDIR/initdb ]] ||
         tly_die "could not start postgresql: $TALLY_PG_BINDIR/initdb not found (apt-get install postgresql-15)"
     if ((EUID == 0)) && ! id postgres >/dev/null 2>&1; then
@@ -236,19 +269,19 @@ tly_pg_prepare_dirs() {
     # The server's socket path is limited to 107 bytes.
     ((${#sock} + 16 <= 107)) ||
         tly_die "could not start postgresql: socket directory $sock is too long, set a shorter TALLY_VAR"
-    mkdir -p "$TALLY_VAR/pg"
-    tly_pg_own_dir "$(tly_pg_data)"
+    mkdir -p "$(tly_pg_dir "$n")"
+    tly_pg_own_dir "$(tly_pg_data "$n")"
     tly_pg_own_dir "$sock"
-    tly_as_pg test -w "$(tly_pg_data)" ||
-        tly_die "could not start postgresql: account $(tly_pg_owner) cannot reach $TALLY_VAR/pg (a parent directory is not searchable), set TALLY_VAR elsewhere"
-    touch "$TALLY_VAR/log/postgres.log"
-    ((EUID == 0)) && chown "$(tly_pg_owner):" "$TALLY_VAR/log/postgres.log"
+    tly_as_pg test -w "$(tly_pg_data "$n")" ||
+        tly_die "could not start postgresql: account $(tly_pg_owner) cannot reach $(tly_pg_dir "$n") (a parent directory is not searchable), set TALLY_VAR elsewhere"
+    touch "$log"
+    ((EUID == 0)) && chown "$(tly_pg_owner):" "$log"
     return 0
 }
 
 tly_pg_initdb() {
     local data
-    data=$(tly_pg_data)
+    data=$(tly_pg_data 1)
     [[ -f $data/PG_VERSION ]] && return 0
     tly_log "initializing postgresql in $data"
     tly_as_pg "$TALLY_PG_BINDIR/initdb" -D "$data" -U postgres --auth=trust \
@@ -260,14 +293,33 @@ tly_pg_initdb() {
     printf "\ninclude = 'tally.conf'\n" >>"$data/postgresql.conf"
 }
 
+# The replicated mode's settings for node $1: a primary streams its WAL to
+# the other node and a commit waits until that standby has flushed it
+# (synchronous_standby_names), so a commit a client saw survives the
+# primary; as a standby (standby.signal), it follows the other node.
+# wal_keep_size keeps 1 GB of WAL for a standby that was away.
+tly_pg_replication_conf() {
+    local other=$((3 - $1))
+    tly_replicated || return 0
+    cat <<EOF
+# Replicated mode (docs/failover.md)
+wal_level = replica
+max_wal_senders = 5
+wal_keep_size = 1GB
+hot_standby = on
+synchronous_standby_names = 'tally_standby'
+primary_conninfo = 'host=$(tly_pg_sock "$other") port=$(tly_pg_port "$other") user=postgres application_name=tally_standby'
+EOF
+}
+
 tly_pg_write_conf() {
-    local conf
-    conf=$(tly_pg_data)/tally.conf
+    local n=${1:-1} conf
+    conf=$(tly_pg_data "$n")/tally.conf
     cat >"$conf" <<EOF
 # Written by deploy/local/lib.sh at every start; edits are lost.
-port = $TALLY_PG_PORT
+port = $(tly_pg_port "$n")
 listen_addresses = '127.0.0.1'
-unix_socket_directories = '$(tly_pg_sock)'
+unix_socket_directories = '$(tly_pg_sock "$n")'
 max_connections = 200
 # PostgreSQL's defaults (128 MB of buffers, a checkpoint per 1 GB of WAL)
 # are sized for a small shared host. A replay writes about 1 GB of WAL per
@@ -278,46 +330,128 @@ max_wal_size = 8GB
 min_wal_size = 1GB
 checkpoint_timeout = 15min
 wal_compression = lz4
+$(tly_pg_replication_conf "$n")
 EOF
     ((EUID == 0)) && chown postgres: "$conf"
     return 0
 }
 
 tly_pg_running() {
-    tly_as_pg "$TALLY_PG_BINDIR/pg_ctl" -D "$(tly_pg_data)" status >/dev/null 2>&1
+    tly_as_pg "$TALLY_PG_BINDIR/pg_ctl" -D "$(tly_pg_data "${1:-1}")" status >/dev/null 2>&1
 }
 
 tly_pg_ready() {
-    "$TALLY_PG_BINDIR/pg_isready" -q -h "$(tly_pg_sock)" -p "$TALLY_PG_PORT"
+    "$TALLY_PG_BINDIR/pg_isready" -q -h "$(tly_pg_sock "${1:-1}")" -p "$(tly_pg_port "${1:-1}")"
+}
+
+# psql as the superuser on node $1: the rest of the arguments.
+tly_pg_psql() {
+    local n=$1
+    shift
+    "$TALLY_PG_BINDIR/psql" -h "$(tly_pg_sock "$n")" -p "$(tly_pg_port "$n")" -U postgres -d postgres -qAtX "$@"
+}
+
+# Starts node $1 from its data directory, which exists.
+tly_pg_start_node() {
+    local n=$1 t0=$EPOCHREALTIME data log offset name
+    data=$(tly_pg_data "$n")
+    log=$(tly_pg_log "$n")
+    name=$(tly_pg_name "$n")
+    tly_require_port_free "$name" "$(tly_pg_port "$n")"
+    tly_pg_write_conf "$n"
+    offset=$(tly_log_offset "$log")
+    tly_log "starting $name on 127.0.0.1:$(tly_pg_port "$n")"
+    if ! tly_as_pg "$TALLY_PG_BINDIR/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null ||
+        ! tly_wait 30 tly_pg_ready "$n"; then
+        tly_log_tail "$log" "$offset"
+        tly_die "could not start $name: see $log"
+    fi
+    head -n 1 "$data/postmaster.pid" >"$TALLY_VAR/run/$name.pid"
+    tly_pg_port "$n" >"$TALLY_VAR/run/$name.port"
+    tly_log "$name ready ($(tly_since "$t0"))"
+}
+
+# Node $1 is running: records its port (it may differ from the environment).
+tly_pg_adopt() {
+    local n=$1 port
+    port=$(sed -n 4p "$(tly_pg_data "$n")/postmaster.pid")
+    if ((n == 1)); then TALLY_PG_PORT=$port; else TALLY_PG_PORT_2=$port; fi
+    tly_log "$(tly_pg_name "$n") already running on port $port"
+}
+
+# A standby for node $1 from a base backup of the primary. A data directory
+# without standby.signal on a node that is not the primary is an old
+# primary that a promotion left behind: its WAL may have gone further than
+# the new primary's, so it is made again from the new one.
+tly_pg_make_standby() {
+    local n=$1 primary data log=$TALLY_VAR/log/pg-basebackup.log
+    primary=$(tly_pg_primary)
+    data=$(tly_pg_data "$n")
+    [[ -f $data/PG_VERSION && -f $data/standby.signal ]] && return 0
+    tly_log "making $(tly_pg_name "$n") a standby of $(tly_pg_name "$primary")"
+    tly_as_pg find "$data" -mindepth 1 -delete
+    tly_as_pg "$TALLY_PG_BINDIR/pg_basebackup" -h "$(tly_pg_sock "$primary")" -p "$(tly_pg_port "$primary")" \
+        -U postgres -D "$data" -X stream -c fast >>"$log" 2>&1 || {
+        tail -n 20 "$log" >&2
+        tly_die "could not make a standby: see $log"
+    }
+    tly_as_pg touch "$data/standby.signal"
+}
+
+# The standby streams and the primary counts it as synchronous; then the
+# primary's own override from a promotion (running alone) is dropped.
+tly_pg_sync_ready() {
+    [[ $(tly_pg_psql "$(tly_pg_primary)" -c \
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'tally_standby' AND sync_state = 'sync'") == 1 ]]
+}
+
+tly_pg_resume_sync() {
+    local primary
+    primary=$(tly_pg_primary)
+    [[ -n $(tly_pg_psql "$primary" -c "SELECT 1 FROM pg_file_settings WHERE name = 'synchronous_standby_names' AND sourcefile LIKE '%postgresql.auto.conf'") ]] ||
+        return 0
+    tly_log "standby streaming again: commits wait for it again"
+    tly_pg_psql "$primary" -c "ALTER SYSTEM RESET synchronous_standby_names" -c "SELECT pg_reload_conf()" >/dev/null
 }
 
 tly_pg_start() {
-    local t0=$EPOCHREALTIME data log=$TALLY_VAR/log/postgres.log offset
-    data=$(tly_pg_data)
-    if [[ -f $data/postmaster.pid ]] && tly_pg_running; then
-        TALLY_PG_PORT=$(sed -n 4p "$data/postmaster.pid")
-        tly_log "postgresql already running on port $TALLY_PG_PORT"
-        return 0
+    local primary standby
+    primary=$(tly_pg_primary)
+    tly_pg_prepare_dirs "$primary"
+    if [[ -f $(tly_pg_data "$primary")/postmaster.pid ]] && tly_pg_running "$primary"; then
+        tly_pg_adopt "$primary"
+    else
+        ((primary == 1)) && tly_pg_initdb
+        tly_pg_start_node "$primary"
     fi
-    tly_require_port_free postgresql "$TALLY_PG_PORT"
-    tly_pg_prepare_dirs
-    tly_pg_initdb
-    tly_pg_write_conf
-    offset=$(tly_log_offset "$log")
-    tly_log "starting postgresql on 127.0.0.1:$TALLY_PG_PORT"
-    if ! tly_as_pg "$TALLY_PG_BINDIR/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null ||
-        ! tly_wait 30 tly_pg_ready; then
-        tly_log_tail "$log" "$offset"
-        tly_die "could not start postgresql: see $log"
+    tly_replicated || return 0
+    standby=$(tly_pg_standby)
+    tly_pg_prepare_dirs "$standby"
+    if [[ -f $(tly_pg_data "$standby")/postmaster.pid ]] && tly_pg_running "$standby"; then
+        tly_pg_adopt "$standby"
+    else
+        tly_pg_make_standby "$standby"
+        tly_pg_start_node "$standby"
     fi
-    head -n 1 "$data/postmaster.pid" >"$TALLY_VAR/run/postgres.pid"
-    tly_log "postgresql ready ($(tly_since "$t0"))"
+    tly_wait 60 tly_pg_sync_ready || tly_die "could not start postgresql: the standby does not stream (see $(tly_pg_log "$standby"))"
+    tly_pg_resume_sync
+}
+
+# The DSN of every service: the primary; in the replicated mode both nodes,
+# libpq taking whichever accepts writes (target_session_attrs=read-write),
+# so a service finds the new primary after a promotion by itself.
+tly_pg_dsn() {
+    if tly_replicated; then
+        printf 'host=%s,%s port=%s,%s dbname=tally user=tally target_session_attrs=read-write\n' \
+            "$(tly_pg_sock 1)" "$(tly_pg_sock 2)" "$TALLY_PG_PORT" "$TALLY_PG_PORT_2"
+    else
+        printf 'host=%s port=%s dbname=tally user=tally\n' "$(tly_pg_sock 1)" "$TALLY_PG_PORT"
+    fi
 }
 
 # Role and database `tally` (owner of its database, no superuser).
 tly_pg_create_db() {
-    "$TALLY_PG_BINDIR/psql" -h "$(tly_pg_sock)" -p "$TALLY_PG_PORT" -U postgres \
-        -d postgres -qAt -v ON_ERROR_STOP=1 >/dev/null <<'SQL' ||
+    tly_pg_psql "$(tly_pg_primary)" -v ON_ERROR_STOP=1 >/dev/null <<'SQL' ||
 SELECT 'CREATE ROLE tally LOGIN'
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tally') \gexec
 SELECT 'CREATE DATABASE tally OWNER tally'
@@ -326,19 +460,60 @@ SQL
         tly_die "could not create role and database tally"
 }
 
-tly_pg_stop() {
-    local data
-    data=$(tly_pg_data)
-    if [[ -f $data/postmaster.pid ]] && tly_pg_running; then
-        tly_log "stopping postgresql"
+tly_pg_stop_node() {
+    local n=$1 data name
+    data=$(tly_pg_data "$n")
+    name=$(tly_pg_name "$n")
+    if [[ -f $data/postmaster.pid ]] && tly_pg_running "$n"; then
+        tly_log "stopping $name"
         tly_as_pg "$TALLY_PG_BINDIR/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null ||
-            tly_die "could not stop postgresql: see $TALLY_VAR/log/postgres.log"
+            tly_die "could not stop $name: see $(tly_pg_log "$n")"
     fi
-    rm -f "$TALLY_VAR/run/postgres.pid"
+    rm -f "$TALLY_VAR/run/$name.pid" "$TALLY_VAR/run/$name.port"
+}
+
+# The primary first: a fast shutdown sends its last WAL to the standby.
+tly_pg_stop() {
+    local primary
+    primary=$(tly_pg_primary)
+    tly_pg_stop_node "$primary"
+    tly_replicated || return 0
+    tly_pg_stop_node $((3 - primary))
+}
+
+# Promotes the standby to primary. The primary must be dead (a second
+# primary would take writes that the first never sees); with --kill it is
+# killed first. The new primary runs alone (synchronous_standby_names
+# cleared with ALTER SYSTEM) until a standby streams again, which the next
+# tly_pg_start (up.sh, tests/stack.sh heal) makes from it.
+tly_pg_promote() {
+    local old new pid
+    tly_replicated || tly_die "could not promote: not the replicated mode (TALLY_KAFKA_NODES=3)"
+    old=$(tly_pg_primary)
+    new=$((3 - old))
+    if [[ ${1:-} == --kill ]] && pid=$(tly_pid_of "$(tly_pg_name "$old")" "$(tly_pg_data "$old")"); then
+        tly_log "killing $(tly_pg_name "$old") (pid $pid)"
+        kill -KILL "$pid"
+        tly_wait 10 tly_dead "$(tly_pg_name "$old")" "$(tly_pg_data "$old")" || true
+    fi
+    tly_pg_running "$old" && tly_die "could not promote: $(tly_pg_name "$old") is still running (stop it, or --kill)"
+    tly_pg_running "$new" || tly_die "could not promote: $(tly_pg_name "$new") is not running"
+    tly_log "promoting $(tly_pg_name "$new")"
+    tly_as_pg "$TALLY_PG_BINDIR/pg_ctl" -D "$(tly_pg_data "$new")" -w -t 30 promote >/dev/null ||
+        tly_die "could not promote $(tly_pg_name "$new"): see $(tly_pg_log "$new")"
+    tly_pg_psql "$new" -c "ALTER SYSTEM SET synchronous_standby_names = ''" -c "SELECT pg_reload_conf()" >/dev/null ||
+        tly_die "could not let $(tly_pg_name "$new") commit alone"
+    printf '%s\n' "$new" >"$TALLY_VAR/pg-primary"
+    tly_log "$(tly_pg_name "$new") is the primary"
 }
 
 # --- kafka ------------------------------------------------------------------
-# Apache Kafka 3.9 in KRaft mode, one node that is broker and controller.
+# Apache Kafka 3.9 in KRaft mode. TALLY_KAFKA_NODES=1 (default): one node
+# that is broker and controller, in $TALLY_VAR/kafka, process `kafka`.
+# TALLY_KAFKA_NODES=3, the replicated mode: three such nodes (a 3-voter
+# quorum) in $TALLY_VAR/kafka-<n>, processes kafka-1..3, node n on
+# TALLY_KAFKA_PORT[_n] and TALLY_KAFKA_CONTROLLER_PORT[_n]; every topic
+# replicated 3 times, acks=all needing 2 in sync (docs/failover.md).
 # The jars come from deploy/kafka/fetch.sh (Maven Central, cached).
 
 tly_kafka_libs() {
@@ -348,38 +523,94 @@ tly_kafka_libs() {
         tly_die "could not start kafka: broker jars unavailable"
 }
 
-# The JVM command line shared by the broker and its storage tool.
+# Node $1's process name, directory, ports, configuration file.
+tly_kafka_name() { if ((TALLY_KAFKA_NODES == 1)); then echo kafka; else echo "kafka-$1"; fi; }
+tly_kafka_dir() { printf '%s/%s\n' "$TALLY_VAR" "$(tly_kafka_name "$1")"; }
+tly_kafka_port() {
+    local v=TALLY_KAFKA${2:-}_PORT
+    (($1 > 1)) && v+=_$1
+    printf '%s\n' "${!v}"
+}
+tly_kafka_cport() { tly_kafka_port "$1" _CONTROLLER; }
+tly_kafka_conf() { printf '%s/server.properties\n' "$(tly_kafka_dir "$1")"; }
+tly_kafka_alive() { tly_alive "$(tly_kafka_name "$1")" "$(tly_kafka_conf "$1")"; }
+
+# The JVM command line of node $1, shared by the broker and its storage
+# tool. The replicated mode's three JVMs get smaller heaps (TALLY_KAFKA_HEAP).
 tly_kafka_java() {
-    TALLY_KAFKA_JAVA=(java -Xmx512m -Xms256m -XX:+UseG1GC -Djava.awt.headless=true
-        "-Dlog4j.configuration=file:$TALLY_VAR/kafka/log4j.properties"
+    local heap=${TALLY_KAFKA_HEAP:-}
+    if [[ -z $heap ]]; then
+        if ((TALLY_KAFKA_NODES == 1)); then heap=512m; else heap=384m; fi
+    fi
+    TALLY_KAFKA_JAVA=(java "-Xmx$heap" -Xms128m -XX:+UseG1GC -Djava.awt.headless=true
+        "-Dlog4j.configuration=file:$(tly_kafka_dir "$1")/log4j.properties"
         -cp "$TALLY_KAFKA_LIBS/*")
 }
 
+# "1@127.0.0.1:<controller port>,2@..." for every node.
+tly_kafka_voters() {
+    local n voters=()
+    for ((n = 1; n <= TALLY_KAFKA_NODES; ++n)); do
+        voters+=("$n@127.0.0.1:$(tly_kafka_cport "$n")")
+    done
+    local IFS=,
+    printf '%s\n' "${voters[*]}"
+}
+
+# The settings that differ between one node and three: the replication of
+# every topic (the event log and the internal ones) and how fast a dead
+# node is noticed.
+tly_kafka_replication_conf() {
+    if ((TALLY_KAFKA_NODES == 1)); then
+        printf '%s\n' offsets.topic.replication.factor=1 transaction.state.log.replication.factor=1 \
+            transaction.state.log.min.isr=1
+        return 0
+    fi
+    cat <<'EOF'
+# Replicated mode: three copies of everything, a write (acks=all) needs two
+# in sync, and a replica that was not in sync never becomes leader.
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+unclean.leader.election.enable=false
+# A node that stops heartbeating is fenced (dropped from every ISR, its
+# partitions led elsewhere) after 1.5 s instead of 9: the write pause of a
+# killed broker. Heartbeats every 300 ms; 1.5 s still rode out the GC and
+# CPU stalls of three JVMs on a small machine (docs/failover.md).
+broker.session.timeout.ms=1500
+broker.heartbeat.interval.ms=300
+# The quorum elects a new active controller about 1.5 s after losing it.
+controller.quorum.fetch.timeout.ms=1000
+controller.quorum.election.timeout.ms=500
+EOF
+}
+
 tly_kafka_write_conf() {
-    local dir=$TALLY_VAR/kafka
+    local n=$1 dir
+    dir=$(tly_kafka_dir "$n")
     mkdir -p "$dir/data"
     cat >"$dir/server.properties" <<EOF
 # Written by deploy/local/lib.sh at every start; edits are lost.
 process.roles=broker,controller
-node.id=1
-listeners=PLAINTEXT://127.0.0.1:$TALLY_KAFKA_PORT,CONTROLLER://127.0.0.1:$TALLY_KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$TALLY_KAFKA_PORT
+node.id=$n
+listeners=PLAINTEXT://127.0.0.1:$(tly_kafka_port "$n"),CONTROLLER://127.0.0.1:$(tly_kafka_cport "$n")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(tly_kafka_port "$n")
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-controller.quorum.voters=1@127.0.0.1:$TALLY_KAFKA_CONTROLLER_PORT
+controller.quorum.voters=$(tly_kafka_voters)
 log.dirs=$dir/data
 num.partitions=12
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+$(tly_kafka_replication_conf)
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 # The log is the truth: never expire events.
 log.retention.ms=-1
 EOF
-    cat >"$dir/log4j.properties" <<'EOF'
-# Everything to stdout, which the runner appends to var/log/kafka.log.
+    cat >"$dir/log4j.properties" <<EOF
+# Everything to stdout, which the runner appends to var/log/$(tly_kafka_name "$n").log.
 log4j.rootLogger=INFO, stdout
 log4j.appender.stdout=org.apache.log4j.ConsoleAppender
 log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
@@ -390,53 +621,96 @@ log4j.logger.org.apache.kafka.controller=WARN
 EOF
 }
 
-# Formats the storage once, with a cluster id generated once.
+# Formats node $1's storage once, with a cluster id generated once (kept in
+# node 1's directory).
 tly_kafka_format() {
-    local dir=$TALLY_VAR/kafka log=$TALLY_VAR/log/kafka-format.log
+    local n=$1 dir id log=$TALLY_VAR/log/kafka-format.log
+    dir=$(tly_kafka_dir "$n")
+    id=$(tly_kafka_dir 1)/cluster.id
     [[ -f $dir/data/meta.properties ]] && return 0
-    if [[ ! -s $dir/cluster.id ]]; then
-        "${TALLY_KAFKA_JAVA[@]}" kafka.tools.StorageTool random-uuid >"$dir/cluster.id" 2>"$log" ||
+    if [[ ! -s $id ]]; then
+        mkdir -p "$(dirname "$id")"
+        "${TALLY_KAFKA_JAVA[@]}" kafka.tools.StorageTool random-uuid >"$id" 2>"$log" ||
             tly_die "could not generate a kafka cluster id: see $log"
     fi
-    "${TALLY_KAFKA_JAVA[@]}" kafka.tools.StorageTool format -t "$(<"$dir/cluster.id")" \
+    "${TALLY_KAFKA_JAVA[@]}" kafka.tools.StorageTool format -t "$(<"$id")" \
         -c "$dir/server.properties" >>"$log" 2>&1 || {
         tail -n 20 "$log" >&2
         tly_die "could not format kafka storage: see $log"
     }
 }
 
-# Alive, accepting connections, and "started" logged since byte $1.
+# Node $1 alive, accepting connections, and "started" logged since byte $2.
 tly_kafka_started() {
-    tly_alive kafka "$TALLY_VAR/kafka/server.properties" &&
-        tly_port_open "$TALLY_KAFKA_PORT" &&
-        tail -c +"$(($1 + 1))" "$TALLY_VAR/log/kafka.log" | grep -q 'Kafka Server started'
+    tly_kafka_alive "$1" &&
+        tly_port_open "$(tly_kafka_port "$1")" &&
+        tail -c +"$(($2 + 1))" "$TALLY_VAR/log/$(tly_kafka_name "$1").log" | grep -q 'Kafka Server started'
 }
 
-tly_kafka_start() {
-    local t0=$EPOCHREALTIME log=$TALLY_VAR/log/kafka.log offset
-    if tly_alive kafka "$TALLY_VAR/kafka/server.properties"; then
-        tly_log "kafka already running on port $TALLY_KAFKA_PORT"
+# Spawns node $1 unless it runs; then records in tly_kafka_offsets[$1] where
+# its start's log begins.
+tly_kafka_spawn() {
+    local n=$1 name log
+    name=$(tly_kafka_name "$n")
+    log=$TALLY_VAR/log/$name.log
+    if tly_kafka_alive "$n"; then
+        tly_log "$name already running on port $(tly_kafka_port "$n")"
         return 0
     fi
-    tly_kafka_libs
-    tly_kafka_java
-    tly_require_port_free kafka "$TALLY_KAFKA_PORT"
-    tly_require_port_free kafka "$TALLY_KAFKA_CONTROLLER_PORT"
-    tly_kafka_write_conf
-    tly_kafka_format
-    offset=$(tly_log_offset "$log")
-    tly_log "starting kafka on 127.0.0.1:$TALLY_KAFKA_PORT"
-    tly_spawn kafka "$log" "${TALLY_KAFKA_JAVA[@]}" kafka.Kafka "$TALLY_VAR/kafka/server.properties"
-    printf '%s\n' "$TALLY_KAFKA_PORT" >"$TALLY_VAR/run/kafka.port"
-    if ! tly_wait 60 tly_kafka_started "$offset"; then
-        tly_log_tail "$log" "$offset"
-        tly_stop kafka "$TALLY_VAR/kafka/server.properties"
-        tly_die "could not start kafka within 60 s: see $log"
-    fi
-    tly_log "kafka ready ($(tly_since "$t0"))"
+    tly_kafka_java "$n"
+    tly_require_port_free "$name" "$(tly_kafka_port "$n")"
+    tly_require_port_free "$name" "$(tly_kafka_cport "$n")"
+    tly_kafka_write_conf "$n"
+    tly_kafka_format "$n"
+    tly_kafka_offsets[n]=$(tly_log_offset "$log")
+    tly_log "starting $name on 127.0.0.1:$(tly_kafka_port "$n")"
+    tly_spawn "$name" "$log" "${TALLY_KAFKA_JAVA[@]}" kafka.Kafka "$(tly_kafka_conf "$n")"
+    tly_kafka_port "$n" >"$TALLY_VAR/run/$name.port"
 }
 
-tly_kafka_stop() { tly_stop kafka "$TALLY_VAR/kafka/server.properties"; }
+# Starts every node that is not running, all at once (a quorum of three
+# needs two to elect a controller), then waits until each one started.
+tly_kafka_start() {
+    local t0=$EPOCHREALTIME n name
+    local -a tly_kafka_offsets=()
+    tly_kafka_libs
+    for ((n = 1; n <= TALLY_KAFKA_NODES; ++n)); do
+        tly_kafka_spawn "$n"
+    done
+    for n in "${!tly_kafka_offsets[@]}"; do
+        name=$(tly_kafka_name "$n")
+        if ! tly_wait 90 tly_kafka_started "$n" "${tly_kafka_offsets[n]}"; then
+            tly_log_tail "$TALLY_VAR/log/$name.log" "${tly_kafka_offsets[n]}"
+            tly_kafka_stop
+            tly_die "could not start $name within 90 s: see $TALLY_VAR/log/$name.log"
+        fi
+    done
+    ((${#tly_kafka_offsets[@]} == 0)) || tly_log "kafka ready ($(tly_since "$t0"))"
+}
+
+# Stops every node: TERM to all at once (one by one, the last two would wait
+# for a quorum that is gone), then tly_stop's wait and KILL for each.
+tly_kafka_stop() {
+    local n pid
+    for ((n = 1; n <= TALLY_KAFKA_NODES; ++n)); do
+        if pid=$(tly_pid_of "$(tly_kafka_name "$n")" "$(tly_kafka_conf "$n")"); then
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    for ((n = 1; n <= TALLY_KAFKA_NODES; ++n)); do
+        tly_stop "$(tly_kafka_name "$n")" "$(tly_kafka_conf "$n")"
+    done
+}
+
+# The bootstrap list: every node.
+tly_kafka_brokers() {
+    local n list=()
+    for ((n = 1; n <= TALLY_KAFKA_NODES; ++n)); do
+        list+=("127.0.0.1:$(tly_kafka_port "$n")")
+    done
+    local IFS=,
+    printf '%s\n' "${list[*]}"
+}
 
 # --- tally binaries ---------------------------------------------------------
 
@@ -644,7 +918,12 @@ tly_adopt_running_ports() {
     TALLY_QUERY_PORT=$(tly_recorded_port tally-query-api \
         "/tally-query-api" "$TALLY_QUERY_PORT")
     TALLY_GATEWAY_PORT=$(tly_recorded_port nginx "$TALLY_VAR/nginx/nginx.conf" "$TALLY_GATEWAY_PORT")
-    TALLY_KAFKA_PORT=$(tly_recorded_port kafka "$TALLY_VAR/kafka/server.properties" "$TALLY_KAFKA_PORT")
+    local n v
+    for ((n = 1; n <= TALLY_KAFKA_NODES; ++n)); do
+        v=TALLY_KAFKA_PORT
+        ((n > 1)) && v+=_$n
+        printf -v "$v" '%s' "$(tly_recorded_port "$(tly_kafka_name "$n")" "$(tly_kafka_conf "$n")" "${!v}")"
+    done
     TALLY_COMMAND_ADMIN_PORT=$(tly_recorded_port tally-command-api \
         "/tally-command-api" "$TALLY_COMMAND_ADMIN_PORT" admin-port)
     TALLY_QUERY_ADMIN_PORT=$(tly_recorded_port tally-query-api \
@@ -670,6 +949,7 @@ tly_stack_up() {
     tly_service_start tally-worker "" "$TALLY_WORKER_ADMIN_PORT"
     tly_gateway_start
     tly_export_env
+    tly_write_ports
     tly_log "stack ready ($(tly_since "$t0"))"
 }
 
@@ -688,9 +968,10 @@ tly_stack_down() {
 # a process that died is restarted on the port it had, not a default.
 tly_write_ports() {
     local name
-    for name in TALLY_PG_PORT TALLY_KAFKA_PORT TALLY_KAFKA_CONTROLLER_PORT TALLY_COMMAND_PORT \
-        TALLY_QUERY_PORT TALLY_GATEWAY_PORT TALLY_COMMAND_ADMIN_PORT TALLY_QUERY_ADMIN_PORT \
-        TALLY_WORKER_ADMIN_PORT; do
+    for name in TALLY_PG_PORT TALLY_PG_PORT_2 TALLY_KAFKA_NODES TALLY_KAFKA_PORT TALLY_KAFKA_CONTROLLER_PORT \
+        TALLY_KAFKA_PORT_2 TALLY_KAFKA_CONTROLLER_PORT_2 TALLY_KAFKA_PORT_3 TALLY_KAFKA_CONTROLLER_PORT_3 \
+        TALLY_COMMAND_PORT TALLY_QUERY_PORT TALLY_GATEWAY_PORT TALLY_COMMAND_ADMIN_PORT \
+        TALLY_QUERY_ADMIN_PORT TALLY_WORKER_ADMIN_PORT; do
         printf '%s=%s\n' "$name" "${!name}"
     done >"$TALLY_VAR/ports.tmp"
     mv "$TALLY_VAR/ports.tmp" "$TALLY_VAR/ports"
@@ -711,7 +992,7 @@ tly_write_env() {
         umask 077
         for name in TALLY_URL TALLY_API_KEY TALLY_COMMAND_URL TALLY_QUERY_URL \
             TALLY_COMMAND_ADMIN_URL TALLY_QUERY_ADMIN_URL TALLY_WORKER_ADMIN_URL \
-            TALLY_PG_DSN TALLY_KAFKA_BROKERS TALLY_KAFKA_TOPIC \
+            TALLY_PG_DSN TALLY_KAFKA_BROKERS TALLY_KAFKA_NODES TALLY_KAFKA_TOPIC \
             TALLY_KAFKA_PARTITIONS TALLY_BIN TALLY_VAR; do
             value=${!name}
             if [[ $mode == shell ]]; then

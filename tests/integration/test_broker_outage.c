@@ -40,12 +40,12 @@ static pid_t frozen_pid;
 static char nft_table[64];
 static int deadline_ms;
 
-/* GET /readyz straight on the command API until it answers `want` (bounded). */
+/* GET /readyz on the command API's admin port until it answers `want` (bounded). */
 static bool
 ready_becomes(long want, int timeout_ms)
 {
     char *saved = strdup(tly_test_env("TALLY_URL"));
-    setenv("TALLY_URL", tly_test_env("TALLY_COMMAND_URL"), 1);
+    setenv("TALLY_URL", tly_test_env("TALLY_COMMAND_ADMIN_URL"), 1);
     bool seen = false;
     for (int waited = 0; waited <= timeout_ms && !seen; waited += 200) {
         tly_test_response_t r = tly_test_request("GET", "/readyz", NULL, NULL, NULL);
@@ -277,8 +277,8 @@ int
 main(void)
 {
     key = tly_test_env("TALLY_API_KEY");
-    if (key == NULL || tly_test_env("TALLY_VAR") == NULL || tly_test_env("TALLY_COMMAND_URL") == NULL) {
-        fprintf(stderr, "TALLY_API_KEY, TALLY_VAR and TALLY_COMMAND_URL are needed\n");
+    if (key == NULL || tly_test_env("TALLY_VAR") == NULL || tly_test_env("TALLY_COMMAND_ADMIN_URL") == NULL) {
+        fprintf(stderr, "TALLY_API_KEY, TALLY_VAR and TALLY_COMMAND_ADMIN_URL are needed\n");
         return 1;
     }
     /* the stack's command API runs with the default unless the environment sets one */

@@ -66,7 +66,7 @@ rd_kafka_resp_err_t tly_kafka_produce_raw(rd_kafka_t *rk, const char *topic, con
 /** Copies header `name` of `msg` into `out` (NUL-terminated); false when absent. */
 bool tly_kafka_header(const rd_kafka_message_t *msg, const char *name, char *out, size_t cap);
 
-/** Creates `topic` with `partitions` and unlimited retention; 0 also when it exists. */
+/** Creates `topic` with `partitions`, the broker's default replication and unlimited retention; 0 also when it exists. */
 int tly_kafka_create_topic(const char *brokers, const char *topic, int partitions, int timeout_ms, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
