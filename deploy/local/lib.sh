@@ -66,7 +66,7 @@ tly_init() {
 tly_export_env() {
     TALLY_PG_DSN=$(tly_pg_dsn)
     export TALLY_PG_DSN
-    TALLY_KAFKA_BROKERS=$(tly_kafka_brokers)
+    TALLY_KAFKA_BROKERS=$(tly_kafka_list brokers)
     export TALLY_KAFKA_BROKERS TALLY_KAFKA_NODES
     export TALLY_KAFKA_TOPIC=${TALLY_KAFKA_TOPIC:-tally.events}
     export TALLY_KAFKA_PARTITIONS=${TALLY_KAFKA_PARTITIONS:-12}
@@ -547,14 +547,19 @@ tly_kafka_java() {
         -cp "$TALLY_KAFKA_LIBS/*")
 }
 
-# "1@127.0.0.1:<controller port>,2@..." for every node.
-tly_kafka_voters() {
-    local n voters=()
+# Every node, comma-separated: voters ("1@127.0.0.1:<controller port>,...")
+# or brokers (the bootstrap list, "127.0.0.1:<port>,...").
+tly_kafka_list() {
+    local n list=()
     for ((n = 1; n <= TALLY_KAFKA_NODES; ++n)); do
-        voters+=("$n@127.0.0.1:$(tly_kafka_cport "$n")")
+        if [[ $1 == voters ]]; then
+            list+=("$n@127.0.0.1:$(tly_kafka_cport "$n")")
+        else
+            list+=("127.0.0.1:$(tly_kafka_port "$n")")
+        fi
     done
     local IFS=,
-    printf '%s\n' "${voters[*]}"
+    printf '%s\n' "${list[*]}"
 }
 
 # The settings that differ between one node and three: the replication of
@@ -576,14 +581,13 @@ transaction.state.log.replication.factor=3
 transaction.state.log.min.isr=2
 unclean.leader.election.enable=false
 # A node that stops heartbeating is fenced (dropped from every ISR, its
-# partitions led elsewhere) after 1.5 s instead of 9: the write pause of a
-# killed broker. Heartbeats every 300 ms; 1.5 s still rode out the GC and
-# CPU stalls of three JVMs on a small machine (docs/failover.md).
-broker.session.timeout.ms=1500
-broker.heartbeat.interval.ms=300
-# The quorum elects a new active controller about 1.5 s after losing it.
-controller.quorum.fetch.timeout.ms=1000
-controller.quorum.election.timeout.ms=500
+# partitions led elsewhere) after 2 s instead of 9: the write pause of a
+# killed broker. Heartbeats every 500 ms. The quorum's own timeouts stay at
+# their defaults (fetch 2 s, election 1 s): at 1 s / 0.5 s, three JVMs
+# starved of CPU (load 40 on 2 cores) re-elected a controller 25 times in a
+# 3-minute run, and every election stalled the writes (docs/failover.md).
+broker.session.timeout.ms=2000
+broker.heartbeat.interval.ms=500
 EOF
 }
 
@@ -600,7 +604,7 @@ advertised.listeners=PLAINTEXT://127.0.0.1:$(tly_kafka_port "$n")
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-controller.quorum.voters=$(tly_kafka_voters)
+controller.quorum.voters=$(tly_kafka_list voters)
 log.dirs=$dir/data
 num.partitions=12
 $(tly_kafka_replication_conf)
@@ -700,16 +704,6 @@ tly_kafka_stop() {
     for ((n = 1; n <= TALLY_KAFKA_NODES; ++n)); do
         tly_stop "$(tly_kafka_name "$n")" "$(tly_kafka_conf "$n")"
     done
-}
-
-# The bootstrap list: every node.
-tly_kafka_brokers() {
-    local n list=()
-    for ((n = 1; n <= TALLY_KAFKA_NODES; ++n)); do
-        list+=("127.0.0.1:$(tly_kafka_port "$n")")
-    done
-    local IFS=,
-    printf '%s\n' "${list[*]}"
 }
 
 # --- tally binaries ---------------------------------------------------------

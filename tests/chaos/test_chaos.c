@@ -104,26 +104,9 @@ static pid_t paused_pid; /* thawed by the teardown, whatever happens */
 
 /* ---- HTTP ------------------------------------------------------------------ */
 
-typedef struct st_buf_t {
-    char data[8192];
-    size_t len;
-} buf_t;
-
-static size_t
-on_data(char *p, size_t size, size_t n, void *ud)
-{
-    buf_t *b = ud;
-    size_t len = size * n, room = sizeof(b->data) - 1 - b->len;
-    size_t take = len < room ? len : room;
-    memcpy(b->data + b->len, p, take);
-    b->len += take;
-    b->data[b->len] = '\0';
-    return len;
-}
-
 /* One request through the gateway; the status, or 0 on a transport error (refused, reset, timed out). */
 static long
-http(CURL *c, const char *method, const char *path, const char *body, const char *idem, const char *prefer, buf_t *out)
+http(CURL *c, const char *method, const char *path, const char *body, const char *idem, const char *prefer, tly_test_sink_t *out)
 {
     char url[512], auth[320], idem_hdr[128], prefer_hdr[64];
     long status = 0;
@@ -149,7 +132,7 @@ http(CURL *c, const char *method, const char *path, const char *body, const char
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)(prefer != NULL ? 40000 : CLIENT_TIMEOUT_MS));
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, tly_test_sink_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
     if (body != NULL)
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
@@ -167,7 +150,7 @@ retryable(long status)
 }
 
 static bool
-job_id_of(const buf_t *b, char *out, size_t cap)
+job_id_of(const tly_test_sink_t *b, char *out, size_t cap)
 {
     json_error_t jerr;
     json_t *v = json_loads(b->data, 0, &jerr);
@@ -204,7 +187,7 @@ static bool
 send_until_accepted(client_t *cl, cmd_t *cmd, int64_t until_ms)
 {
     char path[256], body[512];
-    buf_t b;
+    tly_test_sink_t b;
     cmd_request(cl, cmd, path, sizeof(path), body, sizeof(body));
     while (tly_test_now_ms() < until_ms) {
         if (cmd->first_ms == 0)
@@ -230,7 +213,7 @@ send_until_accepted(client_t *cl, cmd_t *cmd, int64_t until_ms)
 static void
 open_accounts(client_t *cl)
 {
-    buf_t b;
+    tly_test_sink_t b;
     for (int i = 0; i < ACCOUNTS_PER_CLIENT; ++i) {
         long status = http(cl->curl, "POST", "/v1/accounts", "{\"currency\":\"EUR\",\"label\":\"chaos\"}", NULL, NULL, &b);
         assert_int_equal(status, 202);
@@ -548,7 +531,7 @@ static void *
 settle_main(void *arg)
 {
     client_t *cl = arg;
-    buf_t b;
+    tly_test_sink_t b;
     char path[128];
     int64_t until = tly_test_now_ms() + SETTLE_TIMEOUT_MS;
     for (size_t i = 0; i < cl->ncmds; ++i) {
@@ -575,7 +558,7 @@ settle_main(void *arg)
 static long
 api_balance(client_t *cl, int account)
 {
-    buf_t b;
+    tly_test_sink_t b;
     char path[128];
     snprintf(path, sizeof(path), "/v1/accounts/%s", cl->accounts[account]);
     assert_int_equal(http(cl->curl, "GET", path, NULL, NULL, NULL, &b), 200);

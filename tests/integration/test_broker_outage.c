@@ -145,31 +145,47 @@ assert_retry_applies_once(const char *account, const char *path, const char *con
     assert_int_equal(balance_of(account), 700);
 }
 
+/* One outage: an account opened before it, and the deposit (one Idempotency-Key) tried during and after it. */
+typedef struct st_outage_t {
+    char account[64], path[200], idem[128];
+    const char *hdrs[2];
+} outage_t;
+
 static void
-deposit_path(const char *account, char *path, size_t cap)
+outage_begin(outage_t *o)
 {
-    snprintf(path, cap, "/v1/accounts/%s/deposits", account);
+    open_account(o->account, sizeof(o->account));
+    snprintf(o->path, sizeof(o->path), "/v1/accounts/%s/deposits", o->account);
+    tly_test_idem_header(o->idem, sizeof(o->idem));
+    o->hdrs[0] = o->idem;
+    o->hdrs[1] = NULL;
+}
+
+/* The first attempt while the broker is out: a 503 in time. */
+static void
+outage_attempt(outage_t *o, const char *state)
+{
+    in_flight_t first = {o->path, o->hdrs, {0}, 0};
+    post_deposit(&first);
+    assert_deadline_503(&first, state);
 }
 
 static void
 test_frozen_broker(void **state)
 {
-    char account[64], path[200], idem[128];
-    open_account(account, sizeof(account));
+    outage_t o;
+    outage_begin(&o);
     frozen_pid = tly_test_read_pid("kafka");
     assert_true(frozen_pid > 0);
     assert_int_equal(kill(frozen_pid, SIGSTOP), 0);
     assert_true(ready_becomes(503, 10000));
 
-    deposit_path(account, path, sizeof(path));
-    tly_test_idem_header(idem, sizeof(idem));
-    const char *hdrs[] = {idem, NULL};
     /* the first attempt waits for the frozen broker (up to the deadline); the same key meanwhile is in flight: 409 */
-    in_flight_t first = {path, hdrs, {0}, 0};
+    in_flight_t first = {o.path, o.hdrs, {0}, 0};
     pthread_t tid;
     assert_int_equal(pthread_create(&tid, NULL, post_deposit, &first), 0);
     usleep(1500 * 1000);
-    tly_test_response_t busy = tly_test_request("POST", path, key, "{\"amount\":700,\"currency\":\"EUR\"}", hdrs);
+    tly_test_response_t busy = tly_test_request("POST", o.path, key, "{\"amount\":700,\"currency\":\"EUR\"}", o.hdrs);
     assert_int_equal(busy.status, 409);
     assert_string_equal(json_string_value(json_object_get(busy.json, "code")), "idempotency_key_in_use");
     tly_test_response_free(&busy);
@@ -178,7 +194,7 @@ test_frozen_broker(void **state)
 
     assert_int_equal(kill(frozen_pid, SIGCONT), 0);
     frozen_pid = 0;
-    assert_retry_applies_once(account, path, hdrs);
+    assert_retry_applies_once(o.account, o.path, o.hdrs);
 }
 
 static int
@@ -204,12 +220,12 @@ nft(const char *fmt, ...)
 static void
 test_unreachable_broker(void **state)
 {
-    char account[64], path[200], idem[128];
+    outage_t o;
     if (system("nft list tables >/dev/null 2>&1") != 0) {
         fprintf(stderr, "nft cannot change the rules here (needs nftables and CAP_NET_ADMIN): skipped\n");
         skip();
     }
-    open_account(account, sizeof(account));
+    outage_begin(&o);
     /* every packet to or from the broker's port is dropped: loopback traffic passes the output hook both ways */
     snprintf(nft_table, sizeof(nft_table), "tally_outage_%d", (int)getpid());
     nft("nft add table inet %s", nft_table);
@@ -217,17 +233,11 @@ test_unreachable_broker(void **state)
     nft("nft add rule inet %s out tcp dport %d drop", nft_table, kafka_port());
     nft("nft add rule inet %s out tcp sport %d drop", nft_table, kafka_port());
     assert_true(ready_becomes(503, 10000));
-
-    deposit_path(account, path, sizeof(path));
-    tly_test_idem_header(idem, sizeof(idem));
-    const char *hdrs[] = {idem, NULL};
-    in_flight_t first = {path, hdrs, {0}, 0};
-    post_deposit(&first);
-    assert_deadline_503(&first, "unreachable");
+    outage_attempt(&o, "unreachable");
 
     nft("nft delete table inet %s", nft_table);
     nft_table[0] = '\0';
-    assert_retry_applies_once(account, path, hdrs);
+    assert_retry_applies_once(o.account, o.path, o.hdrs);
 }
 
 static int
@@ -255,22 +265,16 @@ heal_stack(void)
 static void
 test_killed_broker(void **state)
 {
-    char account[64], path[200], idem[128];
-    open_account(account, sizeof(account));
+    outage_t o;
+    outage_begin(&o);
     pid_t pid = tly_test_read_pid("kafka");
     assert_true(pid > 0);
     assert_int_equal(kill(pid, SIGKILL), 0);
     assert_true(ready_becomes(503, 10000));
-
-    deposit_path(account, path, sizeof(path));
-    tly_test_idem_header(idem, sizeof(idem));
-    const char *hdrs[] = {idem, NULL};
-    in_flight_t first = {path, hdrs, {0}, 0};
-    post_deposit(&first);
-    assert_deadline_503(&first, "killed");
+    outage_attempt(&o, "killed");
 
     heal_stack();
-    assert_retry_applies_once(account, path, hdrs);
+    assert_retry_applies_once(o.account, o.path, o.hdrs);
 }
 
 int

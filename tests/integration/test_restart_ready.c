@@ -31,27 +31,9 @@
 
 static const char *key;
 
-typedef struct {
-    char body[4096];
-    size_t len;
-} sink_t;
-
-static size_t
-on_body(char *p, size_t size, size_t n, void *ud)
-{
-    sink_t *s = ud;
-    size_t len = size * n;
-    if (s->len + len < sizeof(s->body)) {
-        memcpy(s->body + s->len, p, len);
-        s->len += len;
-        s->body[s->len] = '\0';
-    }
-    return len;
-}
-
 /* One request; the HTTP status, or 0 when no connection could be made. The body goes to `sink`. */
 static long
-request(const char *url, const char *body, sink_t *sink)
+request(const char *url, const char *body, tly_test_sink_t *sink)
 {
     char auth[256];
     long status = 0;
@@ -60,11 +42,11 @@ request(const char *url, const char *body, sink_t *sink)
     struct curl_slist *h = curl_slist_append(NULL, auth);
     h = curl_slist_append(h, "Content-Type: application/json");
     sink->len = 0;
-    sink->body[0] = '\0';
+    sink->data[0] = '\0';
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, tly_test_sink_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, sink);
     if (body != NULL)
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
@@ -104,7 +86,7 @@ restart_rounds(const char *service, const char *path, const char *body, long wan
     snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
     for (int round = 0; round < ROUNDS; ++round) {
         pid_t pid = start(service, port);
-        sink_t sink;
+        tly_test_sink_t sink;
         long status = 0;
         int64_t t0 = tly_test_now_ms();
         /* connection refused until the instance binds its port */
@@ -114,7 +96,7 @@ restart_rounds(const char *service, const char *path, const char *body, long wan
         for (int i = 0; i < REQUESTS && status == want; ++i)
             status = request(url, body, &sink);
         if (status != want)
-            fprintf(stderr, "%s round %d: %ld %s\n", service, round, status, sink.body);
+            fprintf(stderr, "%s round %d: %ld %s\n", service, round, status, sink.data);
         else
             fprintf(stderr, "%s round %d: first answer %lld ms after the start\n", service, round, (long long)first);
         assert_int_equal(status, want);
@@ -140,7 +122,7 @@ static bool
 gateway_serves(void)
 {
     char url[256];
-    sink_t sink;
+    tly_test_sink_t sink;
     snprintf(url, sizeof(url), "%s/healthz", tly_test_env("TALLY_URL"));
     return request(url, NULL, &sink) == 200;
 }

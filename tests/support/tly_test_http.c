@@ -214,3 +214,14 @@ tly_test_idem_header(char *out, size_t cap)
     clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(out, cap, "Idempotency-Key: test-%ld-%ld-%d-%u", (long)ts.tv_sec, ts.tv_nsec, getpid(), ++counter);
 }
+
+size_t
+tly_test_sink_write(char *ptr, size_t size, size_t nmemb, void *sink)
+{
+    tly_test_sink_t *s = sink;
+    size_t len = size * nmemb, room = sizeof(s->data) - 1 - s->len, take = len < room ? len : room;
+    memcpy(s->data + s->len, ptr, take);
+    s->len += take;
+    s->data[s->len] = '\0';
+    return len;
+}

@@ -36,6 +36,18 @@ bool tly_test_header(const tly_test_response_t *r, const char *name, char *out, 
 /** Polls GET /v1/jobs/{id} until terminal or `timeout_ms`; returns the final job json (caller decrefs). */
 json_t *tly_test_wait_job(const char *job_url, const char *key, int timeout_ms);
 
+/**
+ * A response body collected into a fixed buffer (cut at its size, always
+ * NUL-terminated), for tests that drive libcurl themselves:
+ * CURLOPT_WRITEFUNCTION tly_test_sink_write, CURLOPT_WRITEDATA the sink.
+ * Reset `len` and `data[0]` before reusing it.
+ */
+typedef struct st_tly_test_sink_t {
+    char data[8192];
+    size_t len;
+} tly_test_sink_t;
+size_t tly_test_sink_write(char *ptr, size_t size, size_t nmemb, void *sink);
+
 /** A fresh random Idempotency-Key header line, in a static buffer per call site. */
 void tly_test_idem_header(char *out, size_t cap);
 
