@@ -241,6 +241,8 @@ claim(consumer_t *c, rd_kafka_topic_partition_list_t *list, char *err, size_t er
         rollback(c);
         return -1;
     }
+    for (int i = 0; i < list->cnt; ++i)
+        tly_worker_admin_claimed(c->rk, c->h->name, list->elems[i].partition);
     return 0;
 }
 
@@ -265,9 +267,10 @@ on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t rerr, rd_kafka_topic_partition_
     if (rerr != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         /* Revoked: nothing of the revoked partitions is in flight (we only poll between transactions). */
         for (int i = 0; i < c->nparts; ++i) {
+            if (c->parts[i].assigned)
+                tly_worker_admin_released(c->rk, c->h->name, i); /* only ours: another consumer of the name may hold the rest */
             c->parts[i].assigned = false;
             c->parts[i].unsaved = false; /* the next owner reads those ignored events again */
-            tly_metrics_consumer_lag_clear(c->h->name, i);
         }
         tly_worker_admin_assigned(c->h->name, false);
         rd_kafka_assign(rk, NULL);
