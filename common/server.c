@@ -214,7 +214,10 @@ tly_server_run(tly_server_config_t *cfg)
     signal(SIGPIPE, SIG_IGN);
 
     h2o_config_init(&globalconf);
+    /* h2o refuses a body over this (413) before buffering it: it is the API's own limit, not a larger one */
     globalconf.max_request_entity_size = cfg->max_body;
+    /* HTTP/1.1 only: no cleartext upgrade to HTTP/2 (h2c) on a port meant for the gateway */
+    globalconf.http1.upgrade_to_http2 = 0;
     globalconf.server_name = h2o_iovec_init(H2O_STRLIT("tally"));
     h2o_hostconf_t *hostconf = h2o_config_register_host(&globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *pathconf = h2o_config_register_path(hostconf, "/", 0);

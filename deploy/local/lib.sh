@@ -771,9 +771,15 @@ tly_ensure_api_key() {
     export TALLY_API_KEY=$key
 }
 
+# Alive and /healthz answering on admin port $2 (health is never on the API
+# port); with no admin port ($2 = 0), API port $3 accepting connections.
 tly_api_ready() {
-    tly_alive "$1" "/$1" &&
+    tly_alive "$1" "/$1" || return 1
+    if [[ $2 == 0 ]]; then
+        tly_port_open "$3"
+    else
         curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$2/healthz" 2>/dev/null
+    fi
 }
 
 # Starts service $1 with its admin endpoint on port $3 (tally-command-api,
@@ -794,13 +800,13 @@ tly_service_start() {
     if [[ -n $port ]]; then
         TALLY_HTTP_PORT=$port TALLY_ADMIN_PORT=$admin tly_spawn "$name" "$log" "$TALLY_BIN/$name"
         printf '%s\n' "$port" >"$TALLY_VAR/run/$name.port"
-        tly_wait 30 tly_api_ready "$name" "$port" || ok=false
+        tly_wait 30 tly_api_ready "$name" "$admin" "$port" || ok=false
     else
         tly_spawn "$name" "$log" env -u TALLY_HTTP_PORT TALLY_ADMIN_PORT="$admin" "$TALLY_BIN/$name"
         sleep 1
         tly_alive "$name" "/$name" || ok=false
         if $ok && [[ $admin != 0 ]]; then
-            tly_wait 10 tly_api_ready "$name" "$admin" || ok=false
+            tly_wait 10 tly_api_ready "$name" "$admin" 0 || ok=false
         fi
     fi
     if ! $ok; then

@@ -25,6 +25,10 @@
     "'enabled', enabled, 'disabled_reason', disabled_reason, 'failing_since', " WH_TS("failing_since") ", "                      \
     "'previous_secret_expires_at', " WH_TS("previous_secret_expires_at") ", 'version', version, "                                \
     "'created_at', " WH_TS("created_at") ", 'updated_at', " WH_TS("updated_at") ")::text"
+/* The audit event of a webhook endpoint change `w` (a CTE returning id), by key `actor` in request `rid`. */
+#define WH_AUDIT(action, actor, rid, changes)                                                                                      \
+    "a AS (INSERT INTO audit_events (tenant_id, actor_type, actor_id, request_id, action, resource_type, resource_id, "          \
+    "changes) SELECT $2, 'api_key', " actor ", " rid ", '" action "', 'webhook_endpoint', w.id::text, " changes " FROM w)"
 /* clang-format on */
 
 const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
@@ -59,45 +63,68 @@ const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
        has since taken over leaves the retry's record alone (0009). */
     [STMT_FAIL] = {"fail_request",
                    "UPDATE command_requests SET state = 'failed' WHERE job_id = $1 AND state = 'pending' AND attempt = $2", 2},
+    /* API keys and webhook endpoints (api_keys.c, webhooks.c): each change
+       and its audit event are one statement. The actor's key id and the
+       request id are the last two parameters. */
     [STMT_KEY_CREATE] = {"create_key",
-                         "INSERT INTO api_keys (id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, label) "
-                         "VALUES ($1, $2, decode($3, 'hex'), $4::text[], $5, $6, $7, $8) "
-                         "RETURNING to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-                         8},
+                         "WITH k AS (INSERT INTO api_keys (id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, label, "
+                         "expires_at, created_by) VALUES ($1, $2, decode($3, 'hex'), $4::text[], $5, $6::integer, $7::integer, $8, "
+                         "$9::timestamptz, $10) RETURNING id, created_at), "
+                         "a AS (INSERT INTO audit_events (tenant_id, actor_type, actor_id, request_id, action, resource_type, "
+                         "resource_id, changes) SELECT $2, 'api_key', $10, $11, 'api_key.created', 'api_key', k.id, "
+                         "jsonb_build_object('scopes', $4::text[], 'tier', $5, 'rate_per_sec', $6::integer, 'burst', $7::integer, "
+                         "'label', $8, 'expires_at', $9::timestamptz) FROM k) "
+                         "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM k",
+                         11},
+    /* Revoking twice answers 204 both times; only the first is audited. */
     [STMT_KEY_REVOKE] = {"revoke_key",
-                         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), updated_at = now() "
-                         "WHERE id = $1 AND tenant_id = $2 RETURNING id",
-                         2},
+                         "WITH r AS (UPDATE api_keys SET revoked_at = now(), updated_at = now() "
+                         "WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL RETURNING id), "
+                         "a AS (INSERT INTO audit_events (tenant_id, actor_type, actor_id, request_id, action, resource_type, "
+                         "resource_id) SELECT $2, 'api_key', $3, $4, 'api_key.revoked', 'api_key', r.id FROM r) "
+                         "SELECT id FROM api_keys WHERE id = $1 AND tenant_id = $2",
+                         4},
     /* Webhook endpoints (webhooks.c). Each statement filters by tenant and
        skips deleted endpoints: no row is a 404. The endpoint's JSON is the
        same as the query API's GET (tests compare them). */
     [STMT_WH_CREATE] = {"wh_create",
-                        "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, secret) "
-                        "VALUES ($1, $2, $3, $4, $5::text[], $6) RETURNING " WH_ENDPOINT_JSON,
-                        6},
+                        "WITH w AS (INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, secret) "
+                        "VALUES ($1, $2, $3, $4, $5::text[], $6) RETURNING id, " WH_ENDPOINT_JSON " AS j), "
+                        WH_AUDIT("webhook_endpoint.created", "$7", "$8",
+                                 "jsonb_build_object('url', $3, 'description', $4, 'event_types', $5::text[])")
+                        " SELECT j FROM w",
+                        8},
     /* $3 url, $4 description, $5 event types, $6 enabled: NULL keeps the
        value. Disabling records 'manual' (keeping the sender's 'gone' or
        'failing'); enabling a disabled endpoint clears the reason and the
        failing clock, so the sender starts afresh with it. */
     [STMT_WH_UPDATE] = {"wh_update",
-                        "UPDATE webhook_endpoints SET url = coalesce($3, url), description = coalesce($4, description), "
+                        "WITH w AS (UPDATE webhook_endpoints SET url = coalesce($3, url), "
+                        "description = coalesce($4, description), "
                         "event_types = coalesce($5::text[], event_types), enabled = coalesce($6::boolean, enabled), "
                         "disabled_reason = CASE WHEN $6::boolean IS NULL THEN disabled_reason WHEN $6::boolean THEN NULL "
                         "WHEN enabled THEN 'manual' ELSE disabled_reason END, "
                         "failing_since = CASE WHEN $6::boolean AND NOT enabled THEN NULL ELSE failing_since END, "
                         "version = version + 1, updated_at = now() "
-                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING " WH_ENDPOINT_JSON,
-                        6},
+                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id, " WH_ENDPOINT_JSON " AS j), "
+                        WH_AUDIT("webhook_endpoint.updated", "$7", "$8",
+                                 "jsonb_strip_nulls(jsonb_build_object('url', $3, 'description', $4, "
+                                 "'event_types', $5::text[], 'enabled', $6::boolean))")
+                        " SELECT j FROM w",
+                        8},
     [STMT_WH_DELETE] = {"wh_delete",
-                        "UPDATE webhook_endpoints SET deleted_at = now(), updated_at = now(), version = version + 1 "
-                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id",
-                        2},
+                        "WITH w AS (UPDATE webhook_endpoints SET deleted_at = now(), updated_at = now(), version = version + 1 "
+                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id), "
+                        WH_AUDIT("webhook_endpoint.deleted", "$3", "$4", "'{}'::jsonb") " SELECT id FROM w",
+                        4},
     /* The current secret keeps signing beside the new one for 24 h. */
     [STMT_WH_ROTATE] = {"wh_rotate",
-                        "UPDATE webhook_endpoints SET previous_secret = secret, "
+                        "WITH w AS (UPDATE webhook_endpoints SET previous_secret = secret, "
                         "previous_secret_expires_at = now() + interval '24 hours', secret = $3, version = version + 1, "
-                        "updated_at = now() WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING " WH_ENDPOINT_JSON,
-                        3},
+                        "updated_at = now() WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id, "
+                        WH_ENDPOINT_JSON " AS j), "
+                        WH_AUDIT("webhook_endpoint.secret_rotated", "$4", "$5", "'{}'::jsonb") " SELECT j FROM w",
+                        5},
     /* Replay [$3, $4): settled deliveries go back to pending, due now, with
        their ids and attempt history kept (the attempt counter goes on, so
        attempt numbers stay unique). Pending ones are left alone: their
