@@ -123,25 +123,28 @@ tly_kafka_producer_create(const char *brokers, int message_timeout_ms,
 }
 
 rd_kafka_t *
-tly_kafka_consumer_create(const char *brokers, const char *group, int prefetch_kbytes, int gather_ms,
+tly_kafka_consumer_create(const char *brokers, const char *group, const char *instance_id, int prefetch_kbytes, int gather_ms,
                           void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t, rd_kafka_topic_partition_list_t *, void *),
                           void *opaque, char *err, size_t errcap)
 {
-    char rderr[256], kbytes[16], min_msgs[16], wait_ms[16];
+    char rderr[256], kbytes[16], min_msgs[16], wait_ms[16], session_ms[16], heartbeat_ms[16];
     if (prefetch_kbytes <= 0)
         prefetch_kbytes = TLY_KAFKA_PREFETCH_KB;
     snprintf(kbytes, sizeof(kbytes), "%d", prefetch_kbytes);
     /* the queue's message count, 1.25 per KB: about 10 MB of Tally's ~500-byte events for 16 MB (the depth measured) */
     snprintf(min_msgs, sizeof(min_msgs), "%d", prefetch_kbytes / 4 * 5);
     snprintf(wait_ms, sizeof(wait_ms), "%d", gather_ms > 0 ? gather_ms : 100);
+    snprintf(session_ms, sizeof(session_ms), "%d", TLY_KAFKA_SESSION_TIMEOUT_MS);
+    snprintf(heartbeat_ms, sizeof(heartbeat_ms), "%d", TLY_KAFKA_HEARTBEAT_MS);
     rd_kafka_conf_t *conf = conf_new();
     if (conf_set(conf, "bootstrap.servers", brokers, err, errcap) != 0 || conf_set(conf, "group.id", group, err, errcap) != 0 ||
         conf_set(conf, "enable.auto.commit", "false", err, errcap) != 0 ||
         conf_set(conf, "enable.auto.offset.store", "false", err, errcap) != 0 ||
         conf_set(conf, "auto.offset.reset", "earliest", err, errcap) != 0 ||
         conf_set(conf, "isolation.level", "read_committed", err, errcap) != 0 ||
-        conf_set(conf, "session.timeout.ms", "10000", err, errcap) != 0 ||
-        conf_set(conf, "heartbeat.interval.ms", "1000", err, errcap) != 0 ||
+        conf_set(conf, "session.timeout.ms", session_ms, err, errcap) != 0 ||
+        conf_set(conf, "heartbeat.interval.ms", heartbeat_ms, err, errcap) != 0 ||
+        (instance_id != NULL && conf_set(conf, "group.instance.id", instance_id, err, errcap) != 0) ||
         /* how long the broker holds a fetch that finds nothing new: it answers
            as soon as one byte arrives (fetch.min.bytes 1), so this bounds only
            idle polling. At 10 ms the broker spent 15-19 % of a CPU answering

@@ -802,7 +802,9 @@ tly_service_start() {
         printf '%s\n' "$port" >"$TALLY_VAR/run/$name.port"
         tly_wait 30 tly_api_ready "$name" "$admin" "$port" || ok=false
     else
-        tly_spawn "$name" "$log" env -u TALLY_HTTP_PORT TALLY_ADMIN_PORT="$admin" "$TALLY_BIN/$name"
+        # the stack's one worker is a static member of its groups: restarted, it takes its partitions back at once
+        tly_spawn "$name" "$log" env -u TALLY_HTTP_PORT TALLY_ADMIN_PORT="$admin" \
+            TALLY_WORKER_INSTANCE="${TALLY_WORKER_INSTANCE:-local}" "$TALLY_BIN/$name"
         sleep 1
         tly_alive "$name" "/$name" || ok=false
         if $ok && [[ $admin != 0 ]]; then

@@ -32,7 +32,7 @@
 #include <string.h>
 #include <time.h>
 
-#define RECLAIM_AFTER_US (15 * 1000000LL) /* > session.timeout.ms (10 s) */
+#define RECLAIM_AFTER_US (TLY_KAFKA_SESSION_TIMEOUT_MS * 1500LL) /* a session timeout and a half */
 #define FIRST_POLL_MS 100
 #define UNSAVED_MAX_US 1000000LL /* positions moved past ignored events are written within this */
 
@@ -982,8 +982,8 @@ tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t 
     c.is_fresh = calloc((size_t)cfg->batch_max, 1);
     if (msgs == NULL || c.cand == NULL || c.sorted == NULL || c.fresh == NULL || c.is_fresh == NULL)
         abort();
-    c.rk = tly_kafka_consumer_create(cfg->brokers, cfg->group, cfg->prefetch_kbytes, cfg->gather_ms, on_rebalance, &c, err,
-                                     sizeof(err));
+    c.rk = tly_kafka_consumer_create(cfg->brokers, cfg->group, cfg->instance_id[0] != '\0' ? cfg->instance_id : NULL,
+                                     cfg->prefetch_kbytes, cfg->gather_ms, on_rebalance, &c, err, sizeof(err));
     if (c.rk == NULL) {
         tly_log(TLY_LOG_ERROR, "could not create kafka consumer", "consumer", handler->name, "error", err, NULL);
         consumer_free(&c, msgs);

@@ -81,7 +81,9 @@ typedef struct st_tly_consumer_config_t {
     const char *brokers;
     const char *topic;
     const char *pg_dsn;
-    const char *group;   /* Kafka group id, e.g. "tally-decider" */
+    const char *group; /* Kafka group id, e.g. "tally-decider" */
+    /* group.instance.id, "" for dynamic membership: "<TALLY_WORKER_INSTANCE>/<group>/<n>", one per consumer */
+    char instance_id[256];
     int batch_max;       /* messages per transaction */
     int batch_wait_ms;   /* how long to gather a batch once one message is in */
     int max_event_tries; /* failures of one event alone before it is parked */

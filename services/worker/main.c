@@ -26,6 +26,10 @@ static const tly_config_def_t settings[] = {
      "comma-separated roles to run: decider, saga (transfer saga and its deadlines), projector, webhooks (records and "
      "sends webhook deliveries), retention (deletes old dedup and idempotency rows); decider and saga run the outbox "
      "relay"},
+    {"instance", "TALLY_WORKER_INSTANCE", TLY_CONFIG_STRING, "", 0, 0, offsetof(tly_worker_config_t, instance),
+     "a stable name for this worker (e.g. its host name) for static membership of the consumer groups: restarted with "
+     "the same name, it takes its partitions back at once instead of after a rebalance; no two running workers may share "
+     "it; empty: dynamic membership"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, offsetof(tly_worker_config_t, log_level),
      "debug, info, warn or error"},
     {"batch-size", "TALLY_WORKER_BATCH_SIZE", TLY_CONFIG_INT, "2000", 1, 10000, offsetof(tly_worker_config_t, batch_size),

@@ -135,8 +135,9 @@ run_webhook_sender(void *arg)
  */
 #define WEBHOOKS_GATHER_MS 50
 
+/* The consumer `index` of `group` in this process; its static member name if the worker has one. */
 static void
-consumer_cfg(tly_consumer_config_t *c, const tly_worker_config_t *cfg, const char *group, atomic_bool *stop)
+consumer_cfg(tly_consumer_config_t *c, const tly_worker_config_t *cfg, const char *group, int index, atomic_bool *stop)
 {
     *c = (tly_consumer_config_t){
         .brokers = cfg->brokers,
@@ -148,6 +149,8 @@ consumer_cfg(tly_consumer_config_t *c, const tly_worker_config_t *cfg, const cha
         .max_event_tries = (int)cfg->max_event_tries,
         .stop = stop,
     };
+    if (cfg->instance != NULL && cfg->instance[0] != '\0')
+        snprintf(c->instance_id, sizeof(c->instance_id), "%s/%s/%d", cfg->instance, group, index);
 }
 
 static int
@@ -169,7 +172,7 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
     if (w == NULL)
         abort();
     if (roles & TLY_ROLE_DECIDER) {
-        consumer_cfg(&w->decider.cfg, cfg, "tally-decider", stop);
+        consumer_cfg(&w->decider.cfg, cfg, "tally-decider", 0, stop);
         w->decider.cfg.prefetch_kbytes = DECIDER_PREFETCH_KB;
         tly_decider_role_init(&w->decider.handler, &w->decider_role, cfg->topic);
         if (spawn(w, run_consumer, &w->decider, err, errcap) != 0)
@@ -177,7 +180,7 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
     }
     if (roles & TLY_ROLE_SAGA) {
         tly_saga_config_t saga = {.step_timeout_us = cfg->saga_step_timeout_ms * 1000, .stuck_after_us = cfg->saga_stuck_ms * 1000};
-        consumer_cfg(&w->saga.cfg, cfg, "tally-saga", stop);
+        consumer_cfg(&w->saga.cfg, cfg, "tally-saga", 0, stop);
         tly_saga_role_init(&w->saga.handler, &w->saga_role, cfg->topic, &saga);
         w->timer_cfg = (tly_saga_timer_config_t){.pg_dsn = cfg->pg_dsn, .topic = cfg->topic, .saga = saga, .stop = stop};
         if (spawn(w, run_consumer, &w->saga, err, errcap) != 0 || spawn(w, run_saga_timer, w, err, errcap) != 0)
@@ -193,7 +196,7 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
            so one's PostgreSQL round trips overlap another's parsing (the same as more worker processes). */
         for (int i = 0; i < cfg->projector_consumers && i < TLY_PROJECTOR_CONSUMERS_MAX; ++i) {
             consumer_thread_t *t = i == 0 ? &w->projector : &w->more_projectors[i - 1];
-            consumer_cfg(&t->cfg, cfg, "tally-projector", stop);
+            consumer_cfg(&t->cfg, cfg, "tally-projector", i, stop);
             t->cfg.prefetch_kbytes = PROJECTOR_PREFETCH_KB;
             /* the first joins alone; the others after it has its partitions (consumer.c, wait_join_turn) */
             atomic_init(&t->joined, false);
@@ -212,7 +215,7 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
             snprintf(err, errcap, "could not initialise libcurl");
             goto fail;
         }
-        consumer_cfg(&w->webhooks.cfg, cfg, "tally-webhooks", stop);
+        consumer_cfg(&w->webhooks.cfg, cfg, "tally-webhooks", 0, stop);
         w->webhooks.cfg.gather_ms = WEBHOOKS_GATHER_MS;
         tly_webhook_role_init(&w->webhooks.handler, &w->webhook_role);
         w->sender_cfg = (tly_webhook_sender_config_t){

@@ -27,6 +27,7 @@ typedef struct st_tly_worker_config_t {
     char *brokers;
     char *topic;
     char *roles;
+    char *instance; /* TALLY_WORKER_INSTANCE: static group membership, "" for none */
     char *log_level;
     int64_t batch_size;
     int64_t batch_wait_ms;

@@ -31,7 +31,9 @@
  * job may have more entries than its command makes, and `tallyctl verify`
  * must pass. It prints, per kind of fault, the write outage: the longest
  * time with no 202 at all, and the slowest command in flight (first send to
- * its 202, retries included).
+ * its 202, retries included). With TALLY_CHAOS_WAIT_JOBS=1 each client
+ * waits for its job after the 202, and the slowest job (202 to terminal)
+ * is the job stall.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -69,7 +71,7 @@ typedef struct st_cmd_t {
     long amount;
     char idem[64];
     char job[64];
-    int64_t first_ms, accepted_ms;
+    int64_t first_ms, accepted_ms, terminal_ms; /* terminal_ms: seen terminal by a waiting client (TALLY_CHAOS_WAIT_JOBS) */
     int attempts;
     int outcome; /* 0 unknown, 1 succeeded, 2 failed */
 } cmd_t;
@@ -95,7 +97,7 @@ typedef struct st_fault_t {
 static char key[256], tenant[64];
 static const char *base_url;
 static int nclients, rate, seconds;
-static bool replicated;
+static bool replicated, wait_jobs;
 static atomic_bool running = true;
 static int64_t run_start_ms, run_end_ms;
 static fault_t faults[MAX_FAULTS];
@@ -251,6 +253,25 @@ new_cmd(client_t *cl)
     return cmd;
 }
 
+static int outcome_of(const tly_test_sink_t *b);
+
+/* A client that waits for its job (TALLY_CHAOS_WAIT_JOBS): when the job was seen terminal, for the job stall figures. */
+static void
+wait_terminal(client_t *cl, cmd_t *cmd)
+{
+    tly_test_sink_t b;
+    char path[128];
+    snprintf(path, sizeof(path), "/v1/jobs/%s", cmd->job);
+    while (cmd->outcome == 0 && atomic_load(&running)) {
+        if (http(cl->curl, "GET", path, NULL, NULL, "wait=30", &b) == 200)
+            cmd->outcome = outcome_of(&b);
+        else
+            tly_test_sleep_ms(200);
+    }
+    if (cmd->outcome != 0)
+        cmd->terminal_ms = tly_test_now_ms();
+}
+
 static void *
 client_main(void *arg)
 {
@@ -259,7 +280,8 @@ client_main(void *arg)
     while (atomic_load(&running)) {
         cmd_t *cmd = new_cmd(cl);
         /* a command started is finished: after the faults stop, the stack settles and the retry gets its 202 */
-        send_until_accepted(cl, cmd, INT64_MAX / 2);
+        if (send_until_accepted(cl, cmd, INT64_MAX / 2) && wait_jobs)
+            wait_terminal(cl, cmd);
         next += period_ms;
         int64_t now = tly_test_now_ms();
         if (next > now)
@@ -526,6 +548,18 @@ faults_main(void *arg)
 
 /* ---- checks ---------------------------------------------------------------- */
 
+/* 1 succeeded, 2 failed, 0 not terminal: from a job's JSON. */
+static int
+outcome_of(const tly_test_sink_t *b)
+{
+    json_error_t jerr;
+    json_t *job = json_loads(b->data, 0, &jerr);
+    const char *st = json_string_value(json_object_get(job, "status"));
+    int outcome = st == NULL ? 0 : strcmp(st, "succeeded") == 0 ? 1 : strcmp(st, "failed") == 0 ? 2 : 0;
+    json_decref(job);
+    return outcome;
+}
+
 /* Waits for every 202'd job of the client to be terminal and records its outcome. */
 static void *
 settle_main(void *arg)
@@ -545,11 +579,7 @@ settle_main(void *arg)
                 tly_test_sleep_ms(200);
                 continue;
             }
-            json_error_t jerr;
-            json_t *job = json_loads(b.data, 0, &jerr);
-            const char *st = json_string_value(json_object_get(job, "status"));
-            cmd->outcome = st == NULL ? 0 : strcmp(st, "succeeded") == 0 ? 1 : strcmp(st, "failed") == 0 ? 2 : 0;
-            json_decref(job);
+            cmd->outcome = outcome_of(&b);
         }
     }
     return NULL;
@@ -640,7 +670,7 @@ records_of(PGconn *pg, client_t *clients)
 /* ---- outage figures -------------------------------------------------------- */
 
 typedef struct st_stamp_t {
-    int64_t first_ms, accepted_ms;
+    int64_t first_ms, accepted_ms, terminal_ms;
 } stamp_t;
 
 static int
@@ -669,9 +699,10 @@ print_outages(client_t *clients)
     for (int c = 0; c < nclients; ++c)
         for (size_t i = 0; i < clients[c].ncmds; ++i)
             if (clients[c].cmds[i].accepted_ms > 0)
-                s[k++] = (stamp_t){clients[c].cmds[i].first_ms, clients[c].cmds[i].accepted_ms};
+                s[k++] = (stamp_t){clients[c].cmds[i].first_ms, clients[c].cmds[i].accepted_ms, clients[c].cmds[i].terminal_ms};
     qsort(s, k, sizeof(*s), cmp_accepted);
-    fprintf(stderr, "\n%-28s %5s %14s %14s %16s\n", "fault", "count", "no-202 max ms", "no-202 avg ms", "slowest 202 ms");
+    fprintf(stderr, "\n%-28s %5s %14s %14s %16s %16s\n", "fault", "count", "no-202 max ms", "no-202 avg ms", "slowest 202 ms",
+            wait_jobs ? "slowest job ms" : "");
     for (int i = 0; i < nfaults; ++i) {
         bool first_of_family = true;
         for (int j = 0; j < i && first_of_family; ++j)
@@ -679,7 +710,7 @@ print_outages(client_t *clients)
         if (!first_of_family)
             continue;
         int count = 0;
-        int64_t gap_max = 0, gap_sum = 0, slowest = 0;
+        int64_t gap_max = 0, gap_sum = 0, slowest = 0, slowest_job = 0;
         for (int j = i; j < nfaults; ++j) {
             if (strcmp(faults[j].family, faults[i].family) != 0)
                 continue;
@@ -693,12 +724,19 @@ print_outages(client_t *clients)
             for (size_t m = 0; m < k; ++m)
                 if (s[m].accepted_ms >= from && s[m].first_ms <= to && s[m].accepted_ms - s[m].first_ms > slowest)
                     slowest = s[m].accepted_ms - s[m].first_ms;
+            /* a job 202'd before or during the fault, and when its client saw it terminal */
+            for (size_t m = 0; m < k; ++m)
+                if (s[m].terminal_ms >= from && s[m].accepted_ms <= to && s[m].terminal_ms - s[m].accepted_ms > slowest_job)
+                    slowest_job = s[m].terminal_ms - s[m].accepted_ms;
             ++count;
             gap_sum += gap;
             gap_max = gap > gap_max ? gap : gap_max;
         }
-        fprintf(stderr, "%-28s %5d %14lld %14lld %16lld\n", faults[i].family, count, (long long)gap_max,
-                (long long)(gap_sum / count), (long long)slowest);
+        char job[24] = "";
+        if (wait_jobs)
+            snprintf(job, sizeof(job), "%lld", (long long)slowest_job);
+        fprintf(stderr, "%-28s %5d %14lld %14lld %16lld %16s\n", faults[i].family, count, (long long)gap_max,
+                (long long)(gap_sum / count), (long long)slowest, job);
     }
     free(s);
 }
@@ -830,6 +868,7 @@ main(void)
     seconds = env_int("TALLY_CHAOS_SECONDS", 60);
     nclients = env_int("TALLY_CHAOS_CLIENTS", 6);
     rate = env_int("TALLY_CHAOS_RATE", 120);
+    wait_jobs = env_int("TALLY_CHAOS_WAIT_JOBS", 0) == 1;
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {cmocka_unit_test_teardown(test_chaos, thaw)};

@@ -64,19 +64,19 @@ static void
 test_consumer_prefetch(void **state)
 {
     char err[256] = "";
-    rd_kafka_t *rk = tly_kafka_consumer_create("127.0.0.1:1", "g", 0, 0, NULL, NULL, err, sizeof(err));
+    rd_kafka_t *rk = tly_kafka_consumer_create("127.0.0.1:1", "g", NULL, 0, 0, NULL, NULL, err, sizeof(err));
     assert_non_null(rk);
     expect_rk_prop(rk, "queued.max.messages.kbytes", "4096");
     expect_rk_prop(rk, "queued.min.messages", "5120");
     rd_kafka_destroy(rk);
-    rk = tly_kafka_consumer_create("127.0.0.1:1", "g", 16384, 0, NULL, NULL, err, sizeof(err));
+    rk = tly_kafka_consumer_create("127.0.0.1:1", "g", NULL, 16384, 0, NULL, NULL, err, sizeof(err));
     assert_non_null(rk);
     expect_rk_prop(rk, "queued.max.messages.kbytes", "16384");
     expect_rk_prop(rk, "queued.min.messages", "20480");
     expect_rk_prop(rk, "fetch.wait.max.ms", "100");
     expect_rk_prop(rk, "fetch.min.bytes", "1");
     rd_kafka_destroy(rk);
-    rk = tly_kafka_consumer_create("127.0.0.1:1", "g", 0, 50, NULL, NULL, err, sizeof(err)); /* gathering */
+    rk = tly_kafka_consumer_create("127.0.0.1:1", "g", NULL, 0, 50, NULL, NULL, err, sizeof(err)); /* gathering */
     assert_non_null(rk);
     expect_rk_prop(rk, "fetch.wait.max.ms", "50");
     expect_rk_prop(rk, "fetch.min.bytes", "1048576");
@@ -89,7 +89,7 @@ test_constructors_apply_the_environment(void **state)
 {
     char err[256] = "";
     setenv("TALLY_KAFKA_CONSUMER_CONFIG", "no.such.property=1", 1);
-    rd_kafka_t *rk = tly_kafka_consumer_create("127.0.0.1:1", "g", 0, 0, NULL, NULL, err, sizeof(err));
+    rd_kafka_t *rk = tly_kafka_consumer_create("127.0.0.1:1", "g", NULL, 0, 0, NULL, NULL, err, sizeof(err));
     assert_null(rk);
     assert_non_null(strstr(err, "TALLY_KAFKA_CONSUMER_CONFIG"));
     unsetenv("TALLY_KAFKA_CONSUMER_CONFIG");

@@ -116,7 +116,7 @@ cons_open(cons_t *c, const fixture_t *f, const char *group, bool with_fix)
     memset(c, 0, sizeof(*c));
     c->with_fix = with_fix;
     /* the worker's own consumer settings (session timeout, prefetch, ...) */
-    c->rk = tly_kafka_consumer_create(f->bootstraps, group, 0, 0, on_rebalance, c, err, sizeof(err));
+    c->rk = tly_kafka_consumer_create(f->bootstraps, group, NULL, 0, 0, on_rebalance, c, err, sizeof(err));
     assert_non_null(c->rk);
     rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(t, TOPIC, RD_KAFKA_PARTITION_UA);
