@@ -41,6 +41,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "tally/kafka.h"
 #include "tly_test_http.h"
 #include "tly_test_util.h"
 
@@ -57,8 +58,8 @@
 
 #define ACCOUNTS_PER_CLIENT 6
 #define MAX_FAULTS 4096
-/* the consumer session timeout (common/kafka.c) and a margin: the group must notice */
-#define WORKER_PAUSE_MS 13000
+/* past the consumers' session timeout: the group must notice and move its partitions */
+#define WORKER_PAUSE_MS (TLY_KAFKA_SESSION_TIMEOUT_MS + 4000)
 #define BROKER_PAUSE_MS 4000
 #define CLIENT_TIMEOUT_MS 15000
 #define SETTLE_TIMEOUT_MS 240000

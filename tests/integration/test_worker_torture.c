@@ -13,7 +13,7 @@
  * senders, 100 per batch, paced so that they arrive over ~15 s while the
  * kills happen; at least 6 kills, one every 0.3-3.5 s, restart after 0-1.5 s).
  * The torture takes 40-65 s here, the rebalance test 15-25 s; most of it is
- * the consumer session timeout (10 s) that every kill -9 costs the group.
+ * the consumer session timeout (6 s, TLY_KAFKA_SESSION_TIMEOUT_MS) that every kill -9 costs a dynamic group.
  * TALLY_TORTURE_COMMANDS overrides the number of commands, TALLY_TORTURE_SEED
  * the random seed (printed; it fixes the commands, not the kill moments).
  *
