@@ -336,8 +336,17 @@ EOF
     return 0
 }
 
+# The postmaster of node $1 runs: the pid in its postmaster.pid is alive and
+# has its data directory on its command line. Not `pg_ctl status`: a killed
+# postmaster that nothing reaped (a zombie) still counts as running there.
 tly_pg_running() {
-    tly_as_pg "$TALLY_PG_BINDIR/pg_ctl" -D "$(tly_pg_data "${1:-1}")" status >/dev/null 2>&1
+    local data pid state
+    data=$(tly_pg_data "${1:-1}")
+    [[ -r $data/postmaster.pid ]] || return 1
+    pid=$(head -n 1 "$data/postmaster.pid")
+    [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || return 1
+    state=$(sed 's/.*) \(.\).*/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [[ $state != Z ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$data"
 }
 
 tly_pg_ready() {
@@ -351,6 +360,27 @@ tly_pg_psql() {
     "$TALLY_PG_BINDIR/psql" -h "$(tly_pg_sock "$n")" -p "$(tly_pg_port "$n")" -U postgres -d postgres -qAtX "$@"
 }
 
+# Processes still attached to the System V segment that node $1's lock
+# file names (PostgreSQL's own interlock: a backend that outlived its
+# postmaster stays attached until it exits).
+tly_pg_attached() {
+    local shmid
+    shmid=$(sed -n 7p "$(tly_pg_data "$1")/postmaster.pid" 2>/dev/null | awk '{print $2}')
+    [[ -n $shmid ]] || return 1
+    ipcs -m 2>/dev/null | awk -v id="$shmid" '$2 == id && $6 > 0 { found = 1 } END { exit !found }'
+}
+
+# A postmaster killed with SIGKILL and not yet reaped (a zombie, where
+# nothing reaps orphans) still looks alive to the server's lock-file check,
+# so its lock file is removed, but only once no backend of it is attached.
+tly_pg_clear_stale_lock() {
+    local data
+    data=$(tly_pg_data "$1")
+    [[ -f $data/postmaster.pid ]] && ! tly_pg_running "$1" || return 0
+    tly_wait 30 eval '! tly_pg_attached '"$1" || tly_die "could not start $(tly_pg_name "$1"): backends of its killed postmaster are still running"
+    rm -f "$data/postmaster.pid"
+}
+
 # Starts node $1 from its data directory, which exists.
 tly_pg_start_node() {
     local n=$1 t0=$EPOCHREALTIME data log offset name
@@ -358,6 +388,7 @@ tly_pg_start_node() {
     log=$(tly_pg_log "$n")
     name=$(tly_pg_name "$n")
     tly_require_port_free "$name" "$(tly_pg_port "$n")"
+    tly_pg_clear_stale_lock "$n"
     tly_pg_write_conf "$n"
     offset=$(tly_log_offset "$log")
     tly_log "starting $name on 127.0.0.1:$(tly_pg_port "$n")"
