@@ -429,13 +429,17 @@ tly_pg_make_standby() {
     tly_as_pg touch "$data/standby.signal"
 }
 
-# The standby streams and the primary counts it as synchronous; then the
-# primary's own override from a promotion (running alone) is dropped.
-tly_pg_sync_ready() {
+# The standby streams from the primary ($1: and the primary counts it as
+# synchronous).
+tly_pg_streaming() {
+    local sync=
+    [[ ${1:-} == sync ]] && sync="AND sync_state = 'sync'"
     [[ $(tly_pg_psql "$(tly_pg_primary)" -c \
-        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'tally_standby' AND sync_state = 'sync'") == 1 ]]
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'tally_standby' AND state = 'streaming' $sync") == 1 ]]
 }
 
+# Once the standby streams, the primary's override from a promotion
+# (committing alone) is dropped: commits wait for the standby again.
 tly_pg_resume_sync() {
     local primary
     primary=$(tly_pg_primary)
@@ -464,8 +468,10 @@ tly_pg_start() {
         tly_pg_make_standby "$standby"
         tly_pg_start_node "$standby"
     fi
-    tly_wait 60 tly_pg_sync_ready || tly_die "could not start postgresql: the standby does not stream (see $(tly_pg_log "$standby"))"
+    tly_wait 60 tly_pg_streaming || tly_die "could not start postgresql: the standby does not stream (see $(tly_pg_log "$standby"))"
     tly_pg_resume_sync
+    tly_wait 30 tly_pg_streaming sync ||
+        tly_die "could not start postgresql: the primary does not count the standby as synchronous"
 }
 
 # The DSN of every service: the primary; in the replicated mode both nodes,
