@@ -75,7 +75,7 @@ heal() {
     TALLY_VAR=$dir
     tly_init
     tly_restore_ports
-    tly_stack_up test "$TALLY_VAR/env"
+    tly_stack_up "" ""
     tly_log "test stack healed in $TALLY_VAR ($(tly_since "$t0"))"
 }
 

@@ -971,18 +971,23 @@ tly_adopt_running_ports() {
 }
 
 # Starts whatever is not running yet. $1: tenant name, $2: env file that
-# may hold an API key to reuse. Sets TALLY_API_KEY.
+# may hold an API key to reuse. Sets TALLY_API_KEY. $1 empty: a restart of
+# what died in a stack that was up (tests/stack.sh heal): the database, the
+# topic and the key are there already, so only processes are started (each
+# tallyctl run cost a restarted worker 1-2 s on a loaded machine).
 tly_stack_up() {
     local t0=$EPOCHREALTIME
     tly_adopt_running_ports
     tly_pg_start
     tly_export_env
-    tly_pg_create_db
     tly_kafka_start
     tly_export_env
-    tly_create_topic
-    tly_migrate
-    tly_ensure_api_key "$1" "$2"
+    if [[ -n $1 ]]; then
+        tly_pg_create_db
+        tly_create_topic
+        tly_migrate
+        tly_ensure_api_key "$1" "$2"
+    fi
     tly_service_start tally-command-api "$TALLY_COMMAND_PORT" "$TALLY_COMMAND_ADMIN_PORT"
     tly_service_start tally-query-api "$TALLY_QUERY_PORT" "$TALLY_QUERY_ADMIN_PORT"
     tly_service_start tally-worker "" "$TALLY_WORKER_ADMIN_PORT"
