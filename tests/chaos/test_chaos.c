@@ -529,17 +529,18 @@ static void *
 faults_main(void *arg)
 {
     unsigned seed = *(unsigned *)arg;
-    /* TALLY_CHAOS_ONLY: only faults whose kind contains it, e.g. "kill kafka" */
-    const char *only = getenv("TALLY_CHAOS_ONLY");
+    /* TALLY_CHAOS_ONLY: only faults whose kind contains it, e.g. "kill kafka"; TALLY_CHAOS_FIRST: the first one's */
+    const char *only = getenv("TALLY_CHAOS_ONLY"), *first = getenv("TALLY_CHAOS_FIRST");
     while (tly_test_now_ms() < run_end_ms) {
         tly_test_sleep_ms(2000 + rand_r(&seed) % 4000);
         if (tly_test_now_ms() >= run_end_ms)
             break;
         plan_t p;
         int draws = 0;
+        const char *want = nfaults == 0 && first != NULL ? first : only;
         do
             plan_fault(&seed, &p);
-        while (only != NULL && strstr(p.kind, only) == NULL && ++draws < 10000);
+        while (want != NULL && strstr(p.kind, want) == NULL && ++draws < 10000);
         fault_t *f = fault_begin(&p);
         if (p.type == FAULT_KILL)
             fault_kill(&seed, &p);
