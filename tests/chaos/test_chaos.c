@@ -531,6 +531,7 @@ fault_pause(const plan_t *p)
         kill(pid, SIGCONT);
         paused_pid = 0;
     }
+    wait_in_sync(); /* a thawed broker catches up before the next fault */
 }
 
 /*
