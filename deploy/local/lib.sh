@@ -710,7 +710,9 @@ tly_kafka_spawn() {
 }
 
 # Starts every node that is not running, all at once (a quorum of three
-# needs two to elect a controller), then waits until each one started.
+# needs two to elect a controller), then waits until each one started (up
+# to 180 s: a node killed with many partitions recovers its logs first, and
+# took over 90 s on a loaded machine).
 tly_kafka_start() {
     local t0=$EPOCHREALTIME n name
     local -a tly_kafka_offsets=()
@@ -720,10 +722,10 @@ tly_kafka_start() {
     done
     for n in "${!tly_kafka_offsets[@]}"; do
         name=$(tly_kafka_name "$n")
-        if ! tly_wait 90 tly_kafka_started "$n" "${tly_kafka_offsets[n]}"; then
+        if ! tly_wait 180 tly_kafka_started "$n" "${tly_kafka_offsets[n]}"; then
             tly_log_tail "$TALLY_VAR/log/$name.log" "${tly_kafka_offsets[n]}"
             tly_kafka_stop
-            tly_die "could not start $name within 90 s: see $TALLY_VAR/log/$name.log"
+            tly_die "could not start $name within 180 s: see $TALLY_VAR/log/$name.log"
         fi
     done
     ((${#tly_kafka_offsets[@]} == 0)) || tly_log "kafka ready ($(tly_since "$t0"))"
