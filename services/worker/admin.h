@@ -62,6 +62,8 @@ void tly_worker_admin_position(const void *owner, const char *consumer, int32_t 
  * second; tests call it with their own clock): a partition owned by a
  * consumer makes progress when its position moves, it is caught up (lag 0)
  * or it is claimed; one with lag and no progress for `stall_us` is stalled,
+ * and so is one whose consumer has not reported at all for `stall_us` (its
+ * loop is blocked or its thread stopped: what it last said is stale),
  * logged once ("partition makes no progress; not ready", error) and once more
  * when it moves again. Sets tally_consumer_progress_age_seconds. A pass more
  * than 5 s after the previous one (the process was stopped) restarts every

@@ -142,8 +142,10 @@ test_caught_up_is_no_stall(void **state)
 {
     (void)state;
     tly_worker_admin_claimed(&owner_a, "webhooks", 1);
-    tly_worker_admin_position(&owner_a, "webhooks", 1, 500, 500);
-    run_for(120);
+    for (int i = 0; i < 120; ++i) { /* the loop reports every pass, caught up all along */
+        tly_worker_admin_position(&owner_a, "webhooks", 1, 500, 500);
+        run_for(1);
+    }
     assert_int_equal(stalled("webhooks", NULL), 0);
     tly_worker_admin_released(&owner_a, "webhooks", 1);
 }
@@ -184,6 +186,25 @@ test_only_the_last_claimer_counts(void **state)
     assert_int_equal(stalled("projector", NULL), 0);
 }
 
+/* A consumer that stops reporting (its thread stopped, its loop blocked) after saying it was caught up. */
+static void
+test_silent_consumer_is_a_stall(void **state)
+{
+    (void)state;
+    tly_worker_admin_claimed(&owner_a, "saga", 9);
+    tly_worker_admin_position(&owner_a, "saga", 9, 300, 300);
+    run_for(29);
+    assert_int_equal(stalled("saga", NULL), 0);
+    run_for(2);
+    assert_int_equal(stalled("saga", "consumer_saga_partition_9_progressing"), 1);
+    assert_true(age_metric("saga", 9) >= 30);
+    tly_worker_admin_position(&owner_a, "saga", 9, 300, 300); /* it runs again, still caught up */
+    run_for(1);
+    assert_int_equal(stalled("saga", NULL), 0);
+    tly_worker_admin_released(&owner_a, "saga", 9);
+    run_for(1);
+}
+
 /* The process stopped (SIGSTOP) for longer than the stall time: not a stall of its consumers. */
 static void
 test_stopped_process_is_no_stall(void **state)
@@ -207,7 +228,8 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stall_is_logged_once_each_way), cmocka_unit_test(test_age_metric_follows_progress),
         cmocka_unit_test(test_caught_up_is_no_stall),         cmocka_unit_test(test_never_fetched_is_a_stall),
-        cmocka_unit_test(test_only_the_last_claimer_counts),  cmocka_unit_test(test_stopped_process_is_no_stall),
+        cmocka_unit_test(test_only_the_last_claimer_counts),  cmocka_unit_test(test_silent_consumer_is_a_stall),
+        cmocka_unit_test(test_stopped_process_is_no_stall),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
