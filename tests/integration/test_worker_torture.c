@@ -59,37 +59,6 @@
 
 static const char *var_dir;
 
-static long
-file_size(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fclose(f);
-    return n;
-}
-/* Whether the worker's log, from byte `from` on, says both consumers were assigned partitions (a nonzero count). */
-static bool
-log_shows_assignment(const tly_test_worker_t *w, long from)
-{
-    char path[1024], line[2048];
-    bool decider = false, projector = false;
-    snprintf(path, sizeof(path), "%s/log/%s.log", var_dir, w->log);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return false;
-    fseek(f, from, SEEK_SET);
-    while (fgets(line, sizeof(line), f) != NULL) {
-        if (strstr(line, "\"partitions assigned\"") == NULL || strstr(line, "\"count\":\"0\"") != NULL)
-            continue;
-        decider |= strstr(line, "\"consumer\":\"decider\"") != NULL;
-        projector |= strstr(line, "\"consumer\":\"projector\"") != NULL;
-    }
-    fclose(f);
-    return decider && projector;
-}
 static tly_test_worker_t extra_workers[2] = {{.name = "second", .log = "torture-worker"},
                                              {.name = "third", .log = "torture-worker-third"}};
 
@@ -203,14 +172,14 @@ test_rebalance_join_leave(void **state)
     int sent_join = atomic_load(&run->sent);
     char third_log[1024];
     snprintf(third_log, sizeof(third_log), "%s/log/%s.log", var_dir, third->log);
-    long log_from = file_size(third_log);
+    long log_from = tly_test_file_size(third_log);
     int64_t t_join = tly_test_now_ms();
     tly_test_worker_start(third);
     /* ~3 s, and at least until it holds partitions of both groups (bounded) */
     bool assigned = false;
     while (tly_test_now_ms() - t_join < 3000 || (!assigned && tly_test_now_ms() - t_join < 20000)) {
         tly_test_sleep_ms(100);
-        assigned = assigned || log_shows_assignment(third, log_from);
+        assigned = assigned || tly_test_log_shows_assignment(third, log_from);
     }
     int64_t assigned_ms = tly_test_now_ms() - t_join;
     int sent_leave = atomic_load(&run->sent);

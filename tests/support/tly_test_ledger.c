@@ -219,6 +219,38 @@ tly_test_restore_workers(tly_test_worker_t *extra, int n)
         tly_test_write_pid("tally-worker", tly_test_stack_worker.pid);
 }
 
+long
+tly_test_file_size(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fclose(f);
+    return n;
+}
+
+/* Whether the worker's log, from byte `from` on, says both consumers were assigned partitions (a nonzero count). */
+bool
+tly_test_log_shows_assignment(const tly_test_worker_t *w, long from)
+{
+    char path[1024], line[2048];
+    bool decider = false, projector = false;
+    snprintf(path, sizeof(path), "%s/log/%s.log", var_dir, w->log);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    fseek(f, from, SEEK_SET);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, "\"partitions assigned\"") == NULL || strstr(line, "\"count\":\"0\"") != NULL)
+            continue;
+        decider |= strstr(line, "\"consumer\":\"decider\"") != NULL;
+        projector |= strstr(line, "\"consumer\":\"projector\"") != NULL;
+    }
+    fclose(f);
+    return decider && projector;
+}
 /* --- consumer positions monitor ----------------------------------------------- */
 
 typedef struct {

@@ -111,6 +111,11 @@ void tly_test_adopt_stack_worker(void);
 /** Stops `extra[0..n)` and leaves the stack with its own worker alive and in its pid file. */
 void tly_test_restore_workers(tly_test_worker_t *extra, int n);
 
+/** The size of a file (0 when it cannot be read): where a log was before a step. */
+long tly_test_file_size(const char *path);
+/** Whether the worker's log, from byte `from` on, says its decider and projector consumers were assigned partitions. */
+bool tly_test_log_shows_assignment(const tly_test_worker_t *w, long from);
+
 /** The consumers whose positions the monitor and the checks look at (NULL-ended; default decider, projector). */
 void tly_test_check_consumers(const char *const *names);
 /** Samples consumer_positions every 100 ms on a thread of its own: a position that goes backwards fails the checks. */
