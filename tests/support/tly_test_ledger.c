@@ -35,7 +35,7 @@ extern char **environ;
 
 static const char *bin_dir, *var_dir, *pg_dsn, *brokers, *topic;
 static char prefix[32]; /* names the tenant, its key and the runs' idempotency keys */
-static char tenant_name[128], tenant_id[320], api_key[320];
+static char tenant_id[320], api_key[320];
 static PGconn *db;
 static char db_start[64]; /* now() at the start, for dead letters */
 static unsigned run_counter;
@@ -940,49 +940,6 @@ tly_test_verify_run(tly_test_run_t *run, const char *what)
 
 /* --- setup ---------------------------------------------------------------------- */
 
-/* A tenant of our own, with a key whose rate limit does not throttle the load. */
-static int
-create_tenant_and_key(void)
-{
-    char cmd[2048], line[256];
-    snprintf(tenant_name, sizeof(tenant_name), "%s-%d-%ld", prefix, (int)getpid(), (long)time(NULL));
-    snprintf(cmd, sizeof(cmd), "'%s/tallyctl' tenants create --name '%s' 2>/dev/null", bin_dir, tenant_name);
-    FILE *p = popen(cmd, "r");
-    if (p == NULL || fgets(line, sizeof(line), p) == NULL) {
-        if (p != NULL)
-            pclose(p);
-        return -1;
-    }
-    pclose(p);
-    line[strcspn(line, " \r\n")] = '\0';
-    snprintf(tenant_id, sizeof(tenant_id), "%s", line);
-    snprintf(cmd, sizeof(cmd),
-             "'%s/tallyctl' keys create --tenant '%s' --scopes read,write --rate 1000000 --burst 1000000 --label '%s' "
-             "2>/dev/null",
-             bin_dir, tenant_name, prefix);
-    p = popen(cmd, "r");
-    if (p == NULL || fgets(line, sizeof(line), p) == NULL) {
-        if (p != NULL)
-            pclose(p);
-        return -1;
-    }
-    pclose(p);
-    line[strcspn(line, " \r\n")] = '\0';
-    snprintf(api_key, sizeof(api_key), "%s", line);
-    if (strlen(tenant_id) != UUID_LEN || strncmp(api_key, "tly_live_", 9) != 0)
-        return -1;
-    /* the APIs load new keys within their refresh period */
-    for (int waited = 0; waited < 15000; waited += 200) {
-        tly_test_response_t r = tly_test_request("GET", "/v1/jobs/6b1f2e51-8c0d-4a3e-9f27-440b5da193c8", api_key, NULL, NULL);
-        long status = r.status;
-        tly_test_response_free(&r);
-        if (status == 404)
-            return 0;
-        tly_test_sleep_ms(200);
-    }
-    return -1;
-}
-
 int
 tly_test_ledger_init(const char *name)
 {
@@ -1014,11 +971,9 @@ tly_test_ledger_init(const char *name)
     PGresult *res = PQexec(db, "SELECT now()::text");
     snprintf(db_start, sizeof(db_start), "%s", PQresultStatus(res) == PGRES_TUPLES_OK ? PQgetvalue(res, 0, 0) : "-infinity");
     PQclear(res);
-    if (create_tenant_and_key() != 0) {
-        fprintf(stderr, "could not create a tenant and an API key with tallyctl\n");
-        return -1;
-    }
-    return 0;
+    /* a tenant of our own, with a key whose rate limit does not throttle the load */
+    tly_test_make_tenant(prefix, 1000000, tenant_id, sizeof(tenant_id), api_key, sizeof(api_key));
+    return strlen(tenant_id) == UUID_LEN ? 0 : -1;
 }
 
 void
