@@ -1,6 +1,5 @@
 /* Stateless validation of commands. See commands.h. */
 #include "commands.h"
-#include "tally/currency.h"
 #include "tally/http.h"
 
 #include <stdio.h>
@@ -62,16 +61,6 @@ tly_command_route(const char *collection, const char *sub, tly_command_kind_t *o
     return false;
 }
 
-size_t
-tly_utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; ++p)
-        if ((*p & 0xc0) != 0x80)
-            ++n;
-    return n;
-}
-
 static int
 field_bit(const char *name)
 {
@@ -115,7 +104,7 @@ check_currency(const json_t *body, tly_command_t *out, json_t *errors)
         tly_http_field_error(errors, "currency", "is required");
     else if (!json_is_string(v))
         tly_http_field_error(errors, "currency", "must be a string");
-    else if (!tly_currency_valid(json_string_value(v)))
+    else if (!tly_field_currency_ok(v))
         tly_http_field_error(errors, "currency", "must be an ISO 4217 currency code, e.g. EUR");
     else
         memcpy(out->currency, json_string_value(v), 4);
@@ -135,7 +124,7 @@ check_text(const json_t *body, const char *field, bool required, size_t max_char
         tly_http_field_error(errors, field, "must be a string");
         return NULL;
     }
-    if (tly_utf8_chars(json_string_value(v)) > max_chars) {
+    if (!tly_field_text_ok(v, max_chars)) {
         snprintf(msg, sizeof(msg), "must be at most %zu characters", max_chars);
         tly_http_field_error(errors, field, msg);
         return NULL;

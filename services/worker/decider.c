@@ -7,14 +7,13 @@
  */
 #include "decider.h"
 #include "tally/clock.h"
+#include "tally/currency.h"
+#include "tally/ledger/field.h"
 #include "tally/json.h"
 #include "tally/upcast.h"
 
 #include <stdio.h>
 #include <string.h>
-
-#define LABEL_MAX 200
-#define REFERENCE_MAX 200
 
 typedef struct st_rejection_t {
     const char *code;
@@ -50,21 +49,17 @@ reject(rejection_t *rej, const char *code, const char *detail)
 static bool
 currency_valid(const char *c)
 {
-    if (c == NULL || strlen(c) != 3)
-        return false;
-    for (int i = 0; i < 3; ++i)
-        if (c[i] < 'A' || c[i] > 'Z')
-            return false;
-    return true;
+    return c != NULL && tly_currency_valid(c);
 }
 
+/* A text field within its limit in characters (tally/ledger/field.h), as the command API counts it. */
 static bool
-string_field_ok(const json_t *data, const char *key, bool required, size_t max)
+string_field_ok(const json_t *data, const char *key, bool required, size_t max_chars)
 {
     json_t *v = json_object_get(data, key);
     if (v == NULL || json_is_null(v))
         return !required;
-    return json_is_string(v) && json_string_length(v) <= max;
+    return tly_field_text_ok(v, max_chars);
 }
 
 /* Checks {amount: int > 0, currency: ISO code, reference?: string}. */
@@ -77,7 +72,7 @@ money_request_ok(const tly_envelope_t *req, int64_t *amount, const char **curren
         return reject(rej, TLY_CODE_INVALID_REQUEST, "amount must be a positive integer");
     if (!currency_valid(*currency))
         return reject(rej, TLY_CODE_INVALID_REQUEST, "currency must be an ISO 4217 code");
-    if (!string_field_ok(req->data, "reference", false, REFERENCE_MAX))
+    if (!string_field_ok(req->data, "reference", false, TLY_REFERENCE_MAX_CHARS))
         return reject(rej, TLY_CODE_INVALID_REQUEST, "reference must be a string of at most 200 characters");
     *amount = (int64_t)json_integer_value(a);
     return true;
@@ -120,7 +115,7 @@ decide_open(const tly_account_state_t *s, const tly_envelope_t *req, json_t **da
     const char *currency = tly_json_str(req->data, "currency");
     if (!currency_valid(currency))
         return reject(rej, TLY_CODE_INVALID_REQUEST, "currency must be an ISO 4217 code");
-    if (!string_field_ok(req->data, "label", true, LABEL_MAX))
+    if (!string_field_ok(req->data, "label", true, TLY_LABEL_MAX_CHARS))
         return reject(rej, TLY_CODE_INVALID_REQUEST, "label must be a string of at most 200 characters");
     if (s != NULL && s->exists)
         return reject(rej, TLY_CODE_ACCOUNT_EXISTS, "account already exists");

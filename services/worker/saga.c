@@ -4,6 +4,7 @@
  * transaction.
  */
 #include "saga.h"
+#include "tally/currency.h"
 #include "tally/json.h"
 
 #include <stdio.h>
@@ -183,17 +184,6 @@ error_data(const tly_saga_state_t *n)
 /* --- transitions ------------------------------------------------------------ */
 
 static bool
-currency_valid(const char *c)
-{
-    if (c == NULL || strlen(c) != 3)
-        return false;
-    for (int i = 0; i < 3; ++i)
-        if (c[i] < 'A' || c[i] > 'Z')
-            return false;
-    return true;
-}
-
-static bool
 uuid_field(const json_t *data, const char *key, tly_uuid_t *out)
 {
     const char *v = tly_json_str(data, key);
@@ -216,7 +206,7 @@ start(const tly_envelope_t *ev, const tly_saga_config_t *cfg, int64_t now_us, tl
     n->created_us = now_us;
     n->stuck_at_us = now_us + cfg->stuck_after_us;
     bool ok = uuid_field(ev->data, "from_account", &n->from_account) && uuid_field(ev->data, "to_account", &n->to_account) &&
-              json_is_integer(amount) && json_integer_value(amount) > 0 && currency_valid(currency) &&
+              json_is_integer(amount) && json_integer_value(amount) > 0 && currency != NULL && tly_currency_valid(currency) &&
               memcmp(&n->from_account, &n->to_account, sizeof(n->to_account)) != 0;
     if (!ok) {
         snprintf(n->error_code, sizeof(n->error_code), "invalid_request");

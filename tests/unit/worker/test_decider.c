@@ -450,6 +450,41 @@ test_parked_step_rejection_keeps_transfer(void **state)
     tly_envelope_clear(&req);
 }
 
+/* Text limits count characters, as the command API does: 200 x "\u20ac" (600 bytes) fits, 201 does not. */
+static void
+test_text_limits_in_characters(void **state)
+{
+    char text[4 * 202];
+    for (int n = 200; n <= 201; ++n) {
+        for (int i = 0; i < n; ++i)
+            memcpy(text + 3 * i, "\xe2\x82\xac", 3);
+        text[3 * n] = '\0';
+        tly_account_state_t s;
+        memset(&s, 0, sizeof(s));
+        tly_envelope_t open = request("AccountOpenRequested", &tenant_a, json_pack("{s:s, s:s}", "currency", "EUR", "label", text));
+        tly_envelope_t dep = request("DepositRequested", &tenant_a,
+                                     json_pack("{s:i, s:s, s:s}", "amount", 5, "currency", "EUR", "reference", text));
+        if (n == 200) {
+            accept(&s, open, "AccountOpened", NULL);
+            assert_int_equal(accept(&s, dep, "FundsDeposited", "balance_after"), 5);
+        } else {
+            expect_rejected(NULL, open, "AccountOpenRejected", TLY_CODE_INVALID_REQUEST);
+            s = open_account("EUR", 0);
+            expect_rejected(&s, dep, "DepositRejected", TLY_CODE_INVALID_REQUEST);
+        }
+    }
+}
+
+/* The currency is one of ISO 4217's, not any three capitals. */
+static void
+test_currency_is_iso(void **state)
+{
+    expect_rejected(NULL, request("AccountOpenRequested", &tenant_a, json_pack("{s:s, s:s}", "currency", "QQQ", "label", "x")),
+                    "AccountOpenRejected", TLY_CODE_INVALID_REQUEST);
+    tly_account_state_t s = open_account("EUR", 10);
+    expect_rejected(&s, money("WithdrawalRequested", 1, "ABC"), "WithdrawalRejected", TLY_CODE_INVALID_REQUEST);
+}
+
 int
 main(void)
 {
@@ -472,6 +507,8 @@ main(void)
         cmocka_unit_test(test_transfer_credit),
         cmocka_unit_test(test_reversal_is_never_refused_for_state),
         cmocka_unit_test(test_parked_step_rejection_keeps_transfer),
+        cmocka_unit_test(test_text_limits_in_characters),
+        cmocka_unit_test(test_currency_is_iso),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
