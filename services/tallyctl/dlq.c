@@ -23,7 +23,7 @@
 #include "tally/clock.h"
 #include "tally/json.h"
 #include "tally/pg.h"
-#include "tally/upcast.h"
+#include "tally/ledger/upcast.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -27,7 +27,7 @@
 #include "tally/clock.h"
 #include "tally/envelope.h"
 #include "tally/pg.h"
-#include "tally/upcast.h"
+#include "tally/ledger/upcast.h"
 
 #include <ctype.h>
 #include <stdarg.h>

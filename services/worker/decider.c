@@ -8,9 +8,9 @@
 #include "decider.h"
 #include "tally/clock.h"
 #include "tally/currency.h"
-#include "tally/ledger/field.h"
+#include "tally/ledger/catalogue.h"
 #include "tally/json.h"
-#include "tally/upcast.h"
+#include "tally/ledger/upcast.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -24,10 +24,9 @@ typedef struct st_rejection_t {
 typedef bool (*decide_fn)(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej);
 typedef int (*evolve_fn)(tly_account_state_t *s, const tly_envelope_t *ev);
 
+/* A request type and its rule; its outcome and rejection types are the catalogue's. */
 typedef struct st_command_row_t {
     const char *request_type;
-    const char *outcome_type;
-    const char *rejected_type;
     decide_fn decide;
 } command_row_t;
 
@@ -46,36 +45,44 @@ reject(rejection_t *rej, const char *code, const char *detail)
 
 /* --- request field checks ------------------------------------------------ */
 
+/*
+ * The request's fields against the catalogue (tally/ledger/catalogue.h), the
+ * same rules the command API applied before it wrote the request: a request
+ * the API accepted is never refused here as invalid_request.
+ */
 static bool
-currency_valid(const char *c)
+request_fields_ok(const tly_event_spec_t *spec, const tly_envelope_t *req, rejection_t *rej)
 {
-    return c != NULL && tly_currency_valid(c);
+    const tly_field_spec_t *bad = tly_catalogue_check(spec, req->data);
+    if (bad == NULL)
+        return true;
+    rej->code = TLY_CODE_INVALID_REQUEST;
+    switch (bad->type) {
+    case TLY_FIELD_UUID:
+        snprintf(rej->detail, sizeof(rej->detail), "%s must be a uuid", bad->name);
+        break;
+    case TLY_FIELD_AMOUNT:
+        snprintf(rej->detail, sizeof(rej->detail), "%s must be a positive integer below 2^53", bad->name);
+        break;
+    case TLY_FIELD_CURRENCY:
+        snprintf(rej->detail, sizeof(rej->detail), "%s must be an ISO 4217 code", bad->name);
+        break;
+    case TLY_FIELD_TEXT:
+        snprintf(rej->detail, sizeof(rej->detail), "%s must be a string of at most %zu characters", bad->name, bad->max_chars);
+        break;
+    default:
+        snprintf(rej->detail, sizeof(rej->detail), "%s is not valid", bad->name);
+        break;
+    }
+    return false;
 }
 
-/* A text field within its limit in characters (tally/ledger/field.h), as the command API counts it. */
-static bool
-string_field_ok(const json_t *data, const char *key, bool required, size_t max_chars)
+/* The amount and currency of a request whose fields were checked. */
+static void
+money_of(const tly_envelope_t *req, int64_t *amount, const char **currency)
 {
-    json_t *v = json_object_get(data, key);
-    if (v == NULL || json_is_null(v))
-        return !required;
-    return tly_field_text_ok(v, max_chars);
-}
-
-/* Checks {amount: int > 0, currency: ISO code, reference?: string}. */
-static bool
-money_request_ok(const tly_envelope_t *req, int64_t *amount, const char **currency, rejection_t *rej)
-{
-    json_t *a = json_object_get(req->data, "amount");
+    *amount = (int64_t)json_integer_value(json_object_get(req->data, "amount"));
     *currency = tly_json_str(req->data, "currency");
-    if (!json_is_integer(a) || json_integer_value(a) <= 0)
-        return reject(rej, TLY_CODE_INVALID_REQUEST, "amount must be a positive integer");
-    if (!currency_valid(*currency))
-        return reject(rej, TLY_CODE_INVALID_REQUEST, "currency must be an ISO 4217 code");
-    if (!string_field_ok(req->data, "reference", false, TLY_REFERENCE_MAX_CHARS))
-        return reject(rej, TLY_CODE_INVALID_REQUEST, "reference must be a string of at most 200 characters");
-    *amount = (int64_t)json_integer_value(a);
-    return true;
 }
 
 /* The account must exist and belong to the request's tenant (another tenant's is "not found"). */
@@ -113,10 +120,6 @@ static bool
 decide_open(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
     const char *currency = tly_json_str(req->data, "currency");
-    if (!currency_valid(currency))
-        return reject(rej, TLY_CODE_INVALID_REQUEST, "currency must be an ISO 4217 code");
-    if (!string_field_ok(req->data, "label", true, TLY_LABEL_MAX_CHARS))
-        return reject(rej, TLY_CODE_INVALID_REQUEST, "label must be a string of at most 200 characters");
     if (s != NULL && s->exists)
         return reject(rej, TLY_CODE_ACCOUNT_EXISTS, "account already exists");
     *data = json_pack("{s:s, s:s}", "currency", currency, "label", tly_json_str(req->data, "label"));
@@ -128,7 +131,8 @@ decide_deposit(const tly_account_state_t *s, const tly_envelope_t *req, json_t *
 {
     int64_t amount, after;
     const char *currency;
-    if (!money_request_ok(req, &amount, &currency, rej) || !account_usable(s, req, rej))
+    money_of(req, &amount, &currency);
+    if (!account_usable(s, req, rej))
         return false;
     if (strcmp(currency, s->currency) != 0)
         return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
@@ -144,7 +148,8 @@ decide_withdraw(const tly_account_state_t *s, const tly_envelope_t *req, json_t 
 {
     int64_t amount;
     const char *currency;
-    if (!money_request_ok(req, &amount, &currency, rej) || !account_usable(s, req, rej))
+    money_of(req, &amount, &currency);
+    if (!account_usable(s, req, rej))
         return false;
     if (strcmp(currency, s->currency) != 0)
         return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
@@ -194,15 +199,12 @@ decide_close(const tly_account_state_t *s, const tly_envelope_t *req, json_t **d
 
 /* --- transfer steps (sent by the saga, one account each) ------------------ */
 
-/* {transfer_id: uuid, amount: int > 0, currency: ISO code}. */
-static bool
-transfer_step_ok(const tly_envelope_t *req, int64_t *amount, const char **currency, const char **transfer_id, rejection_t *rej)
+/* The fields of a step whose fields were checked. */
+static void
+step_of(const tly_envelope_t *req, int64_t *amount, const char **currency, const char **transfer_id)
 {
-    tly_uuid_t t;
+    money_of(req, amount, currency);
     *transfer_id = tly_json_str(req->data, "transfer_id");
-    if (*transfer_id == NULL || !tly_uuid_parse(*transfer_id, &t))
-        return reject(rej, TLY_CODE_INVALID_REQUEST, "transfer_id must be a uuid");
-    return money_request_ok(req, amount, currency, rej);
 }
 
 static bool
@@ -210,7 +212,8 @@ decide_transfer_debit(const tly_account_state_t *s, const tly_envelope_t *req, j
 {
     int64_t amount;
     const char *currency, *transfer;
-    if (!transfer_step_ok(req, &amount, &currency, &transfer, rej) || !account_usable(s, req, rej))
+    step_of(req, &amount, &currency, &transfer);
+    if (!account_usable(s, req, rej))
         return false;
     if (strcmp(currency, s->currency) != 0)
         return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the source account's");
@@ -226,7 +229,8 @@ decide_transfer_credit(const tly_account_state_t *s, const tly_envelope_t *req, 
 {
     int64_t amount, after;
     const char *currency, *transfer;
-    if (!transfer_step_ok(req, &amount, &currency, &transfer, rej) || !account_usable(s, req, rej))
+    step_of(req, &amount, &currency, &transfer);
+    if (!account_usable(s, req, rej))
         return false;
     if (strcmp(currency, s->currency) != 0)
         return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the destination account's");
@@ -252,7 +256,8 @@ decide_debit_reversal(const tly_account_state_t *s, const tly_envelope_t *req, j
 {
     int64_t amount, after;
     const char *currency, *transfer;
-    if (!transfer_step_ok(req, &amount, &currency, &transfer, rej) || !account_visible(s, req, rej))
+    step_of(req, &amount, &currency, &transfer);
+    if (!account_visible(s, req, rej))
         return false;
     if (strcmp(currency, s->currency) != 0)
         return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
@@ -264,16 +269,16 @@ decide_debit_reversal(const tly_account_state_t *s, const tly_envelope_t *req, j
 }
 
 static const command_row_t commands[] = {
-    {"AccountOpenRequested", "AccountOpened", "AccountOpenRejected", decide_open},
-    {"DepositRequested", "FundsDeposited", "DepositRejected", decide_deposit},
-    {"WithdrawalRequested", "FundsWithdrawn", "WithdrawalRejected", decide_withdraw},
-    {"AccountFreezeRequested", "AccountFrozen", "AccountFreezeRejected", decide_freeze},
-    {"AccountUnfreezeRequested", "AccountUnfrozen", "AccountUnfreezeRejected", decide_unfreeze},
-    {"AccountCloseRequested", "AccountClosed", "AccountCloseRejected", decide_close},
-    {"TransferDebitRequested", "AccountDebited", "AccountDebitRejected", decide_transfer_debit},
-    {"TransferCreditRequested", "AccountCredited", "AccountCreditRejected", decide_transfer_credit},
-    /* DebitReversalRejected exists only for a reversal that cannot be applied at all (see decide_debit_reversal) */
-    {"DebitReversalRequested", "DebitReversed", "DebitReversalRejected", decide_debit_reversal},
+    {"AccountOpenRequested", decide_open},
+    {"DepositRequested", decide_deposit},
+    {"WithdrawalRequested", decide_withdraw},
+    {"AccountFreezeRequested", decide_freeze},
+    {"AccountUnfreezeRequested", decide_unfreeze},
+    {"AccountCloseRequested", decide_close},
+    {"TransferDebitRequested", decide_transfer_debit},
+    {"TransferCreditRequested", decide_transfer_credit},
+    /* its rejection exists only for a reversal that cannot be applied at all (see decide_debit_reversal) */
+    {"DebitReversalRequested", decide_debit_reversal},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -283,7 +288,7 @@ static int
 evolve_opened(tly_account_state_t *s, const tly_envelope_t *ev)
 {
     const char *currency = tly_json_str(ev->data, "currency");
-    if (s->exists || !currency_valid(currency))
+    if (s->exists || currency == NULL || !tly_currency_valid(currency))
         return -1;
     memset(s, 0, sizeof(*s));
     s->exists = true;
@@ -359,11 +364,18 @@ tly_decider_is_request(const char *type)
     return find_command(type) != NULL;
 }
 
+/* The catalogue's entry of a row's request type (test_decider.c checks that every row has one). */
+static const tly_event_spec_t *
+spec_of(const command_row_t *row)
+{
+    return tly_catalogue_find(row->request_type, 0);
+}
+
 bool
 tly_decider_is_rejection(const char *type)
 {
     for (size_t i = 0; i < NCOMMANDS; ++i)
-        if (strcmp(commands[i].rejected_type, type) == 0)
+        if (strcmp(spec_of(&commands[i])->rejection, type) == 0)
             return true;
     return false;
 }
@@ -381,7 +393,7 @@ const char *
 tly_decider_rejection_of(const char *type)
 {
     const command_row_t *row = find_command(type);
-    return row != NULL ? row->rejected_type : NULL;
+    return row != NULL ? spec_of(row)->rejection : NULL;
 }
 
 int
@@ -418,7 +430,7 @@ tly_decider_reject(const tly_envelope_t *request, const char *code, const char *
     const char *transfer = tly_json_str(request->data, "transfer_id");
     if (transfer != NULL) /* the saga finds its transfer by it */
         json_object_set_new(data, "transfer_id", json_string(transfer));
-    emit(out, request, row->rejected_type, data, now_us);
+    emit(out, request, spec_of(row)->rejection, data, now_us);
     out->rejected = true;
     return 0;
 }
@@ -432,7 +444,7 @@ tly_decider_decide_at(const tly_account_state_t *state, const tly_envelope_t *re
     memset(out, 0, sizeof(*out));
     if (row == NULL)
         return -1;
-    if (!row->decide(state, request, &data, &rej)) {
+    if (!request_fields_ok(spec_of(row), request, &rej) || !row->decide(state, request, &data, &rej)) {
         if (tly_decider_reject(request, rej.code, rej.detail, now_us, out) != 0)
             return -1;
         if (state != NULL)
@@ -441,7 +453,7 @@ tly_decider_decide_at(const tly_account_state_t *state, const tly_envelope_t *re
     }
     if (state != NULL)
         out->next = *state;
-    emit(out, request, row->outcome_type, data, now_us);
+    emit(out, request, spec_of(row)->outcome, data, now_us);
     if (tly_decider_evolve(&out->next, &out->events[0]) != 0) { /* a rule produced an event evolve refuses: a bug */
         tly_decision_clear(out);
         return -1;

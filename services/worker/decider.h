@@ -5,21 +5,21 @@
  * the outcomes to the outbox, so every rule is testable without a broker or a
  * database.
  *
- * Command types are rows of a table in decider.c (request type, handler,
- * rejection type); outcome types are rows of a second table (outcome type,
- * evolve function). Adding a command (the transfer saga's debit, credit,
- * reversal) is adding rows there.
+ * Command types are rows of a table in decider.c (request type, rule); their
+ * fields, outcome and rejection types and problem codes are the catalogue's
+ * (tally/ledger/catalogue.h), which also checks each request's fields before
+ * its rule runs. Outcome types are rows of a second table (outcome type,
+ * evolve function). Adding a command is a catalogue row and rows here.
  */
 #ifndef TALLY_WORKER_DECIDER_H
 #define TALLY_WORKER_DECIDER_H
 
 #include "tally/envelope.h"
+#include "tally/ledger/catalogue.h" /* the TLY_CODE_* problem codes */
 
 #include <stdbool.h>
 #include <stdint.h>
 
-/* The event schema version this worker knows for every account event. */
-#define TLY_DECIDER_EVENT_VERSION 1
 /* Most outcome events one request can yield (a reversal may yield two). */
 #define TLY_DECISION_MAX_EVENTS 2
 
@@ -46,18 +46,6 @@ typedef struct st_tly_decision_t {
     bool state_changed; /* next differs from the input state */
     tly_account_state_t next;
 } tly_decision_t;
-
-/* Rejection codes, as they appear in <Xxx>Rejected.data.code. */
-#define TLY_CODE_ACCOUNT_NOT_FOUND "account_not_found"
-#define TLY_CODE_ACCOUNT_EXISTS "account_exists"
-#define TLY_CODE_CURRENCY_MISMATCH "currency_mismatch"
-#define TLY_CODE_INSUFFICIENT_FUNDS "insufficient_funds"
-#define TLY_CODE_ACCOUNT_FROZEN "account_frozen"
-#define TLY_CODE_ACCOUNT_CLOSED "account_closed"
-#define TLY_CODE_ACCOUNT_NOT_FROZEN "account_not_frozen"
-#define TLY_CODE_BALANCE_NOT_ZERO "balance_not_zero"
-#define TLY_CODE_INVALID_REQUEST "invalid_request"
-#define TLY_CODE_DEAD_LETTERED "dead_lettered"
 
 /** True when `type` is a request event the decider handles. */
 bool tly_decider_is_request(const char *type);

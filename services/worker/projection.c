@@ -18,7 +18,8 @@
 #include "projection_batch.h"
 #include "tally/clock.h"
 #include "tally/json.h"
-#include "tally/upcast.h"
+#include "tally/ledger/catalogue.h"
+#include "tally/ledger/upcast.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -32,9 +33,9 @@
  */
 typedef int (*fold_fn)(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap);
 
+/* A type's folds; the newest version it reads (events are upcast to it) is the catalogue's. */
 typedef struct st_projection_row_t {
     const char *type;
-    int max_version;
     fold_fn accounts;
     fold_fn ledger;
     fold_fn jobs;
@@ -634,41 +635,39 @@ jobs_transfer_failed(tly_projection_batch_t *b, const tly_envelope_t *env, bool 
 
 /* --- the table ----------------------------------------------------------- */
 
-#define V TLY_DECIDER_EVENT_VERSION
 static const projection_row_t rows[] = {
     /* requests: the job exists as soon as the event is in the log */
-    {"AccountOpenRequested", V, NULL, NULL, jobs_queued},
-    {"DepositRequested", V, NULL, NULL, jobs_queued},
-    {"WithdrawalRequested", V, NULL, NULL, jobs_queued},
-    {"AccountFreezeRequested", V, NULL, NULL, jobs_queued},
-    {"AccountUnfreezeRequested", V, NULL, NULL, jobs_queued},
-    {"AccountCloseRequested", V, NULL, NULL, jobs_queued},
+    {"AccountOpenRequested", NULL, NULL, jobs_queued},
+    {"DepositRequested", NULL, NULL, jobs_queued},
+    {"WithdrawalRequested", NULL, NULL, jobs_queued},
+    {"AccountFreezeRequested", NULL, NULL, jobs_queued},
+    {"AccountUnfreezeRequested", NULL, NULL, jobs_queued},
+    {"AccountCloseRequested", NULL, NULL, jobs_queued},
     /* outcomes */
-    {"AccountOpened", V, accounts_opened, NULL, jobs_succeeded},
-    {"FundsDeposited", 2, accounts_balance, ledger_deposit, jobs_succeeded},
-    {"FundsWithdrawn", V, accounts_balance, ledger_withdrawal, jobs_succeeded},
-    {"AccountFrozen", V, accounts_frozen, NULL, jobs_succeeded},
-    {"AccountUnfrozen", V, accounts_unfrozen, NULL, jobs_succeeded},
-    {"AccountClosed", V, accounts_closed, NULL, jobs_succeeded},
-    {"AccountOpenRejected", V, NULL, NULL, jobs_rejected},
-    {"DepositRejected", V, NULL, NULL, jobs_rejected},
-    {"WithdrawalRejected", V, NULL, NULL, jobs_rejected},
-    {"AccountFreezeRejected", V, NULL, NULL, jobs_rejected},
-    {"AccountUnfreezeRejected", V, NULL, NULL, jobs_rejected},
-    {"AccountCloseRejected", V, NULL, NULL, jobs_rejected},
+    {"AccountOpened", accounts_opened, NULL, jobs_succeeded},
+    {"FundsDeposited", accounts_balance, ledger_deposit, jobs_succeeded},
+    {"FundsWithdrawn", accounts_balance, ledger_withdrawal, jobs_succeeded},
+    {"AccountFrozen", accounts_frozen, NULL, jobs_succeeded},
+    {"AccountUnfrozen", accounts_unfrozen, NULL, jobs_succeeded},
+    {"AccountClosed", accounts_closed, NULL, jobs_succeeded},
+    {"AccountOpenRejected", NULL, NULL, jobs_rejected},
+    {"DepositRejected", NULL, NULL, jobs_rejected},
+    {"WithdrawalRejected", NULL, NULL, jobs_rejected},
+    {"AccountFreezeRejected", NULL, NULL, jobs_rejected},
+    {"AccountUnfreezeRejected", NULL, NULL, jobs_rejected},
+    {"AccountCloseRejected", NULL, NULL, jobs_rejected},
     /* transfers: the request, the saga's steps on both accounts, the saga's outcome */
-    {"TransferRequested", V, NULL, NULL, jobs_transfer_queued, transfers_requested},
-    {"AccountDebited", V, accounts_balance, ledger_transfer_debit, jobs_transfer_running, transfers_debited},
-    {"AccountDebitRejected", V, NULL, NULL, NULL, transfers_debit_rejected},
-    {"AccountCredited", V, accounts_balance, ledger_transfer_credit, NULL, transfers_credited},
-    {"AccountCreditRejected", V, NULL, NULL, NULL, transfers_credit_rejected},
-    {"DebitReversed", V, accounts_balance, ledger_transfer_reversal, NULL, transfers_reversed},
-    {"DebitReversalRejected", V, NULL, NULL, NULL, transfers_reversal_rejected},
-    {"TransferCompleted", V, NULL, NULL, jobs_transfer_succeeded, transfers_completed},
-    {"TransferRejected", V, NULL, NULL, jobs_transfer_failed, transfers_rejected},
-    {"TransferFailed", V, NULL, NULL, jobs_transfer_failed, transfers_failed},
+    {"TransferRequested", NULL, NULL, jobs_transfer_queued, transfers_requested},
+    {"AccountDebited", accounts_balance, ledger_transfer_debit, jobs_transfer_running, transfers_debited},
+    {"AccountDebitRejected", NULL, NULL, NULL, transfers_debit_rejected},
+    {"AccountCredited", accounts_balance, ledger_transfer_credit, NULL, transfers_credited},
+    {"AccountCreditRejected", NULL, NULL, NULL, transfers_credit_rejected},
+    {"DebitReversed", accounts_balance, ledger_transfer_reversal, NULL, transfers_reversed},
+    {"DebitReversalRejected", NULL, NULL, NULL, transfers_reversal_rejected},
+    {"TransferCompleted", NULL, NULL, jobs_transfer_succeeded, transfers_completed},
+    {"TransferRejected", NULL, NULL, jobs_transfer_failed, transfers_rejected},
+    {"TransferFailed", NULL, NULL, jobs_transfer_failed, transfers_failed},
 };
-#undef V
 
 static const projection_row_t *
 find_row(const char *type)
@@ -689,7 +688,7 @@ int
 tly_projection_max_version(const char *type)
 {
     const projection_row_t *row = find_row(type);
-    return row != NULL ? row->max_version : 0;
+    return row != NULL ? tly_catalogue_latest_version(row->type) : 0;
 }
 
 /* Runs the row's fold functions of the selected models: all dry first, so that a refusal changes nothing. */
@@ -727,15 +726,16 @@ tly_projection_batch_add(tly_projection_batch_t *b, const tly_envelope_t *env, c
     const projection_row_t *row = find_row(env->type);
     if (row == NULL)
         return 0;
-    if (env->version > row->max_version) {
-        snprintf(err, errcap, "could not apply %s: version %d is newer than %d", env->type, env->version, row->max_version);
+    int max_version = tly_catalogue_latest_version(row->type);
+    if (env->version > max_version) {
+        snprintf(err, errcap, "could not apply %s: version %d is newer than %d", env->type, env->version, max_version);
         return -1;
     }
-    if (env->version == row->max_version)
+    if (env->version == max_version)
         return fold_all(b, row, env, err, errcap);
     /* older versions are read through the upcasters: the fold functions see only the newest shape */
     tly_envelope_t up;
-    if (tly_upcast(env, row->max_version, &up, err, errcap) != 0)
+    if (tly_upcast(env, max_version, &up, err, errcap) != 0)
         return -1;
     int ret = fold_all(b, row, &up, err, errcap);
     tly_envelope_clear(&up);

@@ -21,7 +21,7 @@ decider_classify(void *ctx, const tly_envelope_t *env)
 {
     if (!tly_decider_is_request(env->type))
         return TLY_VERDICT_IGNORE; /* outcomes and other aggregates' events: not ours */
-    return env->version > TLY_DECIDER_EVENT_VERSION ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
+    return env->version > tly_catalogue_latest_version(env->type) ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
 }
 
 static void

@@ -4,8 +4,8 @@
  * transaction.
  */
 #include "saga.h"
-#include "tally/currency.h"
 #include "tally/json.h"
+#include "tally/ledger/catalogue.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -205,13 +205,16 @@ start(const tly_envelope_t *ev, const tly_saga_config_t *cfg, int64_t now_us, tl
     n->request_event_id = ev->id;
     n->created_us = now_us;
     n->stuck_at_us = now_us + cfg->stuck_after_us;
-    bool ok = uuid_field(ev->data, "from_account", &n->from_account) && uuid_field(ev->data, "to_account", &n->to_account) &&
-              json_is_integer(amount) && json_integer_value(amount) > 0 && currency != NULL && tly_currency_valid(currency) &&
+    /* the command API's rules (the catalogue's fields), so an accepted transfer is never refused as invalid here */
+    bool ok = tly_catalogue_check(tly_catalogue_find(T_REQUESTED, 0), ev->data) == NULL &&
+              uuid_field(ev->data, "from_account", &n->from_account) && uuid_field(ev->data, "to_account", &n->to_account) &&
               memcmp(&n->from_account, &n->to_account, sizeof(n->to_account)) != 0;
     if (!ok) {
         snprintf(n->error_code, sizeof(n->error_code), "invalid_request");
         snprintf(n->error_detail, sizeof(n->error_detail),
-                 "a transfer needs two different account ids, a positive integer amount and an ISO 4217 currency");
+                 "a transfer needs two different account ids, a positive integer amount, an ISO 4217 currency and a "
+                 "reference of at most %d characters",
+                 TLY_REFERENCE_MAX_CHARS);
         finish(out, TLY_SAGA_REJECTED, now_us);
         emit_transfer_event(out, T_REJECTED, error_data(n), &ev->id, now_us);
         return;

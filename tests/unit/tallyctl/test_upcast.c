@@ -1,4 +1,4 @@
-/* common/upcast.c: FundsDeposited v1 -> v2, and tallyctl's replay option parsing. */
+/* common/ledger/upcast.c: FundsDeposited v1 -> v2, and tallyctl's replay option parsing. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -9,7 +9,7 @@
 #include "replay.h"
 
 #include "tally/envelope.h"
-#include "tally/upcast.h"
+#include "tally/ledger/upcast.h"
 
 #include <string.h>
 

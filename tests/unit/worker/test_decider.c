@@ -485,6 +485,24 @@ test_currency_is_iso(void **state)
     expect_rejected(&s, money("WithdrawalRequested", 1, "ABC"), "WithdrawalRejected", TLY_CODE_INVALID_REQUEST);
 }
 
+/* The decider handles exactly the catalogue's account requests and steps, with the catalogue's outcome and rejection types. */
+static void
+test_rows_match_catalogue(void **state)
+{
+    size_t n;
+    const tly_event_spec_t *all = tly_catalogue_all(&n);
+    for (size_t i = 0; i < n; ++i) {
+        const tly_event_spec_t *s = &all[i];
+        bool ours = (s->kind == TLY_EVENT_REQUEST || s->kind == TLY_EVENT_SAGA_STEP) && strcmp(s->aggregate, "account") == 0;
+        assert_int_equal(tly_decider_is_request(s->type), ours);
+        if (!ours)
+            continue;
+        assert_string_equal(tly_decider_rejection_of(s->type), s->rejection);
+        assert_true(tly_decider_is_outcome(s->outcome));
+        assert_true(tly_decider_is_rejection(s->rejection));
+    }
+}
+
 int
 main(void)
 {
@@ -509,6 +527,7 @@ main(void)
         cmocka_unit_test(test_parked_step_rejection_keeps_transfer),
         cmocka_unit_test(test_text_limits_in_characters),
         cmocka_unit_test(test_currency_is_iso),
+        cmocka_unit_test(test_rows_match_catalogue),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

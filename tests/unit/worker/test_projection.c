@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "projection.h"
+#include "tally/ledger/catalogue.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,23 @@ test_invalid_events_are_refused_whole(void **state)
     tly_projection_batch_destroy(b);
 }
 
+/* The projector reads every ledger type of the catalogue but the saga's steps (their outcomes say it all), at its newest version. */
+static void
+test_dispatch_matches_catalogue(void **state)
+{
+    size_t n;
+    const tly_event_spec_t *all = tly_catalogue_all(&n);
+    for (size_t i = 0; i < n; ++i) {
+        bool ledger = (strcmp(all[i].aggregate, "account") == 0 || strcmp(all[i].aggregate, "transfer") == 0) &&
+                      all[i].kind != TLY_EVENT_SAGA_STEP;
+        if (tly_projection_knows(all[i].type) != ledger)
+            fail_msg("%s: the projector %s it", all[i].type, ledger ? "does not know" : "knows");
+        if (ledger)
+            assert_int_equal(tly_projection_max_version(all[i].type), tly_catalogue_latest_version(all[i].type));
+    }
+    assert_false(tly_projection_knows("SomethingElse"));
+}
+
 int
 main(void)
 {
@@ -116,6 +134,7 @@ main(void)
         cmocka_unit_test(test_same_account_many_times),
         cmocka_unit_test(test_open_after_updates_asks_for_a_flush),
         cmocka_unit_test(test_invalid_events_are_refused_whole),
+        cmocka_unit_test(test_dispatch_matches_catalogue),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

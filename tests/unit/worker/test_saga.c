@@ -13,6 +13,7 @@
 
 #include "decider.h"
 #include "saga.h"
+#include "tally/ledger/catalogue.h"
 #include "tally/json.h"
 
 #include <stdlib.h>
@@ -558,6 +559,25 @@ setup(void **state)
     return 0;
 }
 
+/* The saga follows every step of the catalogue: each outcome and rejection of a transfer step. */
+static void
+test_steps_match_catalogue(void **state)
+{
+    size_t n;
+    const tly_event_spec_t *all = tly_catalogue_all(&n);
+    int steps = 0;
+    for (size_t i = 0; i < n; ++i) {
+        if (all[i].kind != TLY_EVENT_SAGA_STEP)
+            continue;
+        ++steps;
+        assert_true(tly_saga_handles(all[i].outcome));
+        assert_true(tly_saga_handles(all[i].rejection));
+        assert_false(tly_saga_handles(all[i].type)); /* the decider's */
+    }
+    assert_int_equal(steps, 3);
+    assert_true(tly_saga_handles("TransferRequested"));
+}
+
 int
 main(void)
 {
@@ -570,6 +590,7 @@ main(void)
         cmocka_unit_test(test_deadline_resends_same_event),
         cmocka_unit_test(test_refused_reversal_is_retried),
         cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_steps_match_catalogue),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -1,5 +1,6 @@
-/* Upcasters: one row per (type, version) step. See tally/upcast.h. */
-#include "tally/upcast.h"
+/* Upcasters: one row per (type, version) step. See tally/ledger/upcast.h. */
+#include "tally/ledger/upcast.h"
+#include "tally/ledger/catalogue.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -42,13 +43,17 @@ find_step(const char *type, int from)
     return NULL;
 }
 
+bool
+tly_upcast_has_step(const char *type, int from)
+{
+    return find_step(type, from) != NULL;
+}
+
 int
 tly_event_latest_version(const char *type)
 {
-    int v = 1;
-    while (find_step(type, v) != NULL)
-        ++v;
-    return v;
+    int v = tly_catalogue_latest_version(type);
+    return v > 0 ? v : 1;
 }
 
 int

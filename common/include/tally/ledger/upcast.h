@@ -8,15 +8,19 @@
  *   FundsDeposited v1 -> v2: adds "channel": "api" (every v1 deposit came
  *   through the HTTP API).
  */
-#ifndef TALLY_UPCAST_H
-#define TALLY_UPCAST_H
+#ifndef TALLY_LEDGER_UPCAST_H
+#define TALLY_LEDGER_UPCAST_H
 
 #include "tally/envelope.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
-/** The newest schema version of `type` (1 for types that never changed). */
+/** The newest schema version of `type`, as the catalogue says (1 for a type it does not know). */
 int tly_event_latest_version(const char *type);
+
+/** True when upcast.c has the step from version `from` of `type` to `from + 1` (test_catalogue.c checks every one). */
+bool tly_upcast_has_step(const char *type, int from);
 
 /**
  * Copies `in` into `out` upcast to `to_version` (or to the latest version
