@@ -11,33 +11,58 @@
 #include <string.h>
 
 static const char *const problem_codes[TLY_PROBLEM__COUNT] = {
-    [TLY_PROBLEM_ACCOUNT_NOT_FOUND] = TLY_CODE_ACCOUNT_NOT_FOUND,
-    [TLY_PROBLEM_ACCOUNT_EXISTS] = TLY_CODE_ACCOUNT_EXISTS,
-    [TLY_PROBLEM_CURRENCY_MISMATCH] = TLY_CODE_CURRENCY_MISMATCH,
-    [TLY_PROBLEM_INSUFFICIENT_FUNDS] = TLY_CODE_INSUFFICIENT_FUNDS,
-    [TLY_PROBLEM_ACCOUNT_FROZEN] = TLY_CODE_ACCOUNT_FROZEN,
-    [TLY_PROBLEM_ACCOUNT_CLOSED] = TLY_CODE_ACCOUNT_CLOSED,
-    [TLY_PROBLEM_ACCOUNT_NOT_FROZEN] = TLY_CODE_ACCOUNT_NOT_FROZEN,
-    [TLY_PROBLEM_BALANCE_NOT_ZERO] = TLY_CODE_BALANCE_NOT_ZERO,
-    [TLY_PROBLEM_INVALID_REQUEST] = TLY_CODE_INVALID_REQUEST,
-    [TLY_PROBLEM_DEAD_LETTERED] = TLY_CODE_DEAD_LETTERED,
+    [TLY_PROBLEM_ACCOUNT_NOT_FOUND] = TLY_CODE_ACCOUNT_NOT_FOUND,   [TLY_PROBLEM_ACCOUNT_EXISTS] = TLY_CODE_ACCOUNT_EXISTS,
+    [TLY_PROBLEM_CURRENCY_MISMATCH] = TLY_CODE_CURRENCY_MISMATCH,   [TLY_PROBLEM_INSUFFICIENT_FUNDS] = TLY_CODE_INSUFFICIENT_FUNDS,
+    [TLY_PROBLEM_ACCOUNT_FROZEN] = TLY_CODE_ACCOUNT_FROZEN,         [TLY_PROBLEM_ACCOUNT_CLOSED] = TLY_CODE_ACCOUNT_CLOSED,
+    [TLY_PROBLEM_ACCOUNT_NOT_FROZEN] = TLY_CODE_ACCOUNT_NOT_FROZEN, [TLY_PROBLEM_BALANCE_NOT_ZERO] = TLY_CODE_BALANCE_NOT_ZERO,
+    [TLY_PROBLEM_INVALID_REQUEST] = TLY_CODE_INVALID_REQUEST,       [TLY_PROBLEM_DEAD_LETTERED] = TLY_CODE_DEAD_LETTERED,
 };
 
 /* --- fields ------------------------------------------------------------------ */
 
 #define REQ .required = true
-#define UUID_F(n) {n, TLY_FIELD_UUID, REQ}
-#define AMOUNT_F {"amount", TLY_FIELD_AMOUNT, REQ}
-#define CURRENCY_F {"currency", TLY_FIELD_CURRENCY, REQ}
-#define BALANCE_F {"balance_after", TLY_FIELD_BALANCE, REQ}
-#define LABEL_F {"label", TLY_FIELD_TEXT, REQ, .max_chars = TLY_LABEL_MAX_CHARS}
-#define CODE_F {"code", TLY_FIELD_CODE, REQ}
+#define UUID_F(n)                                                                                                                  \
+    {                                                                                                                              \
+        n, TLY_FIELD_UUID, REQ                                                                                                     \
+    }
+#define AMOUNT_F                                                                                                                   \
+    {                                                                                                                              \
+        "amount", TLY_FIELD_AMOUNT, REQ                                                                                            \
+    }
+#define CURRENCY_F                                                                                                                 \
+    {                                                                                                                              \
+        "currency", TLY_FIELD_CURRENCY, REQ                                                                                        \
+    }
+#define BALANCE_F                                                                                                                  \
+    {                                                                                                                              \
+        "balance_after", TLY_FIELD_BALANCE, REQ                                                                                    \
+    }
+#define LABEL_F                                                                                                                    \
+    {                                                                                                                              \
+        "label", TLY_FIELD_TEXT, REQ, .max_chars = TLY_LABEL_MAX_CHARS                                                             \
+    }
+#define CODE_F                                                                                                                     \
+    {                                                                                                                              \
+        "code", TLY_FIELD_CODE, REQ                                                                                                \
+    }
 /* A step's refusal carries a bounded detail; an account command's does not (its schemas say so). */
-#define DETAIL_F {"detail", TLY_FIELD_TEXT, REQ}
-#define STEP_DETAIL_F {"detail", TLY_FIELD_TEXT, REQ, .max_chars = 2000}
+#define DETAIL_F                                                                                                                   \
+    {                                                                                                                              \
+        "detail", TLY_FIELD_TEXT, REQ                                                                                              \
+    }
+#define STEP_DETAIL_F                                                                                                              \
+    {                                                                                                                              \
+        "detail", TLY_FIELD_TEXT, REQ, .max_chars = 2000                                                                           \
+    }
 /* A request may omit its reference; an outcome always says it, null when there was none. */
-#define REQUEST_REFERENCE_F {"reference", TLY_FIELD_TEXT, .max_chars = TLY_REFERENCE_MAX_CHARS}
-#define OUTCOME_REFERENCE_F {"reference", TLY_FIELD_TEXT, REQ, .nullable = true, .max_chars = TLY_REFERENCE_MAX_CHARS}
+#define REQUEST_REFERENCE_F                                                                                                        \
+    {                                                                                                                              \
+        "reference", TLY_FIELD_TEXT, .max_chars = TLY_REFERENCE_MAX_CHARS                                                          \
+    }
+#define OUTCOME_REFERENCE_F                                                                                                        \
+    {                                                                                                                              \
+        "reference", TLY_FIELD_TEXT, REQ, .nullable = true, .max_chars = TLY_REFERENCE_MAX_CHARS                                   \
+    }
 
 static const tly_field_spec_t open_fields[] = {CURRENCY_F, LABEL_F};
 static const tly_field_spec_t money_request_fields[] = {AMOUNT_F, CURRENCY_F, REQUEST_REFERENCE_F};
@@ -49,7 +74,10 @@ static const tly_field_spec_t step_fields[] = {UUID_F("transfer_id"), AMOUNT_F, 
 static const tly_field_spec_t step_outcome_fields[] = {UUID_F("transfer_id"), AMOUNT_F, CURRENCY_F, BALANCE_F};
 static const tly_field_spec_t step_rejection_fields[] = {UUID_F("transfer_id"), CODE_F, STEP_DETAIL_F};
 static const tly_field_spec_t transfer_request_fields[] = {
-    UUID_F("from_account"), UUID_F("to_account"), AMOUNT_F, CURRENCY_F,
+    UUID_F("from_account"),
+    UUID_F("to_account"),
+    AMOUNT_F,
+    CURRENCY_F,
     {"reference", TLY_FIELD_TEXT, .nullable = true, .max_chars = TLY_REFERENCE_MAX_CHARS}};
 static const tly_field_spec_t transfer_completed_fields[] = {UUID_F("from_account"), UUID_F("to_account"), AMOUNT_F, CURRENCY_F};
 static const tly_field_spec_t transfer_rejected_fields[] = {CODE_F, STEP_DETAIL_F};
@@ -74,8 +102,14 @@ static const tly_field_spec_t endpoint_disabled_fields[] = {
 
 #define FIELDS(a) a, sizeof(a) / sizeof(a[0])
 #define NONE NULL, 0
-#define ACCOUNT_REJECTION(t) {t, 1, "account", TLY_EVENT_REJECTION, FIELDS(rejection_fields)}
-#define STEP_REJECTION(t) {t, 1, "account", TLY_EVENT_REJECTION, FIELDS(step_rejection_fields)}
+#define ACCOUNT_REJECTION(t)                                                                                                       \
+    {                                                                                                                              \
+        t, 1, "account", TLY_EVENT_REJECTION, FIELDS(rejection_fields)                                                             \
+    }
+#define STEP_REJECTION(t)                                                                                                          \
+    {                                                                                                                              \
+        t, 1, "account", TLY_EVENT_REJECTION, FIELDS(step_rejection_fields)                                                        \
+    }
 
 static const tly_event_spec_t events[] = {
     ACCOUNT_REJECTION("AccountCloseRejected"),
@@ -118,8 +152,8 @@ static const tly_event_spec_t events[] = {
     /* a malformed transfer, or one whose debit was refused */
     {"TransferRejected", 1, "transfer", TLY_EVENT_REJECTION, FIELDS(transfer_rejected_fields)},
     /* the saga answers it with TransferCompleted, or with the refusal of its debit or its credit */
-    {"TransferRequested", 1, "transfer", TLY_EVENT_REQUEST, FIELDS(transfer_request_fields), "TransferCompleted", "TransferRejected",
-     ANY | MONEY | USABLE | P(INSUFFICIENT_FUNDS)},
+    {"TransferRequested", 1, "transfer", TLY_EVENT_REQUEST, FIELDS(transfer_request_fields), "TransferCompleted",
+     "TransferRejected", ANY | MONEY | USABLE | P(INSUFFICIENT_FUNDS)},
     {"WebhookEndpointDisabled", 1, "webhook_endpoint", TLY_EVENT_NOTICE, FIELDS(endpoint_disabled_fields)},
     ACCOUNT_REJECTION("WithdrawalRejected"),
     {"WithdrawalRequested", 1, "account", TLY_EVENT_REQUEST, FIELDS(money_request_fields), "FundsWithdrawn", "WithdrawalRejected",

@@ -18,7 +18,9 @@
 #include "projection_batch.h"
 #include "tally/clock.h"
 #include "tally/json.h"
+#include "tally/pg.h"
 #include "tally/ledger/catalogue.h"
+#include "tally/ledger/job.h"
 #include "tally/ledger/upcast.h"
 
 #include <inttypes.h>
@@ -533,22 +535,22 @@ TRANSFER_FOLD(transfers_failed, "failed", "failed", true, true)
  * A job's events come from several partitions (a transfer's from the transfer
  * and from both accounts), so the live projector and a replay can apply them
  * in different orders. Every write here is therefore order-independent: the
- * version is the rank of the status (queued 1, running 2, succeeded or failed
- * 3) and only a higher rank changes status, error and updated_at (an equal
+ * version is the rank of the status (tally/ledger/job.h: queued 1, running 2,
+ * succeeded or failed 3) and only a higher rank changes status, error and updated_at (an equal
  * rank keeps the earlier updated_at); created_at is the earliest event's
  * time. Any order of the same events converges to the same row, so a replay
  * equals live; and the merge is associative, so a batch folds a job's events
  * before its one upsert. A job that reaches a terminal state NOTIFYs
  * tally_jobs '<job id>' (delivered at commit) for Prefer: wait readers.
  */
-enum { JOB_QUEUED = 1, JOB_RUNNING = 2, JOB_TERMINAL = 3 };
-
 static int
-job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype, const tly_uuid_t *resource, const char *status,
-         int rank, const char *code, const char *detail, bool dry)
+job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype, const tly_uuid_t *resource, tly_job_status_t to,
+         const char *code, const char *detail, bool dry)
 {
     if (dry || tly_uuid_is_nil(&env->job_id))
         return 0;
+    const char *status = tly_job_status_name(to);
+    int rank = tly_job_rank(to);
     int64_t at = env->occurred_at_us;
     int i = tly_proj_map_find(&b->job_map, &env->job_id);
     if (i < 0) {
@@ -586,27 +588,27 @@ job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype
 static int
 jobs_queued(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return job_fold(b, env, "account", NULL, "queued", JOB_QUEUED, NULL, NULL, dry);
+    return job_fold(b, env, "account", NULL, TLY_JOB_QUEUED, NULL, NULL, dry);
 }
 
 static int
 jobs_succeeded(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return job_fold(b, env, "account", NULL, "succeeded", JOB_TERMINAL, NULL, NULL, dry);
+    return job_fold(b, env, "account", NULL, TLY_JOB_SUCCEEDED, NULL, NULL, dry);
 }
 
 static int
 jobs_rejected(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
     const char *code = tly_json_str(env->data, "code"), *detail = tly_json_str(env->data, "detail");
-    return job_fold(b, env, "account", NULL, "failed", JOB_TERMINAL, code != NULL ? code : "rejected", detail, dry);
+    return job_fold(b, env, "account", NULL, TLY_JOB_FAILED, code != NULL ? code : "rejected", detail, dry);
 }
 
 /* A transfer's job: queued with its TransferRequested, running once the source is debited, ended by the saga's last event. */
 static int
 jobs_transfer_queued(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return job_fold(b, env, "transfer", NULL, "queued", JOB_QUEUED, NULL, NULL, dry);
+    return job_fold(b, env, "transfer", NULL, TLY_JOB_QUEUED, NULL, NULL, dry);
 }
 
 /* AccountDebited (on the source's partition: it may come before or after the transfer's own events). */
@@ -617,20 +619,20 @@ jobs_transfer_running(tly_projection_batch_t *b, const tly_envelope_t *env, bool
     const char *t = tly_json_str(env->data, "transfer_id");
     if (t == NULL || !tly_uuid_parse(t, &transfer))
         return 0;
-    return job_fold(b, env, "transfer", &transfer, "running", JOB_RUNNING, NULL, NULL, dry);
+    return job_fold(b, env, "transfer", &transfer, TLY_JOB_RUNNING, NULL, NULL, dry);
 }
 
 static int
 jobs_transfer_succeeded(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    return job_fold(b, env, "transfer", NULL, "succeeded", JOB_TERMINAL, NULL, NULL, dry);
+    return job_fold(b, env, "transfer", NULL, TLY_JOB_SUCCEEDED, NULL, NULL, dry);
 }
 
 static int
 jobs_transfer_failed(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
     const char *code = tly_json_str(env->data, "code"), *detail = tly_json_str(env->data, "detail");
-    return job_fold(b, env, "transfer", NULL, "failed", JOB_TERMINAL, code != NULL ? code : "rejected", detail, dry);
+    return job_fold(b, env, "transfer", NULL, TLY_JOB_FAILED, code != NULL ? code : "rejected", detail, dry);
 }
 
 /* --- the table ----------------------------------------------------------- */
@@ -800,8 +802,31 @@ int
 tly_projection_job_dead_lettered(PGconn *conn, const tly_envelope_t *env, const char *detail, char *err, size_t errcap)
 {
     tly_projection_batch_t *b = tly_projection_batch_create(TLY_MODEL_JOBS);
-    (void)job_fold(b, env, "account", NULL, "failed", JOB_TERMINAL, TLY_CODE_DEAD_LETTERED, detail, false);
+    (void)job_fold(b, env, "account", NULL, TLY_JOB_FAILED, TLY_CODE_DEAD_LETTERED, detail, false);
     int ret = tly_projection_batch_flush(b, conn, err, errcap);
     tly_projection_batch_destroy(b);
     return ret;
+}
+
+/* The job that tly_projection_job_dead_lettered failed for `env`, back to queued (the one move down of tally/ledger/job.h). */
+static int
+reopen_parked_job(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+{
+    char job[TLY_UUID_STR_LEN + 1];
+    tly_uuid_format(&env->job_id, job);
+    const char *vals[] = {job};
+    PGresult *res = PQexecParams(conn, TLY_JOB_REOPEN_SQL, 1, NULL, vals, NULL, NULL, 0);
+    bool ok = tly_pg_ok(conn, res, "could not reopen the job", err, errcap);
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+int
+tly_projection_retry_parked(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+{
+    const tly_event_spec_t *spec = tly_catalogue_find(env->type, 0);
+    bool request = spec != NULL && (spec->kind == TLY_EVENT_REQUEST || spec->kind == TLY_EVENT_SAGA_STEP);
+    if (!request && !tly_uuid_is_nil(&env->job_id) && reopen_parked_job(conn, env, err, errcap) != 0)
+        return -1;
+    return tly_projection_apply(conn, env, TLY_MODEL_ALL, err, errcap);
 }

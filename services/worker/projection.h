@@ -96,4 +96,15 @@ void tly_projection_batch_set_bulk(tly_projection_batch_t *b, tly_projection_exi
 int tly_projection_job_dead_lettered(PGconn *conn, const tly_envelope_t *env, const char *detail, char *err, size_t errcap)
     __attribute__((warn_unused_result));
 
+/**
+ * Applies again `env`, an event the projector parked (`tallyctl dlq retry`):
+ * first undoes the park (the job that tly_projection_job_dead_lettered failed
+ * goes back to queued, TLY_JOB_REOPEN_SQL; a request's job was never parked
+ * by its own event), then applies it to every model as the live projector
+ * would. `env` is at the projections' version (tly_upcast). Runs in the
+ * caller's transaction. 0, or -1 with `err`.
+ */
+int tly_projection_retry_parked(PGconn *conn, const tly_envelope_t *env, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
+
 #endif

@@ -9,6 +9,7 @@
  */
 #include "projection_batch.h"
 #include "tally/clock.h"
+#include "tally/ledger/job.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -284,7 +285,7 @@ tly_proj_write_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t e
                         "WHEN EXCLUDED.version = jobs.version THEN LEAST(jobs.updated_at, EXCLUDED.updated_at) "
                         "ELSE jobs.updated_at END, "
                         "version = GREATEST(jobs.version, EXCLUDED.version) RETURNING id, status) "
-                        "SELECT pg_notify('tally_jobs', id::text) FROM up WHERE status IN ('succeeded', 'failed')",
+                        "SELECT pg_notify('tally_jobs', id::text) FROM up WHERE status IN " TLY_JOB_TERMINAL_SQL,
                         10, err, errcap);
 }
 

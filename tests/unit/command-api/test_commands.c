@@ -182,9 +182,12 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_open_account), cmocka_unit_test(test_label_length_in_characters),
-        cmocka_unit_test(test_amounts),      cmocka_unit_test(test_transfer),
-        cmocka_unit_test(test_routes),       cmocka_unit_test(test_event_data),
+        cmocka_unit_test(test_open_account),
+        cmocka_unit_test(test_label_length_in_characters),
+        cmocka_unit_test(test_amounts),
+        cmocka_unit_test(test_transfer),
+        cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_event_data),
         cmocka_unit_test(test_specs_match_catalogue),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -462,8 +462,8 @@ test_text_limits_in_characters(void **state)
         tly_account_state_t s;
         memset(&s, 0, sizeof(s));
         tly_envelope_t open = request("AccountOpenRequested", &tenant_a, json_pack("{s:s, s:s}", "currency", "EUR", "label", text));
-        tly_envelope_t dep = request("DepositRequested", &tenant_a,
-                                     json_pack("{s:i, s:s, s:s}", "amount", 5, "currency", "EUR", "reference", text));
+        tly_envelope_t dep =
+            request("DepositRequested", &tenant_a, json_pack("{s:i, s:s, s:s}", "amount", 5, "currency", "EUR", "reference", text));
         if (n == 200) {
             accept(&s, open, "AccountOpened", NULL);
             assert_int_equal(accept(&s, dep, "FundsDeposited", "balance_after"), 5);

@@ -110,7 +110,8 @@ test_invalid_events_are_refused_whole(void **state)
     tly_projection_batch_destroy(b);
 }
 
-/* The projector reads every ledger type of the catalogue but the saga's steps (their outcomes say it all), at its newest version. */
+/* The projector reads every ledger type of the catalogue but the saga's steps (their outcomes say it all), at its newest version.
+ */
 static void
 test_dispatch_matches_catalogue(void **state)
 {
