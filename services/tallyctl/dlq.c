@@ -20,8 +20,8 @@
  */
 #include "dlq.h"
 #include "db.h"
-#include "pgx.h"
-#include "projection.h"
+#include "tally/pgx.h"
+#include "tally/ledger/projection.h"
 
 #include "tally/clock.h"
 #include "tally/json.h"

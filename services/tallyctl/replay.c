@@ -20,8 +20,8 @@
 #include "tally/envscan.h"
 #include "jarena.h"
 #include "livewatch.h"
-#include "pgx.h"
-#include "projection.h"
+#include "tally/pgx.h"
+#include "tally/ledger/projection.h"
 
 #include "tally/kafka.h"
 #include "tally/clock.h"

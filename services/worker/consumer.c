@@ -18,7 +18,8 @@
  */
 #include "consumer.h"
 #include "admin.h"
-#include "pgx.h"
+#include "tally/pgx.h"
+#include "tally/pgx_binary.h"
 #include "tally/clock.h"
 #include "tally/envscan.h"
 #include "tally/kafka.h"

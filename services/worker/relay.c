@@ -28,7 +28,7 @@
  */
 #include "relay.h"
 #include "consumer.h" /* tly_backoff_sleep */
-#include "pgx.h"
+#include "tally/pgx.h"
 #include "tally/clock.h"
 #include "tally/kafka.h"
 #include "tally/log.h"

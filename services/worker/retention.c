@@ -21,7 +21,7 @@
  */
 #include "retention.h"
 #include "consumer.h" /* tly_backoff_sleep */
-#include "pgx.h"
+#include "tally/pgx.h"
 #include "tally/clock.h"
 #include "tally/log.h"
 #include "tally/pg.h"

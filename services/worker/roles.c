@@ -4,8 +4,8 @@
  * commit together, which is what makes its effects exactly once.
  */
 #include "roles.h"
-#include "pgx.h"
-#include "projection.h"
+#include "tally/pgx.h"
+#include "tally/ledger/projection.h"
 #include "tally/clock.h"
 #include "tally/json.h"
 

@@ -11,10 +11,10 @@
 #define TALLY_WORKER_ROLES_H
 
 #include "consumer.h"
-#include "decider.h"
-#include "saga.h"
+#include "tally/ledger/decider.h"
+#include "tally/ledger/saga.h"
 
-#include "pgx.h"
+#include "tally/pgx.h"
 
 /* Outbox rows gathered for one multi-row INSERT (tly_outbox_rows_flush): one array per column. A zeroed struct is empty. */
 enum { TLY_OUTBOX_ID, TLY_OUTBOX_TOPIC, TLY_OUTBOX_KEY, TLY_OUTBOX_PAYLOAD, TLY_OUTBOX_HEADERS, TLY_OUTBOX_NCOLS };

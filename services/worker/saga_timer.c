@@ -14,7 +14,7 @@
  * the relay commit together.
  */
 #include "consumer.h" /* tly_backoff_sleep */
-#include "pgx.h"
+#include "tally/pgx.h"
 #include "roles.h"
 #include "tally/clock.h"
 #include "tally/log.h"

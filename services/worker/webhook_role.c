@@ -14,7 +14,7 @@
  * this handler is `idempotent` (no consumer_dedup rows).
  */
 #include "webhook_role.h"
-#include "pgx.h"
+#include "tally/pgx.h"
 #include "tally/json.h"
 
 #include <inttypes.h>

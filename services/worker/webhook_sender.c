@@ -24,7 +24,7 @@
  */
 #include "webhook_role.h"
 #include "consumer.h" /* tly_backoff_sleep */
-#include "pgx.h"
+#include "tally/pgx.h"
 #include "roles.h" /* tly_outbox_insert */
 #include "tally/clock.h"
 #include "tally/log.h"

@@ -1,7 +1,7 @@
 /* "Accepted by the API => not invalid_request in the worker". See tly_test_accept.h. */
 #include "tly_test_accept.h"
-#include "decider.h"
-#include "saga.h"
+#include "tally/ledger/decider.h"
+#include "tally/ledger/saga.h"
 #include "tally/json.h"
 #include "tally/ledger/catalogue.h"
 #include "tally/ledger/upcast.h"

@@ -17,8 +17,8 @@
 #include <cmocka.h>
 
 #include "commands.h"
-#include "decider.h"
-#include "saga.h"
+#include "tally/ledger/decider.h"
+#include "tally/ledger/saga.h"
 #include "webhook.h"
 
 #include "tally/clock.h"

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "projection.h"
+#include "tally/ledger/projection.h"
 #include "replay.h"
 
 #include "tally/envelope.h"

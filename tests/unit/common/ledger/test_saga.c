@@ -11,8 +11,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "decider.h"
-#include "saga.h"
+#include "tally/ledger/decider.h"
+#include "tally/ledger/saga.h"
 #include "tally/ledger/catalogue.h"
 #include "tally/json.h"
 

@@ -3,7 +3,7 @@
  * computes: the caller stores the next state and the events in one
  * transaction.
  */
-#include "saga.h"
+#include "tally/ledger/saga.h"
 #include "tally/json.h"
 #include "tally/ledger/catalogue.h"
 

@@ -24,8 +24,8 @@
  * transfer as aggregate (Kafka key = transfer id); step commands have the
  * account as aggregate (key = account id, the decider's partitioning).
  */
-#ifndef TALLY_WORKER_SAGA_H
-#define TALLY_WORKER_SAGA_H
+#ifndef TALLY_LEDGER_SAGA_H
+#define TALLY_LEDGER_SAGA_H
 
 #include "tally/envelope.h"
 

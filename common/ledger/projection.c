@@ -13,8 +13,8 @@
  * (occurred_at), never from the clock, so a replay writes the same rows as
  * the live projector.
  */
-#include "projection.h"
-#include "decider.h"
+#include "tally/ledger/projection.h"
+#include "tally/ledger/decider.h"
 #include "projection_batch.h"
 #include "tally/clock.h"
 #include "tally/json.h"
@@ -57,13 +57,13 @@ typedef struct st_projection_row_t {
         }                                                                                                                          \
     } while (0)
 
-static tly_proj_str_t
+static tly_projection__str_t
 str_put(tly_projection_batch_t *b, const char *s)
 {
     if (s == NULL)
         return 0;
     size_t n = strlen(s) + 1;
-    tly_proj_strs_t *st = &b->strs;
+    tly_projection__strs_t *st = &b->strs;
     if (st->len + n > st->cap) {
         size_t cap = st->cap == 0 ? 16384 : st->cap;
         while (st->len + n > cap)
@@ -80,13 +80,13 @@ str_put(tly_projection_batch_t *b, const char *s)
 }
 
 const char *
-tly_proj_str(const tly_projection_batch_t *b, tly_proj_str_t s)
+tly_projection__str(const tly_projection_batch_t *b, tly_projection__str_t s)
 {
     return s == 0 ? NULL : b->strs.buf + s - 1;
 }
 
 static size_t
-map_slot(const tly_proj_map_t *m, const tly_uuid_t *id)
+map_slot(const tly_projection__map_t *m, const tly_uuid_t *id)
 {
     uint64_t h;
     memcpy(&h, id->b + 8, sizeof(h)); /* v4 and v5 ids: random bits here */
@@ -94,7 +94,7 @@ map_slot(const tly_proj_map_t *m, const tly_uuid_t *id)
 }
 
 int
-tly_proj_map_find(const tly_proj_map_t *m, const tly_uuid_t *id)
+tly_projection__map_find(const tly_projection__map_t *m, const tly_uuid_t *id)
 {
     if (m->cap == 0)
         return -1;
@@ -106,12 +106,12 @@ tly_proj_map_find(const tly_proj_map_t *m, const tly_uuid_t *id)
     }
 }
 
-static void map_put(tly_proj_map_t *m, const tly_uuid_t *id, int32_t val);
+static void map_put(tly_projection__map_t *m, const tly_uuid_t *id, int32_t val);
 
 static void
-map_grow(tly_proj_map_t *m)
+map_grow(tly_projection__map_t *m)
 {
-    tly_proj_map_t old = *m;
+    tly_projection__map_t old = *m;
     m->cap = old.cap == 0 ? 1024 : old.cap * 2;
     m->keys = malloc(sizeof(*m->keys) * m->cap);
     m->vals = malloc(sizeof(*m->vals) * m->cap);
@@ -129,7 +129,7 @@ map_grow(tly_proj_map_t *m)
 }
 
 static void
-map_put(tly_proj_map_t *m, const tly_uuid_t *id, int32_t val)
+map_put(tly_projection__map_t *m, const tly_uuid_t *id, int32_t val)
 {
     if ((m->used + 1) * 2 > m->cap)
         map_grow(m);
@@ -143,7 +143,7 @@ map_put(tly_proj_map_t *m, const tly_uuid_t *id, int32_t val)
 }
 
 static void
-map_clear(tly_proj_map_t *m)
+map_clear(tly_projection__map_t *m)
 {
     m->used = 0;
     if (++m->cur == 0) { /* wrapped: really clear */
@@ -154,7 +154,7 @@ map_clear(tly_proj_map_t *m)
 }
 
 static void
-map_free(tly_proj_map_t *m)
+map_free(tly_projection__map_t *m)
 {
     free(m->keys);
     free(m->vals);
@@ -243,14 +243,14 @@ str_field(const tly_envelope_t *env, const char *key, const char **out, char *er
  * time. An update of an account with no row is the event's own failure
  * (its AccountOpened was never applied): projection_sql.c reports it.
  */
-static tly_proj_account_t *
+static tly_projection__account_t *
 account_row(tly_projection_batch_t *b, const tly_uuid_t *id)
 {
-    int i = tly_proj_map_find(&b->account_map, id);
+    int i = tly_projection__map_find(&b->account_map, id);
     if (i >= 0)
         return &b->accounts[i];
     GROW(b->accounts, b->naccounts, b->cap_accounts);
-    tly_proj_account_t *a = &b->accounts[b->naccounts];
+    tly_projection__account_t *a = &b->accounts[b->naccounts];
     memset(a, 0, sizeof(*a));
     a->id = *id;
     map_put(&b->account_map, id, b->naccounts++);
@@ -263,12 +263,12 @@ accounts_opened(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, 
     const char *currency, *label;
     if (str_field(env, "currency", &currency, err, errcap) != 0 || str_field(env, "label", &label, err, errcap) != 0)
         return -1;
-    int i = tly_proj_map_find(&b->account_map, &env->aggregate_id);
+    int i = tly_projection__map_find(&b->account_map, &env->aggregate_id);
     if (i >= 0 && !b->accounts[i].opened)
         return 1; /* updates of this account came first: they must meet the table as it is now */
     if (dry || i >= 0)
         return 0; /* opened twice in the batch: the second insert would do nothing */
-    tly_proj_account_t *a = account_row(b, &env->aggregate_id);
+    tly_projection__account_t *a = account_row(b, &env->aggregate_id);
     a->opened = true;
     a->tenant = env->tenant_id;
     a->currency = str_put(b, currency);
@@ -279,10 +279,10 @@ accounts_opened(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, 
 
 static const projection_row_t *find_row(const char *type);
 
-static tly_proj_account_t *
+static tly_projection__account_t *
 account_update(tly_projection_batch_t *b, const tly_envelope_t *env)
 {
-    tly_proj_account_t *a = account_row(b, &env->aggregate_id);
+    tly_projection__account_t *a = account_row(b, &env->aggregate_id);
     if (a->nupdates++ == 0)
         a->first_type = find_row(env->type)->type; /* static: outlives the envelope */
     a->updated_at = env->occurred_at_us;
@@ -297,7 +297,7 @@ accounts_balance(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry,
         return -1;
     if (dry)
         return 0;
-    tly_proj_account_t *a = account_update(b, env);
+    tly_projection__account_t *a = account_update(b, env);
     a->has_balance = true;
     a->balance = after;
     return 0;
@@ -343,7 +343,7 @@ ledger_entry(tly_projection_batch_t *b, const tly_envelope_t *env, const char *k
     if (dry)
         return 0;
     GROW(b->ledger, b->nledger, b->cap_ledger);
-    tly_proj_ledger_t *l = &b->ledger[b->nledger++];
+    tly_projection__ledger_t *l = &b->ledger[b->nledger++];
     memset(l, 0, sizeof(*l));
     l->id = env->id;
     l->tenant = env->tenant_id;
@@ -424,14 +424,14 @@ status_rank(const char *s)
     return 0;
 }
 
-static tly_proj_transfer_t *
+static tly_projection__transfer_t *
 transfer_row(tly_projection_batch_t *b, const tly_uuid_t *id, const tly_envelope_t *env)
 {
-    int i = tly_proj_map_find(&b->transfer_map, id);
+    int i = tly_projection__map_find(&b->transfer_map, id);
     if (i >= 0)
         return &b->transfers[i];
     GROW(b->transfers, b->ntransfers, b->cap_transfers);
-    tly_proj_transfer_t *t = &b->transfers[b->ntransfers];
+    tly_projection__transfer_t *t = &b->transfers[b->ntransfers];
     memset(t, 0, sizeof(*t));
     t->id = *id;
     t->tenant = env->tenant_id;
@@ -443,17 +443,17 @@ transfer_row(tly_projection_batch_t *b, const tly_uuid_t *id, const tly_envelope
 }
 
 static void
-fill_once(tly_projection_batch_t *b, tly_proj_str_t *field, const char *v)
+fill_once(tly_projection_batch_t *b, tly_projection__str_t *field, const char *v)
 {
     if (*field == 0 && v != NULL)
         *field = str_put(b, v);
 }
 
 static void
-transfer_step(tly_projection_batch_t *b, tly_proj_transfer_t *t, const char *step, int64_t at)
+transfer_step(tly_projection_batch_t *b, tly_projection__transfer_t *t, const char *step, int64_t at)
 {
     GROW(b->steps, b->nsteps, b->cap_steps);
-    b->steps[b->nsteps] = (tly_proj_step_t){step, at, -1};
+    b->steps[b->nsteps] = (tly_projection__step_t){step, at, -1};
     if (t->last_step >= 0)
         b->steps[t->last_step].next = b->nsteps;
     else
@@ -477,7 +477,7 @@ transfer_merge(tly_projection_batch_t *b, const tly_envelope_t *env, const trans
     }
     if (dry)
         return 0;
-    tly_proj_transfer_t *t = transfer_row(b, &id, env);
+    tly_projection__transfer_t *t = transfer_row(b, &id, env);
     if (requested) {
         fill_once(b, &t->from, tly_json_str(env->data, "from_account"));
         fill_once(b, &t->to, tly_json_str(env->data, "to_account"));
@@ -552,10 +552,10 @@ job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype
     const char *status = tly_job_status_name(to);
     int rank = tly_job_rank(to);
     int64_t at = env->occurred_at_us;
-    int i = tly_proj_map_find(&b->job_map, &env->job_id);
+    int i = tly_projection__map_find(&b->job_map, &env->job_id);
     if (i < 0) {
         GROW(b->jobs, b->njobs, b->cap_jobs);
-        b->jobs[b->njobs] = (tly_proj_job_t){
+        b->jobs[b->njobs] = (tly_projection__job_t){
             .id = env->job_id,
             .tenant = env->tenant_id,
             .resource = resource != NULL ? *resource : env->aggregate_id,
@@ -570,7 +570,7 @@ job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype
         map_put(&b->job_map, &env->job_id, b->njobs++);
         return 0;
     }
-    tly_proj_job_t *j = &b->jobs[i];
+    tly_projection__job_t *j = &b->jobs[i];
     if (at < j->created_at)
         j->created_at = at;
     if (rank > j->rank) {
@@ -771,15 +771,16 @@ tly_projection_batch_flush(tly_projection_batch_t *b, PGconn *conn, char *err, s
     /* Tables in one order for every batch (row locks, projection_sql.c). Accounts last: their update is the one
        statement whose result is read (every row found), so when the caller defers (tly_pgx_defer) the others go out
        ahead of it in the same round trip. */
-    if (b->nledger > 0 && (bulk ? tly_proj_copy_ledger(b, conn, err, errcap) : tly_proj_write_ledger(b, conn, err, errcap)) != 0)
+    if (b->nledger > 0 &&
+        (bulk ? tly_projection__copy_ledger(b, conn, err, errcap) : tly_projection__write_ledger(b, conn, err, errcap)) != 0)
         goto out;
-    if (b->njobs > 0 && mark_new_jobs(b) > 0 && tly_proj_write_jobs(b, conn, err, errcap) != 0)
+    if (b->njobs > 0 && mark_new_jobs(b) > 0 && tly_projection__write_jobs(b, conn, err, errcap) != 0)
         goto out;
-    if (bulk && b->njobs > 0 && tly_proj_copy_jobs(b, conn, err, errcap) != 0)
+    if (bulk && b->njobs > 0 && tly_projection__copy_jobs(b, conn, err, errcap) != 0)
         goto out;
-    if (b->ntransfers > 0 && tly_proj_write_transfers(b, conn, err, errcap) != 0)
+    if (b->ntransfers > 0 && tly_projection__write_transfers(b, conn, err, errcap) != 0)
         goto out;
-    if (b->naccounts > 0 && tly_proj_write_accounts(b, conn, err, errcap) != 0)
+    if (b->naccounts > 0 && tly_projection__write_accounts(b, conn, err, errcap) != 0)
         goto out;
     ret = 0;
 out:

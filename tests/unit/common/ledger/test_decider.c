@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "decider.h"
+#include "tally/ledger/decider.h"
 #include "tally/json.h"
 
 #include <string.h>

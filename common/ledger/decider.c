@@ -5,7 +5,7 @@
  * outcome just decided, so the live state and a rebuild from outcome events
  * cannot diverge.
  */
-#include "decider.h"
+#include "tally/ledger/decider.h"
 #include "tally/clock.h"
 #include "tally/currency.h"
 #include "tally/ledger/catalogue.h"

@@ -11,8 +11,8 @@
  * its rule runs. Outcome types are rows of a second table (outcome type,
  * evolve function). Adding a command is a catalogue row and rows here.
  */
-#ifndef TALLY_WORKER_DECIDER_H
-#define TALLY_WORKER_DECIDER_H
+#ifndef TALLY_LEDGER_DECIDER_H
+#define TALLY_LEDGER_DECIDER_H
 
 #include "tally/envelope.h"
 #include "tally/ledger/catalogue.h" /* the TLY_CODE_* problem codes */

@@ -6,8 +6,8 @@
  * of Kafka, positions or dedup, so the live projector and `tallyctl replay`
  * run exactly the same code; tly_projection_apply is a batch of one event.
  */
-#ifndef TALLY_WORKER_PROJECTION_H
-#define TALLY_WORKER_PROJECTION_H
+#ifndef TALLY_LEDGER_PROJECTION_H
+#define TALLY_LEDGER_PROJECTION_H
 
 #include "tally/envelope.h"
 

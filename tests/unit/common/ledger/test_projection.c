@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "projection.h"
+#include "tally/ledger/projection.h"
 #include "tally/ledger/catalogue.h"
 
 #include <stdlib.h>

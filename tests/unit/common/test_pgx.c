@@ -5,7 +5,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "pgx.h"
+#include "tally/pgx.h"
+#include "tally/pgx_binary.h"
 
 #include <stdlib.h>
 #include <string.h>
