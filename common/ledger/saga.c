@@ -6,6 +6,7 @@
 #include "tally/ledger/saga.h"
 #include "tally/json.h"
 #include "tally/ledger/catalogue.h"
+#include "tally/ledger/upcast.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -106,7 +107,7 @@ emit_step(tly_saga_step_t *out)
     tly_uuid_format(&s->transfer_id, transfer);
     json_t *data = json_pack("{s:s, s:I, s:s}", "transfer_id", transfer, "amount", (json_int_t)s->amount, "currency", s->currency);
     tly_envelope_t *ev = &out->events[out->nevents++];
-    tly_envelope_derive(ev, &root, type, TLY_SAGA_EVENT_VERSION, data, salt[0] != '\0' ? salt : NULL);
+    tly_envelope_derive(ev, &root, type, tly_event_latest_version(type), data, salt[0] != '\0' ? salt : NULL);
     snprintf(ev->aggregate_type, sizeof(ev->aggregate_type), "account");
     ev->aggregate_id = account; /* Kafka key = the account: the decider's partition for it */
     ev->causation_id = s->step_cause_id;
@@ -135,7 +136,7 @@ emit_transfer_event(tly_saga_step_t *out, const char *type, json_t *data, const 
     tly_envelope_t root;
     root_of(&out->next, &root);
     tly_envelope_t *ev = &out->events[out->nevents++];
-    tly_envelope_derive(ev, &root, type, TLY_SAGA_EVENT_VERSION, data, NULL);
+    tly_envelope_derive(ev, &root, type, tly_event_latest_version(type), data, NULL);
     ev->causation_id = *cause;
     ev->occurred_at_us = now_us;
 }

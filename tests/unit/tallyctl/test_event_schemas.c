@@ -19,7 +19,7 @@
 #include "commands.h"
 #include "tally/ledger/decider.h"
 #include "tally/ledger/saga.h"
-#include "webhook.h"
+#include "webhooks/webhook.h"
 
 #include "tally/clock.h"
 #include "tally/envelope.h"

@@ -32,7 +32,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define TLY_SAGA_EVENT_VERSION 1
 #define TLY_SAGA_MAX_EVENTS 1
 #define TLY_SAGA_CODE_MAX 64
 #define TLY_SAGA_DETAIL_MAX 256

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "webhook_role.h"
+#include "webhooks/webhook_sender.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

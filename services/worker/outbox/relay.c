@@ -27,7 +27,7 @@
  * every VACUUM_EVERY_MS while it deletes, which keeps it a few pages long.
  */
 #include "relay.h"
-#include "consumer.h" /* tly_backoff_sleep */
+#include "runtime/consumer.h" /* tly_backoff_sleep */
 #include "tally/pgx.h"
 #include "tally/clock.h"
 #include "tally/kafka.h"

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "consumer.h"
+#include "runtime/consumer.h"
 #include "worker.h"
 
 #include <stdlib.h>

@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "webhook.h"
+#include "webhooks/webhook.h"
 #include "tally/clock.h"
 
 #include <stdlib.h>

@@ -22,10 +22,11 @@
  * backlog of one endpoint never hides another's due rows; a slow endpoint only
  * ever waits on itself.
  */
-#include "webhook_role.h"
-#include "consumer.h" /* tly_backoff_sleep */
+#include "webhook_sender.h"
+#include "webhook.h"
+#include "runtime/consumer.h" /* tly_backoff_sleep */
 #include "tally/pgx.h"
-#include "roles.h" /* tly_outbox_insert */
+#include "outbox/outbox.h"
 #include "tally/clock.h"
 #include "tally/log.h"
 #include "tally/metrics.h"

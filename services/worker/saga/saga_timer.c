@@ -13,9 +13,11 @@
  * anyway). The new deadline, the re-sent step in the outbox and the NOTIFY to
  * the relay commit together.
  */
-#include "consumer.h" /* tly_backoff_sleep */
+#include "saga_timer.h"
+#include "runtime/consumer.h" /* tly_backoff_sleep */
 #include "tally/pgx.h"
-#include "roles.h"
+#include "outbox/outbox.h"
+#include "saga_store.h"
 #include "tally/clock.h"
 #include "tally/log.h"
 #include "tally/metrics.h"
