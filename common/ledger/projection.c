@@ -44,172 +44,6 @@ typedef struct st_projection_row_t {
     fold_fn transfers;
 } projection_row_t;
 
-/* --- batch storage ------------------------------------------------------- */
-
-#define GROW(arr, n, cap)                                                                                                          \
-    do {                                                                                                                           \
-        if ((n) == (cap)) {                                                                                                        \
-            (cap) = (cap) == 0 ? 256 : (cap)*2;                                                                                    \
-            void *p_ = realloc((arr), sizeof(*(arr)) * (size_t)(cap));                                                             \
-            if (p_ == NULL)                                                                                                        \
-                abort();                                                                                                           \
-            (arr) = p_;                                                                                                            \
-        }                                                                                                                          \
-    } while (0)
-
-static tly_projection__str_t
-str_put(tly_projection_batch_t *b, const char *s)
-{
-    if (s == NULL)
-        return 0;
-    size_t n = strlen(s) + 1;
-    tly_projection__strs_t *st = &b->strs;
-    if (st->len + n > st->cap) {
-        size_t cap = st->cap == 0 ? 16384 : st->cap;
-        while (st->len + n > cap)
-            cap *= 2;
-        char *buf = realloc(st->buf, cap);
-        if (buf == NULL)
-            abort();
-        st->buf = buf;
-        st->cap = cap;
-    }
-    memcpy(st->buf + st->len, s, n);
-    st->len += n;
-    return st->len - n + 1;
-}
-
-const char *
-tly_projection__str(const tly_projection_batch_t *b, tly_projection__str_t s)
-{
-    return s == 0 ? NULL : b->strs.buf + s - 1;
-}
-
-static size_t
-map_slot(const tly_projection__map_t *m, const tly_uuid_t *id)
-{
-    uint64_t h;
-    memcpy(&h, id->b + 8, sizeof(h)); /* v4 and v5 ids: random bits here */
-    return (size_t)((h * 0x9e3779b97f4a7c15ULL) >> 17) & (m->cap - 1);
-}
-
-int
-tly_projection__map_find(const tly_projection__map_t *m, const tly_uuid_t *id)
-{
-    if (m->cap == 0)
-        return -1;
-    for (size_t i = map_slot(m, id);; i = (i + 1) & (m->cap - 1)) {
-        if (m->gen[i] != m->cur)
-            return -1;
-        if (memcmp(&m->keys[i], id, sizeof(*id)) == 0)
-            return m->vals[i];
-    }
-}
-
-static void map_put(tly_projection__map_t *m, const tly_uuid_t *id, int32_t val);
-
-static void
-map_grow(tly_projection__map_t *m)
-{
-    tly_projection__map_t old = *m;
-    m->cap = old.cap == 0 ? 1024 : old.cap * 2;
-    m->keys = malloc(sizeof(*m->keys) * m->cap);
-    m->vals = malloc(sizeof(*m->vals) * m->cap);
-    m->gen = calloc(m->cap, sizeof(*m->gen));
-    if (m->keys == NULL || m->vals == NULL || m->gen == NULL)
-        abort();
-    m->cur = 1;
-    m->used = 0;
-    for (size_t i = 0; i < old.cap; ++i)
-        if (old.gen[i] == old.cur)
-            map_put(m, &old.keys[i], old.vals[i]);
-    free(old.keys);
-    free(old.vals);
-    free(old.gen);
-}
-
-static void
-map_put(tly_projection__map_t *m, const tly_uuid_t *id, int32_t val)
-{
-    if ((m->used + 1) * 2 > m->cap)
-        map_grow(m);
-    size_t i = map_slot(m, id);
-    while (m->gen[i] == m->cur)
-        i = (i + 1) & (m->cap - 1);
-    m->gen[i] = m->cur;
-    m->keys[i] = *id;
-    m->vals[i] = val;
-    m->used++;
-}
-
-static void
-map_clear(tly_projection__map_t *m)
-{
-    m->used = 0;
-    if (++m->cur == 0) { /* wrapped: really clear */
-        if (m->gen != NULL)
-            memset(m->gen, 0, sizeof(*m->gen) * m->cap);
-        m->cur = 1;
-    }
-}
-
-static void
-map_free(tly_projection__map_t *m)
-{
-    free(m->keys);
-    free(m->vals);
-    free(m->gen);
-}
-
-tly_projection_batch_t *
-tly_projection_batch_create(unsigned models)
-{
-    tly_projection_batch_t *b = calloc(1, sizeof(*b));
-    if (b == NULL)
-        abort();
-    b->models = models;
-    b->account_map.cur = b->job_map.cur = b->transfer_map.cur = 1;
-    return b;
-}
-
-void
-tly_projection_batch_reset(tly_projection_batch_t *b)
-{
-    b->nevents = b->naccounts = b->nledger = b->njobs = b->ntransfers = b->nsteps = 0;
-    b->strs.len = 0;
-    map_clear(&b->account_map);
-    map_clear(&b->job_map);
-    map_clear(&b->transfer_map);
-}
-
-void
-tly_projection_batch_destroy(tly_projection_batch_t *b)
-{
-    if (b == NULL)
-        return;
-    map_free(&b->account_map);
-    map_free(&b->job_map);
-    map_free(&b->transfer_map);
-    free(b->strs.buf);
-    free(b->accounts);
-    free(b->ledger);
-    free(b->jobs);
-    free(b->transfers);
-    free(b->steps);
-    tly_pgx_copy_free(&b->copy);
-    for (int i = 0; i < TLY_PROJ_NARRAYS; ++i)
-        tly_pg_array_free(&b->arr[i]);
-    for (int i = 0; i < TLY_PROJ_NARRAYS; ++i)
-        tly_pgx_barray_free(&b->barr[i]);
-    free(b);
-}
-
-int
-tly_projection_batch_count(const tly_projection_batch_t *b)
-{
-    return b->nevents;
-}
-
 /* --- event fields -------------------------------------------------------- */
 
 static int
@@ -249,11 +83,11 @@ account_row(tly_projection_batch_t *b, const tly_uuid_t *id)
     int i = tly_projection__map_find(&b->account_map, id);
     if (i >= 0)
         return &b->accounts[i];
-    GROW(b->accounts, b->naccounts, b->cap_accounts);
+    TLY_PROJECTION__GROW(b->accounts, b->naccounts, b->cap_accounts);
     tly_projection__account_t *a = &b->accounts[b->naccounts];
     memset(a, 0, sizeof(*a));
     a->id = *id;
-    map_put(&b->account_map, id, b->naccounts++);
+    tly_projection__map_put(&b->account_map, id, b->naccounts++);
     return a;
 }
 
@@ -271,8 +105,8 @@ accounts_opened(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, 
     tly_projection__account_t *a = account_row(b, &env->aggregate_id);
     a->opened = true;
     a->tenant = env->tenant_id;
-    a->currency = str_put(b, currency);
-    a->label = str_put(b, label);
+    a->currency = tly_projection__str_put(b, currency);
+    a->label = tly_projection__str_put(b, label);
     a->opened_at = env->occurred_at_us;
     return 0;
 }
@@ -342,7 +176,7 @@ ledger_entry(tly_projection_batch_t *b, const tly_envelope_t *env, const char *k
         return -1;
     if (dry)
         return 0;
-    GROW(b->ledger, b->nledger, b->cap_ledger);
+    TLY_PROJECTION__GROW(b->ledger, b->nledger, b->cap_ledger);
     tly_projection__ledger_t *l = &b->ledger[b->nledger++];
     memset(l, 0, sizeof(*l));
     l->id = env->id;
@@ -351,7 +185,7 @@ ledger_entry(tly_projection_batch_t *b, const tly_envelope_t *env, const char *k
     l->kind = kind;
     l->amount = sign * amount;
     l->balance_after = after;
-    l->currency = str_put(b, currency);
+    l->currency = tly_projection__str_put(b, currency);
     l->has_job = !tly_uuid_is_nil(&env->job_id);
     l->job = env->job_id;
     l->at = env->occurred_at_us;
@@ -430,7 +264,7 @@ transfer_row(tly_projection_batch_t *b, const tly_uuid_t *id, const tly_envelope
     int i = tly_projection__map_find(&b->transfer_map, id);
     if (i >= 0)
         return &b->transfers[i];
-    GROW(b->transfers, b->ntransfers, b->cap_transfers);
+    TLY_PROJECTION__GROW(b->transfers, b->ntransfers, b->cap_transfers);
     tly_projection__transfer_t *t = &b->transfers[b->ntransfers];
     memset(t, 0, sizeof(*t));
     t->id = *id;
@@ -438,7 +272,7 @@ transfer_row(tly_projection_batch_t *b, const tly_uuid_t *id, const tly_envelope
     t->created_at = env->occurred_at_us;
     t->updated_at = env->occurred_at_us;
     t->first_step = t->last_step = -1;
-    map_put(&b->transfer_map, id, b->ntransfers++);
+    tly_projection__map_put(&b->transfer_map, id, b->ntransfers++);
     return t;
 }
 
@@ -446,13 +280,13 @@ static void
 fill_once(tly_projection_batch_t *b, tly_projection__str_t *field, const char *v)
 {
     if (*field == 0 && v != NULL)
-        *field = str_put(b, v);
+        *field = tly_projection__str_put(b, v);
 }
 
 static void
 transfer_step(tly_projection_batch_t *b, tly_projection__transfer_t *t, const char *step, int64_t at)
 {
-    GROW(b->steps, b->nsteps, b->cap_steps);
+    TLY_PROJECTION__GROW(b->steps, b->nsteps, b->cap_steps);
     b->steps[b->nsteps] = (tly_projection__step_t){step, at, -1};
     if (t->last_step >= 0)
         b->steps[t->last_step].next = b->nsteps;
@@ -501,9 +335,9 @@ transfer_merge(tly_projection_batch_t *b, const tly_envelope_t *env, const trans
         t->status = c->status;
     t->compensated = t->compensated || c->compensated;
     if (c->error && tly_json_str(env->data, "code") != NULL)
-        t->code = str_put(b, tly_json_str(env->data, "code"));
+        t->code = tly_projection__str_put(b, tly_json_str(env->data, "code"));
     if (c->error && tly_json_str(env->data, "detail") != NULL)
-        t->detail = str_put(b, tly_json_str(env->data, "detail"));
+        t->detail = tly_projection__str_put(b, tly_json_str(env->data, "detail"));
     t->events++;
     if (env->occurred_at_us > t->updated_at)
         t->updated_at = env->occurred_at_us;
@@ -554,7 +388,7 @@ job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype
     int64_t at = env->occurred_at_us;
     int i = tly_projection__map_find(&b->job_map, &env->job_id);
     if (i < 0) {
-        GROW(b->jobs, b->njobs, b->cap_jobs);
+        TLY_PROJECTION__GROW(b->jobs, b->njobs, b->cap_jobs);
         b->jobs[b->njobs] = (tly_projection__job_t){
             .id = env->job_id,
             .tenant = env->tenant_id,
@@ -562,12 +396,12 @@ job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype
             .status = status,
             .rtype = rtype,
             .rank = rank,
-            .code = str_put(b, code),
-            .detail = str_put(b, detail),
+            .code = tly_projection__str_put(b, code),
+            .detail = tly_projection__str_put(b, detail),
             .created_at = at,
             .updated_at = at,
         };
-        map_put(&b->job_map, &env->job_id, b->njobs++);
+        tly_projection__map_put(&b->job_map, &env->job_id, b->njobs++);
         return 0;
     }
     tly_projection__job_t *j = &b->jobs[i];
@@ -576,8 +410,8 @@ job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype
     if (rank > j->rank) {
         j->rank = rank;
         j->status = status;
-        j->code = str_put(b, code);
-        j->detail = str_put(b, detail);
+        j->code = tly_projection__str_put(b, code);
+        j->detail = tly_projection__str_put(b, detail);
         j->updated_at = at;
     } else if (rank == j->rank && at < j->updated_at) {
         j->updated_at = at;

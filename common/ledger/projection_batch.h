@@ -118,4 +118,21 @@ int tly_projection__write_transfers(tly_projection_batch_t *b, PGconn *conn, cha
 int tly_projection__copy_ledger(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap);
 int tly_projection__copy_jobs(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap);
 
+/* Grows array `arr` of `n` used, `cap` allocated entries by doubling when it is full; aborts when out of memory. */
+#define TLY_PROJECTION__GROW(arr, n, cap)                                                                                          \
+    do {                                                                                                                           \
+        if ((n) == (cap)) {                                                                                                        \
+            (cap) = (cap) == 0 ? 256 : (cap)*2;                                                                                    \
+            void *p_ = realloc((arr), sizeof(*(arr)) * (size_t)(cap));                                                             \
+            if (p_ == NULL)                                                                                                        \
+                abort();                                                                                                           \
+            (arr) = p_;                                                                                                            \
+        }                                                                                                                          \
+    } while (0)
+
+/** Copies `s` into the batch's strings (NULL stays NULL). */
+tly_projection__str_t tly_projection__str_put(tly_projection_batch_t *b, const char *s);
+/** Maps `id` to row `val` (the id must not be there yet). */
+void tly_projection__map_put(tly_projection__map_t *m, const tly_uuid_t *id, int32_t val);
+
 #endif

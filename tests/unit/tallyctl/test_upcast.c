@@ -6,7 +6,7 @@
 #include <cmocka.h>
 
 #include "tally/ledger/projection.h"
-#include "replay.h"
+#include "replay/replay.h"
 
 #include "tally/envelope.h"
 #include "tally/ledger/upcast.h"
