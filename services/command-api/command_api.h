@@ -7,6 +7,7 @@
 #define TALLY_COMMAND_API_H
 
 #include "tally/config.h"
+#include "tally/api.h"
 #include "tally/keycache.h"
 #include "tally/server.h"
 
@@ -25,6 +26,7 @@ typedef struct st_tly_command_api_config_t {
     int64_t kafka_timeout_ms;
     int64_t accept_gather_ms;
     int64_t key_refresh_ms;
+    tly_api_abuse_config_t abuse;
     bool webhook_allow_private;
     char *log_level;
 } tly_command_api_config_t;
