@@ -27,7 +27,7 @@
  * every VACUUM_EVERY_MS while it deletes, which keeps it a few pages long.
  */
 #include "relay.h"
-#include "runtime/consumer.h" /* tly_backoff_sleep */
+#include "runtime/retry.h"
 #include "tally/pgx.h"
 #include "tally/clock.h"
 #include "tally/kafka.h"
@@ -199,7 +199,7 @@ tly_relay_run(const tly_relay_config_t *cfg)
     tly_retry_t rt = {.what = "outbox relay", .name = "relay"};
     while (!atomic_load(cfg->stop)) {
         if (!ensure_pg(&r)) {
-            tly_backoff_sleep(&rt.delay_ms, cfg->stop);
+            tly_retry_backoff(&rt.delay_ms, cfg->stop);
             continue;
         }
         int n = publish_once(&r, err, sizeof(err));

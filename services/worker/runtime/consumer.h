@@ -118,29 +118,6 @@ int tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handle
  */
 rd_kafka_resp_err_t tly_consumer_assign(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list);
 
-/** Exponential backoff: 50 ms doubling to 5 s. Sleeps `*delay_ms` in slices, returns early on stop. */
-void tly_backoff_sleep(int *delay_ms, atomic_bool *stop);
-/*
- * The retry bookkeeping of a background loop (relay, saga timer, retention):
- * the first failure of a run of failures is logged as "<what> failed,
- * retrying" and the first success after it as "<what> recovered", with
- * consumer=<name>; failures back off (tly_backoff_sleep). Zeroed plus
- * `what` and `name` is ready.
- */
-typedef struct st_tly_retry_t {
-    const char *what, *name;
-    int delay_ms;
-    bool failing;
-} tly_retry_t;
-
-/** After a failed pass: logs it if it starts a run of failures, then backs off. */
-void tly_retry_failed(tly_retry_t *rt, const char *err, atomic_bool *stop);
-/** After a good pass: logs the recovery if there were failures, and resets the backoff. */
-void tly_retry_ok(tly_retry_t *rt);
-
-/** Sleeps `ms` in 20 ms steps, returning early once `*stop` is set. */
-void tly_sleep_unless_stopped(int64_t ms, atomic_bool *stop);
-
 /**
  * Copies `buf` into a NUL-terminated string PostgreSQL's text accepts: the
  * bytes themselves when they are valid UTF-8 without NUL, else "\x" and hex.

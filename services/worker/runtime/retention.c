@@ -20,7 +20,7 @@
  * One worker prunes at a time (a session advisory lock); the others skip.
  */
 #include "retention.h"
-#include "consumer.h" /* tly_backoff_sleep */
+#include "retry.h"
 #include "tally/pgx.h"
 #include "tally/clock.h"
 #include "tally/log.h"
@@ -118,7 +118,7 @@ tly_retention_run(const tly_retention_config_t *cfg)
     tly_retry_t rt = {.what = "retention pass", .name = "retention"};
     while (!atomic_load(cfg->stop)) {
         if (tly_pgx_ensure(&r.conn, &r.pg_up, cfg->pg_dsn, NULL, "retention") < 0) {
-            tly_backoff_sleep(&rt.delay_ms, cfg->stop);
+            tly_retry_backoff(&rt.delay_ms, cfg->stop);
             continue;
         }
         if (pass(&r, err, sizeof(err)) != 0) {
@@ -126,7 +126,7 @@ tly_retention_run(const tly_retention_config_t *cfg)
             continue;
         }
         tly_retry_ok(&rt);
-        tly_sleep_unless_stopped(cfg->interval_ms, cfg->stop);
+        tly_retry_sleep(cfg->interval_ms, cfg->stop);
     }
     if (r.conn != NULL)
         PQfinish(r.conn);

@@ -14,7 +14,7 @@
  * the relay commit together.
  */
 #include "saga_timer.h"
-#include "runtime/consumer.h" /* tly_backoff_sleep */
+#include "runtime/retry.h"
 #include "tally/pgx.h"
 #include "outbox/outbox.h"
 #include "saga_store.h"
@@ -159,7 +159,7 @@ tly_saga_timer_run(const tly_saga_timer_config_t *cfg)
         tick_ms = 20;
     while (!atomic_load(cfg->stop)) {
         if (!ensure_pg(&t)) {
-            tly_backoff_sleep(&rt.delay_ms, cfg->stop);
+            tly_retry_backoff(&rt.delay_ms, cfg->stop);
             continue;
         }
         int n = pass(&t, err, sizeof(err));
@@ -171,7 +171,7 @@ tly_saga_timer_run(const tly_saga_timer_config_t *cfg)
         report_stuck(&t);
         if (n >= PASS_MAX)
             continue;
-        tly_sleep_unless_stopped(tick_ms, cfg->stop);
+        tly_retry_sleep(tick_ms, cfg->stop);
     }
     if (t.conn != NULL)
         PQfinish(t.conn);

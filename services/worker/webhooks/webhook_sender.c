@@ -342,7 +342,7 @@ tly_webhook_sender_run(const tly_webhook_sender_config_t *cfg)
             break;
         pg_turn(&s, stopping);
         if (!s.pg_up && s.in_flight == 0) {
-            tly_backoff_sleep(&delay, cfg->stop);
+            tly_retry_backoff(&delay, cfg->stop);
             continue;
         }
         delay = 0;

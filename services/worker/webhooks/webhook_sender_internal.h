@@ -9,7 +9,7 @@
 
 #include "webhook_sender.h"
 #include "webhook.h"
-#include "runtime/consumer.h" /* tly_backoff_sleep */
+#include "runtime/retry.h"
 #include "tally/pgx.h"
 #include "outbox/outbox.h"
 #include "tally/clock.h"

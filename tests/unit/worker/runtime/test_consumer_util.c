@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include "runtime/consumer.h"
+#include "runtime/retry.h"
 #include "worker.h"
 
 #include <stdlib.h>
@@ -35,10 +36,10 @@ test_backoff_doubles_and_caps(void **state)
 {
     atomic_bool stop = true; /* do not actually sleep */
     int delay = 0;
-    tly_backoff_sleep(&delay, &stop);
+    tly_retry_backoff(&delay, &stop);
     assert_int_equal(delay, 100);
     for (int i = 0; i < 20; ++i)
-        tly_backoff_sleep(&delay, &stop);
+        tly_retry_backoff(&delay, &stop);
     assert_int_equal(delay, 5000);
 }
 
