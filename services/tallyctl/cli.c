@@ -13,7 +13,7 @@
 #include "tenants.h"
 #include "topics.h"
 #include "verify.h"
-#include "replay.h"
+#include "replay/replay.h"
 
 #include "tally/config.h"
 
