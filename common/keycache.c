@@ -192,6 +192,12 @@ wait_for_change(tly_keycache_t *kc, PGconn *conn)
 {
     int64_t deadline = tly_clock_mono_us() + (int64_t)kc->refresh_ms * 1000;
     bool notified = false;
+    PGnotify *queued;
+    /* notifications libpq read during the last load are queued already: no byte on the socket announces them */
+    while (conn != NULL && (queued = PQnotifies(conn)) != NULL) {
+        notified = true;
+        PQfreemem(queued);
+    }
     while (!notified && !atomic_load(&kc->stop)) {
         int64_t left_ms = (deadline - tly_clock_mono_us()) / 1000;
         if (left_ms <= 0)
