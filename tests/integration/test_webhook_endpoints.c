@@ -426,8 +426,9 @@ discard(char *p, size_t size, size_t n, void *ud)
 static pid_t
 start_api(const char *allow, char *base, size_t cap)
 {
-    char bin[512], port[16], log_path[512];
-    int p = tly_test_free_port();
+    char bin[512], port[16], admin[16], log_path[512];
+    int p = tly_test_free_port(), a = tly_test_free_port();
+    snprintf(admin, sizeof(admin), "%d", a);
     snprintf(bin, sizeof(bin), "%s/tally-command-api", tly_test_env("TALLY_BIN"));
     snprintf(port, sizeof(port), "%d", p);
     snprintf(log_path, sizeof(log_path), "%s/log/webhook-test-command-api.log", tly_test_env("TALLY_VAR"));
@@ -440,7 +441,7 @@ start_api(const char *allow, char *base, size_t cap)
         setenv("TALLY_PG_DSN", tly_test_env("TALLY_PG_DSN"), 1);
         setenv("TALLY_KAFKA_BROKERS", tly_test_env("TALLY_KAFKA_BROKERS"), 1);
         setenv("TALLY_HTTP_PORT", port, 1);
-        setenv("TALLY_ADMIN_PORT", "0", 1);
+        setenv("TALLY_ADMIN_PORT", admin, 1); /* /readyz is on the admin port only */
         setenv("TALLY_WEBHOOK_ALLOW_PRIVATE", allow, 1);
         execl(bin, bin, (char *)NULL);
         _exit(127);
@@ -452,7 +453,7 @@ start_api(const char *allow, char *base, size_t cap)
         CURL *c = curl_easy_init();
         char url[256];
         long status = 0;
-        snprintf(url, sizeof(url), "%s/readyz", base);
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", a);
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
         if (curl_easy_perform(c) == CURLE_OK)

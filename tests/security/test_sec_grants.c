@@ -241,10 +241,40 @@ test_audit_trail(void **state)
     /* no secret in the trail */
     assert_int_equal(tly_test_sql_i64(db, "SELECT count(*) FROM audit_events WHERE changes::text ~ '(whsec_|tly_live_)'", 0, NULL), 0);
     PQfinish(db);
+    /* over HTTP: admin scope, paginated, this tenant's only */
+    tly_test_response_t page = tly_test_request("GET", "/v1/audit-events?limit=2", key, NULL, NULL);
+    assert_int_equal(page.status, 200);
+    assert_int_equal(json_array_size(json_object_get(page.json, "data")), 2);
+    assert_true(json_is_true(json_object_get(page.json, "has_more")));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(page.json, "data"), 0), "action")),
+                        "api_key.created");
+    char next[512];
+    snprintf(next, sizeof(next), "/v1/audit-events?limit=100&cursor=%s", json_string_value(json_object_get(page.json, "next_cursor")));
+    tly_test_response_free(&page);
+    page = tly_test_request("GET", next, key, NULL, NULL);
+    assert_int_equal(page.status, 200);
+    assert_int_equal(json_array_size(json_object_get(page.json, "data")), 3); /* 5 in all: tallyctl's key, then the 4 above */
+    assert_false(json_is_true(json_object_get(page.json, "has_more")));
+    tly_test_response_free(&page);
+    char other_key[128], read_key[128];
+    sec_key(other, "read,admin", NULL, NULL, other_key, sizeof(other_key));
+    page = tly_test_request("GET", "/v1/audit-events", other_key, NULL, NULL);
+    assert_int_equal(page.status, 200);
+    assert_int_equal(json_array_size(json_object_get(page.json, "data")), 1); /* its own key's creation only */
+    tly_test_response_free(&page);
+    /* another tenant's cursor is refused */
+    page = tly_test_request("GET", next, other_key, NULL, NULL);
+    assert_int_equal(page.status, 400);
+    tly_test_response_free(&page);
+    sec_key(tenant, "read,write", NULL, NULL, read_key, sizeof(read_key));
+    page = tly_test_request("GET", "/v1/audit-events", read_key, NULL, NULL);
+    assert_int_equal(page.status, 403);
+    assert_non_null(strstr(detail_of(&page), "admin scope"));
+    tly_test_response_free(&page);
     snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" audit --tenant %s | grep -c 'api_key.revoked'", tenant);
     tly_test_sh(cmd, line, sizeof(line));
     assert_string_equal(line, "1");
-    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" audit --tenant %s | grep -c 'api_key' || true", other);
+    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" audit --tenant %s | grep -c 'api_key.revoked' || true", other);
     tly_test_sh(cmd, line, sizeof(line));
     assert_string_equal(line, "0");
 }
