@@ -67,6 +67,54 @@ sec_key(const char *tenant, const char *scopes, const char *tier, const char *ex
     sec_wait_usable(key);
 }
 
+/* A TCP connection to the host:port of `url`, or -1. */
+static int
+connect_to(const char *url)
+{
+    char host[64];
+    int port = 0;
+    if (sscanf(url, "http://%63[^:]:%d", host, &port) != 2)
+        fail_msg("bad url %s", url);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int
+sec_open(const char *url, const char *raw, size_t len)
+{
+    int fd = connect_to(url);
+    assert_true(fd >= 0);
+    assert_int_equal(send(fd, raw, len, MSG_NOSIGNAL), (ssize_t)len);
+    return fd;
+}
+
+int
+sec_read_status(int fd, int timeout_ms)
+{
+    char out[256];
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int status = 0;
+    ssize_t n;
+    if (poll(&p, 1, timeout_ms) > 0 && (n = recv(fd, out, sizeof(out) - 1, 0)) > 0) {
+        out[n] = '\0';
+        if (sscanf(out, "HTTP/1.%*d %d", &status) != 1)
+            status = 0;
+    }
+    return status;
+}
+
+void
+sec_close(int fd)
+{
+    close(fd);
+}
+
 static int raw_request(const char *url, const char *raw, size_t len, char *out, size_t cap, int timeout_ms, bool may_fail);
 
 int
@@ -84,15 +132,8 @@ sec_raw_try(const char *url, const char *raw, size_t len, char *out, size_t cap,
 static int
 raw_request(const char *url, const char *raw, size_t len, char *out, size_t cap, int timeout_ms, bool may_fail)
 {
-    char host[64];
-    int port = 0;
-    if (sscanf(url, "http://%63[^:]:%d", host, &port) != 2)
-        fail_msg("bad url %s", url);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
+    int fd = connect_to(url);
+    if (fd < 0) {
         if (may_fail)
             return -1;
         fail_msg("could not connect to %s", url);

@@ -31,4 +31,11 @@ int sec_raw(const char *url, const char *raw, size_t len, char *out, size_t cap,
 /** Like sec_raw, but a refused connection is status -1 instead of a test failure. */
 int sec_raw_try(const char *url, const char *raw, size_t len, char *out, size_t cap, int timeout_ms);
 
+/** Connects to `url` and sends `raw` without reading: a request held open; returns the socket. */
+int sec_open(const char *url, const char *raw, size_t len);
+/** Reads the answer on a socket from sec_open (bounded); its status code, 0 when none. */
+int sec_read_status(int fd, int timeout_ms);
+/** Closes what sec_open returned. */
+void sec_close(int fd);
+
 #endif

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char *const json_ct[] = {"Content-Type: application/json", NULL};
 
@@ -279,6 +280,54 @@ test_audit_trail(void **state)
     assert_string_equal(line, "0");
 }
 
+/* Prefer: wait holds at most the tenant's quota of requests at once; the next is 429 with Retry-After. */
+static void
+test_long_poll_quota(void **state)
+{
+    char tenant[64], key[128], cmd[256], path[96], raw[512], answer[2048];
+    sec_tenant("sec-polls", tenant, sizeof(tenant));
+    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants quota %s --long-polls 2 >/dev/null", tenant);
+    tly_test_sh(cmd, NULL, 0);
+    sec_key(tenant, "read", NULL, NULL, key, sizeof(key));
+    /* a job that stays queued: written the way the projector writes one */
+    PGconn *db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
+    assert_int_equal(PQstatus(db), CONNECTION_OK);
+    const char *p[1] = {tenant};
+    char *job = tly_test_sql_text(db,
+                                  "INSERT INTO jobs (id, tenant_id, status, resource_type, resource_id, created_at, updated_at) "
+                                  "VALUES (gen_random_uuid(), $1::uuid, 'queued', 'account', gen_random_uuid(), now(), now()) "
+                                  "RETURNING id",
+                                  1, p);
+    snprintf(path, sizeof(path), "/v1/jobs/%s", job);
+    int n = snprintf(raw, sizeof(raw), "GET %s HTTP/1.1\r\nHost: x\r\nPrefer: wait=2\r\nAuthorization: Bearer %s\r\n\r\n",
+                     path, key);
+    int held[2];
+    for (int i = 0; i < 2; ++i)
+        held[i] = sec_open(tly_test_env("TALLY_QUERY_URL"), raw, (size_t)n);
+    tly_test_sleep_ms(300);
+    const char *const wait[] = {"Prefer: wait=5", NULL};
+    tly_test_response_t r = tly_test_request("GET", path, key, NULL, wait);
+    assert_int_equal(r.status, 429);
+    assert_string_equal(code_of(&r), "too_many_long_polls");
+    assert_true(tly_test_header(&r, "retry-after", answer, sizeof(answer)));
+    tly_test_response_free(&r);
+    /* without waiting it is read at once */
+    r = tly_test_request("GET", path, key, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    tly_test_response_free(&r);
+    /* the held ones are answered when their wait ends, and their places are free again */
+    for (int i = 0; i < 2; ++i)
+        assert_int_equal(sec_read_status(held[i], 5000), 200);
+    const char *const short_wait[] = {"Prefer: wait=1", NULL};
+    r = tly_test_request("GET", path, key, NULL, short_wait);
+    assert_int_equal(r.status, 200);
+    tly_test_response_free(&r);
+    sec_close(held[0]);
+    sec_close(held[1]);
+    free(job);
+    PQfinish(db);
+}
+
 /* A revoked key is refused by the other API process (the query API) within 100 ms: pushed, not polled. */
 static void
 test_revocation_pushed(void **state)
@@ -323,6 +372,7 @@ main(void)
         cmocka_unit_test(test_expiry_enforced_and_not_outlived),
         cmocka_unit_test(test_quotas),
         cmocka_unit_test(test_audit_trail),
+        cmocka_unit_test(test_long_poll_quota),
         cmocka_unit_test(test_revocation_pushed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
