@@ -9,6 +9,7 @@
 #include "events.h"
 #include "audit.h"
 #include "keys.h"
+#include "secrets.h"
 #include "migrate.h"
 #include "tenants.h"
 #include "topics.h"
@@ -62,6 +63,12 @@ const tly_ctl_cmd_t tly_ctl_commands[] = {
      .examples = {"tallyctl tenants quota acme", "tallyctl tenants quota acme --api-keys 200 --long-polls 500"},
      .needs = TLY_CTL_NEEDS_PG,
      .handler = tly_ctl_tenants_quota},
+    {.name = "webhooks reencrypt",
+     .summary = "seal every webhook secret with the first key of TALLY_SECRET_KEYS (the step of a key rotation)",
+     .usage = "webhooks reencrypt",
+     .examples = {"TALLY_SECRET_KEYS=k2:...,k1:... tallyctl webhooks reencrypt"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_webhooks_reencrypt},
     {.name = "audit",
      .summary = "print the audit trail: who created, revoked, rotated or changed keys, endpoints and quotas",
      .usage = "audit [--tenant TENANT] [--last N]",

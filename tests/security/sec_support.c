@@ -23,7 +23,8 @@
 static void
 export_env(void)
 {
-    static const char *const names[] = {"TALLY_BIN", "TALLY_VAR", "TALLY_PG_DSN", "TALLY_KAFKA_BROKERS", "TALLY_KAFKA_TOPIC"};
+    static const char *const names[] = {"TALLY_BIN",           "TALLY_VAR",         "TALLY_PG_DSN",
+                                        "TALLY_KAFKA_BROKERS", "TALLY_KAFKA_TOPIC", "TALLY_SECRET_KEYS"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); ++i)
         setenv(names[i], tly_test_env(names[i]), 1);
 }

@@ -280,6 +280,47 @@ test_audit_trail(void **state)
     assert_string_equal(line, "0");
 }
 
+/* Webhook signing secrets are sealed at rest (AES-256-GCM), and tallyctl re-seals what is not. */
+static void
+test_webhook_secrets_encrypted_at_rest(void **state)
+{
+    char tenant[64], key[128], out[256];
+    sec_tenant("sec-sealed", tenant, sizeof(tenant));
+    sec_key(tenant, "read,write", NULL, NULL, key, sizeof(key));
+    tly_test_response_t r = tly_test_request("POST", "/v1/webhook-endpoints", key,
+                                             "{\"url\":\"https://hooks.example.com/s\",\"event_types\":[\"*\"]}", json_ct);
+    assert_int_equal(r.status, 201);
+    char id[64], path[128];
+    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(r.json, "id")));
+    assert_int_equal(strncmp(json_string_value(json_object_get(r.json, "secret")), "whsec_", 6), 0);
+    tly_test_response_free(&r);
+    snprintf(path, sizeof(path), "/v1/webhook-endpoints/%s/rotate-secret", id);
+    r = tly_test_request("POST", path, key, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    tly_test_response_free(&r);
+    PGconn *db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
+    assert_int_equal(PQstatus(db), CONNECTION_OK);
+    const char *p[1] = {tenant};
+    /* both the current and the previous secret are sealed: no whsec_ in the table */
+    assert_int_equal(tly_test_sql_i64(db,
+                                      "SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1::uuid AND secret LIKE 'enc:v1:%' "
+                                      "AND previous_secret LIKE 'enc:v1:%' AND position('whsec_' IN secret || previous_secret) = 0",
+                                      1, p),
+                     1);
+    /* a row written in plaintext (before encryption) is sealed by tallyctl webhooks reencrypt */
+    PQclear(tly_test_sql(db,
+                         "INSERT INTO webhook_endpoints (id, tenant_id, url, event_types, secret) VALUES (gen_random_uuid(), "
+                         "$1::uuid, 'https://hooks.example.com/p', '{*}', 'whsec_cGxhaW50ZXh0cGxhaW50ZXh0cGxhaW50ZXh0cGw=')",
+                         1, p));
+    tly_test_sh("\"$TALLY_BIN/tallyctl\" webhooks reencrypt 2>&1", out, sizeof(out));
+    assert_non_null(strstr(out, "re-encrypted with the current key"));
+    assert_int_equal(tly_test_sql_i64(db,
+                                      "SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1::uuid AND secret NOT LIKE 'enc:v1:%'",
+                                      1, p),
+                     0);
+    PQfinish(db);
+}
+
 /* Prefer: wait holds at most the tenant's quota of requests at once; the next is 429 with Retry-After. */
 static void
 test_long_poll_quota(void **state)
@@ -372,6 +413,7 @@ main(void)
         cmocka_unit_test(test_expiry_enforced_and_not_outlived),
         cmocka_unit_test(test_quotas),
         cmocka_unit_test(test_audit_trail),
+        cmocka_unit_test(test_webhook_secrets_encrypted_at_rest),
         cmocka_unit_test(test_long_poll_quota),
         cmocka_unit_test(test_revocation_pushed),
     };

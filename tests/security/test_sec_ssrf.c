@@ -55,8 +55,9 @@ start_api(bool allow, char *url, size_t cap)
     snprintf(envs[3], sizeof(envs[3]), "TALLY_KAFKA_TOPIC=%s", tly_test_env("TALLY_KAFKA_TOPIC"));
     char *argv[] = {bin, NULL};
     /* one thread: its /readyz then speaks for the only pool there is */
-    char threads[] = "TALLY_HTTP_THREADS=1";
-    char *envp[] = {dsn, brokers, envs[0], envs[1], envs[2], envs[3], threads, NULL};
+    char threads[] = "TALLY_HTTP_THREADS=1", keys[256];
+    snprintf(keys, sizeof(keys), "TALLY_SECRET_KEYS=%s", tly_test_env("TALLY_SECRET_KEYS"));
+    char *envp[] = {dsn, brokers, envs[0], envs[1], envs[2], envs[3], threads, keys, NULL};
     pid_t pid = tly_test_spawn(argv, envp, log, true);
     snprintf(url, cap, "http://127.0.0.1:%d", p);
     for (int i = 0; i < 100; ++i) {
