@@ -18,6 +18,7 @@
 
 #include "tally/config.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -508,4 +509,16 @@ tly_ctl_main(int argc, char **argv)
     }
     tly_ctl_error("unknown command \"%s\"; run \"tallyctl --help\" for the list", argv[1]);
     return TLY_CTL_USAGE;
+}
+
+bool
+tly_ctl_int_option(const char *opt, const char *s, long min, long max, char *err, size_t errcap)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno == 0 && end != s && *end == '\0' && v >= min && v <= max)
+        return true;
+    snprintf(err, errcap, "invalid value for --%s: \"%s\" is not an integer in [%ld, %ld]", opt, s, min, max);
+    return false;
 }

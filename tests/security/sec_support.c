@@ -42,6 +42,21 @@ sec_tenant(const char *prefix, char *tenant, size_t cap)
 }
 
 void
+sec_tenant_key(const char *prefix, const char *scopes, char *tenant, size_t tcap, char *key, size_t kcap)
+{
+    sec_tenant(prefix, tenant, tcap);
+    sec_key(tenant, scopes, NULL, NULL, key, kcap);
+}
+
+void
+sec_quota(const char *tenant, const char *options)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants quota %s %s >/dev/null", tenant, options);
+    tly_test_sh(cmd, NULL, 0);
+}
+
+void
 sec_wait_usable(const char *key)
 {
     for (int i = 0; i < 100; ++i) {

@@ -19,6 +19,12 @@ void sec_tenant(const char *prefix, char *tenant, size_t cap);
  */
 void sec_key(const char *tenant, const char *scopes, const char *tier, const char *extra, char *key, size_t cap);
 
+/** A new tenant (sec_tenant) and a standard-tier key of it with `scopes` (sec_key). */
+void sec_tenant_key(const char *prefix, const char *scopes, char *tenant, size_t tcap, char *key, size_t kcap);
+
+/** `tallyctl tenants quota TENANT <options>`, e.g. "--api-keys 3". */
+void sec_quota(const char *tenant, const char *options);
+
 /** Waits (bounded) until both APIs accept `key`. */
 void sec_wait_usable(const char *key);
 

@@ -31,8 +31,7 @@ static int
 setup(void **state)
 {
     char tenant[64];
-    sec_tenant("sec-edge", tenant, sizeof(tenant));
-    sec_key(tenant, "read,write,admin", NULL, NULL, key, sizeof(key));
+    sec_tenant_key("sec-edge", "read,write,admin", tenant, sizeof(tenant), key, sizeof(key));
     return 0;
 }
 

@@ -43,6 +43,31 @@ create_key(const char *key, const char *body)
     return tly_test_request("POST", "/v1/api-keys", key, body, json_ct);
 }
 
+/* Creates a webhook endpoint at `url` and rotates its secret once; its id into `id` (64 bytes). */
+static void
+endpoint_rotated(const char *key, const char *url, char *id)
+{
+    char body[256], path[160];
+    snprintf(body, sizeof(body), "{\"url\":\"%s\",\"event_types\":[\"*\"]}", url);
+    tly_test_response_t r = tly_test_request("POST", "/v1/webhook-endpoints", key, body, json_ct);
+    assert_int_equal(r.status, 201);
+    assert_int_equal(strncmp(json_string_value(json_object_get(r.json, "secret")), "whsec_", 6), 0);
+    snprintf(id, 64, "%s", json_string_value(json_object_get(r.json, "id")));
+    tly_test_response_free(&r);
+    snprintf(path, sizeof(path), "/v1/webhook-endpoints/%s/rotate-secret", id);
+    r = tly_test_request("POST", path, key, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    tly_test_response_free(&r);
+}
+
+static PGconn *
+db_connect(void)
+{
+    PGconn *db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
+    assert_int_equal(PQstatus(db), CONNECTION_OK);
+    return db;
+}
+
 static void
 test_admin_only_key_cannot_escalate(void **state)
 {
@@ -76,8 +101,7 @@ static void
 test_scope_names_are_exact(void **state)
 {
     char tenant[64], key[128];
-    sec_tenant("sec-names", tenant, sizeof(tenant));
-    sec_key(tenant, "read,write,admin", NULL, NULL, key, sizeof(key));
+    sec_tenant_key("sec-names", "read,write,admin", tenant, sizeof(tenant), key, sizeof(key));
     const char *bodies[] = {"{\"scopes\":[\"{admin}\"]}", "{\"scopes\":[\"read,admin\"]}", "{\"scopes\":[\"Admin\"]}",
                             "{\"scopes\":[\"admin \"]}", "{\"scopes\":[\"{read,write}\"]}"};
     for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); ++i) {
@@ -115,8 +139,7 @@ static void
 test_expiry_enforced_and_not_outlived(void **state)
 {
     char tenant[64], key[128], when[64], body[256];
-    sec_tenant("sec-expiry", tenant, sizeof(tenant));
-    sec_key(tenant, "read,write,admin", NULL, NULL, key, sizeof(key));
+    sec_tenant_key("sec-expiry", "read,write,admin", tenant, sizeof(tenant), key, sizeof(key));
     time_t t = time(NULL) + 3;
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
     snprintf(body, sizeof(body), "{\"scopes\":[\"read\",\"admin\"],\"expires_at\":\"%s\"}", when);
@@ -155,11 +178,9 @@ test_expiry_enforced_and_not_outlived(void **state)
 static void
 test_quotas(void **state)
 {
-    char tenant[64], key[128], cmd[256];
-    sec_tenant("sec-quota", tenant, sizeof(tenant));
-    sec_key(tenant, "read,write,admin", NULL, NULL, key, sizeof(key));
-    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants quota %s --api-keys 3 --webhook-endpoints 1 >/dev/null", tenant);
-    tly_test_sh(cmd, NULL, 0);
+    char tenant[64], key[128];
+    sec_tenant_key("sec-quota", "read,write,admin", tenant, sizeof(tenant), key, sizeof(key));
+    sec_quota(tenant, "--api-keys 3 --webhook-endpoints 1");
     tly_test_response_t r = create_key(key, "{\"scopes\":[\"read\"]}");
     assert_int_equal(r.status, 201);
     char second[32];
@@ -210,19 +231,10 @@ test_audit_trail(void **state)
     r = tly_test_request("DELETE", path, key, NULL, NULL);
     assert_int_equal(r.status, 204);
     tly_test_response_free(&r);
-    r = tly_test_request("POST", "/v1/webhook-endpoints", key, "{\"url\":\"https://hooks.example.com/b\",\"event_types\":[\"*\"]}",
-                         json_ct);
-    assert_int_equal(r.status, 201);
     char ep[64];
-    snprintf(ep, sizeof(ep), "%s", json_string_value(json_object_get(r.json, "id")));
-    tly_test_response_free(&r);
-    snprintf(path, sizeof(path), "/v1/webhook-endpoints/%s/rotate-secret", ep);
-    r = tly_test_request("POST", path, key, NULL, NULL);
-    assert_int_equal(r.status, 200);
-    tly_test_response_free(&r);
+    endpoint_rotated(key, "https://hooks.example.com/b", ep);
     /* the database holds each change with its actor; tallyctl prints them */
-    PGconn *db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
-    assert_int_equal(PQstatus(db), CONNECTION_OK);
+    PGconn *db = db_connect();
     const char *p[1] = {tenant};
     assert_int_equal(tly_test_sql_i64(db,
                                       "SELECT count(*) FROM audit_events WHERE tenant_id = $1::uuid AND actor_type = 'api_key' "
@@ -285,21 +297,10 @@ static void
 test_webhook_secrets_encrypted_at_rest(void **state)
 {
     char tenant[64], key[128], out[256];
-    sec_tenant("sec-sealed", tenant, sizeof(tenant));
-    sec_key(tenant, "read,write", NULL, NULL, key, sizeof(key));
-    tly_test_response_t r = tly_test_request("POST", "/v1/webhook-endpoints", key,
-                                             "{\"url\":\"https://hooks.example.com/s\",\"event_types\":[\"*\"]}", json_ct);
-    assert_int_equal(r.status, 201);
-    char id[64], path[128];
-    snprintf(id, sizeof(id), "%s", json_string_value(json_object_get(r.json, "id")));
-    assert_int_equal(strncmp(json_string_value(json_object_get(r.json, "secret")), "whsec_", 6), 0);
-    tly_test_response_free(&r);
-    snprintf(path, sizeof(path), "/v1/webhook-endpoints/%s/rotate-secret", id);
-    r = tly_test_request("POST", path, key, NULL, NULL);
-    assert_int_equal(r.status, 200);
-    tly_test_response_free(&r);
-    PGconn *db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
-    assert_int_equal(PQstatus(db), CONNECTION_OK);
+    sec_tenant_key("sec-sealed", "read,write", tenant, sizeof(tenant), key, sizeof(key));
+    char id[64];
+    endpoint_rotated(key, "https://hooks.example.com/s", id);
+    PGconn *db = db_connect();
     const char *p[1] = {tenant};
     /* both the current and the previous secret are sealed: no whsec_ in the table */
     assert_int_equal(tly_test_sql_i64(db,
@@ -325,14 +326,12 @@ test_webhook_secrets_encrypted_at_rest(void **state)
 static void
 test_long_poll_quota(void **state)
 {
-    char tenant[64], key[128], cmd[256], path[96], raw[512], answer[2048];
+    char tenant[64], key[128], path[96], raw[512], answer[2048];
     sec_tenant("sec-polls", tenant, sizeof(tenant));
-    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants quota %s --long-polls 2 >/dev/null", tenant);
-    tly_test_sh(cmd, NULL, 0);
+    sec_quota(tenant, "--long-polls 2");
     sec_key(tenant, "read", NULL, NULL, key, sizeof(key));
     /* a job that stays queued: written the way the projector writes one */
-    PGconn *db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
-    assert_int_equal(PQstatus(db), CONNECTION_OK);
+    PGconn *db = db_connect();
     const char *p[1] = {tenant};
     char *job = tly_test_sql_text(db,
                                   "INSERT INTO jobs (id, tenant_id, status, resource_type, resource_id, created_at, updated_at) "
@@ -374,8 +373,7 @@ static void
 test_revocation_pushed(void **state)
 {
     char tenant[64], key[128], victim[128], path[96];
-    sec_tenant("sec-revoke", tenant, sizeof(tenant));
-    sec_key(tenant, "read,write,admin", NULL, NULL, key, sizeof(key));
+    sec_tenant_key("sec-revoke", "read,write,admin", tenant, sizeof(tenant), key, sizeof(key));
     int worst = 0;
     for (int round = 0; round < 5; ++round) {
         tly_test_response_t r = create_key(key, "{\"scopes\":[\"read\"]}");

@@ -25,8 +25,7 @@ static void
 test_no_secret_in_any_log(void **state)
 {
     char tenant[64], key[128], path[256], out[256];
-    sec_tenant("sec-logs", tenant, sizeof(tenant));
-    sec_key(tenant, "read,write", NULL, NULL, key, sizeof(key));
+    sec_tenant_key("sec-logs", "read,write", tenant, sizeof(tenant), key, sizeof(key));
     /* the key in the URL: refused by the API, and the gateway logs the path only */
     snprintf(path, sizeof(path), "/v1/accounts?api_key=%s", key);
     tly_test_response_t r = tly_test_request("GET", path, NULL, NULL, NULL);

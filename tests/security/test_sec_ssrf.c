@@ -87,11 +87,9 @@ post_url(const char *base, const char *url)
 static void
 test_special_purpose_addresses_refused(void **state)
 {
-    char tenant[64], url[64], cmd[256];
-    sec_tenant("sec-ssrf", tenant, sizeof(tenant));
-    sec_key(tenant, "read,write,admin", NULL, NULL, key, sizeof(key));
-    snprintf(cmd, sizeof(cmd), "\"$TALLY_BIN/tallyctl\" tenants quota %s --webhook-endpoints 100 >/dev/null", tenant);
-    tly_test_sh(cmd, NULL, 0);
+    char tenant[64], url[64];
+    sec_tenant_key("sec-ssrf", "read,write,admin", tenant, sizeof(tenant), key, sizeof(key));
+    sec_quota(tenant, "--webhook-endpoints 100");
     pid_t strict = start_api(false, url, sizeof(url));
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); ++i) {
         long st = post_url(url, refused[i]);
