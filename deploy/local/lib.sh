@@ -589,12 +589,51 @@ tly_gateway_ready() {
         curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$TALLY_GATEWAY_PORT/healthz" 2>/dev/null
 }
 
+# Pids of nginx processes left in the session of the master recorded in
+# run/nginx.pid after that master died (SIGKILL): its workers live on and
+# keep the port. tly_spawn made the master a session leader, so its workers
+# carry its pid as their session id; the executable must be nginx too, so a
+# recycled pid names nothing else.
+tly_gateway_orphans() {
+    local file=$TALLY_VAR/run/nginx.pid master stat pid rest
+    [[ -f $file ]] || return 0
+    master=$(<"$file")
+    [[ $master =~ ^[0-9]+$ ]] || return 0
+    tly_alive nginx "$TALLY_VAR/nginx/nginx.conf" && return 0 # a live master's workers are its own
+    for stat in /proc/[0-9]*/stat; do
+        pid=${stat#/proc/}
+        pid=${pid%/stat}
+        [[ $pid == "$master" ]] && continue
+        { read -r rest <"$stat"; } 2>/dev/null || continue
+        rest=${rest##*) } # fields after the command name: state ppid pgrp session ...
+        read -r _ _ _ sid _ <<<"$rest"
+        [[ $sid == "$master" && $(readlink "/proc/$pid/exe" 2>/dev/null) == */nginx ]] && printf '%s\n' "$pid"
+    done
+    return 0
+}
+
+# Stops the workers a killed master left behind: TERM, up to 5 s, KILL.
+tly_gateway_reap_orphans() {
+    local pids
+    pids=$(tly_gateway_orphans)
+    [[ -n $pids ]] || return 0
+    tly_log "stopping nginx workers left by a dead master: $(echo $pids)"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    if ! tly_wait 5 test -z "$(tly_gateway_orphans)"; then
+        # shellcheck disable=SC2046
+        kill -KILL $(tly_gateway_orphans) 2>/dev/null || true
+        tly_wait 5 test -z "$(tly_gateway_orphans)" || true
+    fi
+}
+
 tly_gateway_start() {
     local t0=$EPOCHREALTIME log=$TALLY_VAR/log/nginx-error.log offset
     if tly_alive nginx "$TALLY_VAR/nginx/nginx.conf"; then
         tly_log "gateway already running on port $TALLY_GATEWAY_PORT"
         return 0
     fi
+    tly_gateway_reap_orphans
     tly_require_port_free gateway "$TALLY_GATEWAY_PORT"
     tly_gateway_render
     offset=$(tly_log_offset "$log")
@@ -655,12 +694,31 @@ tly_stack_up() {
 
 # Stops what tly_stack_up started, in reverse order.
 tly_stack_down() {
+    tly_gateway_reap_orphans
     tly_stop nginx "$TALLY_VAR/nginx/nginx.conf"
     tly_stop tally-worker "/tally-worker"
     tly_stop tally-query-api "/tally-query-api"
     tly_stop tally-command-api "/tally-command-api"
     tly_kafka_stop
     tly_pg_stop
+}
+
+# The ports of the stack, to $TALLY_VAR/ports (sourced by tly_restore_ports):
+# a process that died is restarted on the port it had, not a default.
+tly_write_ports() {
+    local name
+    for name in TALLY_PG_PORT TALLY_KAFKA_PORT TALLY_KAFKA_CONTROLLER_PORT TALLY_COMMAND_PORT \
+        TALLY_QUERY_PORT TALLY_GATEWAY_PORT TALLY_COMMAND_ADMIN_PORT TALLY_QUERY_ADMIN_PORT \
+        TALLY_WORKER_ADMIN_PORT; do
+        printf '%s=%s\n' "$name" "${!name}"
+    done >"$TALLY_VAR/ports.tmp"
+    mv "$TALLY_VAR/ports.tmp" "$TALLY_VAR/ports"
+}
+
+tly_restore_ports() {
+    [[ -f $TALLY_VAR/ports ]] || return 0
+    # shellcheck source=/dev/null
+    . "$TALLY_VAR/ports"
 }
 
 # Writes the stack's variables to $1. $2 = shell: single-quoted values, to

@@ -127,6 +127,14 @@ thread_ready(void *app, json_t *reasons)
     return pg && keys && kafka;
 }
 
+/* The first request may come in: the pool has a connection and the API keys are loaded (tly_server_config_t). */
+static bool
+thread_serving(void *app)
+{
+    cmd_thread_t *thr = app;
+    return tly_pgpool_ready(thr->pg) && tly_keycache_ready(thr->keys);
+}
+
 static int
 on_req(h2o_handler_t *self, h2o_req_t *req)
 {
@@ -182,6 +190,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->kafka_wakeup->data = thr;
     h2o_socket_read_start(thr->kafka_wakeup, on_kafka_wakeup);
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, cmd_statements, STMT__COUNT);
+    h2o_timeout_init(t->loop, &thr->deadline, (uint64_t)cfg->kafka_timeout_ms);
     cmd_records_init(thr);
     return thr;
 }
@@ -198,6 +207,10 @@ thread_dispose(void *app)
     cmd_thread_t *thr = app;
     /* in-flight ops are done or past the grace period; deliver what is queued */
     rd_kafka_flush(thr->producer, 2000);
+    /* appends still without a report are answered (503) and their ops outlive the loop: leave them to the lease */
+    while (!h2o_linklist_is_empty(&thr->deadline._entries))
+        h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, thr->deadline._entries.next));
+    h2o_timeout_dispose(thr->loop, &thr->deadline);
     cmd_records_dispose(thr);
     tly_pgpool_destroy(thr->pg);
     h2o_socket_read_stop(thr->kafka_wakeup);
@@ -247,6 +260,7 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         .shutdown_grace_ms = 8000,
         .admin_port = (uint16_t)cfg->admin_port,
         .thread_ready = thread_ready,
+        .thread_serving = thread_serving,
     };
     int ret = tly_server_run(&server);
     tly_keycache_destroy(shared_keys);

@@ -338,6 +338,14 @@ thread_ready(void *app, json_t *reasons)
     return pg && keys;
 }
 
+/* The first request may come in: the pool has a connection and the API keys are loaded (tly_server_config_t). */
+static bool
+thread_serving(void *app)
+{
+    query_thread_t *thr = app;
+    return tly_pgpool_ready(thr->pg) && tly_keycache_ready(thr->keys);
+}
+
 static int
 on_req(h2o_handler_t *self, h2o_req_t *req)
 {
@@ -438,6 +446,7 @@ tly_query_api_run(tly_query_api_config_t *cfg)
         .shutdown_grace_ms = 5000,
         .admin_port = (uint16_t)cfg->admin_port,
         .thread_ready = thread_ready,
+        .thread_serving = thread_serving,
     };
     int ret = tly_server_run(&server);
     tly_keycache_destroy(shared_keys);

@@ -115,7 +115,11 @@ test_sigterm_answers_in_flight_and_exits(void **state)
     snprintf(base, sizeof(base), "http://127.0.0.1:%d", port);
     snprintf(admin, sizeof(admin), "http://127.0.0.1:%d", admin_port);
     pid_t pid = start_api(port, admin_port, log_path);
-    assert_true(wait_ready(admin));
+    if (!wait_ready(admin)) {
+        kill(pid, SIGKILL); /* never left running past the test */
+        waitpid(pid, NULL, 0);
+        fail_msg("the command API never became ready on its admin port; see %s", log_path);
+    }
     sleep(1); /* the keys this test uses are loaded by now */
 
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", key);

@@ -477,8 +477,11 @@ start_api(const char *allow, char *base, size_t cap)
         if (status == 200)
             break;
         tly_test_sleep_ms(100);
-        if (i == 149)
+        if (i == 149) {
+            kill(pid, SIGKILL); /* never left running past the test */
+            waitpid(pid, NULL, 0);
             fail_msg("the command API at %s never became ready; see %s", base, log_path);
+        }
     }
     setenv("TALLY_URL", saved, 1);
     free((void *)saved);
