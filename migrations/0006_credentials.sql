@@ -28,19 +28,6 @@ $$;
 CREATE TRIGGER api_keys_notify AFTER INSERT OR UPDATE ON api_keys
     FOR EACH ROW EXECUTE FUNCTION tally_notify_api_key();
 
--- The long-poll quota travels with the keys (the query API's key cache reads
--- it with them): a change of it touches the tenant's keys, so their NOTIFY
--- carries it to every instance.
-CREATE FUNCTION tally_touch_tenant_keys() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE api_keys SET updated_at = now() WHERE tenant_id = NEW.id;
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER tenants_long_polls_changed AFTER UPDATE OF max_long_polls ON tenants
-    FOR EACH ROW WHEN (OLD.max_long_polls IS DISTINCT FROM NEW.max_long_polls)
-    EXECUTE FUNCTION tally_touch_tenant_keys();
-
 -- The audit trail: who (the acting key and its tenant, or an operator
 -- through tallyctl), which request, when, and what changed, for every
 -- create, revoke, rotate and change of API keys, webhook endpoints and
