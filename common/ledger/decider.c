@@ -10,6 +10,7 @@
 #include "tally/currency.h"
 #include "tally/ledger/catalogue.h"
 #include "tally/json.h"
+#include "tally/names.h"
 #include "tally/ledger/upcast.h"
 
 #include <stdio.h>
@@ -94,14 +95,23 @@ account_visible(const tly_account_state_t *s, const tly_envelope_t *req, rejecti
     return true;
 }
 
-/* Visible, not closed, not frozen. */
+/* Visible and not closed. */
 static bool
-account_usable(const tly_account_state_t *s, const tly_envelope_t *req, rejection_t *rej)
+account_open(const tly_account_state_t *s, const tly_envelope_t *req, rejection_t *rej)
 {
     if (!account_visible(s, req, rej))
         return false;
     if (s->status == TLY_ACCOUNT_CLOSED)
         return reject(rej, TLY_CODE_ACCOUNT_CLOSED, "account is closed");
+    return true;
+}
+
+/* Visible, not closed, not frozen. */
+static bool
+account_usable(const tly_account_state_t *s, const tly_envelope_t *req, rejection_t *rej)
+{
+    if (!account_open(s, req, rej))
+        return false;
     if (s->status == TLY_ACCOUNT_FROZEN)
         return reject(rej, TLY_CODE_ACCOUNT_FROZEN, "account is frozen");
     return true;
@@ -205,10 +215,8 @@ decide_freeze(const tly_account_state_t *s, const tly_envelope_t *req, json_t **
 static bool
 decide_unfreeze(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
-    if (!account_visible(s, req, rej))
+    if (!account_open(s, req, rej))
         return false;
-    if (s->status == TLY_ACCOUNT_CLOSED)
-        return reject(rej, TLY_CODE_ACCOUNT_CLOSED, "account is closed");
     if (s->status != TLY_ACCOUNT_FROZEN)
         return reject(rej, TLY_CODE_ACCOUNT_NOT_FROZEN, "account is not frozen");
     *data = json_object();
@@ -218,12 +226,8 @@ decide_unfreeze(const tly_account_state_t *s, const tly_envelope_t *req, json_t 
 static bool
 decide_close(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
-    if (!account_visible(s, req, rej))
+    if (!account_usable(s, req, rej)) /* closed -> account_closed, frozen -> account_frozen */
         return false;
-    if (s->status == TLY_ACCOUNT_CLOSED)
-        return reject(rej, TLY_CODE_ACCOUNT_CLOSED, "account is closed");
-    if (s->status == TLY_ACCOUNT_FROZEN)
-        return reject(rej, TLY_CODE_ACCOUNT_FROZEN, "account is frozen");
     if (s->balance != 0)
         return reject(rej, TLY_CODE_BALANCE_NOT_ZERO, "balance is not zero");
     *data = json_object();
@@ -482,7 +486,7 @@ tly_decision_clear(tly_decision_t *d)
     d->nevents = 0;
 }
 
-static const char *status_names[] = {"open", "frozen", "closed"};
+static const char *const status_names[] = {"open", "frozen", "closed"};
 
 const char *
 tly_account_status_name(tly_account_status_t s)
@@ -493,11 +497,8 @@ tly_account_status_name(tly_account_status_t s)
 bool
 tly_account_status_parse(const char *s, tly_account_status_t *out)
 {
-    for (int i = 0; i < 3; ++i) {
-        if (strcmp(s, status_names[i]) == 0) {
-            *out = (tly_account_status_t)i;
-            return true;
-        }
-    }
-    return false;
+    int i = tly_name_find(status_names, 0, 3, s);
+    if (i >= 0)
+        *out = (tly_account_status_t)i;
+    return i >= 0;
 }
