@@ -8,7 +8,9 @@
  */
 #include "query_api.h"
 #include "tally/api.h"
+#include "tally/api_service.h"
 #include "tally/http.h"
+#include "tally/ledger/job.h"
 #include "tally/json.h"
 #include "tally/keycache.h"
 #include "tally/log.h"
@@ -56,22 +58,24 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     /* The projected job, or, before the projector saw its event, the command
        record: a job that got a 202 is never 404. The record is written before
        the append and marked accepted after the 202 (the command API's README
-       says why), so any record but a failed one reads as queued; a job id is
+       says why), so any record but a failed one reads as queued (the queued
+       fallback of tally/ledger/job.h, with its versions); a job id is
        only known to a client once its 202 was sent. */
+    /* clang-format off */
     [STMT_JOB] =
         {"get_job",
-         "SELECT json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', " TS(
-             "updated_at") ", 'resource', "
-                           "json_build_object('type', resource_type, 'id', resource_id, 'url', "
-                           "'/v1/' || resource_type || 's/' || resource_id), 'error', "
-                           "CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, 'detail', "
-                           "error_detail) END)::text, version, status FROM ("
-                           "SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "
-                           "version + 1 AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "
-                           "UNION ALL SELECT job_id, 'queued', created_at, created_at, resource_type, resource_id, NULL, NULL, 1 "
-                           "FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state <> 'failed' "
-                           "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1",
+         "SELECT json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', "
+         TS("updated_at") ", 'resource', json_build_object('type', resource_type, 'id', resource_id, 'url', "
+         "'/v1/' || resource_type || 's/' || resource_id), 'error', "
+         "CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, 'detail', "
+         "error_detail) END)::text, version, status FROM ("
+         "SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "
+         TLY_JOB_READ_VERSION_SQL("version") " AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "
+         "UNION ALL SELECT job_id, '" TLY_JOB_QUEUED_NAME "', created_at, created_at, resource_type, resource_id, NULL, NULL, "
+         TLY_JOB_FALLBACK_VERSION_SQL " FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state <> 'failed' "
+         "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1",
          2},
+    /* clang-format on */
     /* $1 tenant, ($2, $3) exclusive lower position, $4 exclusive upper
        created_at, $5 status, $6 currency (NULL: any), $7 limit + 1 */
     [STMT_LIST_ACCOUNTS] =
@@ -130,6 +134,13 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     /* $1 endpoint, $2 tenant, ($3, $4) lower position, $5 status (NULL: any),
        $6 limit + 1. No row: no such endpoint (for this tenant, or deleted);
        one row of NULLs: the endpoint has no delivery on this page. */
+    /* $1 tenant, ($2, $3) lower position, $4 limit + 1; oldest first */
+    [STMT_LIST_AUDIT_EVENTS] = {"list_audit_events",
+        "SELECT json_build_object('id', id, 'action', action, 'actor', json_build_object('type', actor_type, 'id', actor_id), "
+        "'request_id', request_id, 'resource', json_build_object('type', resource_type, 'id', resource_id), "
+        "'changes', changes, 'occurred_at', " TS("occurred_at") ")::text, " US("occurred_at") ", id FROM audit_events "
+        "WHERE tenant_id = $1 AND (occurred_at, id) > ($2::timestamptz, $3::uuid) ORDER BY occurred_at, id LIMIT $4::int",
+        4},
     [STMT_LIST_WEBHOOK_DELIVERIES] = {"list_webhook_deliveries",
         "SELECT p.body, p.us, p.id FROM webhook_endpoints e LEFT JOIN LATERAL ("
         "SELECT " WEBHOOK_DELIVERY_JSON " AS body, " US("d.created_at") " AS us, d.id "
@@ -309,6 +320,9 @@ route(query_op_t *op)
     } else if (n == 3 && tly_http_seg_is(segs[0], "webhook-endpoints") && tly_http_seg_is(segs[2], "deliveries")) {
         op->api.route = "/v1/webhook-endpoints/{id}/deliveries";
         qa_webhooks_deliveries_start(op, segs[1]);
+    } else if (n == 1 && tly_http_seg_is(segs[0], "audit-events")) {
+        op->api.route = "/v1/audit-events";
+        qa_audit_list_start(op);
     } else if (n == 2 && tly_http_seg_is(segs[0], "jobs")) {
         start_resource(op, segs[1], "job", "/v1/jobs/{id}");
     } else {
@@ -322,10 +336,7 @@ static bool
 thread_ready(void *app, json_t *reasons)
 {
     query_thread_t *thr = app;
-    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys);
-    json_object_set_new(reasons, "postgresql", json_boolean(pg));
-    json_object_set_new(reasons, "api_keys", json_boolean(keys));
-    return pg && keys;
+    return tly_api_service_ready(thr->pg, thr->keys, reasons);
 }
 
 /* The first request may come in: the pool has a connection and the API keys are loaded (tly_server_config_t). */
@@ -333,7 +344,7 @@ static bool
 thread_serving(void *app)
 {
     query_thread_t *thr = app;
-    return tly_pgpool_ready(thr->pg) && tly_keycache_ready(thr->keys);
+    return tly_api_service_serving(thr->pg, thr->keys);
 }
 
 static int
@@ -354,7 +365,7 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
         qa_op_destroy(op);
         return 0;
     }
-    if (!tly_api_authenticate_or_reply(&op->api, thr->keys, TLY_SCOPE_READ)) {
+    if (!tly_api_authenticate_or_reply(&op->api, thr->keys, qa_audit_route(req) ? TLY_SCOPE_ADMIN : TLY_SCOPE_READ)) {
         qa_op_destroy(op);
         return 0;
     }
@@ -415,30 +426,28 @@ load_cursor_key(const char *secret)
 int
 tly_query_api_run(tly_query_api_config_t *cfg)
 {
-    char err[256];
-    if (!tly_api_abuse_setup(&cfg->abuse, err, sizeof(err))) {
-        tly_log(TLY_LOG_ERROR, err, NULL);
-        return 1;
-    }
     load_cursor_key(cfg->cursor_secret);
-    shared_keys = tly_keycache_create(cfg->pg_dsn, (int)cfg->key_refresh_ms);
-    tly_server_config_t server = {
-        .name = "query-api",
-        .host = cfg->host,
-        .port = (uint16_t)cfg->port,
-        .threads = (size_t)cfg->threads,
-        .max_body = 64 * 1024,
-        .on_req = on_req,
-        .thread_init = thread_init,
-        .thread_inflight = thread_inflight,
-        .thread_dispose = thread_dispose,
-        .arg = cfg,
-        .shutdown_grace_ms = 5000,
-        .admin_port = (uint16_t)cfg->admin_port,
-        .thread_ready = thread_ready,
-        .thread_serving = thread_serving,
+    tly_api_service_t svc = {
+        .server =
+            {
+                .name = "query-api",
+                .host = cfg->host,
+                .port = (uint16_t)cfg->port,
+                .threads = (size_t)cfg->threads,
+                .max_body = 64 * 1024,
+                .on_req = on_req,
+                .thread_init = thread_init,
+                .thread_inflight = thread_inflight,
+                .thread_dispose = thread_dispose,
+                .arg = cfg,
+                .shutdown_grace_ms = 5000,
+                .admin_port = (uint16_t)cfg->admin_port,
+                .thread_ready = thread_ready,
+                .thread_serving = thread_serving,
+            },
+        .abuse = &cfg->abuse,
+        .pg_dsn = cfg->pg_dsn,
+        .key_refresh_ms = cfg->key_refresh_ms,
     };
-    int ret = tly_server_run(&server);
-    tly_keycache_destroy(shared_keys);
-    return ret == 0 ? 0 : 1;
+    return tly_api_service_run(&svc, &shared_keys);
 }

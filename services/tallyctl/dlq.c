@@ -3,9 +3,12 @@
  * dead_letters.
  *
  * retry, projector dead letters: in one transaction, the event goes through
- * the projection the live projector uses (upcast first), the park is undone
- * (its job back from failed/dead_lettered, so the result equals a replay in
- * which the event applied), and the dead letter is deleted. Refused when the
+ * the projector's own retry path (tly_projection_retry_parked, upcast first):
+ * the park is undone (its job back from failed/dead_lettered, the one move
+ * down of the job state machine, tally/ledger/job.h) and the event applied as
+ * the live projector applies it, so the result equals a replay in which the
+ * event applied; then the dead letter is deleted. tallyctl writes no read
+ * model itself. Refused when the
  * account changed after the event (applying an old balance_after out of
  * order would be wrong: rebuild with `tallyctl replay` instead).
  *
@@ -17,13 +20,13 @@
  */
 #include "dlq.h"
 #include "db.h"
-#include "pgx.h"
-#include "projection.h"
+#include "tally/pgx.h"
+#include "tally/ledger/projection.h"
 
 #include "tally/clock.h"
 #include "tally/json.h"
 #include "tally/pg.h"
-#include "tally/upcast.h"
+#include "tally/ledger/upcast.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,19 +52,19 @@ tly_ctl_dlq_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, c
 {
     char err[ERR_MAX];
     const char *consumer = tly_ctl_arg(cmd, args, "consumer");
-    PGconn *conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err));
-    if (conn == NULL) {
-        tly_ctl_error("%s", err);
-        return TLY_CTL_FAIL;
-    }
+    int ret = TLY_CTL_FAIL;
+    PGresult *res = NULL;
+    PGconn *conn = tly_ctl_db_open(settings);
+    if (conn == NULL)
+        goto out;
     const char *vals[] = {consumer};
-    PGresult *res = tly_ctl_db_query(conn, "could not list dead letters",
-                                     "SELECT id, consumer, partition, \"offset\", event_id, "
-                                     "coalesce((payload::json)->>'type', '?') AS type, attempts, "
-                                     "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at, "
-                                     "left(error, 80) AS error FROM dead_letters "
-                                     "WHERE $1::text IS NULL OR consumer = $1 ORDER BY id",
-                                     1, vals, err, sizeof(err));
+    res = tly_ctl_db_query(conn, "could not list dead letters",
+                           "SELECT id, consumer, partition, \"offset\", event_id, "
+                           "coalesce((payload::json)->>'type', '?') AS type, attempts, "
+                           "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at, "
+                           "left(error, 80) AS error FROM dead_letters "
+                           "WHERE $1::text IS NULL OR consumer = $1 ORDER BY id",
+                           1, vals, err, sizeof(err));
     if (res == NULL) {
         /* a payload that is not JSON makes the cast fail: list without the type */
         res = tly_ctl_db_query(conn, "could not list dead letters",
@@ -71,13 +74,14 @@ tly_ctl_dlq_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, c
     }
     if (res == NULL) {
         tly_ctl_error("%s", err);
-        PQfinish(conn);
-        return TLY_CTL_FAIL;
+        goto out;
     }
     tly_ctl_db_print_table(res, stdout);
+    ret = TLY_CTL_OK;
+out:
     PQclear(res);
     PQfinish(conn);
-    return TLY_CTL_OK;
+    return ret;
 }
 
 int
@@ -86,21 +90,19 @@ tly_ctl_dlq_show(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, c
     char err[ERR_MAX], id[24];
     if (id_arg(args, id, sizeof(id)) != 0)
         return TLY_CTL_USAGE;
-    PGconn *conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err));
-    if (conn == NULL) {
-        tly_ctl_error("%s", err);
-        return TLY_CTL_FAIL;
-    }
+    int ret = TLY_CTL_FAIL;
+    PGresult *res = NULL;
+    PGconn *conn = tly_ctl_db_open(settings);
+    if (conn == NULL)
+        goto out;
     const char *vals[] = {id};
-    PGresult *res = tly_ctl_db_query(conn, "could not read the dead letter",
-                                     "SELECT id, consumer, topic, partition, \"offset\", event_id, attempts, created_at, error, "
-                                     "payload FROM dead_letters WHERE id = $1",
-                                     1, vals, err, sizeof(err));
+    res = tly_ctl_db_query(conn, "could not read the dead letter",
+                           "SELECT id, consumer, topic, partition, \"offset\", event_id, attempts, created_at, error, "
+                           "payload FROM dead_letters WHERE id = $1",
+                           1, vals, err, sizeof(err));
     if (res == NULL || PQntuples(res) != 1) {
         tly_ctl_error("%s", res == NULL ? err : "no such dead letter");
-        PQclear(res);
-        PQfinish(conn);
-        return TLY_CTL_FAIL;
+        goto out;
     }
     for (int c = 0; c < PQnfields(res) - 1; ++c)
         printf("%-11s %s\n", PQfname(res, c), PQgetisnull(res, 0, c) ? "-" : PQgetvalue(res, 0, c));
@@ -115,16 +117,18 @@ tly_ctl_dlq_show(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, c
     } else {
         printf("payload (not JSON):\n%s\n", payload);
     }
+    ret = TLY_CTL_OK;
+out:
     PQclear(res);
     PQfinish(conn);
-    return TLY_CTL_OK;
+    return ret;
 }
 
 static int
 retry_projector(PGconn *conn, const char *id, const char *payload, char *err, size_t errcap)
 {
     tly_envelope_t env, up;
-    char why[1024], agg[TLY_UUID_STR_LEN + 1], when[40], job[TLY_UUID_STR_LEN + 1], event_id[TLY_UUID_STR_LEN + 1];
+    char why[1024], agg[TLY_UUID_STR_LEN + 1], when[40], event_id[TLY_UUID_STR_LEN + 1];
     if (tly_envelope_parse(payload, strlen(payload), &env, why, sizeof(why)) != 0) {
         snprintf(err, errcap, "the payload is not an event (%s): no retry can apply it; discard it", why);
         return -1;
@@ -142,7 +146,6 @@ retry_projector(PGconn *conn, const char *id, const char *payload, char *err, si
         return -1;
     }
     tly_uuid_format(&up.aggregate_id, agg);
-    tly_uuid_format(&up.job_id, job);
     tly_uuid_format(&up.id, event_id);
     tly_clock_format_rfc3339(up.occurred_at_us, when, sizeof(when));
     int ret = -1;
@@ -161,21 +164,7 @@ retry_projector(PGconn *conn, const char *id, const char *payload, char *err, si
                  agg);
         goto out;
     }
-    size_t tl = strlen(up.type);
-    bool is_request = tl > 9 && strcmp(up.type + tl - 9, "Requested") == 0;
-    if (!is_request && !tly_uuid_is_nil(&up.job_id)) {
-        /* undo the park: the job goes back to where the event finds it in a replay */
-        const char *vals[] = {job};
-        res = tly_ctl_db_query(
-            conn, "could not reopen the job",
-            "UPDATE jobs SET status = 'queued', error_code = NULL, error_detail = NULL, version = 1, updated_at = created_at "
-            "WHERE id = $1 AND status = 'failed' AND error_code = 'dead_lettered'",
-            1, vals, err, errcap);
-        if (res == NULL)
-            goto out;
-        PQclear(res);
-    }
-    if (tly_projection_apply(conn, &up, TLY_MODEL_ALL, why, sizeof(why)) != 0) {
+    if (tly_projection_retry_parked(conn, &up, why, sizeof(why)) != 0) {
         snprintf(err, errcap, "the projection still fails: %s", why);
         goto out;
     }
@@ -203,11 +192,9 @@ tly_ctl_dlq_retry(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, 
     char err[ERR_MAX], id[24];
     if (id_arg(args, id, sizeof(id)) != 0)
         return TLY_CTL_USAGE;
-    PGconn *conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err));
-    if (conn == NULL) {
-        tly_ctl_error("%s", err);
+    PGconn *conn = tly_ctl_db_open(settings);
+    if (conn == NULL)
         return TLY_CTL_FAIL;
-    }
     int ret = TLY_CTL_FAIL;
     if (tly_pg_exec(conn, "BEGIN", err, sizeof(err)) != 0) {
         tly_ctl_error("%s", err);
@@ -257,11 +244,9 @@ tly_ctl_dlq_discard(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings
     char err[ERR_MAX], id[24];
     if (id_arg(args, id, sizeof(id)) != 0)
         return TLY_CTL_USAGE;
-    PGconn *conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err));
-    if (conn == NULL) {
-        tly_ctl_error("%s", err);
+    PGconn *conn = tly_ctl_db_open(settings);
+    if (conn == NULL)
         return TLY_CTL_FAIL;
-    }
     const char *vals[] = {id};
     PGresult *res =
         tly_ctl_db_query(conn, "could not discard the dead letter",
