@@ -955,7 +955,8 @@ tly_test_ledger_init(const char *name)
                         "(TALLY_TEST_ENV=<stack dir>/env)\n");
         return -1;
     }
-    /* the environment of the workers we start, and of tallyctl */
+    /* the environment of the workers we start, and of tallyctl (tly_test_make_tenant runs $TALLY_BIN/tallyctl) */
+    setenv("TALLY_BIN", bin_dir, 1);
     setenv("TALLY_PG_DSN", pg_dsn, 1);
     setenv("TALLY_KAFKA_BROKERS", brokers, 1);
     setenv("TALLY_KAFKA_TOPIC", topic, 1);
