@@ -10,6 +10,7 @@
 #include "tally/http.h"
 #include "tally/json.h"
 #include "tally/log.h"
+#include "tally/secretbox.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,11 +195,21 @@ thread_dispose(void *app)
     free(thr);
 }
 
+/* The keys webhook secrets are sealed with (TALLY_SECRET_KEYS); false when malformed, a warning when unset. */
+static bool
+secrets_ready(char *err, size_t errcap)
+{
+    int keys = tly_secretbox_init(err, errcap);
+    if (keys == 0)
+        tly_log(TLY_LOG_WARN, "TALLY_SECRET_KEYS is not set: webhook signing secrets are stored in plaintext", NULL);
+    return keys >= 0;
+}
+
 int
 tly_command_api_run(tly_command_api_config_t *cfg)
 {
     char err[512];
-    if (!tly_api_abuse_setup(&cfg->abuse, err, sizeof(err))) {
+    if (!tly_api_abuse_setup(&cfg->abuse, err, sizeof(err)) || !secrets_ready(err, sizeof(err))) {
         tly_log(TLY_LOG_ERROR, err, NULL);
         return 1;
     }

@@ -133,6 +133,13 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     /* $1 endpoint, $2 tenant, ($3, $4) lower position, $5 status (NULL: any),
        $6 limit + 1. No row: no such endpoint (for this tenant, or deleted);
        one row of NULLs: the endpoint has no delivery on this page. */
+    /* $1 tenant, ($2, $3) lower position, $4 limit + 1; oldest first */
+    [STMT_LIST_AUDIT_EVENTS] = {"list_audit_events",
+        "SELECT json_build_object('id', id, 'action', action, 'actor', json_build_object('type', actor_type, 'id', actor_id), "
+        "'request_id', request_id, 'resource', json_build_object('type', resource_type, 'id', resource_id), "
+        "'changes', changes, 'occurred_at', " TS("occurred_at") ")::text, " US("occurred_at") ", id FROM audit_events "
+        "WHERE tenant_id = $1 AND (occurred_at, id) > ($2::timestamptz, $3::uuid) ORDER BY occurred_at, id LIMIT $4::int",
+        4},
     [STMT_LIST_WEBHOOK_DELIVERIES] = {"list_webhook_deliveries",
         "SELECT p.body, p.us, p.id FROM webhook_endpoints e LEFT JOIN LATERAL ("
         "SELECT " WEBHOOK_DELIVERY_JSON " AS body, " US("d.created_at") " AS us, d.id "
@@ -312,6 +319,9 @@ route(query_op_t *op)
     } else if (n == 3 && tly_http_seg_is(segs[0], "webhook-endpoints") && tly_http_seg_is(segs[2], "deliveries")) {
         op->api.route = "/v1/webhook-endpoints/{id}/deliveries";
         qa_webhooks_deliveries_start(op, segs[1]);
+    } else if (n == 1 && tly_http_seg_is(segs[0], "audit-events")) {
+        op->api.route = "/v1/audit-events";
+        qa_audit_list_start(op);
     } else if (n == 2 && tly_http_seg_is(segs[0], "jobs")) {
         start_resource(op, segs[1], "job", "/v1/jobs/{id}");
     } else {
@@ -357,7 +367,7 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
         qa_op_destroy(op);
         return 0;
     }
-    if (!tly_api_authenticate_or_reply(&op->api, thr->keys, TLY_SCOPE_READ)) {
+    if (!tly_api_authenticate_or_reply(&op->api, thr->keys, qa_audit_route(req) ? TLY_SCOPE_ADMIN : TLY_SCOPE_READ)) {
         qa_op_destroy(op);
         return 0;
     }
