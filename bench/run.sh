@@ -195,7 +195,7 @@ cpu_snap() { python3 "$BENCH/cpu.py" snap "$TALLY_VAR" "$TALLY_PG_DSN" >"$1"; }
 # worker's, query API's and tallyctl's sessions.
 rec_cpu() {
     local id=$1 label=$2 split g
-    split=$(python3 "$BENCH/cpu.py" diff "$3" "$4" "$5")
+    split=$(python3 "$BENCH/cpu.py" diff "$3" "$4" "$5" | jq -c 'with_entries(select(.value > 0))')
     echo "$id $5 $split" >>"$WORK/cpu.log"
     [[ $split != "{}" ]] || return 0
     for g in $(jq -r 'keys[]' <<<"$split"); do
