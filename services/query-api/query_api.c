@@ -8,6 +8,7 @@
  */
 #include "query_api.h"
 #include "tally/api.h"
+#include "tally/api_service.h"
 #include "tally/http.h"
 #include "tally/ledger/job.h"
 #include "tally/json.h"
@@ -335,10 +336,7 @@ static bool
 thread_ready(void *app, json_t *reasons)
 {
     query_thread_t *thr = app;
-    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys);
-    json_object_set_new(reasons, "postgresql", json_boolean(pg));
-    json_object_set_new(reasons, "api_keys", json_boolean(keys));
-    return pg && keys;
+    return tly_api_service_ready(thr->pg, thr->keys, reasons);
 }
 
 /* The first request may come in: the pool has a connection and the API keys are loaded (tly_server_config_t). */
@@ -346,7 +344,7 @@ static bool
 thread_serving(void *app)
 {
     query_thread_t *thr = app;
-    return tly_pgpool_ready(thr->pg) && tly_keycache_ready(thr->keys);
+    return tly_api_service_serving(thr->pg, thr->keys);
 }
 
 static int
@@ -428,30 +426,28 @@ load_cursor_key(const char *secret)
 int
 tly_query_api_run(tly_query_api_config_t *cfg)
 {
-    char err[256];
-    if (!tly_api_abuse_setup(&cfg->abuse, err, sizeof(err))) {
-        tly_log(TLY_LOG_ERROR, err, NULL);
-        return 1;
-    }
     load_cursor_key(cfg->cursor_secret);
-    shared_keys = tly_keycache_create(cfg->pg_dsn, (int)cfg->key_refresh_ms);
-    tly_server_config_t server = {
-        .name = "query-api",
-        .host = cfg->host,
-        .port = (uint16_t)cfg->port,
-        .threads = (size_t)cfg->threads,
-        .max_body = 64 * 1024,
-        .on_req = on_req,
-        .thread_init = thread_init,
-        .thread_inflight = thread_inflight,
-        .thread_dispose = thread_dispose,
-        .arg = cfg,
-        .shutdown_grace_ms = 5000,
-        .admin_port = (uint16_t)cfg->admin_port,
-        .thread_ready = thread_ready,
-        .thread_serving = thread_serving,
+    tly_api_service_t svc = {
+        .server =
+            {
+                .name = "query-api",
+                .host = cfg->host,
+                .port = (uint16_t)cfg->port,
+                .threads = (size_t)cfg->threads,
+                .max_body = 64 * 1024,
+                .on_req = on_req,
+                .thread_init = thread_init,
+                .thread_inflight = thread_inflight,
+                .thread_dispose = thread_dispose,
+                .arg = cfg,
+                .shutdown_grace_ms = 5000,
+                .admin_port = (uint16_t)cfg->admin_port,
+                .thread_ready = thread_ready,
+                .thread_serving = thread_serving,
+            },
+        .abuse = &cfg->abuse,
+        .pg_dsn = cfg->pg_dsn,
+        .key_refresh_ms = cfg->key_refresh_ms,
     };
-    int ret = tly_server_run(&server);
-    tly_keycache_destroy(shared_keys);
-    return ret == 0 ? 0 : 1;
+    return tly_api_service_run(&svc, &shared_keys);
 }
