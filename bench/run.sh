@@ -79,6 +79,7 @@ CHILDREN=()
 cleanup() {
     local rc=$?
     for pid in "${CHILDREN[@]}"; do kill "$pid" 2>/dev/null || true; done
+    worker_thaw
     [[ -n ${TALLY_PG_DSN:-} ]] && psql "$TALLY_PG_DSN" -qAtc 'DROP TABLE IF EXISTS bench_accounts, bench_accounts_copy' >/dev/null 2>&1 || true
     if $OWN_STACK && [[ ${BENCH_KEEP_STACK:-0} != 1 ]]; then
         log "stopping the stack"
@@ -183,43 +184,38 @@ svc_pid() {
 
 kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 
-# CPU time (user + system, clock ticks) of each part of the stack, one line:
-# "postgresql kafka tally-command-api tally-worker tally-query-api". PostgreSQL
-# is the postmaster and all its children (backends, autovacuum, WAL writer).
-cpu_ticks() {
-    local pm p s t pg=0 out
-    pm=$(head -n 1 "$TALLY_VAR/pg/data/postmaster.pid" 2>/dev/null) || pm=
-    if [[ -n $pm ]]; then
-        for p in $pm $(pgrep -P "$pm"); do
-            t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) || t=0
-            pg=$((pg + ${t:-0}))
-        done
-    fi
-    out=$pg
-    for s in kafka tally-command-api tally-worker tally-query-api; do
-        t=0
-        if p=$(svc_pid "$s"); then
-            t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) || t=0
-        fi
-        out+=" ${t:-0}"
+# CPU time of every process group (bench/cpu.py: each Tally process, the
+# broker, PostgreSQL by session name) into file $1.
+cpu_snap() { python3 "$BENCH/cpu.py" snap "$TALLY_VAR" "$TALLY_PG_DSN" >"$1"; }
+
+# rec_cpu ID LABEL BEFORE AFTER COMMANDS [PATH_GOAL]: CPU microseconds per
+# command of each process group between two cpu_snap files, and their sum.
+# With PATH_GOAL (the ingest runs, worker frozen): also the durable 202 path,
+# i.e. the command API, the broker and every PostgreSQL process but the
+# worker's, query API's and tallyctl's sessions.
+rec_cpu() {
+    local id=$1 label=$2 split g
+    split=$(python3 "$BENCH/cpu.py" diff "$3" "$4" "$5" | jq -c 'with_entries(select(.value > 0))')
+    echo "$id $5 $split" >>"$WORK/cpu.log"
+    [[ $split != "{}" ]] || return 0
+    for g in $(jq -r 'keys[]' <<<"$split"); do
+        rec "$id.$g" "CPU per $label: $g" "$(jq -r --arg g "$g" '.[$g]' <<<"$split")" us "" "" ""
     done
-    echo "$out"
+    rec "$id.total" "CPU per $label: all of the stack" "$(jq '[.[]] | add' <<<"$split")" us "" "" "" \
+        "user + system time / $5; the machine has $(nproc) CPUs"
+    if [[ -n ${6:-} ]]; then
+        rec "$id.path" "CPU per $label: durable 202 path (API + PostgreSQL + broker)" \
+            "$(jq '[to_entries[] | select(.key == "tally-command-api" or .key == "kafka" or
+                (.key | startswith("pg:")) and .key != "pg:tally-query-api" and .key != "pg:tallyctl"
+                and (.key | startswith("pg:tally-worker") | not)) | .value] | add' <<<"$split")" us "" "" "$6" \
+            "worker frozen (SIGSTOP) during the run: no consumer fetches"
+    fi
 }
 
-# rec_cpu ID_PREFIX BEFORE AFTER COMMANDS: CPU milliseconds per command of each part between two cpu_ticks lines.
-rec_cpu() {
-    local -a a=($2) b=($3)
-    local names=(postgresql kafka tally-command-api tally-worker tally-query-api) hz i total=0 v
-    hz=$(getconf CLK_TCK)
-    for i in "${!names[@]}"; do
-        v=$(awk -v d=$((b[i] - a[i])) -v hz="$hz" -v n="$4" 'BEGIN { printf "%.3f", d * 1000 / hz / n }')
-        rec "$1.${names[i]}" "CPU per command: ${names[i]}" "$v" ms "" "" "" "user + system time / commands accepted"
-        total=$((total + b[i] - a[i]))
-    done
-    rec "$1.total" "CPU per command: all of the stack" \
-        "$(awk -v d=$total -v hz="$hz" -v n="$4" 'BEGIN { printf "%.3f", d * 1000 / hz / n }')" ms "" "" "" \
-        "the machine has $(nproc) CPUs: $(nproc) s of CPU per s is the most any rate can use"
-}
+# The worker frozen (SIGSTOP) while the ingest runs measure the 202 path alone, and thawed after.
+FROZEN=
+worker_freeze() { FROZEN=$(svc_pid tally-worker) && kill -STOP "$FROZEN" || FROZEN=; }
+worker_thaw() { [[ -z $FROZEN ]] || kill -CONT "$FROZEN" 2>/dev/null || true; FROZEN=; }
 
 # Samples VmRSS of each service every 0.5 s into $WORK/rss.<scenario> (max per service).
 RSS_PID=
@@ -281,9 +277,14 @@ scenario_ingest() {
     for c in 64 256; do
         log "ingest: bare h2o 202 ceiling, $c connections, ${DUR}s"
         ceil=$(wrk_post "http://127.0.0.1:$CEIL_PORT" "$c" "$DUR")
-        log "ingest: POST deposits to the command API, $c connections, ${DUR}s"
+        log "ingest: POST deposits to the command API, $c connections, ${DUR}s (worker frozen)"
+        worker_freeze
+        cpu_snap "$WORK/cpu.a"
         api=$(wrk_post "$TALLY_COMMAND_URL" "$c" "$DUR")
+        cpu_snap "$WORK/cpu.b"
+        worker_thaw
         [[ -n $api && -n $ceil ]] || die "wrk printed no result (see $WORK/wrk.log)"
+        rec_cpu "ingest.c$c.cpu" "202 ($c conns)" "$WORK/cpu.a" "$WORK/cpu.b" "$(jv "$api" .ok)" "value<=95"
         rec "ingest.c$c.rate" "POST deposit 202/s, $c conns (command API)" "$(jv "$api" .ok_rps)" req/s \
             "$(jv "$ceil" .rps)" "bare h2o 202/s" "ratio>=0.5" \
             "non-202: $(jv "$api" .bad_status), socket errors: $(jv "$api" .socket_errors)"
@@ -319,14 +320,20 @@ scenario_read() {
     log "read: bare h2o 200 ceiling, 64 connections, ${DUR}s"
     ceil=$(wrk_get "http://127.0.0.1:$CEIL_PORT" "$path" 64 "$DUR" 200)
     log "read: GET account, 64 connections, ${DUR}s"
+    cpu_snap "$WORK/cpu.a"
     api=$(wrk_get "$TALLY_QUERY_URL" "$path" 64 "$DUR" 200)
+    cpu_snap "$WORK/cpu.b"
+    rec_cpu read.200.cpu "200 GET" "$WORK/cpu.a" "$WORK/cpu.b" "$(jv "$api" .ok)"
     rec read.200.rate "GET account 200/s, 64 conns (query API)" "$(jv "$api" .ok_rps)" req/s "$(jv "$ceil" .rps)" \
         "bare h2o 200/s" "ratio>=0.4" "p50 $(jv "$api" .p50_ms) ms, p99 $(jv "$api" .p99_ms) ms (ceiling p99 $(jv "$ceil" .p99_ms) ms), wrong status $(jv "$api" .bad_status)"
     local ceil200=$ceil
     log "read: bare h2o 304 ceiling, 64 connections, ${DUR}s"
     ceil=$(wrk_get "http://127.0.0.1:$CEIL_PORT" "$path" 64 "$DUR" 304 "$ETAG")
     log "read: GET account with If-None-Match, 64 connections, ${DUR}s"
+    cpu_snap "$WORK/cpu.a"
     api=$(wrk_get "$TALLY_QUERY_URL" "$path" 64 "$DUR" 304 "$ETAG")
+    cpu_snap "$WORK/cpu.b"
+    rec_cpu read.304.cpu "304 GET" "$WORK/cpu.a" "$WORK/cpu.b" "$(jv "$api" .ok)"
     rec read.304.rate "GET account 304/s, 64 conns (query API)" "$(jv "$api" .ok_rps)" req/s "$(jv "$ceil" .rps)" \
         "bare h2o 304/s" "ratio>=0.7" "p50 $(jv "$api" .p50_ms) ms, p99 $(jv "$api" .p99_ms) ms, wrong status $(jv "$api" .bad_status)"
     rec read.304.vs200 "GET account 304/s vs bare h2o 200/s" "$(jv "$api" .ok_rps)" req/s "$(jv "$ceil200" .rps)" \
@@ -379,13 +386,12 @@ scenario_e2e() {
     fi
     rss_start e2e
     log "e2e: $E2E_RATE deposits/s for ${E2E_DUR}s, open loop; 202 -> job terminal (NOTIFY tally_jobs)"
-    local cpu0 cpu1
-    cpu0=$(cpu_ticks)
+    cpu_snap "$WORK/cpu.a"
     ol=$("$BB/openloop" --port="$(port_of "$TALLY_COMMAND_URL")" --key="$KEY" --accounts="$WORK/accounts" \
         --rate="$E2E_RATE" --duration="$E2E_DUR" --conns=64 --tag="$RUN_ID-e2e" --listen-dsn="$TALLY_PG_DSN" --drain=20)
-    cpu1=$(cpu_ticks) # after the drain: every accepted command's work is in it
+    cpu_snap "$WORK/cpu.b" # after the drain: every accepted command's work is in it
     echo "$ol" >>"$WORK/openloop.log"
-    rec_cpu e2e.cpu "$cpu0" "$cpu1" "$(jv "$ol" .e2e_ms.jobs)"
+    rec_cpu e2e.cpu "command at $E2E_RATE/s, 202 to terminal" "$WORK/cpu.a" "$WORK/cpu.b" "$(jv "$ol" .e2e_ms.jobs)"
     local note
     note="jobs $(jv "$ol" .e2e_ms.jobs), matched $(jv "$ol" .e2e_ms.matched), achieved $(jv "$ol" .achieved_rate)/s, non-202 $(jv "$ol" .non202)"
     rec e2e.p50 "e2e 202 -> job terminal p50 at $E2E_RATE/s" "$(jv "$ol" .e2e_ms.p50)" ms "" "" "value<15" "$note"
@@ -491,10 +497,13 @@ scenario_project() {
     log "project: $accepted deposits accepted at $(jv "$ol" .achieved_rate)/s; deciding them (--roles=decider)"
     local t0=$EPOCHREALTIME r
     worker_start --roles=decider
+    cpu_snap "$WORK/cpu.a"
     r=$(wait_count "SELECT coalesce(sum(version), 0) FROM decider_accounts WHERE tenant_id = '$TENANT'" \
         $((dec_base + accepted)) "$t0" 240 "$dec_base")
     local outbox_wait
     outbox_wait=$(wait_count "SELECT CASE WHEN count(*) = 0 THEN 1 ELSE 0 END FROM outbox" 1 "$t0" 120 0)
+    cpu_snap "$WORK/cpu.b"
+    rec_cpu project.decider.cpu "request decided (backlog)" "$WORK/cpu.a" "$WORK/cpu.b" "$accepted"
     if [[ $r != timeout ]]; then
         rec project.decider "decider: requests decided/s on a backlog of $accepted" \
             "$(awk -v n="$accepted" -v s="${r% *}" 'BEGIN{printf "%.0f", n/s}')" ev/s "" "" "" \
@@ -504,10 +513,13 @@ scenario_project() {
     log "project: projecting $((2 * accepted)) events (--roles=projector)"
     t0=$EPOCHREALTIME
     worker_start --roles=projector
+    cpu_snap "$WORK/cpu.a"
     # first step: the first job row of the backlog (its DepositRequested applied), i.e. the first batch committed;
     # the first terminal job comes later, once a partition's requests are behind (the outcomes follow them in the log)
     r=$(wait_count "SELECT count(*) FROM jobs WHERE tenant_id = '$TENANT' AND status IN ('succeeded', 'failed')" \
         $((job_base + accepted)) "$t0" 300 "$job_base" "SELECT count(*) FROM jobs WHERE tenant_id = '$TENANT'" "$jobs_all")
+    cpu_snap "$WORK/cpu.b"
+    rec_cpu project.projector.cpu "event projected (backlog)" "$WORK/cpu.a" "$WORK/cpu.b" $((2 * accepted))
     worker_stop
     worker_start # back to the stack's normal worker (all roles)
     if [[ $r != timeout ]]; then
@@ -671,11 +683,11 @@ for line in open(rows_file):
     ratio = (v / c) if v is not None and c else None
     status = ""
     if goal:
-        kind, _, lim = goal.partition(">=") if ">=" in goal else goal.partition("<")
-        op = ">=" if ">=" in goal else "<"
+        op = next(o for o in (">=", "<=", "<") if o in goal)
+        kind, _, lim = goal.partition(op)
         x = ratio if kind == "ratio" else v
         if x is None: status = "n/a"
-        else: status = "pass" if (x >= float(lim) if op == ">=" else x < float(lim)) else "MISS"
+        else: status = "pass" if {">=": x >= float(lim), "<=": x <= float(lim), "<": x < float(lim)}[op] else "MISS"
     figures.append(dict(id=fid, label=label, value=v, unit=unit, ceiling=c, ceiling_label=clabel or None,
                         ratio=None if ratio is None else round(ratio, 3), goal=goal or None, status=status or None, note=note or None))
 machine = dict(cpus=os.cpu_count(), kernel=platform.release())

@@ -2,6 +2,7 @@
 #include "tally/pg.h"
 #include "tally/log.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -14,10 +15,31 @@ copy_message(const char *what, const char *msg, char *err, size_t errcap)
     snprintf(err, errcap, "%s: %.*s", what, (int)n, msg);
 }
 
+/* The DSN (a URI or key=value list) with the program's name as libpq's fallback_application_name. */
+static void
+connect_params(const char *dsn, const char *keys[3], const char *vals[3])
+{
+    keys[0] = "dbname";
+    vals[0] = dsn;
+    keys[1] = "fallback_application_name";
+    vals[1] = program_invocation_short_name;
+    keys[2] = vals[2] = NULL;
+}
+
+PGconn *
+tly_pg_connect_start(const char *dsn)
+{
+    const char *keys[3], *vals[3];
+    connect_params(dsn, keys, vals);
+    return PQconnectStartParams(keys, vals, 1);
+}
+
 PGconn *
 tly_pg_connect(const char *dsn, char *err, size_t errcap)
 {
-    PGconn *conn = PQconnectdb(dsn);
+    const char *keys[3], *vals[3];
+    connect_params(dsn, keys, vals);
+    PGconn *conn = PQconnectdbParams(keys, vals, 1);
     if (conn != NULL)
         PQsetNoticeProcessor(conn, tly_log_pq_notice, NULL);
     if (PQstatus(conn) != CONNECTION_OK) {

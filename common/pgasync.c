@@ -17,6 +17,7 @@
  * is the plain one-statement-per-round-trip protocol.
  */
 #include "tally/pgasync.h"
+#include "tally/pg.h"
 #include "tally/log.h"
 
 #include <stdlib.h>
@@ -374,7 +375,7 @@ conn_step(pg_conn_t *c)
 static void
 conn_open(pg_conn_t *c)
 {
-    c->pg = PQconnectStart(c->pool->dsn);
+    c->pg = tly_pg_connect_start(c->pool->dsn);
     if (c->pg != NULL)
         PQsetNoticeProcessor(c->pg, tly_log_pq_notice, NULL);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD || PQsetnonblocking(c->pg, 1) != 0) {

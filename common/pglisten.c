@@ -5,6 +5,7 @@
  * back to BROKEN on any failure, from where a timer re-opens the connection.
  */
 #include "tally/pglisten.h"
+#include "tally/pg.h"
 #include "tally/log.h"
 
 #include <libpq-fe.h>
@@ -207,7 +208,7 @@ listen_step(tly_pglisten_t *l)
 static void
 listen_open(tly_pglisten_t *l)
 {
-    l->pg = PQconnectStart(l->dsn);
+    l->pg = tly_pg_connect_start(l->dsn);
     if (l->pg != NULL)
         PQsetNoticeProcessor(l->pg, tly_log_pq_notice, NULL);
     if (l->pg == NULL || PQstatus(l->pg) == CONNECTION_BAD || PQsetnonblocking(l->pg, 1) != 0) {

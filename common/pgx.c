@@ -3,6 +3,7 @@
 #include "tally/log.h"
 #include "tally/pg.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -422,16 +423,18 @@ tly_pgx_exec(PGconn *conn, const char *what, const char *sql, int n, const char 
     return 0;
 }
 
-/* pg_stat_activity's application_name: tally-worker/<role>, unless the operator set one (PGAPPNAME or the DSN). */
+/* pg_stat_activity's application_name: tally-worker/<role>, unless the operator set one (PGAPPNAME or the DSN);
+   tly_pg_connect's fallback (the program's name) is not one. */
 static bool
 name_connection(PGconn *conn, const char *who, char *err, size_t errcap)
 {
     char name[64];
     snprintf(name, sizeof(name), "tally-worker/%s", who);
-    const char *vals[1] = {name};
+    const char *vals[2] = {name, program_invocation_short_name};
     PGresult *res =
-        PQexecParams(conn, "SELECT set_config('application_name', $1, false) WHERE current_setting('application_name') = ''", 1,
-                     NULL, vals, NULL, NULL, 0);
+        PQexecParams(conn,
+                     "SELECT set_config('application_name', $1, false) WHERE current_setting('application_name') IN ('', $2)",
+                     2, NULL, vals, NULL, NULL, 0);
     bool ok = tly_pg_ok(conn, res, "could not set application_name", err, errcap);
     PQclear(res);
     return ok;

@@ -28,8 +28,8 @@ function done(summary, latency, requests)
   local non = 0
   for _, t in ipairs(threads) do non = non + t:get("bad") end
   local e = summary.errors
-  io.write(string.format('BENCHJSON {"requests":%d,"duration_s":%.3f,"rps":%.1f,"ok_rps":%.1f,"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f,"bad_status":%d,"socket_errors":%d}\n',
-    summary.requests, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
+  io.write(string.format('BENCHJSON {"requests":%d,"ok":%d,"duration_s":%.3f,"rps":%.1f,"ok_rps":%.1f,"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"max_ms":%.3f,"bad_status":%d,"socket_errors":%d}\n',
+    summary.requests, summary.requests - non, summary.duration / 1e6, summary.requests / (summary.duration / 1e6),
     (summary.requests - non) / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000, latency.max / 1000,
     non, e.connect + e.read + e.write + e.timeout))

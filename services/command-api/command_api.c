@@ -13,11 +13,9 @@
 #include "tally/log.h"
 #include "tally/secretbox.h"
 
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 const tly_config_def_t tly_command_api_settings[] = {
 #define OFF(f) offsetof(tly_command_api_config_t, f)
@@ -47,6 +45,7 @@ const tly_config_def_t tly_command_api_settings[] = {
 const size_t tly_command_api_nsettings = sizeof(tly_command_api_settings) / sizeof(tly_command_api_settings[0]);
 
 static tly_keycache_t *shared_keys;
+static cmd_producer_t *shared_producer; /* one per process (producer.c) */
 static tly_kafka_probe_t *kafka_probe;
 
 json_t *
@@ -155,39 +154,18 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
 
 /* ---- threads ------------------------------------------------------------ */
 
-static void
-on_kafka_wakeup(h2o_socket_t *sock, const char *err)
-{
-    cmd_thread_t *thr = sock->data;
-    h2o_buffer_consume(&sock->input, sock->input->size);
-    while (rd_kafka_poll(thr->producer, 0) > 0)
-        ;
-}
-
 static void *
 thread_init(tly_server_thread_t *t, void *arg)
 {
     tly_command_api_config_t *cfg = arg;
-    char err[512];
     cmd_thread_t *thr = calloc(1, sizeof(*thr));
     if (thr == NULL)
         abort();
     thr->cfg = cfg;
     thr->loop = t->loop;
     thr->keys = shared_keys;
-    thr->producer =
-        tly_kafka_producer_create(cfg->kafka_brokers, (int)cfg->kafka_timeout_ms, cmd_on_delivery, thr, err, sizeof(err));
-    if (thr->producer == NULL || pipe2(thr->wakeup_fds, O_CLOEXEC | O_NONBLOCK) != 0) {
-        tly_log(TLY_LOG_ERROR, "could not start kafka producer", "error", err, NULL);
-        free(thr);
-        return NULL;
-    }
-    rd_kafka_queue_t *main_queue = rd_kafka_queue_get_main(thr->producer);
-    rd_kafka_queue_io_event_enable(main_queue, thr->wakeup_fds[1], "1", 1);
-    rd_kafka_queue_destroy(main_queue);
-    thr->kafka_wakeup = h2o_evloop_socket_create(t->loop, thr->wakeup_fds[0], 0);
-    thr->kafka_wakeup->data = thr;
-    h2o_socket_read_start(thr->kafka_wakeup, on_kafka_wakeup);
+    thr->producer = shared_producer;
+    thr->mailbox = cmd_mailbox_open(shared_producer, t->loop);
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, cmd_statements, STMT__COUNT);
     h2o_timeout_init(t->loop, &thr->deadline, (uint64_t)cfg->kafka_timeout_ms);
     cmd_records_init(thr);
@@ -204,18 +182,15 @@ static void
 thread_dispose(void *app)
 {
     cmd_thread_t *thr = app;
-    /* in-flight ops are done or past the grace period; deliver what is queued */
-    rd_kafka_flush(thr->producer, 2000);
+    /* in-flight ops are done or past the grace period: reports already here are served, later ones dropped
+       (the producer flushes what is queued once every thread is gone) */
+    cmd_mailbox_close(thr->mailbox, thr->loop);
     /* appends still without a report are answered (503) and their ops outlive the loop: leave them to the lease */
     while (!h2o_linklist_is_empty(&thr->deadline._entries))
         h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, thr->deadline._entries.next));
     h2o_timeout_dispose(thr->loop, &thr->deadline);
     cmd_records_dispose(thr);
     tly_pgpool_destroy(thr->pg);
-    h2o_socket_read_stop(thr->kafka_wakeup);
-    h2o_socket_close(thr->kafka_wakeup);
-    rd_kafka_destroy(thr->producer);
-    close(thr->wakeup_fds[1]);
     free(thr);
 }
 
@@ -237,13 +212,12 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         tly_log(TLY_LOG_ERROR, err, NULL);
         return 1;
     }
-    /* a producer of its own for the readiness probe: it outlives every thread */
-    rd_kafka_t *probe_rk = tly_kafka_producer_create(cfg->kafka_brokers, 1000, NULL, NULL, err, sizeof(err));
-    if (probe_rk == NULL) {
-        tly_log(TLY_LOG_ERROR, "could not start kafka client", "error", err, NULL);
+    /* the one producer of the process; the readiness probe asks it for metadata too. It outlives every thread */
+    if ((shared_producer = cmd_producer_create(cfg, err, sizeof(err))) == NULL) {
+        tly_log(TLY_LOG_ERROR, "could not start kafka producer", "error", err, NULL);
         return 1;
     }
-    kafka_probe = tly_kafka_probe_start(probe_rk, 1000);
+    kafka_probe = tly_kafka_probe_start(cmd_producer_kafka(shared_producer), 1000);
     tly_api_service_t svc = {
         .server =
             {
@@ -268,6 +242,6 @@ tly_command_api_run(tly_command_api_config_t *cfg)
     };
     int ret = tly_api_service_run(&svc, &shared_keys);
     tly_kafka_probe_stop(kafka_probe);
-    rd_kafka_destroy(probe_rk);
+    cmd_producer_destroy(shared_producer);
     return ret;
 }

@@ -36,6 +36,9 @@ enum {
 extern const tly_pg_statement_t cmd_statements[STMT__COUNT];
 
 typedef struct st_cmd_op_t cmd_op_t;
+/* The process's one producer and a loop thread's mailbox for its delivery reports (producer.c). */
+typedef struct st_cmd_producer_t cmd_producer_t;
+typedef struct st_cmd_mailbox_t cmd_mailbox_t;
 
 /* A 202 already sent whose acceptance is still to be recorded (record.c). */
 typedef struct st_cmd_accept_t {
@@ -50,9 +53,8 @@ typedef struct st_cmd_thread_t {
     h2o_evloop_t *loop;
     tly_keycache_t *keys;
     tly_pgpool_t *pg;
-    rd_kafka_t *producer;
-    h2o_socket_t *kafka_wakeup;
-    int wakeup_fds[2];
+    cmd_producer_t *producer; /* shared by every thread */
+    cmd_mailbox_t *mailbox;   /* where the producer hands this thread its delivery reports */
     size_t inflight;
     /* batched statements (record.c): what this loop iteration queued */
     cmd_op_t *records, **records_tail; /* ops waiting for their command record */
@@ -86,6 +88,11 @@ struct st_cmd_op_t {
     int attempt;                  /* the record's attempt (0009): fences marking it failed */
     h2o_timeout_entry_t deadline; /* in thr->deadline while the append waits for its report */
     bool answered;                /* the client has its answer; the op may live on until its report */
+    /* the delivery report, written on the producer's polling thread before `report` is handed to the op's loop */
+    cmd_mailbox_t *mailbox;
+    h2o_multithread_message_t report;
+    rd_kafka_resp_err_t report_err;
+    int64_t report_latency_us;
 };
 
 /** An op for an HTTP request (`req`), or for a batch item (`req` NULL, `batch` set). */
@@ -126,8 +133,23 @@ void cmd_record_enqueue(cmd_op_t *op);
 /** Queues the acceptance of a sent 202 (takes `body`). */
 void cmd_accept_enqueue(cmd_thread_t *thr, const tly_uuid_t *job_id, char *body);
 
-/** Kafka delivery report callback (the producer's dr_msg_cb). */
-void cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque);
+/** The op's delivery report (op->report_err, op->report_latency_us) reached its loop thread. */
+void cmd_op_delivered(cmd_op_t *op);
+
+/**
+ * The process's idempotent producer (tly_kafka_producer_create) and the
+ * thread that serves its delivery reports; each report goes to the mailbox of
+ * the op it belongs to. NULL with `err` set.
+ */
+cmd_producer_t *cmd_producer_create(const tly_command_api_config_t *cfg, char *err, size_t errcap);
+/** Flushes what is queued (at most 2 s), stops the polling thread, frees the producer and every mailbox. */
+void cmd_producer_destroy(cmd_producer_t *p);
+/** The librdkafka handle, to produce on (borrowed). */
+rd_kafka_t *cmd_producer_kafka(cmd_producer_t *p);
+/** A mailbox on `loop` (call on the loop's thread); freed by cmd_producer_destroy. */
+cmd_mailbox_t *cmd_mailbox_open(cmd_producer_t *p, h2o_evloop_t *loop);
+/** On the loop's thread, before it goes: serves the reports handed over; later ones are dropped. */
+void cmd_mailbox_close(cmd_mailbox_t *mb, h2o_evloop_t *loop);
 
 /** Called by an item op when it ends; takes `result`. */
 void cmd_batch_item_done(cmd_batch_t *batch, size_t index, json_t *result);

@@ -368,7 +368,7 @@ op_give_up(cmd_op_t *op, const char *detail)
  * no delivery report: librdkafka may hold a message past message.timeout.ms
  * (one in flight to a broker that stopped answering waits for its request
  * to time out), so the client gets its 503 now, from this timer. The op
- * stays alive, counted in flight, until the report comes (cmd_on_delivery).
+ * stays alive, counted in flight, until the report comes (cmd_op_delivered).
  * Meanwhile the record stays pending under its lease: a retry with the same
  * key is 409 (in flight), never a second append of its own.
  */
@@ -402,20 +402,20 @@ op_settle_late(cmd_op_t *op, rd_kafka_resp_err_t err)
 }
 
 void
-cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+cmd_op_delivered(cmd_op_t *op)
 {
-    cmd_op_t *op = msg->_private;
-    int64_t latency_us = rd_kafka_message_latency(msg);
-    tly_metrics_kafka_delivery(msg->err == RD_KAFKA_RESP_ERR_NO_ERROR, latency_us >= 0 ? (double)latency_us / 1e6 : 0.0);
+    rd_kafka_resp_err_t err = op->report_err;
+    tly_metrics_kafka_delivery(err == RD_KAFKA_RESP_ERR_NO_ERROR,
+                               op->report_latency_us >= 0 ? (double)op->report_latency_us / 1e6 : 0.0);
     if (h2o_timeout_is_linked(&op->deadline))
         h2o_timeout_unlink(&op->deadline);
     if (op->answered) {
-        op_settle_late(op, msg->err);
+        op_settle_late(op, err);
         return;
     }
-    if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         tly_log(TLY_LOG_WARN, "could not append event", "request_id", op->api.request_id, "trace_id", trace_of(op), "error",
-                rd_kafka_err2str(msg->err), NULL);
+                rd_kafka_err2str(err), NULL);
         op_give_up(op, "the event log did not acknowledge the command in time; retry with the same Idempotency-Key");
         return;
     }
@@ -461,7 +461,9 @@ op_produce(cmd_op_t *op)
     env.data = tly_command_event_data(&op->cmd);
     free(op->response);
     op->response = build_response(op);
-    rd_kafka_resp_err_t err = tly_kafka_produce_envelope(op->thr->producer, op->thr->cfg->topic, &env, op->traceparent, op);
+    op->mailbox = op->thr->mailbox;
+    rd_kafka_resp_err_t err =
+        tly_kafka_produce_envelope(cmd_producer_kafka(op->thr->producer), op->thr->cfg->topic, &env, op->traceparent, op);
     json_decref(env.data);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         tly_metrics_kafka_enqueue_error();

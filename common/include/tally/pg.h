@@ -13,6 +13,15 @@
 PGconn *tly_pg_connect(const char *dsn, char *err, size_t errcap) __attribute__((warn_unused_result));
 
 /**
+ * PQconnectStart for `dsn` (a URI or key=value list). Every Tally connection
+ * (this and tly_pg_connect) has the program's name ("tally-command-api", ...)
+ * as libpq's fallback_application_name, so pg_stat_activity and the bench's
+ * CPU split can tell the sessions apart; PGAPPNAME or the DSN's own
+ * application_name still win. Caller frees with PQfinish.
+ */
+PGconn *tly_pg_connect_start(const char *dsn) __attribute__((warn_unused_result));
+
+/**
  * Runs a statement without result rows (BEGIN, COMMIT, DDL). Returns 0, or -1
  * with the server's message in `err`.
  */
