@@ -1,4 +1,4 @@
-/* API key cache, background refresh and token buckets. See tally/keycache.h. */
+/* API key cache and its background refresh. See tally/keycache.h. */
 #include "tally/keycache.h"
 #include "tally/clock.h"
 #include "tally/log.h"
@@ -19,10 +19,9 @@ typedef struct st_key_entry_t {
     uint8_t hash[TLY_KEY_HASH_LEN];
     int scopes;
     bool revoked;
-    pthread_mutex_t bucket_lock;
+    char tier[TLY_TIER_NAME_MAX];
+    bool contract;
     int64_t rate, burst;
-    double tokens;
-    int64_t last_us;
 } key_entry_t;
 
 #define NBUCKETS 4096
@@ -37,21 +36,6 @@ struct st_tly_keycache_t {
     bool has_thread;
     char since[64]; /* updated_at watermark of the last load, as text */
 };
-
-bool
-tly_rate_tier(const char *tier, int64_t *rate, int64_t *burst)
-{
-    if (strcmp(tier, "free") == 0) {
-        *rate = 10;
-        *burst = 20;
-    } else if (strcmp(tier, "standard") == 0) {
-        *rate = 100;
-        *burst = 200;
-    } else {
-        return false;
-    }
-    return true;
-}
 
 static size_t
 bucket_of(const char *id)
@@ -71,9 +55,10 @@ find_locked(tly_keycache_t *kc, const char *id)
     return NULL;
 }
 
-void
-tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN], int scopes,
-                 int64_t rate, int64_t burst, bool revoked)
+/* Inserts or replaces an entry; a contract (`tier` NULL) keeps its own rate and burst. */
+static void
+put_entry(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN], int scopes,
+          const char *tier, int64_t rate, int64_t burst, bool revoked)
 {
     pthread_rwlock_wrlock(&kc->lock);
     key_entry_t *e = find_locked(kc, key_id);
@@ -82,9 +67,6 @@ tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenan
         if ((e = calloc(1, sizeof(*e))) == NULL)
             abort();
         snprintf(e->id, sizeof(e->id), "%s", key_id);
-        pthread_mutex_init(&e->bucket_lock, NULL);
-        e->tokens = (double)burst;
-        e->last_us = tly_clock_mono_us();
         size_t b = bucket_of(key_id);
         e->next = kc->buckets[b];
         kc->buckets[b] = e;
@@ -93,13 +75,24 @@ tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenan
     memcpy(e->hash, hash, TLY_KEY_HASH_LEN);
     e->scopes = scopes;
     e->revoked = revoked;
-    pthread_mutex_lock(&e->bucket_lock);
+    e->contract = tier == NULL;
+    snprintf(e->tier, sizeof(e->tier), "%s", tier != NULL ? tier : "contract");
     e->rate = rate;
     e->burst = burst;
-    if (e->tokens > (double)burst)
-        e->tokens = (double)burst;
-    pthread_mutex_unlock(&e->bucket_lock);
     pthread_rwlock_unlock(&kc->lock);
+}
+
+void
+tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN], int scopes,
+                 int64_t rate, int64_t burst, bool revoked)
+{
+    int64_t tr, tb;
+    const char *tier = NULL;
+    if (tly_rate_tier("free", &tr, &tb) && tr == rate && tb == burst)
+        tier = "free";
+    else if (tly_rate_tier("standard", &tr, &tb) && tr == rate && tb == burst)
+        tier = "standard";
+    put_entry(kc, key_id, tenant, hash, scopes, tier, rate, burst, revoked);
 }
 
 void
@@ -127,11 +120,13 @@ load_row(tly_keycache_t *kc, PGresult *res, int row)
         PQfreemem(hash);
         return false;
     }
+    bool contract = !PQgetisnull(res, row, 5) || !PQgetisnull(res, row, 6);
     if (!PQgetisnull(res, row, 5))
         rate = strtoll(PQgetvalue(res, row, 5), NULL, 10);
     if (!PQgetisnull(res, row, 6))
         burst = strtoll(PQgetvalue(res, row, 6), NULL, 10);
-    tly_keycache_put(kc, id, &tenant, hash, scopes, rate, burst, strcmp(PQgetvalue(res, row, 7), "t") == 0);
+    put_entry(kc, id, &tenant, hash, scopes, contract ? NULL : PQgetvalue(res, row, 4), rate, burst,
+              strcmp(PQgetvalue(res, row, 7), "t") == 0);
     PQfreemem(hash);
     return true;
 }
@@ -222,7 +217,6 @@ tly_keycache_destroy(tly_keycache_t *kc)
     for (size_t b = 0; b < NBUCKETS; ++b) {
         for (key_entry_t *e = kc->buckets[b], *next; e != NULL; e = next) {
             next = e->next;
-            pthread_mutex_destroy(&e->bucket_lock);
             free(e);
         }
     }
@@ -258,46 +252,13 @@ tly_keycache_check(tly_keycache_t *kc, const char *authorization, size_t len, tl
         memcpy(out->key_id, e->id, sizeof(out->key_id));
         out->tenant_id = e->tenant_id;
         out->scopes = e->scopes;
+        memcpy(out->tier, e->tier, sizeof(out->tier));
+        out->contract = e->contract;
+        out->rate = e->rate;
+        out->burst = e->burst;
         out->entry = e;
         result = TLY_AUTH_OK;
     }
     pthread_rwlock_unlock(&kc->lock);
     return result;
-}
-
-static int64_t
-ceil_div(double num, double den)
-{
-    if (den <= 0)
-        return 1;
-    double q = num / den;
-    int64_t i = (int64_t)q;
-    return (double)i < q ? i + 1 : i;
-}
-
-void
-tly_keycache_take(tly_principal_t *principal, int64_t now_us, tly_rate_t *out)
-{
-    key_entry_t *e = principal->entry;
-    pthread_mutex_lock(&e->bucket_lock);
-    double elapsed = (double)(now_us - e->last_us) / 1e6;
-    if (elapsed > 0) {
-        e->tokens += elapsed * (double)e->rate;
-        if (e->tokens > (double)e->burst)
-            e->tokens = (double)e->burst;
-        e->last_us = now_us;
-    }
-    out->allowed = e->tokens >= 1.0;
-    if (out->allowed)
-        e->tokens -= 1.0;
-    out->burst = e->burst;
-    out->window = ceil_div((double)e->burst, (double)e->rate);
-    out->remaining = (int64_t)e->tokens;
-    out->reset = ceil_div((double)e->burst - e->tokens, (double)e->rate);
-    out->retry_after = out->allowed ? 0 : ceil_div(1.0 - e->tokens, (double)e->rate);
-    if (out->window < 1)
-        out->window = 1;
-    if (!out->allowed && out->retry_after < 1)
-        out->retry_after = 1;
-    pthread_mutex_unlock(&e->bucket_lock);
 }

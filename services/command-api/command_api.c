@@ -39,12 +39,14 @@ const tly_config_def_t tly_command_api_settings[] = {
     {"webhook-allow-private", "TALLY_WEBHOOK_ALLOW_PRIVATE", TLY_CONFIG_BOOL, "false", 0, 0, OFF(webhook_allow_private),
      "accept webhook URLs on loopback and private addresses, and plain http (tests and local stacks only)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
+    TLY_GUARD_SETTINGS(tly_command_api_config_t, guard),
 #undef OFF
 };
 const size_t tly_command_api_nsettings = sizeof(tly_command_api_settings) / sizeof(tly_command_api_settings[0]);
 
 static tly_keycache_t *shared_keys;
 static tly_kafka_probe_t *kafka_probe;
+static tly_guard_t *shared_guard;
 
 json_t *
 cmd_body_or_reply(tly_api_req_t *api)
@@ -122,6 +124,7 @@ thread_ready(void *app, json_t *reasons)
     json_object_set_new(reasons, "postgresql", json_boolean(pg));
     json_object_set_new(reasons, "api_keys", json_boolean(keys));
     json_object_set_new(reasons, "kafka", json_boolean(kafka));
+    tly_guard_ready(thr->guard, reasons);
     return pg && keys && kafka;
 }
 
@@ -138,7 +141,7 @@ static int
 on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     cmd_thread_t *thr = tly_server_thread_of(req)->app;
-    if (health_or_reply(req, thr))
+    if (health_or_reply(req, thr) || tly_guard_shed_or_pass(thr->guard, req, &thr->inflight))
         return 0;
 
     h2o_iovec_t segs[4];
@@ -163,6 +166,20 @@ on_kafka_wakeup(h2o_socket_t *sock, const char *err)
     h2o_buffer_consume(&sock->input, sock->input->size);
     while (rd_kafka_poll(thr->producer, 0) > 0)
         ;
+}
+
+static void
+on_pg_latency(void *data, double ms)
+{
+    tly_guard_note_pg(data, ms);
+}
+
+/* Rate limits and load shedding of this thread: its limiter, its PostgreSQL latency. */
+static void
+thread_guard_init(cmd_thread_t *thr, tly_server_thread_t *t)
+{
+    thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, t->index == 0);
+    tly_pgpool_observe(thr->pg, on_pg_latency, thr->guard);
 }
 
 static void *
@@ -191,6 +208,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     h2o_socket_read_start(thr->kafka_wakeup, on_kafka_wakeup);
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, cmd_statements, STMT__COUNT);
     cmd_records_init(thr);
+    thread_guard_init(thr, t);
     return thr;
 }
 
@@ -207,6 +225,7 @@ thread_dispose(void *app)
     /* in-flight ops are done or past the grace period; deliver what is queued */
     rd_kafka_flush(thr->producer, 2000);
     cmd_records_dispose(thr);
+    tly_guard_thread_destroy(thr->guard);
     tly_pgpool_destroy(thr->pg);
     h2o_socket_read_stop(thr->kafka_wakeup);
     h2o_socket_close(thr->kafka_wakeup);
@@ -227,6 +246,7 @@ tly_command_api_run(tly_command_api_config_t *cfg)
     }
     kafka_probe = tly_kafka_probe_start(probe_rk, 1000);
     shared_keys = tly_keycache_create(cfg->pg_dsn, (int)cfg->key_refresh_ms);
+    shared_guard = tly_guard_create(&cfg->guard, cfg->pg_dsn);
     tly_server_config_t server = {
         .name = "command-api",
         .host = cfg->host,
@@ -243,6 +263,7 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         .thread_ready = thread_ready,
     };
     int ret = tly_server_run(&server);
+    tly_guard_destroy(shared_guard);
     tly_keycache_destroy(shared_keys);
     tly_kafka_probe_stop(kafka_probe);
     rd_kafka_destroy(probe_rk);

@@ -7,6 +7,7 @@
 #define TALLY_COMMAND_API_H
 
 #include "tally/config.h"
+#include "tally/guard.h"
 #include "tally/keycache.h"
 #include "tally/server.h"
 
@@ -27,6 +28,7 @@ typedef struct st_tly_command_api_config_t {
     int64_t key_refresh_ms;
     bool webhook_allow_private;
     char *log_level;
+    tly_guard_config_t guard; /* rate limits and load shedding */
 } tly_command_api_config_t;
 
 extern const tly_config_def_t tly_command_api_settings[];

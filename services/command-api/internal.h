@@ -49,6 +49,7 @@ typedef struct st_cmd_thread_t {
     tly_command_api_config_t *cfg;
     h2o_evloop_t *loop;
     tly_keycache_t *keys;
+    tly_guard_thread_t *guard;
     tly_pgpool_t *pg;
     rd_kafka_t *producer;
     h2o_socket_t *kafka_wakeup;

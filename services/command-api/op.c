@@ -300,6 +300,7 @@ cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
     cmd_op_t *op = msg->_private;
     int64_t latency_us = rd_kafka_message_latency(msg);
     tly_metrics_kafka_delivery(msg->err == RD_KAFKA_RESP_ERR_NO_ERROR, latency_us >= 0 ? (double)latency_us / 1e6 : 0.0);
+    tly_guard_note_broker(op->thr->guard, latency_us >= 0 ? (double)latency_us / 1000.0 : 0.0);
     if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         tly_log(TLY_LOG_WARN, "could not append event", "request_id", op->api.request_id, "trace_id", trace_of(op), "error",
                 rd_kafka_err2str(msg->err), NULL);

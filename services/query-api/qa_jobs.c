@@ -162,6 +162,10 @@ qa_job_start(query_op_t *op)
     op->wait_s = prefer.base != NULL ? qa_prefer_wait(prefer.base, prefer.len) : -1;
     if (op->wait_s > QA_WAIT_MAX)
         op->wait_s = QA_WAIT_MAX;
+    if (op->wait_s > 0 && !tly_api_long_poll_or_reply(&op->api)) { /* long-polls have a slot count of their own */
+        qa_op_destroy(op);
+        return;
+    }
     if (op->wait_s > 0) {
         op->dispose_guard = h2o_mem_alloc_shared(&req->pool, sizeof(*op->dispose_guard), on_disposed);
         *op->dispose_guard = op;

@@ -160,11 +160,13 @@ const tly_config_def_t tly_query_api_settings[] = {
      "accounts and transfers per thread kept in memory (current version and body, under 1 KiB each) to answer reads "
      "without the database (0: always read the database)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
+    TLY_GUARD_SETTINGS(tly_query_api_config_t, guard),
 #undef OFF
 };
 const size_t tly_query_api_nsettings = sizeof(tly_query_api_settings) / sizeof(tly_query_api_settings[0]);
 
 static tly_keycache_t *shared_keys;
+static tly_guard_t *shared_guard;
 static uint8_t cursor_key[64];
 static size_t cursor_keylen;
 
@@ -324,6 +326,7 @@ thread_ready(void *app, json_t *reasons)
     bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys);
     json_object_set_new(reasons, "postgresql", json_boolean(pg));
     json_object_set_new(reasons, "api_keys", json_boolean(keys));
+    tly_guard_ready(thr->guard, reasons);
     return pg && keys;
 }
 
@@ -340,7 +343,7 @@ static int
 on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     query_thread_t *thr = tly_server_thread_of(req)->app;
-    if (health_or_reply(req, thr))
+    if (health_or_reply(req, thr) || tly_guard_shed_or_pass(thr->guard, req, &thr->inflight))
         return 0;
     query_op_t *op = calloc(1, sizeof(*op));
     if (op == NULL)
@@ -364,6 +367,20 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
     return 0;
 }
 
+static void
+on_pg_latency(void *data, double ms)
+{
+    tly_guard_note_pg(data, ms);
+}
+
+/* Rate limits and load shedding of this thread: its limiter, its PostgreSQL latency. */
+static void
+thread_guard_init(query_thread_t *thr, tly_server_thread_t *t)
+{
+    thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, t->index == 0);
+    tly_pgpool_observe(thr->pg, on_pg_latency, thr->guard);
+}
+
 static void *
 thread_init(tly_server_thread_t *t, void *arg)
 {
@@ -378,6 +395,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, qa_statements, STMT__COUNT);
     qa_jobs_thread_init(thr, cfg->pg_dsn);
     thr->versions = qa_versions_create(thr, cfg->pg_dsn, (size_t)cfg->version_cache);
+    thread_guard_init(thr, t);
     return thr;
 }
 
@@ -392,6 +410,7 @@ thread_dispose(void *app)
 {
     query_thread_t *thr = app;
     qa_jobs_thread_dispose(thr); /* destroys the pool too, after the waiters */
+    tly_guard_thread_destroy(thr->guard);
     qa_versions_destroy(thr->versions);
     free(thr);
 }
@@ -418,6 +437,7 @@ tly_query_api_run(tly_query_api_config_t *cfg)
 {
     load_cursor_key(cfg->cursor_secret);
     shared_keys = tly_keycache_create(cfg->pg_dsn, (int)cfg->key_refresh_ms);
+    shared_guard = tly_guard_create(&cfg->guard, cfg->pg_dsn);
     tly_server_config_t server = {
         .name = "query-api",
         .host = cfg->host,
@@ -434,6 +454,7 @@ tly_query_api_run(tly_query_api_config_t *cfg)
         .thread_ready = thread_ready,
     };
     int ret = tly_server_run(&server);
+    tly_guard_destroy(shared_guard);
     tly_keycache_destroy(shared_keys);
     return ret == 0 ? 0 : 1;
 }

@@ -44,10 +44,18 @@ void tly_api_problem(tly_api_req_t *ar, int status, const char *code, const char
 void tly_api_unavailable(tly_api_req_t *ar, const char *code, const char *detail);
 
 /**
- * Authenticates, takes a rate-limit token and checks `scope`; sends the 401,
- * 403, 429 or 503 itself and returns false when the request must stop.
+ * Authenticates, takes a rate-limit token and a concurrency slot (held until
+ * tly_api_req_finish) and checks `scope`; sends the 401, 403, 429 or 503
+ * itself and returns false when the request must stop.
  */
 bool tly_api_authenticate_or_reply(tly_api_req_t *ar, tly_keycache_t *keys, int scope);
+
+/** Binds this event-loop thread's limiter (tally/ratelimit.h); without one nothing is limited. */
+void tly_api_bind_limiter(tly_limiter_thread_t *limiter);
+/** One more token for the authenticated key of `ar` (a batch item); false: refused. */
+bool tly_api_take_token(tly_api_req_t *ar);
+/** Counts the request as a long-poll of its key from now on; sends 429 and returns false when the key has none left. */
+bool tly_api_long_poll_or_reply(tly_api_req_t *ar);
 
 /** Answers /healthz and /readyz (GET); returns false for any other request. */
 bool tly_api_health(h2o_req_t *req, bool ready, const json_t *reasons);
