@@ -211,6 +211,11 @@ bucket_take(tly_limiter_t *lim, rl_bucket_t *b, bool store_ok, tly_store_down_po
             *wait_ms = ceil_div(1000, b->rate);
         }
     }
+    /* the local share follows what this instance admits, so that falling back
+       to it (Redis down or slow) starts from this instance's recent use, not
+       from a fresh burst */
+    if (allowed && (*src == RL_SRC_LEASE || *src == RL_SRC_OVERDRAFT))
+        b->local = fmax(0.0, b->local - 1);
     call->bucket = NULL;
     if (store_ok && !b->refilling && b->lease < (lease_size + 1) / 2 && now_us >= b->empty_until_us) {
         b->refilling = true;
