@@ -28,6 +28,7 @@ typedef struct st_ewma_t {
 struct st_tly_guard_thread_t {
     tly_guard_t *guard;
     tly_limiter_thread_t *limiter;
+    tly_pgpool_t *pgpool;
     const size_t *inflight;
     ewma_t pg, broker;
 };
@@ -73,8 +74,14 @@ tly_guard_destroy(tly_guard_t *g)
     free(g);
 }
 
+static void
+on_pg_latency(void *data, double ms)
+{
+    tly_guard_note_pg(data, ms);
+}
+
 tly_guard_thread_t *
-tly_guard_thread_create(tly_guard_t *g, h2o_loop_t *loop, const size_t *inflight, bool sweeper)
+tly_guard_thread_create(tly_guard_t *g, h2o_loop_t *loop, const size_t *inflight, tly_pgpool_t *pg, bool sweeper)
 {
     tly_guard_thread_t *t = calloc(1, sizeof(*t));
     if (t == NULL)
@@ -83,6 +90,8 @@ tly_guard_thread_create(tly_guard_t *g, h2o_loop_t *loop, const size_t *inflight
     t->inflight = inflight;
     t->limiter = tly_limiter_thread_create(g->limiter, loop, sweeper);
     tly_api_bind_limiter(t->limiter);
+    t->pgpool = pg;
+    tly_pgpool_observe(pg, on_pg_latency, t);
     return t;
 }
 
@@ -92,6 +101,7 @@ tly_guard_thread_destroy(tly_guard_thread_t *t)
     if (t == NULL)
         return;
     tly_api_bind_limiter(NULL);
+    tly_pgpool_observe(t->pgpool, NULL, NULL);
     tly_limiter_thread_destroy(t->limiter);
     free(t);
 }

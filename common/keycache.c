@@ -1,6 +1,5 @@
 /* API key cache and its background refresh. See tally/keycache.h. */
 #include "tally/keycache.h"
-#include "tally/clock.h"
 #include "tally/log.h"
 #include "tally/pg.h"
 

@@ -168,20 +168,6 @@ on_kafka_wakeup(h2o_socket_t *sock, const char *err)
         ;
 }
 
-static void
-on_pg_latency(void *data, double ms)
-{
-    tly_guard_note_pg(data, ms);
-}
-
-/* Rate limits and load shedding of this thread: its limiter, its PostgreSQL latency. */
-static void
-thread_guard_init(cmd_thread_t *thr, tly_server_thread_t *t)
-{
-    thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, t->index == 0);
-    tly_pgpool_observe(thr->pg, on_pg_latency, thr->guard);
-}
-
 static void *
 thread_init(tly_server_thread_t *t, void *arg)
 {
@@ -208,7 +194,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     h2o_socket_read_start(thr->kafka_wakeup, on_kafka_wakeup);
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, cmd_statements, STMT__COUNT);
     cmd_records_init(thr);
-    thread_guard_init(thr, t);
+    thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, thr->pg, t->index == 0);
     return thr;
 }
 

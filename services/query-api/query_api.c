@@ -367,20 +367,6 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
     return 0;
 }
 
-static void
-on_pg_latency(void *data, double ms)
-{
-    tly_guard_note_pg(data, ms);
-}
-
-/* Rate limits and load shedding of this thread: its limiter, its PostgreSQL latency. */
-static void
-thread_guard_init(query_thread_t *thr, tly_server_thread_t *t)
-{
-    thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, t->index == 0);
-    tly_pgpool_observe(thr->pg, on_pg_latency, thr->guard);
-}
-
 static void *
 thread_init(tly_server_thread_t *t, void *arg)
 {
@@ -395,7 +381,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, qa_statements, STMT__COUNT);
     qa_jobs_thread_init(thr, cfg->pg_dsn);
     thr->versions = qa_versions_create(thr, cfg->pg_dsn, (size_t)cfg->version_cache);
-    thread_guard_init(thr, t);
+    thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, thr->pg, t->index == 0);
     return thr;
 }
 

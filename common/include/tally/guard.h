@@ -22,6 +22,7 @@
 
 #define H2O_USE_LIBUV 0
 #include "tally/config.h"
+#include "tally/pgasync.h"
 #include "tally/ratelimit.h"
 
 #include <h2o.h>
@@ -80,8 +81,13 @@ typedef enum en_tly_shed_class_t {
 tly_guard_t *tly_guard_create(const tly_guard_config_t *cfg, const char *pg_dsn);
 void tly_guard_destroy(tly_guard_t *g);
 
-/** The guard of one event loop; binds its limiter for tly_api_authenticate_or_reply. `sweeper`: the first thread. */
-tly_guard_thread_t *tly_guard_thread_create(tly_guard_t *g, h2o_loop_t *loop, const size_t *inflight, bool sweeper);
+/**
+ * The guard of one event loop: binds its limiter for
+ * tly_api_authenticate_or_reply and watches the latency of `pg` (borrowed;
+ * outlives the guard). `sweeper`: the first thread.
+ */
+tly_guard_thread_t *tly_guard_thread_create(tly_guard_t *g, h2o_loop_t *loop, const size_t *inflight, tly_pgpool_t *pg,
+                                            bool sweeper);
 void tly_guard_thread_destroy(tly_guard_thread_t *t);
 
 /** A PostgreSQL or broker round trip just measured (moving averages of the thread). */
