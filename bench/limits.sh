@@ -8,9 +8,9 @@
 # and Redis; then, ROUNDS times (default 2), SECONDS each (default 5),
 # alternating which goes first: wrk GETs of one account (read path) and wrk
 # POSTs of deposits (ingest path) at 32 connections, on and off. The key has
-# a contract of 50,000/s (burst 2,000) and its tenant a budget of the same,
+# a contract of 50,000/s (burst 50,000) and its tenant a budget of the same,
 # so nothing is refused but every request goes through both buckets and
-# their leases (lease 200). Prints per run rps, p50 and p99, the on/off
+# their leases (lease 5,000). Prints per run rps, p50 and p99, the on/off
 # ratios, Redis calls per request and Redis CPU per request (from
 # /proc/<redis pid>/stat over the "on" runs).
 set -euo pipefail
@@ -45,8 +45,8 @@ print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
 }
 
 tenant=$(ctl tenants create --name "limits-bench-$(date +%s)")
-key=$(ctl keys create --tenant "$tenant" --scopes read,write --rate 50000 --burst 2000)
-ctl limits set --tenant "$tenant" --rate 50000 --burst 2000
+key=$(ctl keys create --tenant "$tenant" --scopes read,write --rate 50000 --burst 50000)
+ctl limits set --tenant "$tenant" --rate 50000 --burst 50000
 
 # start NAME BIN PORT ADMIN ON
 start() {

@@ -217,7 +217,10 @@ bucket_take(tly_limiter_t *lim, rl_bucket_t *b, bool store_ok, tly_store_down_po
     if (allowed && (*src == RL_SRC_LEASE || *src == RL_SRC_OVERDRAFT))
         b->local = fmax(0.0, b->local - 1);
     call->bucket = NULL;
-    if (store_ok && !b->refilling && b->lease < (lease_size + 1) / 2 && now_us >= b->empty_until_us) {
+    /* the next lease is asked for while a whole one is still in hand: a busy
+       loop that answers late still finds tokens (held tokens are Redis's
+       already, so holding two leases never adds to the overshoot) */
+    if (store_ok && !b->refilling && b->lease <= lease_size && now_us >= b->empty_until_us) {
         b->refilling = true;
         b->debt_sent = b->debt;
         *call = (rl_call_t){b, b->rate, b->burst, lease_size, b->debt, 0};
