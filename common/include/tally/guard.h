@@ -60,7 +60,7 @@ typedef struct st_tly_guard_config_t {
      "enforce rate and concurrency limits (false only to measure what they cost)"}, \
     {"shed-inflight", "TALLY_SHED_INFLIGHT", TLY_CONFIG_INT, "2000", 1, 1000000, offsetof(type, member.shed_inflight), \
      "requests in flight per thread at load 1.0 (load shedding)"}, \
-    {"shed-pg-ms", "TALLY_SHED_PG_MS", TLY_CONFIG_INT, "250", 1, 600000, offsetof(type, member.shed_pg_ms), \
+    {"shed-pg-ms", "TALLY_SHED_PG_MS", TLY_CONFIG_INT, "1000", 1, 600000, offsetof(type, member.shed_pg_ms), \
      "PostgreSQL latency (moving average) at load 1.0"}, \
     {"shed-broker-ms", "TALLY_SHED_BROKER_MS", TLY_CONFIG_INT, "1000", 1, 600000, offsetof(type, member.shed_broker_ms), \
      "broker acknowledgement latency (moving average) at load 1.0 (command API)"}
