@@ -188,6 +188,10 @@ bucket_take(tly_limiter_t *lim, rl_bucket_t *b, bool store_ok, tly_store_down_po
         *src = policy == TLY_STORE_DOWN_REFUSE ? RL_SRC_REFUSED : RL_SRC_FALLBACK;
         if (*src == RL_SRC_FALLBACK && b->local >= 1) {
             b->local -= 1;
+            /* reported once Redis answers again (up to one burst), so an
+               episode of a slow Redis hands out no second burst */
+            if (b->debt < b->burst)
+                ++b->debt;
             allowed = true;
         } else {
             *wait_ms = *src == RL_SRC_REFUSED ? 1000 : local_wait_ms(lim, b);
@@ -246,6 +250,8 @@ bucket_untake(rl_bucket_t *b, rl_source_t src)
         break;
     case RL_SRC_FALLBACK:
         b->local += 1;
+        if (b->debt > b->debt_sent)
+            --b->debt;
         break;
     default:
         break;

@@ -4,7 +4,8 @@
  * through both gets rate × time + burst within 10 %; a steady rate costs at
  * most 0.1 Redis calls per request; Redis SIGKILLed: decisions go on at once
  * under each tier's policy, and come back to shared leases by themselves
- * when Redis is back (its script cache empty: EVALSHA falls back to EVAL).
+ * when Redis is back (its script cache empty: EVALSHA falls back to EVAL);
+ * Redis SIGSTOPped (slow, not gone): the same, found out by the call deadline.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -139,19 +140,29 @@ take(int i, const tly_limit_key_t *k, int64_t *max_us)
     return r.allowed;
 }
 
-/* Hammered through both instances for 4 s: rate × time + burst, within 10 %. */
+/*
+ * Hammered through both instances for 4 s: rate × time + burst, within 10 %,
+ * although Redis stops answering for 400 ms in the middle (what the
+ * instances admit on their local shares meanwhile is paid afterwards).
+ */
 static void
 test_shared_bucket(void **state)
 {
     tly_limit_key_t k = {"sharedbucket0001", &tenant, "contract", 50, 50};
     int64_t max_us = 0, admitted = 0, t0 = tly_test_now_ms();
+    bool stopped = false, resumed = false;
     while (tly_test_now_ms() - t0 < 4000) {
         for (int n = 0; n < 20; ++n)
             admitted += take(n % INSTANCES, &k, &max_us);
         h2o_evloop_run(loop, 1);
+        if (!stopped && tly_test_now_ms() - t0 > 1500)
+            stopped = kill(redis_pid, SIGSTOP) == 0;
+        if (stopped && !resumed && tly_test_now_ms() - t0 > 1900)
+            resumed = kill(redis_pid, SIGCONT) == 0;
     }
+    assert_true(resumed);
     double elapsed = (double)(tly_test_now_ms() - t0) / 1000.0, expected = 50 * elapsed + 50;
-    fprintf(stderr, "# admitted %lld in %.2f s, expected %.0f; slowest decision %lld us\n", (long long)admitted, elapsed, expected,
+    fprintf(stderr, "# admitted %lld in %.2f s (Redis stopped for 400 ms), expected %.0f; slowest decision %lld us\n", (long long)admitted, elapsed, expected,
             (long long)max_us);
     assert_true((double)admitted >= 0.9 * expected && (double)admitted <= 1.1 * expected);
     assert_true(max_us < 2000); /* a decision never waits on Redis */
@@ -216,6 +227,35 @@ test_redis_killed(void **state)
     assert_true(lease_calls() > calls0);
 }
 
+/* SIGSTOP: calls time out (50 ms), the connection is dropped, decisions never wait; SIGCONT: back. */
+static void
+test_redis_stopped(void **state)
+{
+    tly_limit_key_t std = {"stoppedstandard1", &tenant, "standard", 100, 200};
+    int64_t max_us = 0, t0 = tly_test_now_ms();
+    assert_int_equal(kill(redis_pid, SIGSTOP), 0);
+    while (all_store_ok() && tly_test_now_ms() - t0 < 3000) {
+        for (int n = 0; n < 4; ++n)
+            take(n % INSTANCES, &std, &max_us);
+        spin(5);
+    }
+    int64_t detected_ms = tly_test_now_ms() - t0;
+    int admitted = 0;
+    for (int n = 0; n < 100; ++n) {
+        admitted += take(n % INSTANCES, &std, &max_us);
+        spin(1);
+    }
+    assert_int_equal(kill(redis_pid, SIGCONT), 0);
+    for (int i = 0; i < 200 && !all_store_ok(); ++i)
+        spin(20);
+    fprintf(stderr, "# redis stopped: seen as down after %lld ms, %d of 100 admitted on local shares, slowest decision %lld us\n",
+            (long long)detected_ms, admitted, (long long)max_us);
+    assert_true(detected_ms < 1000);
+    assert_true(admitted > 0);
+    assert_true(max_us < 2000);
+    assert_true(all_store_ok());
+}
+
 int
 main(void)
 {
@@ -223,6 +263,7 @@ main(void)
         cmocka_unit_test(test_shared_bucket),
         cmocka_unit_test(test_calls_per_request),
         cmocka_unit_test(test_redis_killed),
+        cmocka_unit_test(test_redis_stopped),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
