@@ -18,7 +18,7 @@
 static const tly_tier_t tiers[] = {
     {"free", 10, 20, 8, 2, TLY_STORE_DOWN_REFUSE},
     {"standard", 100, 200, 128, 32, TLY_STORE_DOWN_LOCAL},
-    {"contract", 0, 0, 512, 128, TLY_STORE_DOWN_LOCAL},
+    {"contract", 0, 0, 1024, 1024, TLY_STORE_DOWN_LOCAL},
 };
 #define CONTRACT_TIER (&tiers[2])
 
@@ -198,7 +198,10 @@ bucket_take(tly_limiter_t *lim, rl_bucket_t *b, bool store_ok, tly_store_down_po
         }
     } else if (b->last_reply_us != 0 && now_us - b->last_reply_us < RL_STALE_US) {
         *src = RL_SRC_OVERDRAFT;
-        if (b->reported - b->debt >= 1 && b->debt < lease_size) {
+        /* up to a lease, or beyond while the instance's share has tokens:
+           a burst that outruns the leases within one round trip (a batch
+           of 100) borrows at most this instance's part of the burst */
+        if (b->reported - b->debt >= 1 && (b->debt < lease_size || b->local >= 1)) {
             ++b->debt;
             allowed = true;
         } else {
@@ -206,8 +209,8 @@ bucket_take(tly_limiter_t *lim, rl_bucket_t *b, bool store_ok, tly_store_down_po
             *wait_ms = b->empty_until_us > now_us ? (b->empty_until_us - now_us + 999) / 1000 : ceil_div(1000, b->rate);
         }
     } else {
-        *src = RL_SRC_COLD;
-        if (b->debt < lease_size && b->local >= 1) {
+        *src = RL_SRC_COLD; /* nothing known of the bucket: this instance's share of it, owed */
+        if (b->local >= 1) {
             b->local -= 1;
             ++b->debt;
             allowed = true;

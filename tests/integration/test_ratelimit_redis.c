@@ -187,6 +187,20 @@ test_calls_per_request(void **state)
     assert_true(per_request <= 0.1);
 }
 
+/* A burst decided in one go (a batch): a warm key gets 60 tokens with no round trip to Redis in between. */
+static void
+test_burst_in_one_go(void **state)
+{
+    tly_limit_key_t k = {"burstinonego0001", &tenant, "standard", 100, 200};
+    int64_t max_us = 0;
+    assert_true(take(0, &k, &max_us));
+    spin(100); /* the leases come */
+    int admitted = 0;
+    for (int n = 0; n < 60; ++n)
+        admitted += take(0, &k, &max_us);
+    assert_int_equal(admitted, 60);
+}
+
 /* SIGKILL: no decision waits; free refuses, standard keeps its local share; back by itself. */
 static void
 test_redis_killed(void **state)
@@ -262,6 +276,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shared_bucket),
         cmocka_unit_test(test_calls_per_request),
+        cmocka_unit_test(test_burst_in_one_go),
         cmocka_unit_test(test_redis_killed),
         cmocka_unit_test(test_redis_stopped),
     };
