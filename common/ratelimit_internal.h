@@ -16,8 +16,8 @@
 #define RL_NCHAINS 4096
 /* an answer from Redis about a bucket older than this says nothing about it any more */
 #define RL_STALE_US 1000000
-/* a lease unused this long goes back to Redis */
-#define RL_IDLE_US 1000000
+/* a lease unused this long goes back to Redis (a key used every few seconds keeps its lease) */
+#define RL_IDLE_US 5000000
 /* an error reply from Redis makes the thread treat it as down this long */
 #define RL_ERROR_HOLD_US 1000000
 #define RL_TICK_MS 250
