@@ -1,5 +1,6 @@
 /* Request frames, common headers, auth-or-reply and access logging. */
 #include "tally/api.h"
+#include "tally/authfail.h"
 #include "tally/clock.h"
 #include "tally/log.h"
 #include "tally/metrics.h"
@@ -78,7 +79,8 @@ tly_api_bind_limiter(tly_limiter_thread_t *limiter)
 static tly_limit_key_t
 limit_key_of(const tly_principal_t *p)
 {
-    return (tly_limit_key_t){p->key_id, &p->tenant_id, p->tier, p->rate, p->burst};
+    /* a contract key's other limits (concurrency, the store-down policy) are the contract tier's */
+    return (tly_limit_key_t){p->key_id, &p->tenant_id, p->contract ? "contract" : p->tier, p->rate, p->burst};
 }
 
 /* 429 with Retry-After for a refused token or slot; false when the request must stop. */
@@ -139,6 +141,8 @@ log_request(tly_api_req_t *ar, int status)
     snprintf(method, sizeof(method), "%.*s", (int)(req->method.len < 15 ? req->method.len : 15), req->method.base);
     tly_log_trace_id_of(ar->traceparent, trace);
     tly_metrics_http_request(ar->route, method, status, (double)elapsed_us / 1e6);
+    if (ar->quiet)
+        return;
     tly_log(TLY_LOG_INFO, "request", "request_id", ar->request_id, "trace_id", trace[0] ? trace : NULL, "tenant",
             tenant[0] ? tenant : NULL, "method", method, "route", ar->route, "status", st, "latency_ms", ms, "job_id",
             job[0] ? job : NULL, NULL);
@@ -184,9 +188,127 @@ tly_api_unavailable(tly_api_req_t *ar, const char *code, const char *detail)
 }
 
 bool
+tly_pg_invalid_input(const PGresult *res)
+{
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return state != NULL && strncmp(state, "22", 2) == 0;
+}
+
+void
+tly_api_db_failed(tly_api_req_t *ar, const PGresult *res, const char *err, const char *detail)
+{
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state != NULL && strcmp(state, TLY_SQLSTATE_QUOTA) == 0) {
+        /* the quota triggers' message names the quota: "... quota of 20 webhook endpoints" */
+        tly_api_problem(ar, 422, "quota_exceeded", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), NULL);
+        return;
+    }
+    /* class 22 (data exception) is the client's input that the parsers let
+       through: a retry would fail the same way, so never 503 + Retry-After */
+    if (tly_pg_invalid_input(res)) {
+        tly_api_problem(ar, 422, "invalid_input", "a value of the request is out of range or invalid", NULL);
+        return;
+    }
+    tly_log(TLY_LOG_WARN, "statement failed", "request_id", ar->request_id, "route", ar->route, "error",
+            err != NULL   ? err
+            : res != NULL ? PQresultErrorMessage(res)
+                          : "no result",
+            NULL);
+    tly_api_unavailable(ar, "database_unavailable", detail);
+}
+
+bool
+tly_api_abuse_setup(const tly_api_abuse_config_t *cfg, char *err, size_t errcap)
+{
+    tly_authfail_configure((int)cfg->auth_fail_limit, (int)cfg->auth_fail_window_s);
+    if (!tly_trusted_proxies_set(cfg->trusted_proxies)) {
+        snprintf(err, errcap, "invalid value for TALLY_TRUSTED_PROXIES: \"%s\"", cfg->trusted_proxies);
+        return false;
+    }
+    return true;
+}
+
+/* The client's address: the peer, or the last X-Forwarded-For entry when the peer is a trusted proxy. */
+static bool
+source_addr(h2o_req_t *req, tly_addr_t *out)
+{
+    struct sockaddr_storage ss;
+    if (req->conn->callbacks->get_peername == NULL || req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&ss) == 0 ||
+        !tly_addr_from_sockaddr((struct sockaddr *)&ss, out))
+        return false;
+    if (!tly_trusted_proxy(out))
+        return true;
+    ssize_t i = -1, last = -1;
+    while ((i = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-forwarded-for"), i)) >= 0)
+        last = i;
+    if (last >= 0) {
+        h2o_iovec_t v = req->headers.entries[last].value;
+        const char *comma = v.base + v.len;
+        while (comma > v.base && comma[-1] != ',')
+            --comma;
+        tly_addr_t fwd;
+        if (tly_addr_parse(comma, (size_t)(v.base + v.len - comma), &fwd))
+            *out = fwd;
+    }
+    return true;
+}
+
+/* 429 for an address over its failed-authentication limit; false when the request must stop. */
+static bool
+not_throttled_or_reply(tly_api_req_t *ar, const tly_addr_t *addr)
+{
+    char secs[24];
+    int retry = tly_authfail_retry_after(addr, tly_clock_mono_us());
+    if (retry == 0)
+        return true;
+    snprintf(secs, sizeof(secs), "%d", retry);
+    tly_http_add_header(ar->req, "retry-after", secs);
+    ar->quiet = true;
+    tly_api_problem(ar, 429, "too_many_failed_authentications",
+                    "too many failed authentications from this address; retry after the time given", NULL);
+    return false;
+}
+
+static void
+record_failure(const tly_addr_t *addr, bool have_addr)
+{
+    char text[46];
+    if (!have_addr || !tly_authfail_record(addr, tly_clock_mono_us()))
+        return;
+    tly_addr_format(addr, text);
+    tly_log(TLY_LOG_WARN, "throttling failed authentications", "source", text, NULL);
+}
+
+/* More than one Authorization header is ambiguous (which one is checked?): 400, never the first one. */
+static bool
+one_authorization_or_reply(tly_api_req_t *ar, h2o_iovec_t *auth)
+{
+    ssize_t first = h2o_find_header(&ar->req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    *auth = h2o_iovec_init(NULL, 0);
+    if (first < 0)
+        return true;
+    if (h2o_find_header(&ar->req->headers, H2O_TOKEN_AUTHORIZATION, first) >= 0) {
+        tly_api_problem(ar, 400, "duplicate_header", "the request has more than one Authorization header", NULL);
+        return false;
+    }
+    /* optional whitespace around the value is not part of it (RFC 9110 5.5) */
+    h2o_iovec_t v = ar->req->headers.entries[first].value;
+    while (v.len > 0 && (v.base[0] == ' ' || v.base[0] == '\t'))
+        ++v.base, --v.len;
+    while (v.len > 0 && (v.base[v.len - 1] == ' ' || v.base[v.len - 1] == '\t'))
+        --v.len;
+    *auth = v;
+    return true;
+}
+
+bool
 tly_api_authenticate_or_reply(tly_api_req_t *ar, tly_keycache_t *keys, int scope)
 {
-    h2o_iovec_t auth = tly_http_header(ar->req, "authorization");
+    tly_addr_t addr;
+    h2o_iovec_t auth;
+    bool have_addr = source_addr(ar->req, &addr);
+    if ((have_addr && !not_throttled_or_reply(ar, &addr)) || !one_authorization_or_reply(ar, &auth))
+        return false;
     switch (tly_keycache_check(keys, auth.base, auth.len, &ar->principal)) {
     case TLY_AUTH_OK:
         break;
@@ -195,6 +317,7 @@ tly_api_authenticate_or_reply(tly_api_req_t *ar, tly_keycache_t *keys, int scope
         tly_api_problem(ar, 401, "unauthenticated", "an API key is required: Authorization: Bearer tly_live_...", NULL);
         return false;
     case TLY_AUTH_INVALID:
+        record_failure(&addr, have_addr);
         tly_http_add_header(ar->req, "www-authenticate", "Bearer error=\"invalid_token\"");
         tly_api_problem(ar, 401, "invalid_api_key", "the API key is malformed, unknown or revoked", NULL);
         return false;
@@ -209,30 +332,13 @@ tly_api_authenticate_or_reply(tly_api_req_t *ar, tly_keycache_t *keys, int scope
             return false;
     }
     if ((ar->principal.scopes & scope) == 0) {
-        tly_api_problem(ar, 403, "insufficient_scope", "this API key lacks the scope this request needs", NULL);
+        char name[16], detail[96], challenge[96];
+        tly_scopes_names(scope, name, sizeof(name));
+        snprintf(detail, sizeof(detail), "this API key lacks the %s scope this request needs", name);
+        snprintf(challenge, sizeof(challenge), "Bearer error=\"insufficient_scope\", scope=\"%s\"", name);
+        tly_http_add_header(ar->req, "www-authenticate", challenge);
+        tly_api_problem(ar, 403, "insufficient_scope", detail, NULL);
         return false;
-    }
-    return true;
-}
-
-bool
-tly_api_health(h2o_req_t *req, bool ready, const json_t *reasons)
-{
-    bool is_get = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET"));
-    bool healthz = h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/healthz"));
-    bool readyz = h2o_memis(req->path_normalized.base, req->path_normalized.len, H2O_STRLIT("/readyz"));
-    if (!is_get || !(healthz || readyz))
-        return false;
-    if (healthz || (ready && json_object_get(reasons, "degraded") == NULL)) {
-        tly_http_send_json_text(req, 200, H2O_STRLIT("{\"status\":\"ok\"}"));
-    } else if (ready) {
-        json_t *o = json_pack("{s:s, s:O}", "status", "degraded", "reasons", reasons);
-        tly_http_send_json(req, 200, o);
-        json_decref(o);
-    } else {
-        json_t *o = json_pack("{s:s, s:O}", "status", "unavailable", "reasons", reasons);
-        tly_http_send_json(req, 503, o);
-        json_decref(o);
     }
     return true;
 }

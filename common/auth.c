@@ -80,31 +80,49 @@ tly_key_hash_equal(const uint8_t a[TLY_KEY_HASH_LEN], const uint8_t b[TLY_KEY_HA
     return CRYPTO_memcmp(a, b, TLY_KEY_HASH_LEN) == 0;
 }
 
+static const struct {
+    const char *name;
+    int bit;
+} scope_names[] = {{"read", TLY_SCOPE_READ}, {"write", TLY_SCOPE_WRITE}, {"admin", TLY_SCOPE_ADMIN}};
+#define NSCOPES (sizeof(scope_names) / sizeof(scope_names[0]))
+
+int
+tly_scope_bit(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NSCOPES; ++i)
+        if (strlen(scope_names[i].name) == len && memcmp(scope_names[i].name, name, len) == 0)
+            return scope_names[i].bit;
+    return 0;
+}
+
 int
 tly_scopes_parse(const char *s)
 {
-    static const struct {
-        const char *name;
-        int bit;
-    } names[] = {{"read", TLY_SCOPE_READ}, {"write", TLY_SCOPE_WRITE}, {"admin", TLY_SCOPE_ADMIN}};
     int scopes = 0;
     const char *p = s;
     if (*p == '{')
         ++p;
     while (*p != '\0' && *p != '}') {
         size_t n = strcspn(p, ",}");
-        size_t i;
-        for (i = 0; i < sizeof(names) / sizeof(names[0]); ++i)
-            if (strlen(names[i].name) == n && memcmp(names[i].name, p, n) == 0)
-                break;
-        if (i == sizeof(names) / sizeof(names[0]))
+        int bit = tly_scope_bit(p, n);
+        if (bit == 0)
             return -1;
-        scopes |= names[i].bit;
+        scopes |= bit;
         p += n;
         if (*p == ',')
             ++p;
     }
     return scopes;
+}
+
+void
+tly_scopes_names(int scopes, char *out, size_t cap)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < NSCOPES; ++i)
+        if ((scopes & scope_names[i].bit) && used < cap)
+            used += (size_t)snprintf(out + used, cap - used, "%s%s", used > 0 ? ", " : "", scope_names[i].name);
 }
 
 void

@@ -142,6 +142,10 @@ tly_clock_parse_rfc3339(const char *s, int64_t *out_us)
     tm.tm_min = min;
     tm.tm_sec = sec;
     int64_t secs = (int64_t)timegm(&tm) - (int64_t)offset_min * 60;
+    /* years 1 to 9999 in UTC: what PostgreSQL and RFC 3339 both take, so
+       client input never reaches the database as a date it refuses */
+    if (secs < TLY_CLOCK_MIN_S || secs > TLY_CLOCK_MAX_S)
+        return false;
     *out_us = secs * 1000000 + frac_us;
     return true;
 }

@@ -1,9 +1,11 @@
 /* API key cache and its background refresh. See tally/keycache.h. */
 #include "tally/keycache.h"
+#include "tally/clock.h"
 #include "tally/log.h"
 #include "tally/pg.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -19,7 +21,8 @@ typedef struct st_key_entry_t {
     int scopes;
     bool revoked;
     char tier[TLY_TIER_NAME_MAX];
-    bool contract;
+    bool contract;      /* rate and burst are the key's own, not its tier's */
+    int64_t expires_us; /* wall clock; 0: never */
     int64_t rate, burst;
 } key_entry_t;
 
@@ -54,10 +57,8 @@ find_locked(tly_keycache_t *kc, const char *id)
     return NULL;
 }
 
-/* Inserts or replaces an entry; a contract (`tier` NULL) keeps its own rate and burst. */
-static void
-put_entry(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN], int scopes,
-          const char *tier, int64_t rate, int64_t burst, bool revoked)
+void
+tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_key_attrs_t *a)
 {
     pthread_rwlock_wrlock(&kc->lock);
     key_entry_t *e = find_locked(kc, key_id);
@@ -70,28 +71,16 @@ put_entry(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, cons
         e->next = kc->buckets[b];
         kc->buckets[b] = e;
     }
-    e->tenant_id = *tenant;
-    memcpy(e->hash, hash, TLY_KEY_HASH_LEN);
-    e->scopes = scopes;
-    e->revoked = revoked;
-    e->contract = tier == NULL;
-    snprintf(e->tier, sizeof(e->tier), "%s", tier != NULL ? tier : "contract");
-    e->rate = rate;
-    e->burst = burst;
+    e->tenant_id = a->tenant_id;
+    memcpy(e->hash, a->hash, TLY_KEY_HASH_LEN);
+    e->scopes = a->scopes;
+    e->revoked = a->revoked;
+    snprintf(e->tier, sizeof(e->tier), "%s", a->tier);
+    e->contract = a->contract;
+    e->expires_us = a->expires_us;
+    e->rate = a->rate;
+    e->burst = a->burst;
     pthread_rwlock_unlock(&kc->lock);
-}
-
-void
-tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN], int scopes,
-                 int64_t rate, int64_t burst, bool revoked)
-{
-    int64_t tr, tb;
-    const char *tier = NULL;
-    if (tly_rate_tier("free", &tr, &tb) && tr == rate && tb == burst)
-        tier = "free";
-    else if (tly_rate_tier("standard", &tr, &tb) && tr == rate && tb == burst)
-        tier = "standard";
-    put_entry(kc, key_id, tenant, hash, scopes, tier, rate, burst, revoked);
 }
 
 void
@@ -107,26 +96,29 @@ tly_keycache_revoke(tly_keycache_t *kc, const char *key_id)
 static bool
 load_row(tly_keycache_t *kc, PGresult *res, int row)
 {
-    tly_uuid_t tenant;
+    tly_key_attrs_t a = {.revoked = strcmp(PQgetvalue(res, row, 7), "t") == 0};
     size_t hlen = 0;
-    int64_t rate, burst;
-    const char *id = PQgetvalue(res, row, 0);
-    if (!tly_uuid_parse(PQgetvalue(res, row, 1), &tenant))
+    const char *id = PQgetvalue(res, row, 0), *tier = PQgetvalue(res, row, 4);
+    if (!tly_uuid_parse(PQgetvalue(res, row, 1), &a.tenant_id))
         return false;
     unsigned char *hash = PQunescapeBytea((const unsigned char *)PQgetvalue(res, row, 2), &hlen);
-    int scopes = tly_scopes_parse(PQgetvalue(res, row, 3));
-    if (hash == NULL || hlen != TLY_KEY_HASH_LEN || scopes < 0 || !tly_rate_tier(PQgetvalue(res, row, 4), &rate, &burst)) {
+    a.scopes = tly_scopes_parse(PQgetvalue(res, row, 3));
+    if (hash == NULL || hlen != TLY_KEY_HASH_LEN || a.scopes < 0 || strlen(tier) >= sizeof(a.tier) ||
+        !tly_rate_tier(tier, &a.rate, &a.burst)) {
         PQfreemem(hash);
         return false;
     }
-    bool contract = !PQgetisnull(res, row, 5) || !PQgetisnull(res, row, 6);
-    if (!PQgetisnull(res, row, 5))
-        rate = strtoll(PQgetvalue(res, row, 5), NULL, 10);
-    if (!PQgetisnull(res, row, 6))
-        burst = strtoll(PQgetvalue(res, row, 6), NULL, 10);
-    put_entry(kc, id, &tenant, hash, scopes, contract ? NULL : PQgetvalue(res, row, 4), rate, burst,
-              strcmp(PQgetvalue(res, row, 7), "t") == 0);
+    memcpy(a.hash, hash, TLY_KEY_HASH_LEN);
     PQfreemem(hash);
+    snprintf(a.tier, sizeof(a.tier), "%s", tier);
+    a.contract = !PQgetisnull(res, row, 5) || !PQgetisnull(res, row, 6);
+    if (!PQgetisnull(res, row, 5))
+        a.rate = strtoll(PQgetvalue(res, row, 5), NULL, 10);
+    if (!PQgetisnull(res, row, 6))
+        a.burst = strtoll(PQgetvalue(res, row, 6), NULL, 10);
+    if (!PQgetisnull(res, row, 9))
+        a.expires_us = strtoll(PQgetvalue(res, row, 9), NULL, 10);
+    tly_keycache_put(kc, id, &a);
     return true;
 }
 
@@ -136,7 +128,8 @@ refresh_once(tly_keycache_t *kc, PGconn *conn, char *err, size_t errcap)
 {
     /* one second of overlap: rows committed late with an older updated_at */
     const char *sql = "SELECT id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, revoked_at IS NOT NULL, "
-                      "(SELECT coalesce(max(updated_at), 'epoch') FROM api_keys)::text "
+                      "(SELECT coalesce(max(updated_at), 'epoch') FROM api_keys)::text, "
+                      "(extract(epoch FROM expires_at) * 1000000)::bigint "
                       "FROM api_keys WHERE updated_at >= $1::timestamptz - interval '1 second'";
     const char *params[1] = {kc->since};
     PGresult *res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
@@ -154,6 +147,49 @@ cleanup:
     return ret;
 }
 
+/* LISTEN on the key channel; false (with `err`) when the connection refused it. */
+static bool
+listen_keys(PGconn *conn, char *err, size_t errcap)
+{
+    PGresult *res = PQexec(conn, "LISTEN " TLY_KEYCACHE_CHANNEL);
+    bool ok = tly_pg_ok(conn, res, "could not listen for api key changes", err, errcap);
+    PQclear(res);
+    return ok;
+}
+
+/*
+ * Sleeps until a key change is announced (the api_keys trigger's NOTIFY),
+ * the refresh period ends (the fallback for a notification missed while the
+ * connection was down) or the cache is stopped. True when notified.
+ */
+static bool
+wait_for_change(tly_keycache_t *kc, PGconn *conn)
+{
+    int64_t deadline = tly_clock_mono_us() + (int64_t)kc->refresh_ms * 1000;
+    bool notified = false;
+    while (!notified && !atomic_load(&kc->stop)) {
+        int64_t left_ms = (deadline - tly_clock_mono_us()) / 1000;
+        if (left_ms <= 0)
+            break;
+        /* short slices: a stop is noticed within 50 ms */
+        struct pollfd p = {.fd = conn != NULL ? PQsocket(conn) : -1, .events = POLLIN};
+        if (p.fd < 0) {
+            usleep(50 * 1000);
+            continue;
+        }
+        if (poll(&p, 1, left_ms < 50 ? (int)left_ms : 50) > 0 && PQconsumeInput(conn) == 1) {
+            PGnotify *n;
+            while ((n = PQnotifies(conn)) != NULL) {
+                notified = true;
+                PQfreemem(n);
+            }
+        } else if (p.revents != 0) {
+            break; /* the connection failed: reconnect now */
+        }
+    }
+    return notified;
+}
+
 static void *
 refresher_main(void *arg)
 {
@@ -164,7 +200,11 @@ refresher_main(void *arg)
     while (!atomic_load(&kc->stop)) {
         if (tly_pg_broken(conn)) {
             PQfinish(conn);
-            conn = tly_pg_connect(kc->dsn, err, sizeof(err));
+            /* LISTEN before the load: a change committed in between is both loaded and announced */
+            if ((conn = tly_pg_connect(kc->dsn, err, sizeof(err))) != NULL && !listen_keys(conn, err, sizeof(err))) {
+                PQfinish(conn);
+                conn = NULL;
+            }
         }
         if (conn != NULL && refresh_once(kc, conn, err, sizeof(err)) == 0) {
             if (!atomic_load(&kc->ready) || reported)
@@ -175,8 +215,7 @@ refresher_main(void *arg)
             tly_log(TLY_LOG_WARN, "could not refresh api keys", "error", err, NULL);
             reported = true;
         }
-        for (int slept = 0; slept < kc->refresh_ms && !atomic_load(&kc->stop); slept += 50)
-            usleep(50 * 1000);
+        wait_for_change(kc, conn);
     }
     PQfinish(conn);
     return NULL;
@@ -238,8 +277,12 @@ tly_keycache_check(tly_keycache_t *kc, const char *authorization, size_t len, tl
     uint8_t presented[TLY_KEY_HASH_LEN];
     if (authorization == NULL || len == 0)
         return TLY_AUTH_MISSING;
-    if (len < sizeof(bearer) - 1 || strncasecmp(authorization, bearer, sizeof(bearer) - 1) != 0 ||
-        !tly_key_parse(authorization + sizeof(bearer) - 1, len - (sizeof(bearer) - 1), &parts))
+    if (len < sizeof(bearer) - 1 || strncasecmp(authorization, bearer, sizeof(bearer) - 1) != 0)
+        return TLY_AUTH_INVALID;
+    size_t at = sizeof(bearer) - 1;
+    while (at < len && authorization[at] == ' ') /* auth-scheme 1*SP token68 */
+        ++at;
+    if (!tly_key_parse(authorization + at, len - at, &parts))
         return TLY_AUTH_INVALID;
     if (!tly_keycache_ready(kc))
         return TLY_AUTH_UNAVAILABLE;
@@ -247,15 +290,17 @@ tly_keycache_check(tly_keycache_t *kc, const char *authorization, size_t len, tl
     tly_auth_result_t result = TLY_AUTH_INVALID;
     pthread_rwlock_rdlock(&kc->lock);
     key_entry_t *e = find_locked(kc, parts.id);
-    if (e != NULL && tly_key_hash_equal(e->hash, presented) && !e->revoked) {
+    if (e != NULL && tly_key_hash_equal(e->hash, presented) && !e->revoked &&
+        (e->expires_us == 0 || tly_clock_now_us() < e->expires_us)) {
         memcpy(out->key_id, e->id, sizeof(out->key_id));
         out->tenant_id = e->tenant_id;
         out->scopes = e->scopes;
-        memcpy(out->tier, e->tier, sizeof(out->tier));
+        out->entry = e;
+        snprintf(out->tier, sizeof(out->tier), "%s", e->tier);
         out->contract = e->contract;
+        out->expires_us = e->expires_us;
         out->rate = e->rate;
         out->burst = e->burst;
-        out->entry = e;
         result = TLY_AUTH_OK;
     }
     pthread_rwlock_unlock(&kc->lock);

@@ -581,9 +581,12 @@ wk_init(void)
                               kafka_bounds, sizeof(kafka_bounds) / sizeof(kafka_bounds[0]));
     wk.kafka_errors =
         tly_metrics_counter(r, "tally_kafka_produce_errors_total",
-                            "Events the broker did not take: refused when enqueued, or failed delivery reports.", "stage", 4);
+                            "Events the broker did not take: refused when enqueued, failed delivery reports, or no report "
+                            "within the deadline (answered 503 by the API's own timer).",
+                            "stage", 4);
     tly_counter_add(tly_metric_s1(wk.kafka_errors, "enqueue"), 0);
     tly_counter_add(tly_metric_s1(wk.kafka_errors, "delivery"), 0);
+    tly_counter_add(tly_metric_s1(wk.kafka_errors, "deadline"), 0);
     wk.events_applied =
         tly_metrics_counter(r, "tally_events_applied_total",
                             "Events whose consumer position was committed, by consumer (rate() gives events/s).", "consumer", 16);
@@ -681,6 +684,13 @@ tly_metrics_kafka_enqueue_error(void)
 {
     wk_ready();
     tly_counter_add(tly_metric_s1(wk.kafka_errors, "enqueue"), 1);
+}
+
+void
+tly_metrics_kafka_deadline(void)
+{
+    wk_ready();
+    tly_counter_add(tly_metric_s1(wk.kafka_errors, "deadline"), 1);
 }
 
 void

@@ -112,7 +112,6 @@ thread_setup(tly_server_thread_t *t)
     t->accept_ctx.hosts = globalconf.hosts;
     t->listener = h2o_evloop_socket_create(t->loop, t->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
     t->listener->data = t;
-    h2o_socket_read_start(t->listener, on_accept);
     if (t->admin_fd >= 0) {
         /* a context of its own on the same loop, so the API's handlers never see admin requests */
         h2o_context_init(&t->admin_ctx, t->loop, &admin_globalconf);
@@ -130,19 +129,39 @@ thread_setup(tly_server_thread_t *t)
     return true;
 }
 
+/* Starts accepting once the application can serve, or once it waited long enough. */
+static void
+accept_when_serving(tly_server_thread_t *t, int64_t started_us)
+{
+    tly_server_config_t *cfg = t->config;
+    bool serving = cfg->thread_serving == NULL || cfg->thread_serving(t->app);
+    bool waited = tly_clock_mono_us() - started_us > (int64_t)TLY_SERVER_READY_WAIT_MS * 1000;
+    if (!serving && !waited)
+        return;
+    if (!serving)
+        tly_logf(TLY_LOG_WARN, "%s thread %zu not ready after %d ms, serving anyway", cfg->name, t->index,
+                 TLY_SERVER_READY_WAIT_MS);
+    h2o_socket_read_start(t->listener, on_accept);
+    t->accepting = true;
+}
+
 static void *
 thread_main(void *arg)
 {
     tly_server_thread_t *t = arg;
     tly_server_config_t *cfg = t->config;
-    int64_t deadline = 0;
+    int64_t deadline = 0, started_us = tly_clock_mono_us();
     if (!thread_setup(t)) {
         t->failed = true;
         atomic_store(&stopping, true);
         return NULL;
     }
+    accept_when_serving(t, started_us);
     while (1) {
-        h2o_evloop_run(t->loop, 50);
+        /* while waiting to serve, look every 5 ms: the first connection is the start-up's cost */
+        h2o_evloop_run(t->loop, t->accepting ? 50 : 5);
+        if (!t->accepting && t->listener != NULL && !tly_server_stopping())
+            accept_when_serving(t, started_us);
         if (!tly_server_stopping())
             continue;
         if (deadline == 0) {
@@ -195,7 +214,10 @@ tly_server_run(tly_server_config_t *cfg)
     signal(SIGPIPE, SIG_IGN);
 
     h2o_config_init(&globalconf);
+    /* h2o refuses a body over this (413) before buffering it: it is the API's own limit, not a larger one */
     globalconf.max_request_entity_size = cfg->max_body;
+    /* HTTP/1.1 only: no cleartext upgrade to HTTP/2 (h2c) on a port meant for the gateway */
+    globalconf.http1.upgrade_to_http2 = 0;
     globalconf.server_name = h2o_iovec_init(H2O_STRLIT("tally"));
     h2o_hostconf_t *hostconf = h2o_config_register_host(&globalconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *pathconf = h2o_config_register_path(hostconf, "/", 0);

@@ -12,7 +12,7 @@ packages=(
     libssl-dev zlib1g-dev uuid-dev libcurl4-openssl-dev
     postgresql-15 openjdk-17-jre-headless maven nginx-light
     redis-server libhiredis-dev
-    curl jq clang-format
+    curl jq clang-format nftables
 )
 
 die() { printf '%s\n' "$*" >&2; exit 1; }

@@ -5,6 +5,8 @@
 #
 #   tests/stack.sh up DIR     wipe DIR, start everything, write DIR/env
 #   tests/stack.sh down DIR   stop everything `up DIR` started
+#   tests/stack.sh heal DIR   start again, on their own ports, whatever of
+#                             `up DIR` is no longer running (after a kill)
 #
 # DIR/env has one KEY=VALUE per line, the value unquoted up to the end of the
 # line (TALLY_PG_DSN holds spaces): TALLY_URL (gateway), TALLY_COMMAND_URL,
@@ -25,7 +27,7 @@ set -euo pipefail
 
 marker=.tally-test-stack
 
-usage() { tly_die "usage: tests/stack.sh up|down DIR"; }
+usage() { tly_die "usage: tests/stack.sh up|down|heal DIR"; }
 
 pick_bin() {
     local parent
@@ -72,11 +74,25 @@ up() {
     tly_init
     # A failed start leaves nothing running.
     trap 'if (($? != 0)); then tly_stack_down; fi' EXIT
+    tly_write_ports
+    tly_limits_write_ports
     tly_stack_up test "$TALLY_VAR/env"
     tly_write_env "$TALLY_VAR/env" raw
     tly_write_env "$TALLY_VAR/local.env" shell
     trap - EXIT
     tly_log "test stack up in $TALLY_VAR ($(tly_since "$t0"))"
+}
+
+heal() {
+    local dir=$1 t0=$EPOCHREALTIME
+    [[ -f $dir/$marker ]] || tly_die "could not heal $dir: it is not a test stack directory"
+    pick_bin "$dir"
+    TALLY_VAR=$dir
+    tly_init
+    tly_restore_ports
+    tly_limits_restore_ports
+    tly_stack_up test "$TALLY_VAR/env"
+    tly_log "test stack healed in $TALLY_VAR ($(tly_since "$t0"))"
 }
 
 down() {
@@ -94,6 +110,7 @@ main() {
     (($# == 2)) || usage
     case $1 in
     up) up "$2" ;;
+    heal) heal "$2" ;;
     down) down "$2" ;;
     *) usage ;;
     esac

@@ -554,6 +554,7 @@ tly_limits_export_env() {
     done
 }
 
+# Alive and /healthz answering on its admin port $3 (never on the API port).
 tly_api_instance_ready() {
     tly_alive "$1" "/$2" && curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$3/healthz" 2>/dev/null
 }
@@ -573,7 +574,7 @@ tly_api_instance_start() {
     printf '%s\n' "$admin" >"$TALLY_VAR/run/$name.admin-port"
     TALLY_HTTP_PORT=$port TALLY_ADMIN_PORT=$admin tly_spawn "$name" "$log" "$TALLY_BIN/$bin"
     printf '%s\n' "$port" >"$TALLY_VAR/run/$name.port"
-    if ! tly_wait 30 tly_api_instance_ready "$name" "$bin" "$port"; then
+    if ! tly_wait 30 tly_api_instance_ready "$name" "$bin" "$admin"; then
         tly_log_tail "$log" "$offset"
         tly_stop "$name" "/$bin"
         tly_die "could not start $name: see $log"
@@ -589,6 +590,28 @@ tly_api_instances_start() {
             tly_api_instance_start "$inst_name" "tally-$kind-api" "$inst_port" "$inst_admin"
         done
     done
+}
+
+# Redis's port and the extra instances' ports, to $TALLY_VAR/limits-ports
+# (beside tly_write_ports' file): a healed stack restarts them where they were.
+tly_limits_write_ports() {
+    local i var name
+    {
+        printf 'TALLY_REDIS_PORT=%s\nTALLY_API_INSTANCES=%s\n' "$TALLY_REDIS_PORT" "$TALLY_API_INSTANCES"
+        for ((i = 2; i <= TALLY_API_INSTANCES; i++)); do
+            for var in COMMAND_PORT QUERY_PORT COMMAND_ADMIN_PORT QUERY_ADMIN_PORT; do
+                name=TALLY_${var}_$i
+                printf '%s=%s\n' "$name" "${!name}"
+            done
+        done
+    } >"$TALLY_VAR/limits-ports.tmp"
+    mv "$TALLY_VAR/limits-ports.tmp" "$TALLY_VAR/limits-ports"
+}
+
+tly_limits_restore_ports() {
+    [[ -f $TALLY_VAR/limits-ports ]] || return 0
+    # shellcheck source=/dev/null
+    . "$TALLY_VAR/limits-ports"
 }
 
 # Stops every extra instance that has a pid file, whatever N is now.
@@ -666,9 +689,15 @@ tly_ensure_api_key() {
     export TALLY_API_KEY=$key
 }
 
+# Alive and /healthz answering on admin port $2 (health is never on the API
+# port); with no admin port ($2 = 0), API port $3 accepting connections.
 tly_api_ready() {
-    tly_alive "$1" "/$1" &&
+    tly_alive "$1" "/$1" || return 1
+    if [[ $2 == 0 ]]; then
+        tly_port_open "$3"
+    else
         curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$2/healthz" 2>/dev/null
+    fi
 }
 
 # Starts service $1 with its admin endpoint on port $3 (tally-command-api,
@@ -689,13 +718,13 @@ tly_service_start() {
     if [[ -n $port ]]; then
         TALLY_HTTP_PORT=$port TALLY_ADMIN_PORT=$admin tly_spawn "$name" "$log" "$TALLY_BIN/$name"
         printf '%s\n' "$port" >"$TALLY_VAR/run/$name.port"
-        tly_wait 30 tly_api_ready "$name" "$port" || ok=false
+        tly_wait 30 tly_api_ready "$name" "$admin" "$port" || ok=false
     else
         tly_spawn "$name" "$log" env -u TALLY_HTTP_PORT TALLY_ADMIN_PORT="$admin" "$TALLY_BIN/$name"
         sleep 1
         tly_alive "$name" "/$name" || ok=false
         if $ok && [[ $admin != 0 ]]; then
-            tly_wait 10 tly_api_ready "$name" "$admin" || ok=false
+            tly_wait 10 tly_api_ready "$name" "$admin" 0 || ok=false
         fi
     fi
     if ! $ok; then
@@ -733,12 +762,51 @@ tly_gateway_ready() {
         curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$TALLY_GATEWAY_PORT/healthz" 2>/dev/null
 }
 
+# Pids of nginx processes left in the session of the master recorded in
+# run/nginx.pid after that master died (SIGKILL): its workers live on and
+# keep the port. tly_spawn made the master a session leader, so its workers
+# carry its pid as their session id; the executable must be nginx too, so a
+# recycled pid names nothing else.
+tly_gateway_orphans() {
+    local file=$TALLY_VAR/run/nginx.pid master stat pid rest
+    [[ -f $file ]] || return 0
+    master=$(<"$file")
+    [[ $master =~ ^[0-9]+$ ]] || return 0
+    tly_alive nginx "$TALLY_VAR/nginx/nginx.conf" && return 0 # a live master's workers are its own
+    for stat in /proc/[0-9]*/stat; do
+        pid=${stat#/proc/}
+        pid=${pid%/stat}
+        [[ $pid == "$master" ]] && continue
+        { read -r rest <"$stat"; } 2>/dev/null || continue
+        rest=${rest##*) } # fields after the command name: state ppid pgrp session ...
+        read -r _ _ _ sid _ <<<"$rest"
+        [[ $sid == "$master" && $(readlink "/proc/$pid/exe" 2>/dev/null) == */nginx ]] && printf '%s\n' "$pid"
+    done
+    return 0
+}
+
+# Stops the workers a killed master left behind: TERM, up to 5 s, KILL.
+tly_gateway_reap_orphans() {
+    local pids
+    pids=$(tly_gateway_orphans)
+    [[ -n $pids ]] || return 0
+    tly_log "stopping nginx workers left by a dead master: $(echo $pids)"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    if ! tly_wait 5 test -z "$(tly_gateway_orphans)"; then
+        # shellcheck disable=SC2046
+        kill -KILL $(tly_gateway_orphans) 2>/dev/null || true
+        tly_wait 5 test -z "$(tly_gateway_orphans)" || true
+    fi
+}
+
 tly_gateway_start() {
     local t0=$EPOCHREALTIME log=$TALLY_VAR/log/nginx-error.log offset
     if tly_alive nginx "$TALLY_VAR/nginx/nginx.conf"; then
         tly_log "gateway already running on port $TALLY_GATEWAY_PORT"
         return 0
     fi
+    tly_gateway_reap_orphans
     tly_require_port_free gateway "$TALLY_GATEWAY_PORT"
     tly_gateway_render
     offset=$(tly_log_offset "$log")
@@ -802,6 +870,7 @@ tly_stack_up() {
 
 # Stops what tly_stack_up started, in reverse order.
 tly_stack_down() {
+    tly_gateway_reap_orphans
     tly_stop nginx "$TALLY_VAR/nginx/nginx.conf"
     tly_stop tally-worker "/tally-worker"
     tly_api_instances_stop
@@ -810,6 +879,24 @@ tly_stack_down() {
     tly_kafka_stop
     tly_redis_stop
     tly_pg_stop
+}
+
+# The ports of the stack, to $TALLY_VAR/ports (sourced by tly_restore_ports):
+# a process that died is restarted on the port it had, not a default.
+tly_write_ports() {
+    local name
+    for name in TALLY_PG_PORT TALLY_KAFKA_PORT TALLY_KAFKA_CONTROLLER_PORT TALLY_COMMAND_PORT \
+        TALLY_QUERY_PORT TALLY_GATEWAY_PORT TALLY_COMMAND_ADMIN_PORT TALLY_QUERY_ADMIN_PORT \
+        TALLY_WORKER_ADMIN_PORT; do
+        printf '%s=%s\n' "$name" "${!name}"
+    done >"$TALLY_VAR/ports.tmp"
+    mv "$TALLY_VAR/ports.tmp" "$TALLY_VAR/ports"
+}
+
+tly_restore_ports() {
+    [[ -f $TALLY_VAR/ports ]] || return 0
+    # shellcheck source=/dev/null
+    . "$TALLY_VAR/ports"
 }
 
 # Writes the stack's variables to $1. $2 = shell: single-quoted values, to

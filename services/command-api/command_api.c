@@ -35,7 +35,8 @@ const tly_config_def_t tly_command_api_settings[] = {
      "how long acceptances (recorded after their 202s) gather before one statement writes them; a retry with the same "
      "Idempotency-Key meanwhile gets 409"},
     {"key-refresh-ms", "TALLY_KEY_REFRESH_MS", TLY_CONFIG_INT, "1000", 100, 5000, OFF(key_refresh_ms),
-     "how often API key changes (revocations) are loaded"},
+     "how often API key changes are loaded at the latest (they are pushed at once; this is the fallback)"},
+    TLY_API_ABUSE_SETTINGS(OFF(abuse)),
     {"webhook-allow-private", "TALLY_WEBHOOK_ALLOW_PRIVATE", TLY_CONFIG_BOOL, "false", 0, 0, OFF(webhook_allow_private),
      "accept webhook URLs on loopback and private addresses, and plain http (tests and local stacks only)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
@@ -128,20 +129,20 @@ thread_ready(void *app, json_t *reasons)
     return pg && keys && kafka;
 }
 
+/* The first request may come in: the pool has a connection and the API keys are loaded (tly_server_config_t). */
 static bool
-health_or_reply(h2o_req_t *req, cmd_thread_t *thr)
+thread_serving(void *app)
 {
-    json_t *reasons = json_object();
-    bool answered = tly_api_health(req, thread_ready(thr, reasons), reasons);
-    json_decref(reasons);
-    return answered;
+    cmd_thread_t *thr = app;
+    return tly_pgpool_ready(thr->pg) && tly_keycache_ready(thr->keys);
 }
 
 static int
 on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     cmd_thread_t *thr = tly_server_thread_of(req)->app;
-    if (health_or_reply(req, thr) || tly_guard_shed_or_pass(thr->guard, req, &thr->inflight))
+    /* health is the admin port's (/healthz, /readyz): never public through the gateway */
+    if (tly_guard_shed_or_pass(thr->guard, req, &thr->inflight))
         return 0;
 
     h2o_iovec_t segs[4];
@@ -193,6 +194,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->kafka_wakeup->data = thr;
     h2o_socket_read_start(thr->kafka_wakeup, on_kafka_wakeup);
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, cmd_statements, STMT__COUNT);
+    h2o_timeout_init(t->loop, &thr->deadline, (uint64_t)cfg->kafka_timeout_ms);
     cmd_records_init(thr);
     thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, thr->pg, t->index == 0);
     return thr;
@@ -210,6 +212,10 @@ thread_dispose(void *app)
     cmd_thread_t *thr = app;
     /* in-flight ops are done or past the grace period; deliver what is queued */
     rd_kafka_flush(thr->producer, 2000);
+    /* appends still without a report are answered (503) and their ops outlive the loop: leave them to the lease */
+    while (!h2o_linklist_is_empty(&thr->deadline._entries))
+        h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, thr->deadline._entries.next));
+    h2o_timeout_dispose(thr->loop, &thr->deadline);
     cmd_records_dispose(thr);
     tly_guard_thread_destroy(thr->guard);
     tly_pgpool_destroy(thr->pg);
@@ -224,6 +230,10 @@ int
 tly_command_api_run(tly_command_api_config_t *cfg)
 {
     char err[512];
+    if (!tly_api_abuse_setup(&cfg->abuse, err, sizeof(err))) {
+        tly_log(TLY_LOG_ERROR, err, NULL);
+        return 1;
+    }
     /* a producer of its own for the readiness probe: it outlives every thread */
     rd_kafka_t *probe_rk = tly_kafka_producer_create(cfg->kafka_brokers, 1000, NULL, NULL, err, sizeof(err));
     if (probe_rk == NULL) {
@@ -238,7 +248,7 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         .host = cfg->host,
         .port = (uint16_t)cfg->port,
         .threads = (size_t)cfg->threads,
-        .max_body = 1024 * 1024,
+        .max_body = CMD_MAX_BODY, /* h2o refuses a larger body before buffering it */
         .on_req = on_req,
         .thread_init = thread_init,
         .thread_inflight = thread_inflight,
@@ -247,6 +257,7 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         .shutdown_grace_ms = 8000,
         .admin_port = (uint16_t)cfg->admin_port,
         .thread_ready = thread_ready,
+        .thread_serving = thread_serving,
     };
     int ret = tly_server_run(&server);
     tly_guard_destroy(shared_guard);

@@ -7,6 +7,7 @@
 #define TALLY_COMMAND_API_H
 
 #include "tally/config.h"
+#include "tally/api.h"
 #include "tally/guard.h"
 #include "tally/keycache.h"
 #include "tally/server.h"
@@ -26,6 +27,7 @@ typedef struct st_tly_command_api_config_t {
     int64_t kafka_timeout_ms;
     int64_t accept_gather_ms;
     int64_t key_refresh_ms;
+    tly_api_abuse_config_t abuse;
     bool webhook_allow_private;
     char *log_level;
     tly_guard_config_t guard; /* rate limits and load shedding */

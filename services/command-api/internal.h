@@ -61,6 +61,7 @@ typedef struct st_cmd_thread_t {
     cmd_accept_t *accepts; /* acceptances to record */
     size_t naccepts;
     h2o_timeout_t flush_now, accept_gather, flush_retry, reclaim;
+    h2o_timeout_t deadline; /* TALLY_KAFKA_TIMEOUT_MS after an append: the 503 if no report came */
     h2o_timeout_entry_t flush_entry, gather_entry, retry_entry;
     bool closing;
 } cmd_thread_t;
@@ -83,6 +84,9 @@ struct st_cmd_op_t {
     struct st_cmd_op_t *next;    /* in thr->records */
     h2o_timeout_entry_t reclaim; /* another look at a key found in flight */
     int reclaims;
+    int attempt;                  /* the record's attempt (0009): fences marking it failed */
+    h2o_timeout_entry_t deadline; /* in thr->deadline while the append waits for its report */
+    bool answered;                /* the client has its answer; the op may live on until its report */
 };
 
 /** An op for an HTTP request (`req`), or for a batch item (`req` NULL, `batch` set). */

@@ -25,6 +25,10 @@
     "'enabled', enabled, 'disabled_reason', disabled_reason, 'failing_since', " WH_TS("failing_since") ", "                      \
     "'previous_secret_expires_at', " WH_TS("previous_secret_expires_at") ", 'version', version, "                                \
     "'created_at', " WH_TS("created_at") ", 'updated_at', " WH_TS("updated_at") ")::text"
+/* The audit event of a webhook endpoint change `w` (a CTE returning id), by key `actor` in request `rid`. */
+#define WH_AUDIT(action, actor, rid, changes)                                                                                      \
+    "a AS (INSERT INTO audit_events (tenant_id, actor_type, actor_id, request_id, action, resource_type, resource_id, "          \
+    "changes) SELECT $2, 'api_key', " actor ", " rid ", '" action "', 'webhook_endpoint', w.id::text, " changes " FROM w)"
 /* clang-format on */
 
 const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
@@ -43,58 +47,84 @@ const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
        failed or its lease ran out, else report what it is. */
     [STMT_CLAIM] = {"claim_request",
                     "WITH cur AS (SELECT * FROM command_requests WHERE tenant_id = $1 AND idempotency_key = $2 FOR UPDATE), "
-                    "upd AS (UPDATE command_requests c SET state = 'pending', "
+                    "upd AS (UPDATE command_requests c SET state = 'pending', attempt = cur.attempt + 1, "
                     "locked_until = now() + interval '15 seconds' FROM cur WHERE c.job_id = cur.job_id "
                     "AND cur.request_hash = decode($3, 'hex') AND (cur.state = 'failed' OR "
-                    "(cur.state = 'pending' AND cur.locked_until < now())) RETURNING c.job_id) "
+                    "(cur.state = 'pending' AND cur.locked_until < now())) RETURNING c.attempt) "
                     "SELECT cur.job_id, cur.event_id, cur.request_hash = decode($3, 'hex'), cur.state, "
-                    "cur.response_body, cur.resource_id, (SELECT count(*) FROM upd) FROM cur",
+                    "cur.response_body, cur.resource_id, (SELECT attempt FROM upd) FROM cur",
                     3},
     /* The acceptances of a loop iteration's delivery reports, in one statement. */
     [STMT_ACCEPT] = {"accept_requests",
                      "UPDATE command_requests c SET state = 'accepted', response_status = 202, response_body = u.body "
                      "FROM unnest($1::uuid[], $2::text[]) AS u(job_id, body) WHERE c.job_id = u.job_id",
                      2},
-    [STMT_FAIL] = {"fail_request", "UPDATE command_requests SET state = 'failed' WHERE job_id = $1 AND state = 'pending'", 1},
+    /* Fenced by the attempt: a late delivery report of an attempt that a retry
+       has since taken over leaves the retry's record alone (0009). */
+    [STMT_FAIL] = {"fail_request",
+                   "UPDATE command_requests SET state = 'failed' WHERE job_id = $1 AND state = 'pending' AND attempt = $2", 2},
+    /* API keys and webhook endpoints (api_keys.c, webhooks.c): each change
+       and its audit event are one statement. The actor's key id and the
+       request id are the last two parameters. */
     [STMT_KEY_CREATE] = {"create_key",
-                         "INSERT INTO api_keys (id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, label) "
-                         "VALUES ($1, $2, decode($3, 'hex'), $4::text[], $5, $6, $7, $8) "
-                         "RETURNING to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-                         8},
+                         "WITH k AS (INSERT INTO api_keys (id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, label, "
+                         "expires_at, created_by) VALUES ($1, $2, decode($3, 'hex'), $4::text[], $5, $6::integer, $7::integer, $8, "
+                         "$9::timestamptz, $10) RETURNING id, created_at), "
+                         "a AS (INSERT INTO audit_events (tenant_id, actor_type, actor_id, request_id, action, resource_type, "
+                         "resource_id, changes) SELECT $2, 'api_key', $10, $11, 'api_key.created', 'api_key', k.id, "
+                         "jsonb_build_object('scopes', $4::text[], 'tier', $5, 'rate_per_sec', $6::integer, 'burst', $7::integer, "
+                         "'label', $8, 'expires_at', $9::timestamptz) FROM k) "
+                         "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM k",
+                         11},
+    /* Revoking twice answers 204 both times; only the first is audited. */
     [STMT_KEY_REVOKE] = {"revoke_key",
-                         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), updated_at = now() "
-                         "WHERE id = $1 AND tenant_id = $2 RETURNING id",
-                         2},
+                         "WITH r AS (UPDATE api_keys SET revoked_at = now(), updated_at = now() "
+                         "WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL RETURNING id), "
+                         "a AS (INSERT INTO audit_events (tenant_id, actor_type, actor_id, request_id, action, resource_type, "
+                         "resource_id) SELECT $2, 'api_key', $3, $4, 'api_key.revoked', 'api_key', r.id FROM r) "
+                         "SELECT id FROM api_keys WHERE id = $1 AND tenant_id = $2",
+                         4},
     /* Webhook endpoints (webhooks.c). Each statement filters by tenant and
        skips deleted endpoints: no row is a 404. The endpoint's JSON is the
        same as the query API's GET (tests compare them). */
     [STMT_WH_CREATE] = {"wh_create",
-                        "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, secret) "
-                        "VALUES ($1, $2, $3, $4, $5::text[], $6) RETURNING " WH_ENDPOINT_JSON,
-                        6},
+                        "WITH w AS (INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, secret) "
+                        "VALUES ($1, $2, $3, $4, $5::text[], $6) RETURNING id, " WH_ENDPOINT_JSON " AS j), "
+                        WH_AUDIT("webhook_endpoint.created", "$7", "$8",
+                                 "jsonb_build_object('url', $3, 'description', $4, 'event_types', $5::text[])")
+                        " SELECT j FROM w",
+                        8},
     /* $3 url, $4 description, $5 event types, $6 enabled: NULL keeps the
        value. Disabling records 'manual' (keeping the sender's 'gone' or
        'failing'); enabling a disabled endpoint clears the reason and the
        failing clock, so the sender starts afresh with it. */
     [STMT_WH_UPDATE] = {"wh_update",
-                        "UPDATE webhook_endpoints SET url = coalesce($3, url), description = coalesce($4, description), "
+                        "WITH w AS (UPDATE webhook_endpoints SET url = coalesce($3, url), "
+                        "description = coalesce($4, description), "
                         "event_types = coalesce($5::text[], event_types), enabled = coalesce($6::boolean, enabled), "
                         "disabled_reason = CASE WHEN $6::boolean IS NULL THEN disabled_reason WHEN $6::boolean THEN NULL "
                         "WHEN enabled THEN 'manual' ELSE disabled_reason END, "
                         "failing_since = CASE WHEN $6::boolean AND NOT enabled THEN NULL ELSE failing_since END, "
                         "version = version + 1, updated_at = now() "
-                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING " WH_ENDPOINT_JSON,
-                        6},
+                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id, " WH_ENDPOINT_JSON " AS j), "
+                        WH_AUDIT("webhook_endpoint.updated", "$7", "$8",
+                                 "jsonb_strip_nulls(jsonb_build_object('url', $3, 'description', $4, "
+                                 "'event_types', $5::text[], 'enabled', $6::boolean))")
+                        " SELECT j FROM w",
+                        8},
     [STMT_WH_DELETE] = {"wh_delete",
-                        "UPDATE webhook_endpoints SET deleted_at = now(), updated_at = now(), version = version + 1 "
-                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id",
-                        2},
+                        "WITH w AS (UPDATE webhook_endpoints SET deleted_at = now(), updated_at = now(), version = version + 1 "
+                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id), "
+                        WH_AUDIT("webhook_endpoint.deleted", "$3", "$4", "'{}'::jsonb") " SELECT id FROM w",
+                        4},
     /* The current secret keeps signing beside the new one for 24 h. */
     [STMT_WH_ROTATE] = {"wh_rotate",
-                        "UPDATE webhook_endpoints SET previous_secret = secret, "
+                        "WITH w AS (UPDATE webhook_endpoints SET previous_secret = secret, "
                         "previous_secret_expires_at = now() + interval '24 hours', secret = $3, version = version + 1, "
-                        "updated_at = now() WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING " WH_ENDPOINT_JSON,
-                        3},
+                        "updated_at = now() WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id, "
+                        WH_ENDPOINT_JSON " AS j), "
+                        WH_AUDIT("webhook_endpoint.secret_rotated", "$4", "$5", "'{}'::jsonb") " SELECT j FROM w",
+                        5},
     /* Replay [$3, $4): settled deliveries go back to pending, due now, with
        their ids and attempt history kept (the attempt counter goes on, so
        attempt numbers stay unique). Pending ones are left alone: their
@@ -135,16 +165,25 @@ cmd_op_destroy(cmd_op_t *op)
 {
     if (h2o_timeout_is_linked(&op->reclaim))
         h2o_timeout_unlink(&op->reclaim);
+    if (h2o_timeout_is_linked(&op->deadline))
+        h2o_timeout_unlink(&op->deadline);
     tly_api_req_finish(&op->api);
     json_decref(op->body);
     free(op->response);
     free(op);
 }
 
-/* Ends the op with `status` and a JSON body (problem or 202), then frees it. */
+/*
+ * Answers the client (or fills the batch item) with `status` and a JSON body
+ * (problem or 202), once: an op answered at its Kafka deadline stays alive
+ * until its delivery report, and answers nothing more.
+ */
 static void
-op_end(cmd_op_t *op, int status, const char *body, bool replayed)
+op_answer(cmd_op_t *op, int status, const char *body, bool replayed)
 {
+    if (op->answered)
+        return;
+    op->answered = true;
     if (replayed)
         tly_metrics_idempotency_replay();
     if (op->batch != NULL) {
@@ -156,6 +195,7 @@ op_end(cmd_op_t *op, int status, const char *body, bool replayed)
             json_object_set(item, "job", json_object_get(job, "job")); /* unwrap {"job":{...}} */
         }
         cmd_batch_item_done(op->batch, op->batch_index, item);
+        op->batch = NULL; /* the batch may be answered and gone */
     } else if (op->api.req != NULL) {
         if (status == 202) {
             char location[64], job[TLY_UUID_STR_LEN + 1];
@@ -168,17 +208,33 @@ op_end(cmd_op_t *op, int status, const char *body, bool replayed)
         }
         tly_api_send(&op->api, status, status == 202 ? "application/json" : "application/problem+json", body, strlen(body));
     }
+}
+
+/* Answers, then frees the op. */
+static void
+op_end(cmd_op_t *op, int status, const char *body, bool replayed)
+{
+    op_answer(op, status, body, replayed);
     cmd_op_destroy(op);
+}
+
+static void
+op_answer_problem(cmd_op_t *op, int status, const char *code, const char *detail, const json_t *errors)
+{
+    if (op->answered)
+        return;
+    if (status == 503 && op->api.req != NULL)
+        tly_http_add_header(op->api.req, "retry-after", "1");
+    char *body = tly_http_problem_body(status, code, detail, errors);
+    op_answer(op, status, body, false);
+    free(body);
 }
 
 void
 cmd_op_problem(cmd_op_t *op, int status, const char *code, const char *detail, const json_t *errors)
 {
-    if (status == 503 && op->api.req != NULL)
-        tly_http_add_header(op->api.req, "retry-after", "1");
-    char *body = tly_http_problem_body(status, code, detail, errors);
-    op_end(op, status, body, false);
-    free(body);
+    op_answer_problem(op, status, code, detail, errors);
+    cmd_op_destroy(op);
 }
 
 /* ---- route and validation ---------------------------------------------- */
@@ -278,20 +334,70 @@ trace_of(const cmd_op_t *op)
 static void
 on_failed_recorded(void *data, PGresult *res, const char *err)
 {
-    cmd_op_destroy(data);
+    cmd_op_t *op = data;
+    if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
+        tly_log(TLY_LOG_WARN, "could not mark command failed; a retry takes it over when its lease ends", "request_id",
+                op->api.request_id, "error", err != NULL ? err : PQresultErrorMessage(res), NULL);
+    cmd_op_destroy(op);
 }
 
-/* The event may or may not be in the log: answer 503 and mark the record
-   failed, so that a retry with the same key appends it again (same event id). */
+/* The append failed: mark this attempt's record failed, so that a retry with
+   the same key appends again (same event id); frees the op, which is
+   already answered, once the statement is done. */
+static void
+op_record_failure(cmd_op_t *op)
+{
+    char job[TLY_UUID_STR_LEN + 1], attempt[16];
+    const char *params[2] = {job, attempt};
+    tly_uuid_format(&op->job_id, job);
+    snprintf(attempt, sizeof(attempt), "%d", op->attempt);
+    tly_pgpool_exec(op->thr->pg, STMT_FAIL, params, on_failed_recorded, op);
+}
+
+/* The event may or may not be in the log: answer 503 and mark the record failed. */
 static void
 op_give_up(cmd_op_t *op, const char *detail)
 {
-    char job[TLY_UUID_STR_LEN + 1];
-    const char *params[1] = {job};
-    cmd_op_t *rest = cmd_op_create(op->thr, NULL, NULL, 0); /* outlives the answer */
-    tly_uuid_format(&op->job_id, job);
-    cmd_op_problem(op, 503, "event_log_unavailable", detail, NULL);
-    tly_pgpool_exec(rest->thr->pg, STMT_FAIL, params, on_failed_recorded, rest);
+    op_answer_problem(op, 503, "event_log_unavailable", detail, NULL);
+    op_record_failure(op);
+}
+
+/*
+ * The Kafka deadline (TALLY_KAFKA_TIMEOUT_MS after the append) passed with
+ * no delivery report: librdkafka may hold a message past message.timeout.ms
+ * (one in flight to a broker that stopped answering waits for its request
+ * to time out), so the client gets its 503 now, from this timer. The op
+ * stays alive, counted in flight, until the report comes (cmd_on_delivery).
+ * Meanwhile the record stays pending under its lease: a retry with the same
+ * key is 409 (in flight), never a second append of its own.
+ */
+static void
+on_deadline(h2o_timeout_entry_t *entry)
+{
+    cmd_op_t *op = H2O_STRUCT_FROM_MEMBER(cmd_op_t, deadline, entry);
+    tly_metrics_kafka_deadline();
+    tly_log(TLY_LOG_WARN, "no acknowledgement from kafka within the deadline, answering 503", "request_id", op->api.request_id,
+            "trace_id", trace_of(op), NULL);
+    op_answer_problem(op, 503, "event_log_unavailable",
+                      "the event log did not acknowledge the command in time; retry with the same Idempotency-Key", NULL);
+}
+
+/* A delivery report for an op already answered 503 at its deadline: the record tells a retry what really happened. */
+static void
+op_settle_late(cmd_op_t *op, rd_kafka_resp_err_t err)
+{
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        tly_log(TLY_LOG_INFO, "event not appended, reported after its deadline", "request_id", op->api.request_id, "trace_id",
+                trace_of(op), "error", rd_kafka_err2str(err), NULL);
+        op_record_failure(op);
+        return;
+    }
+    /* the event is in the log after all: a retry with the same key gets the 202 (the same job), not a second append */
+    tly_log(TLY_LOG_INFO, "event acknowledged after its deadline; a retry gets the 202", "request_id", op->api.request_id,
+            "trace_id", trace_of(op), NULL);
+    cmd_accept_enqueue(op->thr, &op->job_id, op->response);
+    op->response = NULL;
+    cmd_op_destroy(op);
 }
 
 void
@@ -301,6 +407,12 @@ cmd_on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
     int64_t latency_us = rd_kafka_message_latency(msg);
     tly_metrics_kafka_delivery(msg->err == RD_KAFKA_RESP_ERR_NO_ERROR, latency_us >= 0 ? (double)latency_us / 1e6 : 0.0);
     tly_guard_note_broker(op->thr->guard, latency_us >= 0 ? (double)latency_us / 1000.0 : 0.0);
+    if (h2o_timeout_is_linked(&op->deadline))
+        h2o_timeout_unlink(&op->deadline);
+    if (op->answered) {
+        op_settle_late(op, msg->err);
+        return;
+    }
     if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         tly_log(TLY_LOG_WARN, "could not append event", "request_id", op->api.request_id, "trace_id", trace_of(op), "error",
                 rd_kafka_err2str(msg->err), NULL);
@@ -355,7 +467,10 @@ op_produce(cmd_op_t *op)
         tly_log(TLY_LOG_WARN, "could not enqueue event", "request_id", op->api.request_id, "trace_id", trace_of(op), "error",
                 rd_kafka_err2str(err), NULL);
         op_give_up(op, "the event log is not accepting commands right now");
+        return;
     }
+    op->deadline.cb = on_deadline;
+    h2o_timeout_link(op->thr->loop, &op->thr->deadline, &op->deadline);
 }
 
 static void on_reclaim(h2o_timeout_entry_t *entry);
@@ -368,7 +483,7 @@ on_claimed(void *data, PGresult *res, const char *err)
         cmd_op_problem(op, 503, "database_unavailable", "the command could not be recorded", NULL);
         return;
     }
-    bool same = strcmp(PQgetvalue(res, 0, 2), "t") == 0, claimed = strcmp(PQgetvalue(res, 0, 6), "1") == 0;
+    bool same = strcmp(PQgetvalue(res, 0, 2), "t") == 0, claimed = !PQgetisnull(res, 0, 6);
     const char *state = PQgetvalue(res, 0, 3);
     if (!tly_uuid_parse(PQgetvalue(res, 0, 0), &op->job_id) || !tly_uuid_parse(PQgetvalue(res, 0, 1), &op->event_id) ||
         !tly_uuid_parse(PQgetvalue(res, 0, 5), &op->resource_id)) {
@@ -381,6 +496,7 @@ on_claimed(void *data, PGresult *res, const char *err)
            same event id, so a copy that did reach the log is applied once */
         if (op->cmd.kind != TLY_CMD_OPEN_ACCOUNT && op->cmd.kind != TLY_CMD_TRANSFER)
             op->cmd.account_id = op->resource_id;
+        op->attempt = atoi(PQgetvalue(res, 0, 6));
         op_produce(op);
     } else if (strcmp(state, "accepted") == 0) {
         op_end(op, 202, PQgetvalue(res, 0, 4), true);
@@ -451,5 +567,6 @@ cmd_op_start(cmd_op_t *op, const char *path, size_t path_len, const char *body, 
     request_hash(op, path, path_len, body, body_len);
     op->job_id = tly_uuid_v4();
     op->event_id = tly_uuid_v4();
+    op->attempt = 1; /* the record's default (0009); a claim gives the next */
     cmd_record_enqueue(op);
 }

@@ -110,9 +110,7 @@ on_done(void *data, PGresult *res, const char *err)
 {
     wh_op_t *op = data;
     if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        tly_log(TLY_LOG_WARN, "could not write webhook endpoint", "request_id", op->api.request_id, "route", op->api.route, "error",
-                err != NULL ? err : PQresultErrorMessage(res), NULL);
-        tly_api_unavailable(&op->api, "database_unavailable", "the webhook endpoint could not be written; retry");
+        tly_api_db_failed(&op->api, res, err, "the webhook endpoint could not be written; retry");
     } else if (PQntuples(res) == 0) {
         tly_api_problem(&op->api, 404, "not_found", "no such webhook endpoint", NULL);
     } else if (op->action == WH_DELETE) {
@@ -132,7 +130,8 @@ start_create(wh_op_t *op, const tly_webhook_fields_t *f, const char *types)
     tly_uuid_t uuid = tly_uuid_v4();
     tly_uuid_format(&uuid, id);
     tly_webhook_secret_generate(op->secret);
-    const char *params[6] = {id, op->tenant, f->url, f->description != NULL ? f->description : "", types, op->secret};
+    const char *params[8] = {id,         op->tenant, f->url, f->description != NULL ? f->description : "", types, op->secret,
+                             op->api.principal.key_id, op->api.request_id};
     tly_pgpool_exec(op->thr->pg, STMT_WH_CREATE, params, on_done, op);
 }
 
@@ -140,7 +139,8 @@ static void
 start_patch(wh_op_t *op, const tly_webhook_fields_t *f, const char *types)
 {
     const char *enabled = f->enabled < 0 ? NULL : f->enabled ? "true" : "false";
-    const char *params[6] = {op->id, op->tenant, f->url, f->description, f->ntypes > 0 ? types : NULL, enabled};
+    const char *params[8] = {op->id,  op->tenant, f->url, f->description, f->ntypes > 0 ? types : NULL,
+                             enabled, op->api.principal.key_id, op->api.request_id};
     tly_pgpool_exec(op->thr->pg, STMT_WH_UPDATE, params, on_done, op);
 }
 
@@ -213,7 +213,7 @@ start_rotate(wh_op_t *op)
         }
     }
     tly_webhook_secret_generate(op->secret);
-    const char *params[3] = {op->id, op->tenant, op->secret};
+    const char *params[5] = {op->id, op->tenant, op->secret, op->api.principal.key_id, op->api.request_id};
     tly_pgpool_exec(op->thr->pg, STMT_WH_ROTATE, params, on_done, op);
     return;
 done:
@@ -296,7 +296,7 @@ cmd_webhooks_handle(cmd_thread_t *thr, h2o_req_t *req, const h2o_iovec_t *segs, 
         start_write(op);
         break;
     case WH_DELETE: {
-        const char *params[2] = {op->id, op->tenant};
+        const char *params[4] = {op->id, op->tenant, op->api.principal.key_id, op->api.request_id};
         tly_pgpool_exec(thr->pg, STMT_WH_DELETE, params, on_done, op);
         break;
     }

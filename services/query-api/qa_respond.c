@@ -87,10 +87,5 @@ qa_send_json(query_op_t *op, const char *body, size_t len, const char *etag)
 void
 qa_read_failed(query_op_t *op, PGresult *res, const char *err)
 {
-    tly_log(TLY_LOG_WARN, "could not read", "request_id", op->api.request_id, "route", op->api.route, "error",
-            err != NULL   ? err
-            : res != NULL ? PQresultErrorMessage(res)
-                          : "no result",
-            NULL);
-    tly_api_unavailable(&op->api, "database_unavailable", "the read models cannot be reached right now");
+    tly_api_db_failed(&op->api, res, err, "the read models cannot be reached right now");
 }

@@ -153,7 +153,8 @@ const tly_config_def_t tly_query_api_settings[] = {
     {"threads", "TALLY_HTTP_THREADS", TLY_CONFIG_INT, "2", 1, 64, OFF(threads), "event-loop threads"},
     {"pg-pool", "TALLY_PG_POOL", TLY_CONFIG_INT, "4", 1, 64, OFF(pg_pool), "PostgreSQL connections per thread"},
     {"key-refresh-ms", "TALLY_KEY_REFRESH_MS", TLY_CONFIG_INT, "1000", 100, 5000, OFF(key_refresh_ms),
-     "how often API key changes (revocations) are loaded"},
+     "how often API key changes are loaded at the latest (they are pushed at once; this is the fallback)"},
+    TLY_API_ABUSE_SETTINGS(OFF(abuse)),
     {"cursor-secret", "TALLY_CURSOR_SECRET", TLY_CONFIG_STRING, "", 0, 0, OFF(cursor_secret),
      "key that signs page cursors; the same on every instance (unset: random, cursors die with the process)"},
     {"read-cache", "TALLY_READ_CACHE", TLY_CONFIG_INT, "16384", 0, 16777216, OFF(version_cache),
@@ -330,20 +331,20 @@ thread_ready(void *app, json_t *reasons)
     return pg && keys;
 }
 
+/* The first request may come in: the pool has a connection and the API keys are loaded (tly_server_config_t). */
 static bool
-health_or_reply(h2o_req_t *req, query_thread_t *thr)
+thread_serving(void *app)
 {
-    json_t *reasons = json_object();
-    bool answered = tly_api_health(req, thread_ready(thr, reasons), reasons);
-    json_decref(reasons);
-    return answered;
+    query_thread_t *thr = app;
+    return tly_pgpool_ready(thr->pg) && tly_keycache_ready(thr->keys);
 }
 
 static int
 on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     query_thread_t *thr = tly_server_thread_of(req)->app;
-    if (health_or_reply(req, thr) || tly_guard_shed_or_pass(thr->guard, req, &thr->inflight))
+    /* health is the admin port's (/healthz, /readyz): never public through the gateway */
+    if (tly_guard_shed_or_pass(thr->guard, req, &thr->inflight))
         return 0;
     query_op_t *op = calloc(1, sizeof(*op));
     if (op == NULL)
@@ -421,6 +422,11 @@ load_cursor_key(const char *secret)
 int
 tly_query_api_run(tly_query_api_config_t *cfg)
 {
+    char err[256];
+    if (!tly_api_abuse_setup(&cfg->abuse, err, sizeof(err))) {
+        tly_log(TLY_LOG_ERROR, err, NULL);
+        return 1;
+    }
     load_cursor_key(cfg->cursor_secret);
     shared_keys = tly_keycache_create(cfg->pg_dsn, (int)cfg->key_refresh_ms);
     shared_guard = tly_guard_create(&cfg->guard, cfg->pg_dsn);
@@ -438,6 +444,7 @@ tly_query_api_run(tly_query_api_config_t *cfg)
         .shutdown_grace_ms = 5000,
         .admin_port = (uint16_t)cfg->admin_port,
         .thread_ready = thread_ready,
+        .thread_serving = thread_serving,
     };
     int ret = tly_server_run(&server);
     tly_guard_destroy(shared_guard);

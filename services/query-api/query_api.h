@@ -5,6 +5,7 @@
 #ifndef TALLY_QUERY_API_H
 #define TALLY_QUERY_API_H
 
+#include "tally/api.h"
 #include "tally/config.h"
 #include "tally/guard.h"
 
@@ -19,6 +20,7 @@ typedef struct st_tly_query_api_config_t {
     int64_t threads;
     int64_t pg_pool;
     int64_t key_refresh_ms;
+    tly_api_abuse_config_t abuse;
     char *cursor_secret;
     int64_t version_cache;
     char *log_level;

@@ -7,6 +7,7 @@
 #include "dlq.h"
 #include "sagas.h"
 #include "events.h"
+#include "audit.h"
 #include "keys.h"
 #include "limits.h"
 #include "migrate.h"
@@ -52,15 +53,35 @@ const tly_ctl_cmd_t tly_ctl_commands[] = {
      .examples = {"tallyctl tenants list"},
      .needs = TLY_CTL_NEEDS_PG,
      .handler = tly_ctl_tenants_list},
+    {.name = "tenants quota",
+     .summary = "show a tenant's quotas, or change them (recorded in the audit trail)",
+     .usage = "tenants quota TENANT [--api-keys N] [--webhook-endpoints N] [--long-polls N]",
+     .positional = "TENANT",
+     .options = {{"api-keys", "N", false, "live (neither revoked nor expired) API keys"},
+                 {"webhook-endpoints", "N", false, "webhook endpoints not deleted"},
+                 {"long-polls", "N", false, "concurrent Prefer: wait requests per query API instance"}},
+     .examples = {"tallyctl tenants quota acme", "tallyctl tenants quota acme --api-keys 200 --long-polls 500"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_tenants_quota},
+    {.name = "audit",
+     .summary = "print the audit trail: who created, revoked, rotated or changed keys, endpoints and quotas",
+     .usage = "audit [--tenant TENANT] [--last N]",
+     .options = {{"tenant", "TENANT", false, "only this tenant's events (id or name)"},
+                 {"last", "N", false, "the last N events (default 50)"}},
+     .examples = {"tallyctl audit", "tallyctl audit --tenant acme --last 200"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_audit_list},
     {.name = "keys create",
      .summary = "create an API key and print it (the only time it is shown)",
-     .usage = "keys create --tenant TENANT --scopes SCOPES [--tier free|standard] [--rate N --burst N] [--label TEXT]",
+     .usage = "keys create --tenant TENANT --scopes SCOPES [--tier free|standard] [--rate N --burst N] [--label TEXT] "
+              "[--expires-at TIME]",
      .options = {{"tenant", "TENANT", true, "tenant id or name"},
                  {"scopes", "SCOPES", true, "comma-separated: read, write, admin"},
                  {"tier", "TIER", false, "rate tier: free or standard (default standard)"},
                  {"rate", "N", false, "requests per second, overriding the tier (needs --burst)"},
                  {"burst", "N", false, "burst size, overriding the tier (needs --rate)"},
-                 {"label", "TEXT", false, "free text shown by keys list"}},
+                 {"label", "TEXT", false, "free text shown by keys list"},
+                 {"expires-at", "TIME", false, "RFC 3339 time after which the key is refused (default: never)"}},
      .examples = {"tallyctl keys create --tenant acme --scopes read,write",
                   "tallyctl keys create --tenant acme --scopes read --rate 50 --burst 100 --label reporting"},
      .needs = TLY_CTL_NEEDS_PG,

@@ -1,10 +1,12 @@
 /* API keys: create, list, revoke, verify. No secret or hash is ever printed
    except the new key, once, on stdout. */
 #include "keys.h"
+#include "audit.h"
 #include "db.h"
 #include "tenants.h"
 
 #include "tally/auth.h"
+#include "tally/clock.h"
 #include "tally/uuid.h"
 
 #include <errno.h>
@@ -19,7 +21,8 @@
 static const char list_sql[] =
     "SELECT k.id, t.name AS tenant, array_to_string(k.scopes, ',') AS scopes, k.tier,"
     " k.rate_per_sec || '/' || k.burst AS \"rate/burst\", k.label,"
-    " " RFC3339("k.created_at") " AS created_at, " RFC3339("k.revoked_at") " AS revoked_at"
+    " " RFC3339("k.created_at") " AS created_at, " RFC3339("k.expires_at") " AS expires_at,"
+    " " RFC3339("k.revoked_at") " AS revoked_at"
     " FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
     " WHERE $1::uuid IS NULL OR k.tenant_id = $1::uuid"
     " ORDER BY k.created_at, k.id";
@@ -29,9 +32,20 @@ static const char list_sql[] =
    the "revoked already at" message needs. */
 static const char revoke_sql[] =
     "WITH r AS (UPDATE api_keys SET revoked_at = now(), updated_at = now()"
-    "           WHERE id = $1 AND revoked_at IS NULL RETURNING id)"
+    "           WHERE id = $1 AND revoked_at IS NULL RETURNING id, tenant_id),"
+    " a AS (INSERT INTO audit_events (tenant_id, actor_type, actor_id, action, resource_type, resource_id)"
+    "       SELECT tenant_id, 'operator', $2, 'api_key.revoked', 'api_key', id FROM r)"
     " SELECT (SELECT count(*) FROM r) AS revoked, " RFC3339("k.revoked_at")
     " FROM api_keys k WHERE k.id = $1";
+
+/* The key and its audit event; the quota trigger (0006) may refuse it. */
+static const char insert_sql[] =
+    "WITH k AS (INSERT INTO api_keys (id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, label, expires_at)"
+    "           VALUES ($1, $2::uuid, decode($3, 'hex'), $4::text[], $5, $6::integer, $7::integer, $8, $9::timestamptz)"
+    "           RETURNING id, tenant_id)"
+    " INSERT INTO audit_events (tenant_id, actor_type, actor_id, action, resource_type, resource_id, changes)"
+    " SELECT tenant_id, 'operator', $10, 'api_key.created', 'api_key', id, jsonb_build_object('scopes', $4::text[],"
+    " 'tier', $5, 'rate_per_sec', $6::integer, 'burst', $7::integer, 'label', $8, 'expires_at', $9::timestamptz) FROM k";
 /* clang-format on */
 
 /* What `keys create` was asked for, validated before any connection. */
@@ -41,6 +55,7 @@ typedef struct st_key_request_t {
     const char *tier;
     const char *rate, *burst; /* NULL: the tier decides */
     const char *label;
+    const char *expires_at; /* NULL: never */
 } key_request_t;
 
 static bool
@@ -65,6 +80,12 @@ read_request(const tly_ctl_cmd_t *cmd, const tly_ctl_args_t *args, key_request_t
     req->rate = tly_ctl_arg(cmd, args, "rate");
     req->burst = tly_ctl_arg(cmd, args, "burst");
     req->label = tly_ctl_arg(cmd, args, "label") != NULL ? tly_ctl_arg(cmd, args, "label") : "";
+    req->expires_at = tly_ctl_arg(cmd, args, "expires-at");
+    int64_t expires_us;
+    if (req->expires_at != NULL && (!tly_clock_parse_rfc3339(req->expires_at, &expires_us) || expires_us <= tly_clock_now_us())) {
+        snprintf(err, errcap, "invalid value for --expires-at: \"%s\" (a future RFC 3339 time)", req->expires_at);
+        return -1;
+    }
     if (bits <= 0) {
         snprintf(err, errcap, "invalid value for --scopes: \"%s\" (one or more of read, write, admin, comma-separated)", scopes);
         return -1;
@@ -100,11 +121,9 @@ insert_key(PGconn *conn, const key_request_t *req, const char *tenant_id, char *
     tly_key_generate(&parts, key);
     tly_key_hash(parts.secret, hash);
     hex_encode(hash, sizeof(hash), hash_hex);
-    const char *params[] = {parts.id, tenant_id, hash_hex, req->scopes, req->tier, req->rate, req->burst, req->label};
-    PGresult *res = tly_ctl_db_query(conn, "could not create api key",
-                                     "INSERT INTO api_keys (id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, label) "
-                                     "VALUES ($1, $2::uuid, decode($3, 'hex'), $4::text[], $5, $6::integer, $7::integer, $8)",
-                                     8, params, err, errcap);
+    const char *params[] = {parts.id,   tenant_id,  hash_hex,        req->scopes, req->tier,
+                            req->rate,  req->burst, req->label,      req->expires_at, tly_ctl_operator()};
+    PGresult *res = tly_ctl_db_query(conn, "could not create api key", insert_sql, 10, params, err, errcap);
     if (res != NULL) {
         printf("%s\n", key);
         fprintf(stderr, "tallyctl: api key %s created for tenant %s; shown once; store it now\n", parts.id, tenant_id);
@@ -168,7 +187,8 @@ static int
 revoke(PGconn *conn, const char *id, char *err, size_t errcap)
 {
     int ret = -1;
-    PGresult *res = tly_ctl_db_query(conn, "could not revoke api key", revoke_sql, 1, &id, err, errcap);
+    const char *params[2] = {id, tly_ctl_operator()};
+    PGresult *res = tly_ctl_db_query(conn, "could not revoke api key", revoke_sql, 2, params, err, errcap);
     if (res == NULL)
         goto cleanup;
     if (PQntuples(res) == 0) {
@@ -241,7 +261,7 @@ check_key(PGconn *conn, const tly_key_parts_t *parts, char *err, size_t errcap)
     const char *id = parts->id;
     int ret = -1;
     PGresult *res = tly_ctl_db_query(conn, "could not look up api key",
-                                     "SELECT encode(secret_hash, 'hex'), revoked_at IS NOT NULL FROM api_keys WHERE id = $1", 1,
+                                     "SELECT encode(secret_hash, 'hex'), revoked_at IS NOT NULL, expires_at <= now() FROM api_keys WHERE id = $1", 1,
                                      &id, err, errcap);
     if (res == NULL)
         goto cleanup;
@@ -253,6 +273,8 @@ check_key(PGconn *conn, const tly_key_parts_t *parts, char *err, size_t errcap)
         snprintf(err, errcap, "api key %s does not match (wrong secret)", id);
     else if (strcmp(PQgetvalue(res, 0, 1), "t") == 0)
         snprintf(err, errcap, "api key %s is revoked", id);
+    else if (strcmp(PQgetvalue(res, 0, 2), "t") == 0)
+        snprintf(err, errcap, "api key %s has expired", id);
     else
         ret = 0;
 cleanup:

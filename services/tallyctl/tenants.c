@@ -1,9 +1,12 @@
-/* Tenants: create (idempotent by name), list, resolve an id or a name. */
+/* Tenants: create (idempotent by name), list, quotas, resolve an id or a name. */
 #include "tenants.h"
+#include "audit.h"
 #include "db.h"
 
 #include "tally/uuid.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ERR_MAX 1024
@@ -104,6 +107,81 @@ tly_ctl_tenants_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *setting
                          "FROM tenants ORDER BY tenants.created_at, id",
                          0, NULL, err, sizeof(err));
     if (res == NULL)
+        goto cleanup;
+    tly_ctl_db_print_table(res, stdout);
+    ret = TLY_CTL_OK;
+cleanup:
+    if (ret != TLY_CTL_OK)
+        tly_ctl_error("%s", err);
+    PQclear(res);
+    PQfinish(conn);
+    return ret;
+}
+
+/* The quotas: option name, column; the defaults and bounds are the columns' (migrations/0006). */
+static const struct {
+    const char *option, *column;
+} quotas[] = {
+    {"api-keys", "max_api_keys"},
+    {"webhook-endpoints", "max_webhook_endpoints"},
+    {"long-polls", "max_long_polls"},
+};
+#define NQUOTAS (sizeof(quotas) / sizeof(quotas[0]))
+
+/* clang-format off */
+/* $2..$4 NULL keep a quota; the audit event records the values before and after. */
+static const char quota_sql[] =
+    "WITH old AS (SELECT id, max_api_keys, max_webhook_endpoints, max_long_polls FROM tenants WHERE id = $1::uuid FOR UPDATE),"
+    " upd AS (UPDATE tenants t SET max_api_keys = coalesce($2::integer, t.max_api_keys),"
+    "         max_webhook_endpoints = coalesce($3::integer, t.max_webhook_endpoints),"
+    "         max_long_polls = coalesce($4::integer, t.max_long_polls)"
+    "         FROM old WHERE t.id = old.id AND ($2::integer IS NOT NULL OR $3::integer IS NOT NULL OR $4::integer IS NOT NULL)"
+    "         RETURNING t.id, t.max_api_keys, t.max_webhook_endpoints, t.max_long_polls),"
+    " a AS (INSERT INTO audit_events (tenant_id, actor_type, actor_id, action, resource_type, resource_id, changes)"
+    "       SELECT upd.id, 'operator', $5, 'tenant.quotas_changed', 'tenant', upd.id::text,"
+    "       jsonb_build_object('before', jsonb_build_object('api_keys', old.max_api_keys,"
+    "       'webhook_endpoints', old.max_webhook_endpoints, 'long_polls', old.max_long_polls),"
+    "       'after', jsonb_build_object('api_keys', upd.max_api_keys, 'webhook_endpoints', upd.max_webhook_endpoints,"
+    "       'long_polls', upd.max_long_polls)) FROM upd JOIN old ON old.id = upd.id)"
+    " SELECT coalesce(upd.max_api_keys, old.max_api_keys) AS api_keys,"
+    " coalesce(upd.max_webhook_endpoints, old.max_webhook_endpoints) AS webhook_endpoints,"
+    " coalesce(upd.max_long_polls, old.max_long_polls) AS long_polls"
+    " FROM old LEFT JOIN upd ON upd.id = old.id";
+/* clang-format on */
+
+static bool
+parse_quota(const char *opt, const char *s, char *err, size_t errcap)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno == 0 && end != s && *end == '\0' && v >= 0 && v <= 100000)
+        return true;
+    snprintf(err, errcap, "invalid value for --%s: \"%s\" is not an integer in [0, 100000]", opt, s);
+    return false;
+}
+
+int
+tly_ctl_tenants_quota(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args)
+{
+    char err[ERR_MAX], id[TLY_UUID_STR_LEN + 1];
+    const char *params[2 + NQUOTAS] = {id};
+    int ret = TLY_CTL_FAIL;
+    PGconn *conn = NULL;
+    PGresult *res = NULL;
+    for (size_t i = 0; i < NQUOTAS; ++i) {
+        params[1 + i] = tly_ctl_arg(cmd, args, quotas[i].option);
+        if (params[1 + i] != NULL && !parse_quota(quotas[i].option, params[1 + i], err, sizeof(err))) {
+            tly_ctl_error("%s", err);
+            return TLY_CTL_USAGE;
+        }
+    }
+    params[1 + NQUOTAS] = tly_ctl_operator();
+    if ((conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err))) == NULL ||
+        tly_ctl_tenant_resolve(conn, args->pos[0], id, err, sizeof(err)) != 0)
+        goto cleanup;
+    /* the database's CHECK bounds a quota (e.g. 100000 endpoints is too many): its message names the column */
+    if ((res = tly_ctl_db_query(conn, "could not change quotas", quota_sql, 2 + NQUOTAS, params, err, sizeof(err))) == NULL)
         goto cleanup;
     tly_ctl_db_print_table(res, stdout);
     ret = TLY_CTL_OK;

@@ -9,6 +9,8 @@
 #define TLY_CTL_TENANT_NAME_MAX 200
 
 int tly_ctl_tenants_create(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args);
+/** `tenants quota TENANT [--api-keys N] [--webhook-endpoints N] [--long-polls N]`: prints the quotas after any change. */
+int tly_ctl_tenants_quota(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args);
 int tly_ctl_tenants_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args);
 
 /**

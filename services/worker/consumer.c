@@ -60,6 +60,7 @@ typedef struct st_consumer_t {
     PGconn *conn;
     bool pg_up;
     bool rebalanced; /* set by the rebalance callback: drop what was gathered */
+    bool refetch;    /* messages were polled and dropped unhandled (PostgreSQL down): re-seek before the next batch */
     partition_t *parts;
     int nparts;
     char event_error[1024]; /* last error of the event being retried */
@@ -240,7 +241,21 @@ claim(consumer_t *c, rd_kafka_topic_partition_list_t *list, char *err, size_t er
         rollback(c);
         return -1;
     }
+    for (int i = 0; i < list->cnt; ++i)
+        tly_worker_admin_claimed(c->rk, c->h->name, list->elems[i].partition);
     return 0;
+}
+
+rd_kafka_resp_err_t
+tly_consumer_assign(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list)
+{
+    if (list != NULL && list->cnt > 0) {
+        /* on a copy: the resume sets each element's err, which is no business of the assignment */
+        rd_kafka_topic_partition_list_t *copy = rd_kafka_topic_partition_list_copy(list);
+        (void)rd_kafka_resume_partitions(rk, copy); /* a partition it does not know was never paused */
+        rd_kafka_topic_partition_list_destroy(copy);
+    }
+    return rd_kafka_assign(rk, list);
 }
 
 static void
@@ -252,9 +267,10 @@ on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t rerr, rd_kafka_topic_partition_
     if (rerr != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         /* Revoked: nothing of the revoked partitions is in flight (we only poll between transactions). */
         for (int i = 0; i < c->nparts; ++i) {
+            if (c->parts[i].assigned)
+                tly_worker_admin_released(c->rk, c->h->name, i); /* only ours: another consumer of the name may hold the rest */
             c->parts[i].assigned = false;
             c->parts[i].unsaved = false; /* the next owner reads those ignored events again */
-            tly_metrics_consumer_lag_clear(c->h->name, i);
         }
         tly_worker_admin_assigned(c->h->name, false);
         rd_kafka_assign(rk, NULL);
@@ -271,7 +287,7 @@ on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t rerr, rd_kafka_topic_partition_
         }
         tly_backoff_sleep(&delay, c->cfg->stop);
     }
-    rd_kafka_assign(rk, list);
+    (void)tly_consumer_assign(rk, list);
     tly_worker_admin_assigned(c->h->name, true);
     if (c->cfg->joined != NULL)
         atomic_store(c->cfg->joined, true);
@@ -987,12 +1003,18 @@ tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t 
     while (!atomic_load(cfg->stop)) {
         if (!ensure_pg(&c)) {
             rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c.rk, 0); /* keep group membership alive */
-            if (rkm != NULL)
+            if (rkm != NULL) {
                 rd_kafka_message_destroy(rkm);
+                c.refetch = true; /* librdkafka's fetch position is past it now */
+            }
             tly_backoff_sleep(&delay, cfg->stop);
             continue;
         }
         delay = 0;
+        if (c.refetch) {
+            reseek_live(&c);
+            c.refetch = false;
+        }
         reclaim_fenced(&c);
         int n = gather(&c, msgs);
         if (n > 0) {

@@ -107,6 +107,17 @@ typedef struct st_tly_consumer_config_t {
  */
 int tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t *handler);
 
+/**
+ * Makes `list` (offsets filled in) the consumer's assignment with every
+ * partition of it fetching (rd_kafka_assign). librdkafka keeps a partition
+ * paused by the application (rd_kafka_pause_partitions: the consumer pauses
+ * a fenced partition, or one at a version too new) across an unassign and a
+ * new assignment of it, so each partition is resumed first: a partition given
+ * back to the consumer that paused it is fetched from the claimed offset, not
+ * left paused while the consumer counts it live (issue 22). NULL unassigns.
+ */
+rd_kafka_resp_err_t tly_consumer_assign(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list);
+
 /** Exponential backoff: 50 ms doubling to 5 s. Sleeps `*delay_ms` in slices, returns early on stop. */
 void tly_backoff_sleep(int *delay_ms, atomic_bool *stop);
 /*

@@ -39,6 +39,9 @@ static const tly_config_def_t settings[] = {
      "address of the admin endpoint"},
     {"admin-port", "TALLY_ADMIN_PORT", TLY_CONFIG_INT, "9183", 0, 65535, offsetof(tly_worker_config_t, admin_port),
      "port of /metrics, /healthz and /readyz (0: none)"},
+    {"consumer-stall-s", "TALLY_CONSUMER_STALL_S", TLY_CONFIG_INT, "30", 1, 86400, offsetof(tly_worker_config_t, consumer_stall_s),
+     "a partition with lag whose position has not moved this long makes /readyz answer 503 (logged once, and once when it "
+     "moves again)"},
     {"max-event-tries", "TALLY_WORKER_MAX_EVENT_TRIES", TLY_CONFIG_INT, "5", 1, 100, offsetof(tly_worker_config_t, max_event_tries),
      "failures of one event alone before it is parked in dead_letters"},
     {"saga-step-timeout-ms", "TALLY_SAGA_STEP_TIMEOUT_MS", TLY_CONFIG_INT, "10000", 100, 3600000,
@@ -118,10 +121,13 @@ main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
     /* not fatal: the worker's work does not need it (and extra local workers share the default port) */
-    tly_worker_admin_t *admin =
-        tly_worker_admin_start(cfg.admin_host, (int)cfg.admin_port, cfg.pg_dsn, cfg.brokers, cfg.roles, err, sizeof(err));
-    if (admin == NULL)
+    tly_worker_admin_t *admin = tly_worker_admin_start(cfg.admin_host, (int)cfg.admin_port, cfg.pg_dsn, cfg.brokers, cfg.roles,
+                                                       (int)cfg.consumer_stall_s, err, sizeof(err));
+    if (admin == NULL) {
         tly_log(TLY_LOG_ERROR, "admin endpoint unavailable, running without it", "error", err, NULL);
+        /* without the endpoint: still the progress watch and its log lines */
+        admin = tly_worker_admin_start(NULL, 0, NULL, NULL, NULL, (int)cfg.consumer_stall_s, err, sizeof(err));
+    }
     tly_worker_t *w = tly_worker_start(&cfg, roles, &stop, err, sizeof(err));
     if (w == NULL) {
         tly_log(TLY_LOG_ERROR, "could not start", "error", err, NULL);

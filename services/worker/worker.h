@@ -32,6 +32,7 @@ typedef struct st_tly_worker_config_t {
     int64_t batch_wait_ms;
     int64_t projector_consumers; /* projector consumers (threads, connections) in this process */
     int64_t max_event_tries;
+    int64_t consumer_stall_s;     /* a partition with lag and a position unmoved this long: not ready */
     int64_t saga_step_timeout_ms; /* a saga step without an outcome this long is sent again */
     int64_t saga_stuck_ms;        /* a saga unfinished this long is reported stuck */
     char *admin_host;

@@ -370,7 +370,7 @@ test_shedding_order(void **state)
     char tenant[64], key[128], job[64], path[160], bin[512], port[16], base[64], logf[512];
     tly_test_make_tenant("limits-shed", 1000, tenant, sizeof(tenant), key, sizeof(key));
     queued_job(tenant, job, sizeof(job));
-    int p = tly_test_free_port();
+    int p = tly_test_free_port(), ap = tly_test_free_port();
     snprintf(port, sizeof(port), "%d", p);
     snprintf(base, sizeof(base), "http://127.0.0.1:%d", p);
     snprintf(bin, sizeof(bin), "%s/tally-query-api", tly_test_env("TALLY_BIN"));
@@ -378,16 +378,18 @@ test_shedding_order(void **state)
     char dsn[512], redis[128];
     snprintf(dsn, sizeof(dsn), "TALLY_PG_DSN=%s", tly_test_env("TALLY_PG_DSN"));
     snprintf(redis, sizeof(redis), "TALLY_REDIS_URL=%s", tly_test_env("TALLY_REDIS_URL"));
-    char port_env[48];
+    char port_env[48], admin_env[48];
     snprintf(port_env, sizeof(port_env), "TALLY_HTTP_PORT=%s", port);
+    snprintf(admin_env, sizeof(admin_env), "TALLY_ADMIN_PORT=%d", ap);
     /* one thread, and load 1.0 at 2 requests in flight */
     char *argv[] = {bin, NULL};
-    char *envp[] = {dsn, redis, port_env, "TALLY_ADMIN_PORT=0", "TALLY_HTTP_THREADS=1", "TALLY_SHED_INFLIGHT=2", NULL};
+    char *envp[] = {dsn, redis, port_env, admin_env, "TALLY_HTTP_THREADS=1", "TALLY_SHED_INFLIGHT=2", NULL};
     pid_t pid = tly_test_spawn(argv, envp, logf, true);
     char url[256];
-    snprintf(url, sizeof(url), "%s/healthz", base);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", ap); /* health is the admin port's */
     for (int i = 0; i < 100 && get_url(url, NULL) != 200; ++i)
         tly_test_sleep_ms(100);
+    assert_int_equal(get_url(url, NULL), 200);
     const char *saved = strdup(tly_test_env("TALLY_URL"));
     setenv("TALLY_URL", base, 1);
     wait_usable(key);

@@ -39,6 +39,10 @@ void tly_key_hash(const char *secret, uint8_t out[TLY_KEY_HASH_LEN]);
 /** Constant-time comparison of two hashes. */
 bool tly_key_hash_equal(const uint8_t a[TLY_KEY_HASH_LEN], const uint8_t b[TLY_KEY_HASH_LEN]);
 
+/** The bit of one scope name, matched exactly (`len` bytes); 0 when it is none. */
+int tly_scope_bit(const char *name, size_t len) __attribute__((warn_unused_result));
+/** Writes the scope names of a set, "read, write", for messages. */
+void tly_scopes_names(int scopes, char *out, size_t cap);
 /**
  * Parses "read,write" or a PostgreSQL array literal "{read,write}" into a scope
  * bit set; returns -1 on an unknown scope.

@@ -3,9 +3,11 @@
  * rate limits it feeds are tally/ratelimit.h's).
  *
  * A background thread with its own PostgreSQL connection loads every key at
- * start and then, every `refresh_ms`, the keys changed since the last load
- * (api_keys.updated_at), so a revocation takes effect within that period on
- * every instance. Lookups never touch the database and never block the event
+ * start and then the keys changed since the last load (api_keys.updated_at)
+ * whenever the api_keys trigger announces a change on TLY_KEYCACHE_CHANNEL
+ * (LISTEN/NOTIFY: a revocation reaches every instance within milliseconds),
+ * and at the latest every `refresh_ms`, the fallback for a notification lost
+ * while the connection was down. Lookups never touch the database and never block the event
  * loop on I/O: the map is behind a read-write lock that writers hold only to
  * swap entries.
  */
@@ -19,6 +21,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* NOTIFYed with the key id by the api_keys trigger (migrations/0006_credentials.sql). */
+#define TLY_KEYCACHE_CHANNEL "tally_api_keys"
 
 typedef struct st_tly_keycache_t tly_keycache_t;
 
@@ -35,12 +40,26 @@ typedef struct st_tly_principal_t {
     char key_id[TLY_KEY_ID_LEN + 1];
     tly_uuid_t tenant_id;
     int scopes;
-    /* the key's tier ("contract" when it has a rate and burst of its own) and its rate and burst */
+    /* what the key may grant at most (api_keys.c): its tier, its rate and
+       burst (a contract's when `contract`), its expiry (0: never) */
     char tier[TLY_TIER_NAME_MAX];
     bool contract;
     int64_t rate, burst;
-    void *entry; /* the cache entry; NULL until authenticated */
+    int64_t expires_us;
+    void *entry; /* the cache entry, for the rate limiter */
 } tly_principal_t;
+
+/** What the cache knows of one key. */
+typedef struct st_tly_key_attrs_t {
+    tly_uuid_t tenant_id;
+    uint8_t hash[TLY_KEY_HASH_LEN];
+    int scopes;
+    char tier[TLY_TIER_NAME_MAX];
+    bool contract; /* rate and burst are a contract's, not the tier's */
+    int64_t rate, burst;
+    int64_t expires_us; /* wall clock microseconds; 0: never expires */
+    bool revoked;
+} tly_key_attrs_t;
 
 tly_keycache_t *tly_keycache_create(const char *dsn, int refresh_ms);
 void tly_keycache_destroy(tly_keycache_t *kc);
@@ -49,17 +68,16 @@ bool tly_keycache_ready(tly_keycache_t *kc);
 
 /**
  * Checks an Authorization header value ("Bearer tly_live_..."). On
- * TLY_AUTH_OK fills `out`. Constant-time on the secret.
+ * TLY_AUTH_OK fills `out`. Constant-time on the secret. An expired key is
+ * TLY_AUTH_INVALID, like a revoked one.
  */
 tly_auth_result_t tly_keycache_check(tly_keycache_t *kc, const char *authorization, size_t len, tly_principal_t *out);
 
 /** Marks a key revoked in this process at once (the database is the caller's job). */
 void tly_keycache_revoke(tly_keycache_t *kc, const char *key_id);
 
-/* For tests (and a key just created): insert or replace an entry without a
-   database; a rate and burst that are no tier's make a contract. */
-void tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_uuid_t *tenant, const uint8_t hash[TLY_KEY_HASH_LEN],
-                      int scopes, int64_t rate, int64_t burst, bool revoked);
+/** Inserts or replaces an entry (a key just created here; tests without a database). */
+void tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_key_attrs_t *attrs);
 /** A cache that never loads from a database (tests). */
 tly_keycache_t *tly_keycache_create_offline(void);
 

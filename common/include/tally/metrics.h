@@ -97,6 +97,8 @@ void tly_metrics_command_statement(const char *statement, uint64_t rows);
 void tly_metrics_kafka_delivery(bool ok, double seconds);
 /** tally_kafka_produce_errors_total{stage="enqueue"}: the producer refused the message. */
 void tly_metrics_kafka_enqueue_error(void);
+/** tally_kafka_produce_errors_total{stage="deadline"}: no delivery report within the deadline, the client got 503. */
+void tly_metrics_kafka_deadline(void);
 /** tally_events_applied_total{consumer}: events whose position was committed. */
 void tly_metrics_events_applied(const char *consumer, uint64_t n);
 /** tally_consumer_transactions_total{consumer}: batch transactions committed. */

@@ -14,6 +14,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* How long a starting thread waits for thread_serving before it serves anyway. */
+#define TLY_SERVER_READY_WAIT_MS 10000
+
 typedef struct st_tly_server_thread_t {
     struct st_tly_server_config_t *config;
     size_t index;
@@ -24,7 +27,8 @@ typedef struct st_tly_server_thread_t {
     void *app; /* what config->thread_init returned, on this thread */
     pthread_t tid;
     int listen_fd;
-    bool failed; /* thread_init returned NULL */
+    bool failed;    /* thread_init returned NULL */
+    bool accepting; /* the listener is read: thread_serving said yes, or the wait ran out */
     /* the admin endpoint (thread 0 only, when config->admin_port != 0) */
     h2o_context_t admin_ctx;
     h2o_accept_ctx_t admin_accept_ctx;
@@ -55,6 +59,17 @@ typedef struct st_tly_server_config_t {
     uint16_t admin_port;
     /** Readiness for the admin /readyz, run on the first thread with its app: one boolean per check. NULL: ready. */
     bool (*thread_ready)(void *app, json_t *reasons);
+    /**
+     * True once the thread can serve its first request (its PostgreSQL pool
+     * connected, the API keys loaded), run on the thread itself. Until then
+     * the thread does not accept: a client that connects while the instance
+     * starts waits in the listen backlog instead of getting a 503 for a
+     * database that is up. After TLY_SERVER_READY_WAIT_MS the thread serves
+     * anyway (the dependency is really down, and the 503 is then true), with
+     * a warning. NULL: serve at once. The admin endpoint answers from the
+     * start either way.
+     */
+    bool (*thread_serving)(void *app);
 } tly_server_config_t;
 
 /** Runs until SIGTERM or SIGINT; returns 0 after a clean stop, -1 if it could not start. */

@@ -32,10 +32,18 @@ test_rejects(void **state)
                          "2026-11-22T25:00:00Z",
                          "2026-11-22T10:00:00.Z",
                          "2026-11-22T10:00:00Zjunk",
+                         /* outside years 1 to 9999 in UTC: PostgreSQL would refuse them */
+                         "0000-01-01T00:00:00Z",
+                         "0001-01-01T00:30:00+01:00",
+                         "9999-12-31T23:30:00-01:00",
                          ""};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i)
         assert_false(tly_clock_parse_rfc3339(bad[i], &us));
     assert_true(tly_clock_parse_rfc3339("2024-02-29T00:00:00Z", &us));
+    assert_true(tly_clock_parse_rfc3339("0001-01-01T00:00:00Z", &us));
+    assert_int_equal(us, TLY_CLOCK_MIN_S * 1000000);
+    assert_true(tly_clock_parse_rfc3339("9999-12-31T23:59:59.999999Z", &us));
+    assert_int_equal(us, TLY_CLOCK_MAX_S * 1000000 + 999999);
 }
 
 int
