@@ -58,8 +58,8 @@ typedef struct st_key_request_t {
     const char *expires_at; /* NULL: never */
 } key_request_t;
 
-static bool
-parse_rate(const char *opt, const char *s, char *err, size_t errcap)
+bool
+tly_ctl_parse_rate(const char *opt, const char *s, char *err, size_t errcap)
 {
     char *end;
     errno = 0;
@@ -99,7 +99,7 @@ read_request(const tly_ctl_cmd_t *cmd, const tly_ctl_args_t *args, key_request_t
         snprintf(err, errcap, "--rate and --burst go together");
         return -1;
     }
-    if (req->rate != NULL && (!parse_rate("rate", req->rate, err, errcap) || !parse_rate("burst", req->burst, err, errcap)))
+    if (req->rate != NULL && (!tly_ctl_parse_rate("rate", req->rate, err, errcap) || !tly_ctl_parse_rate("burst", req->burst, err, errcap)))
         return -1;
     return 0;
 }

@@ -10,6 +10,9 @@
 
 #define TLY_CTL_RATE_MAX 1000000
 
+/** True when `s` is a whole number in [1, TLY_CTL_RATE_MAX]; else says so in `err`, naming option --`opt`. */
+bool tly_ctl_parse_rate(const char *opt, const char *s, char *err, size_t errcap);
+
 int tly_ctl_keys_create(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args);
 int tly_ctl_keys_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args);
 int tly_ctl_keys_revoke(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args);

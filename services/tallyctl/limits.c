@@ -7,7 +7,6 @@
 #include "tally/ratelimit.h"
 #include "tally/uuid.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +16,8 @@
 /* clang-format off */
 /* Every row of the subject, with what it comes to: a plan's numbers are the tier's. */
 static const char show_sql[] =
-    "SELECT mode, coalesce(tier, 'contract') AS plan, rate_per_sec AS rate, burst, concurrency, long_polls,"
+    "SELECT mode, CASE WHEN tier IS NOT NULL THEN tier WHEN rate_per_sec IS NOT NULL THEN 'contract' END AS plan,"
+    " rate_per_sec AS rate, burst, concurrency, long_polls,"
     " to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS updated_at"
     " FROM rate_limits WHERE subject_kind = $1 AND subject_id = $2 ORDER BY mode";
 /* A key's own tier or contract, what rate_limits overrides. */
@@ -58,19 +58,11 @@ resolve_subject(PGconn *conn, const tly_ctl_cmd_t *cmd, const tly_ctl_args_t *ar
     return found ? 0 : -1;
 }
 
-/* NULL, or a whole number in [1, TLY_CTL_RATE_MAX]. */
+/* NULL (not given), or a whole number in [1, TLY_CTL_RATE_MAX]. */
 static bool
 count_ok(const char *opt, const char *s, char *err, size_t errcap)
 {
-    char *end;
-    if (s == NULL)
-        return true;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno == 0 && end != s && *end == '\0' && v >= 1 && v <= TLY_CTL_RATE_MAX)
-        return true;
-    snprintf(err, errcap, "invalid value for --%s: \"%s\" is not an integer in [1, %d]", opt, s, TLY_CTL_RATE_MAX);
-    return false;
+    return s == NULL || tly_ctl_parse_rate(opt, s, err, errcap);
 }
 
 static int
