@@ -1,7 +1,7 @@
 /* Stateless validation of commands. See commands.h. */
 #include "commands.h"
-#include "tally/currency.h"
 #include "tally/http.h"
+#include "tally/ledger/catalogue.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -16,22 +16,12 @@ static const tly_command_spec_t specs[TLY_CMD__COUNT] = {
     [TLY_CMD_TRANSFER] = {NULL, "TransferRequested", "transfer", true},
 };
 
-/* Which body fields each command takes; everything else is an unknown field. */
-typedef enum en_field_t { F_CURRENCY = 1, F_LABEL = 2, F_AMOUNT = 4, F_REFERENCE = 8, F_FROM = 16, F_TO = 32 } field_t;
-static const int allowed_fields[TLY_CMD__COUNT] = {
-    [TLY_CMD_OPEN_ACCOUNT] = F_CURRENCY | F_LABEL,
-    [TLY_CMD_DEPOSIT] = F_AMOUNT | F_CURRENCY | F_REFERENCE,
-    [TLY_CMD_WITHDRAW] = F_AMOUNT | F_CURRENCY | F_REFERENCE,
-    [TLY_CMD_FREEZE] = 0,
-    [TLY_CMD_UNFREEZE] = 0,
-    [TLY_CMD_CLOSE] = 0,
-    [TLY_CMD_TRANSFER] = F_FROM | F_TO | F_AMOUNT | F_CURRENCY | F_REFERENCE,
-};
-static const struct {
-    const char *name;
-    field_t bit;
-} field_names[] = {{"currency", F_CURRENCY},   {"label", F_LABEL},       {"amount", F_AMOUNT},
-                   {"reference", F_REFERENCE}, {"from_account", F_FROM}, {"to_account", F_TO}};
+/* The request event's spec in the catalogue: the fields each command takes, their types and limits. */
+static const tly_event_spec_t *
+request_spec(tly_command_kind_t kind)
+{
+    return tly_catalogue_find(specs[kind].request_event, 0);
+}
 
 const tly_command_spec_t *
 tly_command_spec(tly_command_kind_t kind)
@@ -62,33 +52,14 @@ tly_command_route(const char *collection, const char *sub, tly_command_kind_t *o
     return false;
 }
 
-size_t
-tly_utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; ++p)
-        if ((*p & 0xc0) != 0x80)
-            ++n;
-    return n;
-}
-
-static int
-field_bit(const char *name)
-{
-    for (size_t i = 0; i < sizeof(field_names) / sizeof(field_names[0]); ++i)
-        if (strcmp(field_names[i].name, name) == 0)
-            return field_names[i].bit;
-    return 0;
-}
-
 static void
-check_unknown_fields(tly_command_kind_t kind, const json_t *body, json_t *errors)
+check_unknown_fields(const tly_event_spec_t *spec, const json_t *body, json_t *errors)
 {
     const char *key;
     json_t *value;
     json_object_foreach((json_t *)body, key, value)
     {
-        if ((field_bit(key) & allowed_fields[kind]) == 0)
+        if (tly_catalogue_field(spec, key) == NULL)
             tly_http_field_error(errors, key, "unknown field");
     }
 }
@@ -115,19 +86,20 @@ check_currency(const json_t *body, tly_command_t *out, json_t *errors)
         tly_http_field_error(errors, "currency", "is required");
     else if (!json_is_string(v))
         tly_http_field_error(errors, "currency", "must be a string");
-    else if (!tly_currency_valid(json_string_value(v)))
+    else if (!tly_field_currency_ok(v))
         tly_http_field_error(errors, "currency", "must be an ISO 4217 currency code, e.g. EUR");
     else
         memcpy(out->currency, json_string_value(v), 4);
 }
 
 static const char *
-check_text(const json_t *body, const char *field, bool required, size_t max_chars, json_t *errors)
+check_text(const json_t *body, const tly_field_spec_t *f, json_t *errors)
 {
     char msg[64];
+    const char *field = f->name;
     json_t *v = json_object_get(body, field);
     if (v == NULL) {
-        if (required)
+        if (f->required)
             tly_http_field_error(errors, field, "is required");
         return NULL;
     }
@@ -135,8 +107,8 @@ check_text(const json_t *body, const char *field, bool required, size_t max_char
         tly_http_field_error(errors, field, "must be a string");
         return NULL;
     }
-    if (tly_utf8_chars(json_string_value(v)) > max_chars) {
-        snprintf(msg, sizeof(msg), "must be at most %zu characters", max_chars);
+    if (!tly_field_text_ok(v, f->max_chars)) {
+        snprintf(msg, sizeof(msg), "must be at most %zu characters", f->max_chars);
         tly_http_field_error(errors, field, msg);
         return NULL;
     }
@@ -153,56 +125,91 @@ check_account_ref(const json_t *body, const char *field, tly_uuid_t *out, json_t
         tly_http_field_error(errors, field, "must be an account id (uuid)");
 }
 
+/* Where a uuid field of the body lands in the command. */
+static tly_uuid_t *
+uuid_slot(tly_command_t *cmd, const char *field)
+{
+    return strcmp(field, "to_account") == 0 ? &cmd->to_account : &cmd->account_id;
+}
+
+/* Where a text field of the body lands in the command. */
+static const char **
+text_slot(tly_command_t *cmd, const char *field)
+{
+    return strcmp(field, "label") == 0 ? &cmd->label : &cmd->reference;
+}
+
+static void
+check_field(const tly_field_spec_t *f, const json_t *body, tly_command_t *out, json_t *errors)
+{
+    switch (f->type) {
+    case TLY_FIELD_UUID:
+        check_account_ref(body, f->name, uuid_slot(out, f->name), errors);
+        break;
+    case TLY_FIELD_AMOUNT:
+        check_amount(body, out, errors);
+        break;
+    case TLY_FIELD_CURRENCY:
+        check_currency(body, out, errors);
+        break;
+    case TLY_FIELD_TEXT:
+        *text_slot(out, f->name) = check_text(body, f, errors);
+        break;
+    default: /* no request has fields of the other types */
+        tly_http_field_error(errors, f->name, "cannot be given");
+        break;
+    }
+}
+
 bool
 tly_command_validate(tly_command_kind_t kind, const json_t *body, tly_command_t *out, json_t *errors)
 {
     size_t before = json_array_size(errors);
+    const tly_event_spec_t *spec = request_spec(kind);
     out->kind = kind;
     if (!json_is_object(body)) {
         tly_http_field_error(errors, "", "the body must be a JSON object");
         return false;
     }
-    check_unknown_fields(kind, body, errors);
-    int fields = allowed_fields[kind];
-    if (fields & F_FROM)
-        check_account_ref(body, "from_account", &out->account_id, errors);
-    if (fields & F_TO)
-        check_account_ref(body, "to_account", &out->to_account, errors);
-    if (fields & F_AMOUNT)
-        check_amount(body, out, errors);
-    if (fields & F_CURRENCY)
-        check_currency(body, out, errors);
-    if (fields & F_LABEL)
-        out->label = check_text(body, "label", true, TLY_LABEL_MAX_CHARS, errors);
-    if (fields & F_REFERENCE)
-        out->reference = check_text(body, "reference", false, TLY_REFERENCE_MAX_CHARS, errors);
+    check_unknown_fields(spec, body, errors);
+    for (size_t i = 0; i < spec->nfields; ++i)
+        check_field(&spec->fields[i], body, out, errors);
     if (kind == TLY_CMD_TRANSFER && json_array_size(errors) == before &&
         memcmp(out->account_id.b, out->to_account.b, sizeof(out->to_account.b)) == 0)
         tly_http_field_error(errors, "to_account", "must differ from from_account");
     return json_array_size(errors) == before;
 }
 
+static json_t *
+field_value(const tly_field_spec_t *f, const tly_command_t *cmd)
+{
+    char id[TLY_UUID_STR_LEN + 1];
+    switch (f->type) {
+    case TLY_FIELD_UUID:
+        tly_uuid_format(uuid_slot((tly_command_t *)cmd, f->name), id);
+        return json_string(id);
+    case TLY_FIELD_AMOUNT:
+        return json_integer(cmd->amount);
+    case TLY_FIELD_CURRENCY:
+        return json_string(cmd->currency);
+    case TLY_FIELD_TEXT: {
+        const char *text = *text_slot((tly_command_t *)cmd, f->name);
+        return text != NULL ? json_string(text) : NULL; /* an optional text left out stays out */
+    }
+    default:
+        return NULL;
+    }
+}
+
 json_t *
 tly_command_event_data(const tly_command_t *cmd)
 {
-    char id[TLY_UUID_STR_LEN + 1];
+    const tly_event_spec_t *spec = request_spec(cmd->kind);
     json_t *d = json_object();
-    int fields = allowed_fields[cmd->kind];
-    if (fields & F_FROM) {
-        tly_uuid_format(&cmd->account_id, id);
-        json_object_set_new(d, "from_account", json_string(id));
+    for (size_t i = 0; i < spec->nfields; ++i) {
+        json_t *v = field_value(&spec->fields[i], cmd);
+        if (v != NULL)
+            json_object_set_new(d, spec->fields[i].name, v);
     }
-    if (fields & F_TO) {
-        tly_uuid_format(&cmd->to_account, id);
-        json_object_set_new(d, "to_account", json_string(id));
-    }
-    if (fields & F_AMOUNT)
-        json_object_set_new(d, "amount", json_integer(cmd->amount));
-    if (fields & F_CURRENCY)
-        json_object_set_new(d, "currency", json_string(cmd->currency));
-    if (fields & F_LABEL)
-        json_object_set_new(d, "label", json_string(cmd->label));
-    if ((fields & F_REFERENCE) && cmd->reference != NULL)
-        json_object_set_new(d, "reference", json_string(cmd->reference));
     return d;
 }

@@ -6,16 +6,14 @@
 #ifndef TALLY_COMMANDS_H
 #define TALLY_COMMANDS_H
 
+#include "tally/ledger/field.h"
+#include "tally/utf8.h"
 #include "tally/uuid.h"
 
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-
-#define TLY_LABEL_MAX_CHARS 200
-#define TLY_REFERENCE_MAX_CHARS 200
-#define TLY_AMOUNT_MAX ((int64_t)1 << 53)
 
 typedef enum en_tly_command_kind_t {
     TLY_CMD_OPEN_ACCOUNT,
@@ -63,8 +61,5 @@ bool tly_command_validate(tly_command_kind_t kind, const json_t *body, tly_comma
 
 /** The request event's data object for a validated command (new reference). */
 json_t *tly_command_event_data(const tly_command_t *cmd);
-
-/** Counts UTF-8 characters (the input is valid UTF-8, as jansson guarantees). */
-size_t tly_utf8_chars(const char *s);
 
 #endif

@@ -9,6 +9,7 @@
 #include "tally/clock.h"
 #include "tally/http.h"
 #include "tally/json.h"
+#include "tally/ledger/job.h"
 #include "tally/log.h"
 #include "tally/metrics.h"
 
@@ -436,7 +437,8 @@ build_response(cmd_op_t *op)
     const char *rtype = tly_command_spec(op->cmd.kind)->aggregate_type;
     snprintf(rurl, sizeof(rurl), "/v1/%ss/%s", rtype, res);
     json_t *resource = json_pack("{s:s, s:s, s:s}", "type", rtype, "id", res, "url", rurl);
-    json_t *o = json_pack("{s:{s:s, s:s, s:s, s:o}}", "job", "id", job, "status", "queued", "url", url, "resource", resource);
+    json_t *o =
+        json_pack("{s:{s:s, s:s, s:s, s:o}}", "job", "id", job, "status", TLY_JOB_QUEUED_NAME, "url", url, "resource", resource);
     char *s = tly_json_dump(o);
     json_decref(o);
     return s;

@@ -3,6 +3,7 @@
 #include "commands.h"
 #include "tally/clock.h"
 #include "tally/http.h"
+#include "tally/ledger/catalogue.h"
 #include "tally/webhook_url.h"
 
 #include <openssl/evp.h>
@@ -11,28 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Sorted (strcmp order); tests/unit/command-api/test_webhook_spec.c checks it
-   against schemas/events/ both ways, so a new event type cannot be forgotten. */
-static const char *const event_types[] = {
-    "AccountCloseRejected",    "AccountCloseRequested",   "AccountClosed",
-    "AccountCreditRejected",   "AccountCredited",         "AccountDebitRejected",
-    "AccountDebited",          "AccountFreezeRejected",   "AccountFreezeRequested",
-    "AccountFrozen",           "AccountOpenRejected",     "AccountOpenRequested",
-    "AccountOpened",           "AccountUnfreezeRejected", "AccountUnfreezeRequested",
-    "AccountUnfrozen",         "DebitReversalRejected",   "DebitReversalRequested",
-    "DebitReversed",           "DepositRejected",         "DepositRequested",
-    "FundsDeposited",          "FundsWithdrawn",          "TransferCompleted",
-    "TransferCreditRequested", "TransferDebitRequested",  "TransferFailed",
-    "TransferRejected",        "TransferRequested",       "WebhookEndpointDisabled",
-    "WithdrawalRejected",      "WithdrawalRequested",
-};
-#define NTYPES (sizeof(event_types) / sizeof(event_types[0]))
-
+/* Every type of the catalogue (sorted in strcmp order); tests/unit/command-api/test_webhook_spec.c
+   checks it against schemas/events/ both ways, so a new event type cannot be forgotten. */
 const char *const *
 tly_webhook_event_types(size_t *n)
 {
-    *n = NTYPES;
-    return event_types;
+    return tly_catalogue_types(n);
 }
 
 static int
@@ -44,7 +29,9 @@ cmp_name(const void *key, const void *elem)
 bool
 tly_webhook_event_type_known(const char *name)
 {
-    return bsearch(name, event_types, NTYPES, sizeof(event_types[0]), cmp_name) != NULL;
+    size_t n;
+    const char *const *types = tly_catalogue_types(&n);
+    return bsearch(name, types, n, sizeof(types[0]), cmp_name) != NULL;
 }
 
 static void

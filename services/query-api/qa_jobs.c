@@ -15,6 +15,7 @@
  */
 #include "query_internal.h"
 #include "tally/http.h"
+#include "tally/ledger/job.h"
 #include "tally/server.h"
 
 #include <stdio.h>
@@ -91,12 +92,6 @@ answer(query_op_t *op, PGresult *res)
     qa_send_json(op, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0), etag);
 }
 
-static bool
-is_terminal(const char *status)
-{
-    return strcmp(status, "succeeded") == 0 || strcmp(status, "failed") == 0;
-}
-
 static void
 on_job(void *data, PGresult *res, const char *err)
 {
@@ -112,7 +107,7 @@ on_job(void *data, PGresult *res, const char *err)
         tly_api_problem(&op->api, 404, "not_found", "no such job", NULL);
         goto done;
     }
-    if (!op->waiting || op->expired || is_terminal(PQgetvalue(res, 0, 2))) {
+    if (!op->waiting || op->expired || tly_job_name_is_terminal(PQgetvalue(res, 0, 2))) {
         answer(op, res);
         goto done;
     }

@@ -9,6 +9,7 @@
 #include "query_api.h"
 #include "tally/api.h"
 #include "tally/http.h"
+#include "tally/ledger/job.h"
 #include "tally/json.h"
 #include "tally/keycache.h"
 #include "tally/log.h"
@@ -56,22 +57,24 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     /* The projected job, or, before the projector saw its event, the command
        record: a job that got a 202 is never 404. The record is written before
        the append and marked accepted after the 202 (the command API's README
-       says why), so any record but a failed one reads as queued; a job id is
+       says why), so any record but a failed one reads as queued (the queued
+       fallback of tally/ledger/job.h, with its versions); a job id is
        only known to a client once its 202 was sent. */
+    /* clang-format off */
     [STMT_JOB] =
         {"get_job",
-         "SELECT json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', " TS(
-             "updated_at") ", 'resource', "
-                           "json_build_object('type', resource_type, 'id', resource_id, 'url', "
-                           "'/v1/' || resource_type || 's/' || resource_id), 'error', "
-                           "CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, 'detail', "
-                           "error_detail) END)::text, version, status FROM ("
-                           "SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "
-                           "version + 1 AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "
-                           "UNION ALL SELECT job_id, 'queued', created_at, created_at, resource_type, resource_id, NULL, NULL, 1 "
-                           "FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state <> 'failed' "
-                           "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1",
+         "SELECT json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', "
+         TS("updated_at") ", 'resource', json_build_object('type', resource_type, 'id', resource_id, 'url', "
+         "'/v1/' || resource_type || 's/' || resource_id), 'error', "
+         "CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, 'detail', "
+         "error_detail) END)::text, version, status FROM ("
+         "SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "
+         TLY_JOB_READ_VERSION_SQL("version") " AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "
+         "UNION ALL SELECT job_id, '" TLY_JOB_QUEUED_NAME "', created_at, created_at, resource_type, resource_id, NULL, NULL, "
+         TLY_JOB_FALLBACK_VERSION_SQL " FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state <> 'failed' "
+         "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1",
          2},
+    /* clang-format on */
     /* $1 tenant, ($2, $3) exclusive lower position, $4 exclusive upper
        created_at, $5 status, $6 currency (NULL: any), $7 limit + 1 */
     [STMT_LIST_ACCOUNTS] =

@@ -14,7 +14,7 @@
 #include "tenants.h"
 #include "topics.h"
 #include "verify.h"
-#include "replay.h"
+#include "replay/replay.h"
 
 #include "tally/config.h"
 

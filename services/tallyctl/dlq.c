@@ -3,9 +3,12 @@
  * dead_letters.
  *
  * retry, projector dead letters: in one transaction, the event goes through
- * the projection the live projector uses (upcast first), the park is undone
- * (its job back from failed/dead_lettered, so the result equals a replay in
- * which the event applied), and the dead letter is deleted. Refused when the
+ * the projector's own retry path (tly_projection_retry_parked, upcast first):
+ * the park is undone (its job back from failed/dead_lettered, the one move
+ * down of the job state machine, tally/ledger/job.h) and the event applied as
+ * the live projector applies it, so the result equals a replay in which the
+ * event applied; then the dead letter is deleted. tallyctl writes no read
+ * model itself. Refused when the
  * account changed after the event (applying an old balance_after out of
  * order would be wrong: rebuild with `tallyctl replay` instead).
  *
@@ -17,13 +20,13 @@
  */
 #include "dlq.h"
 #include "db.h"
-#include "pgx.h"
-#include "projection.h"
+#include "tally/pgx.h"
+#include "tally/ledger/projection.h"
 
 #include "tally/clock.h"
 #include "tally/json.h"
 #include "tally/pg.h"
-#include "tally/upcast.h"
+#include "tally/ledger/upcast.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,7 +127,7 @@ static int
 retry_projector(PGconn *conn, const char *id, const char *payload, char *err, size_t errcap)
 {
     tly_envelope_t env, up;
-    char why[1024], agg[TLY_UUID_STR_LEN + 1], when[40], job[TLY_UUID_STR_LEN + 1], event_id[TLY_UUID_STR_LEN + 1];
+    char why[1024], agg[TLY_UUID_STR_LEN + 1], when[40], event_id[TLY_UUID_STR_LEN + 1];
     if (tly_envelope_parse(payload, strlen(payload), &env, why, sizeof(why)) != 0) {
         snprintf(err, errcap, "the payload is not an event (%s): no retry can apply it; discard it", why);
         return -1;
@@ -142,7 +145,6 @@ retry_projector(PGconn *conn, const char *id, const char *payload, char *err, si
         return -1;
     }
     tly_uuid_format(&up.aggregate_id, agg);
-    tly_uuid_format(&up.job_id, job);
     tly_uuid_format(&up.id, event_id);
     tly_clock_format_rfc3339(up.occurred_at_us, when, sizeof(when));
     int ret = -1;
@@ -161,21 +163,7 @@ retry_projector(PGconn *conn, const char *id, const char *payload, char *err, si
                  agg);
         goto out;
     }
-    size_t tl = strlen(up.type);
-    bool is_request = tl > 9 && strcmp(up.type + tl - 9, "Requested") == 0;
-    if (!is_request && !tly_uuid_is_nil(&up.job_id)) {
-        /* undo the park: the job goes back to where the event finds it in a replay */
-        const char *vals[] = {job};
-        res = tly_ctl_db_query(
-            conn, "could not reopen the job",
-            "UPDATE jobs SET status = 'queued', error_code = NULL, error_detail = NULL, version = 1, updated_at = created_at "
-            "WHERE id = $1 AND status = 'failed' AND error_code = 'dead_lettered'",
-            1, vals, err, errcap);
-        if (res == NULL)
-            goto out;
-        PQclear(res);
-    }
-    if (tly_projection_apply(conn, &up, TLY_MODEL_ALL, why, sizeof(why)) != 0) {
+    if (tly_projection_retry_parked(conn, &up, why, sizeof(why)) != 0) {
         snprintf(err, errcap, "the projection still fails: %s", why);
         goto out;
     }

@@ -7,7 +7,7 @@
  */
 #include "verify.h"
 #include "db.h"
-#include "replay.h"
+#include "replay/replay.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -1,10 +1,14 @@
 /* Role threads of tally-worker. */
 #include "worker.h"
-#include "consumer.h"
-#include "relay.h"
-#include "retention.h"
-#include "roles.h"
-#include "webhook_role.h"
+#include "outbox/relay.h"
+#include "roles/decider_role.h"
+#include "roles/projector_role.h"
+#include "runtime/consumer.h"
+#include "runtime/retention.h"
+#include "saga/saga_role.h"
+#include "saga/saga_timer.h"
+#include "webhooks/webhook_role.h"
+#include "webhooks/webhook_sender.h"
 
 #include <curl/curl.h>
 

@@ -12,7 +12,7 @@ build=$root/build-fuzz
 
 command -v clang >/dev/null || { echo "clang is missing: apt-get install clang" >&2; exit 1; }
 CC=clang cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Asan -DTALLY_FUZZ=ON >/dev/null
-cmake --build "$build" -j"$(nproc)" --target fuzz_command fuzz_envelope >/dev/null
+cmake --build "$build" -j"$(nproc)" --target fuzz_command fuzz_envelope fuzz_accept >/dev/null
 
 seed_commands() {
     local dir=$1
@@ -21,10 +21,10 @@ seed_commands() {
     printf '\x06{"from_account":"6b1f2e51-8c0d-4a3e-9f27-440b5da193c8","to_account":"7b1f2e51-8c0d-4a3e-9f27-440b5da193c8","amount":5,"currency":"USD"}' >"$dir/transfer"
 }
 
-for target in fuzz_command fuzz_envelope; do
+for target in fuzz_command fuzz_envelope fuzz_accept; do
     corpus=$build/corpus/$target
     mkdir -p "$corpus"
-    [[ $target == fuzz_command ]] && seed_commands "$corpus"
+    [[ $target != fuzz_envelope ]] && seed_commands "$corpus"
     echo "fuzzing $target for ${secs}s" >&2
     "$build/bin/$target" -max_total_time="$secs" -max_len=65536 -print_final_stats=1 \
         -artifact_prefix="$build/" "$corpus" 2>"$build/$target.log" ||

@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "pgx.h"
+#include "tally/pgx.h"
 #include "tly_test_http.h"
 #include "tly_test_sql.h"
 

@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "projection.h"
+#include "tally/ledger/projection.h"
 #include "tly_test_http.h"
 #include "tly_test_sql.h"
 #include "tly_test_util.h"

@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include "commands.h"
+#include "tally/ledger/catalogue.h"
 
 #include <string.h>
 
@@ -156,13 +157,38 @@ test_event_data(void **state)
     json_decref(body);
 }
 
+/* Each command writes a request of the catalogue, of the command's aggregate, whose fields the command can hold. */
+static void
+test_specs_match_catalogue(void **state)
+{
+    static const char *const holdable[] = {"from_account", "to_account", "amount", "currency", "label", "reference"};
+    for (int k = 0; k < TLY_CMD__COUNT; ++k) {
+        const tly_command_spec_t *c = tly_command_spec((tly_command_kind_t)k);
+        const tly_event_spec_t *e = tly_catalogue_find(c->request_event, 0);
+        assert_non_null(e);
+        assert_int_equal(e->kind, TLY_EVENT_REQUEST);
+        assert_string_equal(e->aggregate, c->aggregate_type);
+        for (size_t f = 0; f < e->nfields; ++f) {
+            bool held = false;
+            for (size_t h = 0; h < sizeof(holdable) / sizeof(holdable[0]); ++h)
+                held |= strcmp(holdable[h], e->fields[f].name) == 0;
+            if (!held)
+                fail_msg("%s: tly_command_t has no place for %s", c->request_event, e->fields[f].name);
+        }
+    }
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_open_account), cmocka_unit_test(test_label_length_in_characters),
-        cmocka_unit_test(test_amounts),      cmocka_unit_test(test_transfer),
-        cmocka_unit_test(test_routes),       cmocka_unit_test(test_event_data),
+        cmocka_unit_test(test_open_account),
+        cmocka_unit_test(test_label_length_in_characters),
+        cmocka_unit_test(test_amounts),
+        cmocka_unit_test(test_transfer),
+        cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_event_data),
+        cmocka_unit_test(test_specs_match_catalogue),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,7 +2,7 @@
  * Every event Tally produces validates against schemas/events/<Type>.v<N>.json:
  * request events built by the command API's own code (commands.c), outcome
  * and rejection events built by the decider (decider.c), and FundsDeposited
- * v1 upcast to v2 (common/upcast.c), and WebhookEndpointDisabled as the
+ * v1 upcast to v2 (common/ledger/upcast.c), and WebhookEndpointDisabled as the
  * webhooks role builds it (webhook.c). Every schema file is exercised.
  *
  * The validator is a small one for the subset of JSON Schema the files use:
@@ -17,13 +17,13 @@
 #include <cmocka.h>
 
 #include "commands.h"
-#include "decider.h"
-#include "saga.h"
-#include "webhook.h"
+#include "tally/ledger/decider.h"
+#include "tally/ledger/saga.h"
+#include "webhooks/webhook.h"
 
 #include "tally/clock.h"
 #include "tally/envelope.h"
-#include "tally/upcast.h"
+#include "tally/ledger/upcast.h"
 
 #include <dirent.h>
 #include <limits.h>

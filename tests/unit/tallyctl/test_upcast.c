@@ -1,15 +1,15 @@
-/* common/upcast.c: FundsDeposited v1 -> v2, and tallyctl's replay option parsing. */
+/* common/ledger/upcast.c: FundsDeposited v1 -> v2, and tallyctl's replay option parsing. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "projection.h"
-#include "replay.h"
+#include "tally/ledger/projection.h"
+#include "replay/replay.h"
 
 #include "tally/envelope.h"
-#include "tally/upcast.h"
+#include "tally/ledger/upcast.h"
 
 #include <string.h>
 
