@@ -168,6 +168,14 @@ local_wait_ms(const tly_limiter_t *lim, const rl_bucket_t *b)
     return share_rate <= 0 ? 1000 : (int64_t)ceil((1.0 - b->local) / share_rate * 1000.0);
 }
 
+/* What Redis holds now by its last answer and the refill since (others' use unknown), less what we owe. */
+static double
+redis_estimate(const rl_bucket_t *b, int64_t now_us)
+{
+    double est = (double)b->reported + (double)(now_us - b->last_reply_us) / 1e6 * (double)b->rate;
+    return fmin(est, (double)b->burst) - (double)b->debt;
+}
+
 /*
  * Takes one token (subject locked). `store_ok`: this thread reaches Redis.
  * Fills `*call` when the bucket wants a lease, returns whether the request may go.
@@ -197,11 +205,11 @@ bucket_take(tly_limiter_t *lim, rl_bucket_t *b, bool store_ok, tly_store_down_po
             *wait_ms = *src == RL_SRC_REFUSED ? 1000 : local_wait_ms(lim, b);
         }
     } else if (b->last_reply_us != 0 && now_us - b->last_reply_us < RL_STALE_US) {
-        *src = RL_SRC_OVERDRAFT;
+        *src = RL_SRC_OVERDRAFT; /* Redis had tokens a moment ago, or has refilled some since */
         /* up to a lease, or beyond while the instance's share has tokens:
            a burst that outruns the leases within one round trip (a batch
            of 100) borrows at most this instance's part of the burst */
-        if (b->reported - b->debt >= 1 && (b->debt < lease_size || b->local >= 1)) {
+        if (redis_estimate(b, now_us) >= 1 && (b->debt < lease_size || b->local >= 1)) {
             ++b->debt;
             allowed = true;
         } else {
@@ -267,7 +275,7 @@ bucket_policy(const tly_limiter_t *lim, const rl_bucket_t *b, bool store_ok, con
 {
     int64_t remaining;
     if (store_ok && b->last_reply_us != 0)
-        remaining = b->lease + (b->reported - b->debt > 0 ? b->reported - b->debt : 0);
+        remaining = b->lease + (int64_t)fmax(0.0, redis_estimate(b, tly_clock_mono_us()));
     else
         remaining = b->lease + (int64_t)(b->local * lim->cfg.instances);
     if (remaining > b->burst)
