@@ -90,7 +90,9 @@ tly_admin_handle(h2o_req_t *req, tly_admin_ready_cb ready, void *arg)
     }
     json_t *reasons = json_object();
     bool ok = ready == NULL || ready(arg, reasons);
-    json_t *o = json_pack("{s:s, s:o}", "status", ok ? "ok" : "unavailable", "reasons", reasons);
+    /* ready with a part degraded (the rate-limit store): 200, and it says so */
+    const char *status = !ok ? "unavailable" : json_object_get(reasons, "degraded") != NULL ? "degraded" : "ok";
+    json_t *o = json_pack("{s:s, s:o}", "status", status, "reasons", reasons);
     char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
     send_text(req, ok ? 200 : 503, "application/json", s, strlen(s));
     free(s);

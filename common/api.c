@@ -41,19 +41,88 @@ tly_api_req_init(tly_api_req_t *ar, h2o_req_t *req, size_t *inflight)
 void
 tly_api_req_finish(tly_api_req_t *ar)
 {
+    tly_limiter_release(&ar->rate);
     if (ar->req != NULL)
         *ar->guard = NULL;
     --*ar->inflight;
 }
 
+/* RateLimit-Policy lists every policy; RateLimit reports the one nearest exhaustion (IETF httpapi draft). */
 static void
 add_rate_headers(h2o_req_t *req, const tly_rate_t *rate)
 {
-    char v[96];
-    snprintf(v, sizeof(v), "\"burst\";q=%lld;w=%lld", (long long)rate->burst, (long long)rate->window);
+    char v[192];
+    size_t n = 0;
+    if (rate->npolicies == 0)
+        return;
+    for (int i = 0; i < rate->npolicies && n < sizeof(v); ++i) {
+        const tly_rate_policy_t *p = &rate->policies[i];
+        n += (size_t)snprintf(v + n, sizeof(v) - n, "%s\"%s\";q=%lld;w=%lld", i > 0 ? ", " : "", p->name, (long long)p->quota,
+                              (long long)p->window);
+    }
     tly_http_add_header(req, "ratelimit-policy", v);
-    snprintf(v, sizeof(v), "\"burst\";r=%lld;t=%lld", (long long)rate->remaining, (long long)rate->reset);
+    const tly_rate_policy_t *p = &rate->policies[rate->nearest];
+    snprintf(v, sizeof(v), "\"%s\";r=%lld;t=%lld", p->name, (long long)p->remaining, (long long)p->reset);
     tly_http_add_header(req, "ratelimit", v);
+}
+
+/* The limiter of the thread serving requests: bound once per event loop, so
+   that handlers and batch items reach it without carrying it in every call. */
+static __thread tly_limiter_thread_t *thread_limiter;
+
+void
+tly_api_bind_limiter(tly_limiter_thread_t *limiter)
+{
+    thread_limiter = limiter;
+}
+
+static tly_limit_key_t
+limit_key_of(const tly_principal_t *p)
+{
+    /* a contract key's other limits (concurrency, the store-down policy) are the contract tier's */
+    return (tly_limit_key_t){p->key_id, &p->tenant_id, p->contract ? "contract" : p->tier, p->rate, p->burst};
+}
+
+/* 429 with Retry-After for a refused token or slot; false when the request must stop. */
+static bool
+rate_or_reply(tly_api_req_t *ar, const tly_rate_t *rate)
+{
+    char secs[24];
+    if (rate->allowed)
+        return true;
+    tly_metrics_rate_limited();
+    snprintf(secs, sizeof(secs), "%lld", (long long)rate->retry_after);
+    tly_http_add_header(ar->req, "retry-after", secs);
+    if (rate->verdict == TLY_RATE_CONCURRENCY)
+        tly_api_problem(ar, 429, "concurrency_limited",
+                        "too many requests of this API key are in flight; retry after the time given", NULL);
+    else
+        tly_api_problem(ar, 429, "rate_limited", "too many requests for this API key or its tenant; retry after the time given",
+                        NULL);
+    return false;
+}
+
+bool
+tly_api_take_token(tly_api_req_t *ar)
+{
+    tly_limit_key_t key = limit_key_of(&ar->principal);
+    tly_rate_t rate;
+    if (thread_limiter == NULL)
+        return true;
+    tly_limiter_take_token(thread_limiter, &key, tly_clock_mono_us(), &rate);
+    return rate.allowed;
+}
+
+bool
+tly_api_long_poll_or_reply(tly_api_req_t *ar)
+{
+    if (tly_limiter_become_long_poll(&ar->rate))
+        return true;
+    tly_rate_t refused = ar->rate;
+    refused.allowed = false;
+    refused.verdict = TLY_RATE_CONCURRENCY;
+    refused.retry_after = 1;
+    return rate_or_reply(ar, &refused);
 }
 
 /* The access line and the HTTP metrics: one place every API answer goes through. */
@@ -256,14 +325,11 @@ tly_api_authenticate_or_reply(tly_api_req_t *ar, tly_keycache_t *keys, int scope
         tly_api_unavailable(ar, "database_unavailable", "API keys cannot be checked right now");
         return false;
     }
-    tly_keycache_take(&ar->principal, tly_clock_mono_us(), &ar->rate);
-    if (!ar->rate.allowed) {
-        char secs[24];
-        tly_metrics_rate_limited();
-        snprintf(secs, sizeof(secs), "%lld", (long long)ar->rate.retry_after);
-        tly_http_add_header(ar->req, "retry-after", secs);
-        tly_api_problem(ar, 429, "rate_limited", "too many requests for this API key; retry after the time given", NULL);
-        return false;
+    if (thread_limiter != NULL) {
+        tly_limit_key_t key = limit_key_of(&ar->principal);
+        tly_limiter_take(thread_limiter, &key, false, tly_clock_mono_us(), &ar->rate);
+        if (!rate_or_reply(ar, &ar->rate))
+            return false;
     }
     if ((ar->principal.scopes & scope) == 0) {
         char name[16], detail[96], challenge[96];

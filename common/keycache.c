@@ -1,4 +1,4 @@
-/* API key cache, background refresh and token buckets. See tally/keycache.h. */
+/* API key cache and its background refresh. See tally/keycache.h. */
 #include "tally/keycache.h"
 #include "tally/clock.h"
 #include "tally/log.h"
@@ -24,10 +24,7 @@ typedef struct st_key_entry_t {
     bool contract;      /* rate and burst are the key's own, not its tier's */
     int64_t expires_us; /* wall clock; 0: never */
     int max_long_polls; /* the tenant's quota */
-    pthread_mutex_t bucket_lock;
     int64_t rate, burst;
-    double tokens;
-    int64_t last_us;
 } key_entry_t;
 
 #define NBUCKETS 4096
@@ -42,21 +39,6 @@ struct st_tly_keycache_t {
     bool has_thread;
     char since[64]; /* updated_at watermark of the last load, as text */
 };
-
-bool
-tly_rate_tier(const char *tier, int64_t *rate, int64_t *burst)
-{
-    if (strcmp(tier, "free") == 0) {
-        *rate = 10;
-        *burst = 20;
-    } else if (strcmp(tier, "standard") == 0) {
-        *rate = 100;
-        *burst = 200;
-    } else {
-        return false;
-    }
-    return true;
-}
 
 static size_t
 bucket_of(const char *id)
@@ -86,9 +68,6 @@ tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_key_attrs_t *
         if ((e = calloc(1, sizeof(*e))) == NULL)
             abort();
         snprintf(e->id, sizeof(e->id), "%s", key_id);
-        pthread_mutex_init(&e->bucket_lock, NULL);
-        e->tokens = (double)a->burst;
-        e->last_us = tly_clock_mono_us();
         size_t b = bucket_of(key_id);
         e->next = kc->buckets[b];
         kc->buckets[b] = e;
@@ -101,12 +80,8 @@ tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_key_attrs_t *
     e->contract = a->contract;
     e->expires_us = a->expires_us;
     e->max_long_polls = a->max_long_polls;
-    pthread_mutex_lock(&e->bucket_lock);
     e->rate = a->rate;
     e->burst = a->burst;
-    if (e->tokens > (double)a->burst)
-        e->tokens = (double)a->burst;
-    pthread_mutex_unlock(&e->bucket_lock);
     pthread_rwlock_unlock(&kc->lock);
 }
 
@@ -290,7 +265,6 @@ tly_keycache_destroy(tly_keycache_t *kc)
     for (size_t b = 0; b < NBUCKETS; ++b) {
         for (key_entry_t *e = kc->buckets[b], *next; e != NULL; e = next) {
             next = e->next;
-            pthread_mutex_destroy(&e->bucket_lock);
             free(e);
         }
     }
@@ -336,49 +310,10 @@ tly_keycache_check(tly_keycache_t *kc, const char *authorization, size_t len, tl
         out->contract = e->contract;
         out->expires_us = e->expires_us;
         out->max_long_polls = e->max_long_polls;
-        pthread_mutex_lock(&e->bucket_lock);
         out->rate = e->rate;
         out->burst = e->burst;
-        pthread_mutex_unlock(&e->bucket_lock);
         result = TLY_AUTH_OK;
     }
     pthread_rwlock_unlock(&kc->lock);
     return result;
-}
-
-static int64_t
-ceil_div(double num, double den)
-{
-    if (den <= 0)
-        return 1;
-    double q = num / den;
-    int64_t i = (int64_t)q;
-    return (double)i < q ? i + 1 : i;
-}
-
-void
-tly_keycache_take(tly_principal_t *principal, int64_t now_us, tly_rate_t *out)
-{
-    key_entry_t *e = principal->entry;
-    pthread_mutex_lock(&e->bucket_lock);
-    double elapsed = (double)(now_us - e->last_us) / 1e6;
-    if (elapsed > 0) {
-        e->tokens += elapsed * (double)e->rate;
-        if (e->tokens > (double)e->burst)
-            e->tokens = (double)e->burst;
-        e->last_us = now_us;
-    }
-    out->allowed = e->tokens >= 1.0;
-    if (out->allowed)
-        e->tokens -= 1.0;
-    out->burst = e->burst;
-    out->window = ceil_div((double)e->burst, (double)e->rate);
-    out->remaining = (int64_t)e->tokens;
-    out->reset = ceil_div((double)e->burst - e->tokens, (double)e->rate);
-    out->retry_after = out->allowed ? 0 : ceil_div(1.0 - e->tokens, (double)e->rate);
-    if (out->window < 1)
-        out->window = 1;
-    if (!out->allowed && out->retry_after < 1)
-        out->retry_after = 1;
-    pthread_mutex_unlock(&e->bucket_lock);
 }

@@ -17,6 +17,7 @@
  * is the plain one-statement-per-round-trip protocol.
  */
 #include "tally/pgasync.h"
+#include "tally/clock.h"
 #include "tally/pg.h"
 #include "tally/log.h"
 
@@ -34,6 +35,8 @@ typedef struct st_pg_query_t {
     tly_pg_cb cb;
     void *data;
     bool solo; /* run in a batch of its own (its batch failed) */
+    tly_pgpool_t *pool;
+    int64_t queued_us;
     int nparams;
     char *params[]; /* nparams strings, NULL for SQL NULL */
 } pg_query_t;
@@ -64,6 +67,8 @@ struct st_tly_pgpool_t {
     size_t nstatements;
     pg_query_t *head, **tail;
     size_t queued;
+    void (*observe)(void *data, double ms);
+    void *observe_data;
     h2o_timeout_t retry_timeout;
     size_t nconns;
     pg_conn_t conns[];
@@ -76,6 +81,8 @@ static void pool_dispatch(tly_pgpool_t *pool);
 static void
 query_finish(pg_query_t *q, PGresult *res, const char *err)
 {
+    if (q->pool->observe != NULL && res != NULL)
+        q->pool->observe(q->pool->observe_data, (double)(tly_clock_mono_us() - q->queued_us) / 1000.0);
     q->cb(q->data, res, err);
     for (int i = 0; i < q->nparams; ++i)
         free(q->params[i]);
@@ -490,6 +497,13 @@ tly_pgpool_destroy(tly_pgpool_t *pool)
     free(pool);
 }
 
+void
+tly_pgpool_observe(tly_pgpool_t *pool, void (*cb)(void *data, double ms), void *data)
+{
+    pool->observe = cb;
+    pool->observe_data = data;
+}
+
 bool
 tly_pgpool_ready(tly_pgpool_t *pool)
 {
@@ -515,6 +529,8 @@ tly_pgpool_exec(tly_pgpool_t *pool, size_t stmt, const char *const *values, tly_
     q->cb = cb;
     q->data = data;
     q->solo = false;
+    q->pool = pool;
+    q->queued_us = pool->observe != NULL ? tly_clock_mono_us() : 0;
     q->nparams = nparams;
     for (int i = 0; i < nparams; ++i) {
         q->params[i] = values[i] != NULL ? strdup(values[i]) : NULL;

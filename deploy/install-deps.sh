@@ -11,6 +11,7 @@ packages=(
     libh2o-evloop-dev librdkafka-dev libjansson-dev libpq-dev libcmocka-dev
     libssl-dev zlib1g-dev uuid-dev libcurl4-openssl-dev
     postgresql-15 openjdk-17-jre-headless maven nginx-light
+    redis-server libhiredis-dev
     curl jq clang-format nftables
 )
 

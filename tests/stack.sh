@@ -12,7 +12,11 @@
 # line (TALLY_PG_DSN holds spaces): TALLY_URL (gateway), TALLY_COMMAND_URL,
 # TALLY_QUERY_URL, TALLY_COMMAND_ADMIN_URL, TALLY_QUERY_ADMIN_URL,
 # TALLY_WORKER_ADMIN_URL (/metrics, /healthz, /readyz), TALLY_API_KEY, TALLY_PG_DSN, TALLY_KAFKA_BROKERS,
-# TALLY_KAFKA_TOPIC, TALLY_KAFKA_PARTITIONS, TALLY_BIN, TALLY_VAR.
+# TALLY_KAFKA_TOPIC, TALLY_KAFKA_PARTITIONS, TALLY_BIN, TALLY_VAR, TALLY_REDIS_URL,
+# TALLY_API_INSTANCES and the space-separated URLs of every API instance
+# (TALLY_COMMAND_URLS, TALLY_QUERY_URLS, TALLY_COMMAND_ADMIN_URLS,
+# TALLY_QUERY_ADMIN_URLS). TALLY_API_INSTANCES=N (default 1) starts N command
+# APIs and N query APIs behind the gateway.
 # DIR/local.env holds the same, shell-quoted:  set -a; . DIR/local.env
 #
 # Binaries: $TALLY_BIN, else DIR/../bin if it holds tallyctl, else build/bin.
@@ -46,6 +50,18 @@ wipe() {
     rm -rf "$dir"
 }
 
+# Free ports for Redis and for API instances 2..TALLY_API_INSTANCES.
+limits_ports() {
+    local n=${TALLY_API_INSTANCES:-1} i var ports next=1
+    read -r -a ports < <(tly_free_ports $((1 + 4 * (n - 1))))
+    TALLY_REDIS_PORT=${ports[0]}
+    for ((i = 2; i <= n; i++)); do
+        for var in COMMAND_PORT QUERY_PORT COMMAND_ADMIN_PORT QUERY_ADMIN_PORT; do
+            printf -v "TALLY_${var}_$i" '%s' "${ports[next++]}"
+        done
+    done
+}
+
 up() {
     local dir=$1 t0=$EPOCHREALTIME
     wipe "$dir"
@@ -56,11 +72,13 @@ up() {
         TALLY_COMMAND_ADMIN_PORT TALLY_QUERY_ADMIN_PORT TALLY_WORKER_ADMIN_PORT \
         TALLY_KAFKA_PORT_2 TALLY_KAFKA_CONTROLLER_PORT_2 TALLY_KAFKA_PORT_3 \
         TALLY_KAFKA_CONTROLLER_PORT_3 TALLY_PG_PORT_2 < <(tly_free_ports 14)
+    limits_ports
     pick_bin "$dir"
     TALLY_VAR=$dir
     tly_init
     # A failed start leaves nothing running.
     trap 'if (($? != 0)); then tly_stack_down; fi' EXIT
+    tly_limits_write_ports
     tly_stack_up test "$TALLY_VAR/env"
     tly_write_env "$TALLY_VAR/env" raw
     tly_write_env "$TALLY_VAR/local.env" shell
@@ -75,6 +93,7 @@ heal() {
     TALLY_VAR=$dir
     tly_init
     tly_restore_ports
+    tly_limits_restore_ports
     tly_stack_up "" ""
     tly_log "test stack healed in $TALLY_VAR ($(tly_since "$t0"))"
 }

@@ -59,6 +59,7 @@ tly_init() {
     TALLY_COMMAND_ADMIN_PORT=${TALLY_COMMAND_ADMIN_PORT:-9181}
     TALLY_QUERY_ADMIN_PORT=${TALLY_QUERY_ADMIN_PORT:-9182}
     TALLY_WORKER_ADMIN_PORT=${TALLY_WORKER_ADMIN_PORT:-9183}
+    tly_limits_init
     mkdir -p "$TALLY_VAR/log" "$TALLY_VAR/run"
 }
 
@@ -78,6 +79,7 @@ tly_export_env() {
     export TALLY_QUERY_ADMIN_URL="http://127.0.0.1:$TALLY_QUERY_ADMIN_PORT"
     export TALLY_WORKER_ADMIN_URL="http://127.0.0.1:$TALLY_WORKER_ADMIN_PORT"
     export TALLY_BIN TALLY_VAR
+    tly_limits_export_env
     tly_cursor_secret
     tly_secret_keys
 }
@@ -758,6 +760,190 @@ tly_kafka_stop() {
     done
 }
 
+# --- redis ------------------------------------------------------------------
+# Redis 7 (Debian's redis-server) holds the shared rate-limit state
+# (docs/ratelimits.md). In memory only: no RDB, no AOF. Losing it costs at
+# most one lease per key and instance (the documented overshoot bound),
+# while persisting it would make every lease a disk write.
+
+tly_redis_pattern() { printf 'redis-server 127.0.0.1:%s\n' "$TALLY_REDIS_PORT"; }
+
+tly_redis_write_conf() {
+    local dir=$TALLY_VAR/redis
+    mkdir -p "$dir"
+    cat >"$dir/redis.conf" <<EOF
+# Written by deploy/local/lib.sh at every start; edits are lost.
+port $TALLY_REDIS_PORT
+bind 127.0.0.1
+protected-mode yes
+dir $dir
+daemonize no
+save ""
+appendonly no
+maxmemory 256mb
+maxmemory-policy volatile-ttl
+EOF
+}
+
+tly_redis_ready() {
+    tly_alive redis "$(tly_redis_pattern)" &&
+        [[ $(redis-cli -h 127.0.0.1 -p "$TALLY_REDIS_PORT" ping 2>/dev/null) == PONG ]]
+}
+
+tly_redis_start() {
+    local t0=$EPOCHREALTIME log=$TALLY_VAR/log/redis.log offset
+    if tly_alive redis "$(tly_redis_pattern)"; then
+        tly_log "redis already running on port $TALLY_REDIS_PORT"
+        return 0
+    fi
+    command -v redis-server >/dev/null ||
+        tly_die "could not start redis: redis-server not found (apt-get install redis-server)"
+    tly_require_port_free redis "$TALLY_REDIS_PORT"
+    tly_redis_write_conf
+    offset=$(tly_log_offset "$log")
+    tly_log "starting redis on 127.0.0.1:$TALLY_REDIS_PORT"
+    tly_spawn redis "$log" redis-server "$TALLY_VAR/redis/redis.conf"
+    printf '%s\n' "$TALLY_REDIS_PORT" >"$TALLY_VAR/run/redis.port"
+    if ! tly_wait 15 tly_redis_ready; then
+        tly_log_tail "$log" "$offset"
+        tly_stop redis "$(tly_redis_pattern)"
+        tly_die "could not start redis: see $log"
+    fi
+    tly_log "redis ready ($(tly_since "$t0"))"
+}
+
+tly_redis_stop() { tly_stop redis "$(tly_redis_pattern)"; }
+
+# --- api instances ------------------------------------------------------------
+# TALLY_API_INSTANCES=N runs N command APIs and N query APIs behind the
+# gateway. Instance 1 is tally-command-api / tally-query-api on
+# TALLY_COMMAND_PORT / TALLY_QUERY_PORT; instance i > 1 is
+# tally-command-api-<i> on TALLY_COMMAND_PORT_<i> (default: the first port
+# plus 100 * (i - 1); the admin ports likewise). Every instance is told N:
+# while Redis is unreachable its local share of a limit is 1/N.
+
+tly_limits_init() {
+    TALLY_REDIS_PORT=${TALLY_REDIS_PORT:-56379}
+    TALLY_API_INSTANCES=${TALLY_API_INSTANCES:-1}
+    [[ $TALLY_API_INSTANCES =~ ^[1-9][0-9]*$ ]] && ((TALLY_API_INSTANCES <= 16)) ||
+        tly_die "could not use TALLY_API_INSTANCES=$TALLY_API_INSTANCES: must be 1 to 16"
+    local i var name base
+    for ((i = 2; i <= TALLY_API_INSTANCES; i++)); do
+        for var in COMMAND_PORT QUERY_PORT COMMAND_ADMIN_PORT QUERY_ADMIN_PORT; do
+            name=TALLY_${var}_$i base=TALLY_$var
+            printf -v "$name" '%s' "${!name:-$((${!base} + 100 * (i - 1)))}"
+        done
+    done
+}
+
+# Instance $2 (1-based) of kind $1 (command, query): sets inst_name,
+# inst_port and inst_admin.
+tly_api_instance() {
+    local upper port admin
+    upper=$(tr '[:lower:]' '[:upper:]' <<<"$1")
+    inst_name=tally-$1-api port=TALLY_${upper}_PORT admin=TALLY_${upper}_ADMIN_PORT
+    if (($2 > 1)); then
+        inst_name+=-$2 port+=_$2 admin+=_$2
+    fi
+    inst_port=${!port} inst_admin=${!admin}
+}
+
+# "127.0.0.1:p1; server 127.0.0.1:p2 ..." for the gateway's upstream block.
+tly_api_upstreams() {
+    local i list="" inst_name inst_port inst_admin
+    for ((i = 1; i <= TALLY_API_INSTANCES; i++)); do
+        tly_api_instance "$1" "$i"
+        list+=${list:+; server }127.0.0.1:$inst_port
+    done
+    printf '%s\n' "$list"
+}
+
+tly_limits_export_env() {
+    export TALLY_REDIS_URL="redis://127.0.0.1:$TALLY_REDIS_PORT"
+    export TALLY_API_INSTANCES
+    local kind i upper urls admins inst_name inst_port inst_admin
+    for kind in command query; do
+        urls="" admins=""
+        for ((i = 1; i <= TALLY_API_INSTANCES; i++)); do
+            tly_api_instance "$kind" "$i"
+            urls+=${urls:+ }http://127.0.0.1:$inst_port
+            admins+=${admins:+ }http://127.0.0.1:$inst_admin
+        done
+        upper=$(tr '[:lower:]' '[:upper:]' <<<"$kind")
+        export "TALLY_${upper}_URLS=$urls" "TALLY_${upper}_ADMIN_URLS=$admins"
+    done
+}
+
+# Alive and /healthz answering on its admin port $3 (never on the API port).
+tly_api_instance_ready() {
+    tly_alive "$1" "/$2" && curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$3/healthz" 2>/dev/null
+}
+
+# Starts binary $2 under run name $1 on port $3, admin endpoint on $4.
+tly_api_instance_start() {
+    local name=$1 bin=$2 port=$3 admin=$4 t0=$EPOCHREALTIME log=$TALLY_VAR/log/$1.log offset
+    tly_require_bin "$bin"
+    if tly_alive "$name" "/$bin"; then
+        tly_log "$name already running"
+        return 0
+    fi
+    tly_require_port_free "$name" "$port"
+    tly_require_port_free "$name admin endpoint" "$admin"
+    offset=$(tly_log_offset "$log")
+    tly_log "starting $name on 127.0.0.1:$port, admin endpoint on 127.0.0.1:$admin"
+    printf '%s\n' "$admin" >"$TALLY_VAR/run/$name.admin-port"
+    TALLY_HTTP_PORT=$port TALLY_ADMIN_PORT=$admin tly_spawn "$name" "$log" "$TALLY_BIN/$bin"
+    printf '%s\n' "$port" >"$TALLY_VAR/run/$name.port"
+    if ! tly_wait 30 tly_api_instance_ready "$name" "$bin" "$admin"; then
+        tly_log_tail "$log" "$offset"
+        tly_stop "$name" "/$bin"
+        tly_die "could not start $name: see $log"
+    fi
+    tly_log "$name ready ($(tly_since "$t0"))"
+}
+
+tly_api_instances_start() {
+    local i kind inst_name inst_port inst_admin
+    for ((i = 2; i <= TALLY_API_INSTANCES; i++)); do
+        for kind in command query; do
+            tly_api_instance "$kind" "$i"
+            tly_api_instance_start "$inst_name" "tally-$kind-api" "$inst_port" "$inst_admin"
+        done
+    done
+}
+
+# Redis's port and the extra instances' ports, to $TALLY_VAR/limits-ports
+# (beside tly_write_ports' file): a healed stack restarts them where they were.
+tly_limits_write_ports() {
+    local i var name
+    {
+        printf 'TALLY_REDIS_PORT=%s\nTALLY_API_INSTANCES=%s\n' "$TALLY_REDIS_PORT" "$TALLY_API_INSTANCES"
+        for ((i = 2; i <= TALLY_API_INSTANCES; i++)); do
+            for var in COMMAND_PORT QUERY_PORT COMMAND_ADMIN_PORT QUERY_ADMIN_PORT; do
+                name=TALLY_${var}_$i
+                printf '%s=%s\n' "$name" "${!name}"
+            done
+        done
+    } >"$TALLY_VAR/limits-ports.tmp"
+    mv "$TALLY_VAR/limits-ports.tmp" "$TALLY_VAR/limits-ports"
+}
+
+tly_limits_restore_ports() {
+    [[ -f $TALLY_VAR/limits-ports ]] || return 0
+    # shellcheck source=/dev/null
+    . "$TALLY_VAR/limits-ports"
+}
+
+# Stops every extra instance that has a pid file, whatever N is now.
+tly_api_instances_stop() {
+    local file name
+    for file in "$TALLY_VAR"/run/tally-command-api-*.pid "$TALLY_VAR"/run/tally-query-api-*.pid; do
+        [[ -f $file ]] || continue
+        name=$(basename "$file" .pid)
+        tly_stop "$name" "/${name%-*}"
+    done
+}
+
 # --- tally binaries ---------------------------------------------------------
 
 tly_require_bin() {
@@ -886,8 +1072,8 @@ tly_gateway_render() {
     local dir=$TALLY_VAR/nginx
     mkdir -p "$dir/tmp"
     sed -e "s|\${TALLY_GATEWAY_LISTEN}|127.0.0.1:$TALLY_GATEWAY_PORT|g" \
-        -e "s|\${TALLY_COMMAND_UPSTREAM}|127.0.0.1:$TALLY_COMMAND_PORT|g" \
-        -e "s|\${TALLY_QUERY_UPSTREAM}|127.0.0.1:$TALLY_QUERY_PORT|g" \
+        -e "s|\${TALLY_COMMAND_UPSTREAM}|$(tly_api_upstreams command)|g" \
+        -e "s|\${TALLY_QUERY_UPSTREAM}|$(tly_api_upstreams query)|g" \
         -e "s|\${TALLY_NGINX_LOG_DIR}|$TALLY_VAR/log|g" \
         -e "s|\${TALLY_NGINX_PID}|$dir/nginx.pid|g" \
         "$TALLY_ROOT/deploy/nginx/tally.conf.template" >"$dir/nginx.conf"
@@ -983,6 +1169,7 @@ tly_adopt_running_ports() {
     TALLY_QUERY_ADMIN_PORT=$(tly_recorded_port tally-query-api \
         "/tally-query-api" "$TALLY_QUERY_ADMIN_PORT" admin-port)
     TALLY_WORKER_ADMIN_PORT=$(tly_recorded_port tally-worker "/tally-worker" "$TALLY_WORKER_ADMIN_PORT" admin-port)
+    TALLY_REDIS_PORT=$(tly_recorded_port redis "$(tly_redis_pattern)" "$TALLY_REDIS_PORT")
 }
 
 # Starts whatever is not running yet. $1: tenant name, $2: env file that
@@ -996,6 +1183,7 @@ tly_stack_up() {
     tly_pg_start
     tly_export_env
     tly_kafka_start
+    tly_redis_start
     tly_export_env
     if [[ -n $1 ]]; then
         tly_pg_create_db
@@ -1005,6 +1193,7 @@ tly_stack_up() {
     fi
     tly_service_start tally-command-api "$TALLY_COMMAND_PORT" "$TALLY_COMMAND_ADMIN_PORT"
     tly_service_start tally-query-api "$TALLY_QUERY_PORT" "$TALLY_QUERY_ADMIN_PORT"
+    tly_api_instances_start
     tly_service_start tally-worker "" "$TALLY_WORKER_ADMIN_PORT"
     tly_gateway_start
     tly_export_env
@@ -1017,9 +1206,11 @@ tly_stack_down() {
     tly_gateway_reap_orphans
     tly_stop nginx "$TALLY_VAR/nginx/nginx.conf"
     tly_stop tally-worker "/tally-worker"
+    tly_api_instances_stop
     tly_stop tally-query-api "/tally-query-api"
     tly_stop tally-command-api "/tally-command-api"
     tly_kafka_stop
+    tly_redis_stop
     tly_pg_stop
 }
 
@@ -1052,7 +1243,8 @@ tly_write_env() {
         for name in TALLY_URL TALLY_API_KEY TALLY_COMMAND_URL TALLY_QUERY_URL \
             TALLY_COMMAND_ADMIN_URL TALLY_QUERY_ADMIN_URL TALLY_WORKER_ADMIN_URL \
             TALLY_PG_DSN TALLY_KAFKA_BROKERS TALLY_KAFKA_NODES TALLY_KAFKA_TOPIC \
-            TALLY_KAFKA_PARTITIONS TALLY_BIN TALLY_VAR TALLY_SECRET_KEYS; do
+            TALLY_KAFKA_PARTITIONS TALLY_BIN TALLY_VAR TALLY_SECRET_KEYS TALLY_REDIS_URL TALLY_API_INSTANCES \
+            TALLY_COMMAND_URLS TALLY_QUERY_URLS TALLY_COMMAND_ADMIN_URLS TALLY_QUERY_ADMIN_URLS; do
             value=${!name}
             if [[ $mode == shell ]]; then
                 value="'${value//\'/\'\\\'\'}'"

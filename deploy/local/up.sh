@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts the whole stack on this machine, without Docker: PostgreSQL 15,
-# Kafka 3.9 (KRaft), the command API, the query API, the worker and the nginx
-# gateway. State lives in $TALLY_VAR (default <repo>/var) and survives
-# down/up. Whatever already runs is left alone, so a second run changes
+# Kafka 3.9 (KRaft), Redis 7 (the shared rate-limit state), the command API,
+# the query API, the worker and the nginx gateway. State lives in $TALLY_VAR
+# (default <repo>/var) and survives down/up. Whatever already runs is left alone, so a second run changes
 # nothing.
 #
 # stdout: exactly two lines, TALLY_URL=... and TALLY_API_KEY=...; the same and
@@ -10,7 +10,9 @@
 #
 # Ports (env): TALLY_GATEWAY_PORT 8080, TALLY_COMMAND_PORT 8081,
 # TALLY_QUERY_PORT 8082, TALLY_PG_PORT 55432, TALLY_KAFKA_PORT 59092,
-# TALLY_KAFKA_CONTROLLER_PORT 59093.
+# TALLY_KAFKA_CONTROLLER_PORT 59093, TALLY_REDIS_PORT 56379.
+# TALLY_API_INSTANCES=N (default 1): N command APIs and N query APIs behind
+# the gateway (instance i > 1 on the first port + 100 * (i - 1)).
 set -euo pipefail
 
 # shellcheck source=deploy/local/lib.sh

@@ -57,15 +57,13 @@ start_item(cmd_thread_t *thr, cmd_batch_t *b, size_t i, json_t *item, const char
     const char *path = tly_json_str(item, "path");
     json_t *body = json_object_get(item, "body");
     json_t *key = json_object_get(item, "idempotency_key");
-    tly_rate_t rate;
     if (!json_is_object(item) || path == NULL || !json_is_object(body) || (key != NULL && !json_is_string(key))) {
         cmd_op_problem(op, 422, "validation_failed",
                        "each request needs a string path, an object body and optionally a string idempotency_key", NULL);
         return;
     }
     if (i > 0) { /* the batch call itself took the first token */
-        tly_keycache_take(&op->api.principal, tly_clock_mono_us(), &rate);
-        if (!rate.allowed) {
+        if (!tly_api_take_token(&op->api)) {
             cmd_op_problem(op, 429, "rate_limited", "too many requests for this API key", NULL);
             return;
         }

@@ -40,6 +40,7 @@ const tly_config_def_t tly_command_api_settings[] = {
     {"webhook-allow-private", "TALLY_WEBHOOK_ALLOW_PRIVATE", TLY_CONFIG_BOOL, "false", 0, 0, OFF(webhook_allow_private),
      "accept webhook URLs on loopback and private addresses, and plain http (tests and local stacks only)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
+    TLY_GUARD_SETTINGS(tly_command_api_config_t, guard),
 #undef OFF
 };
 const size_t tly_command_api_nsettings = sizeof(tly_command_api_settings) / sizeof(tly_command_api_settings[0]);
@@ -47,6 +48,7 @@ const size_t tly_command_api_nsettings = sizeof(tly_command_api_settings) / size
 static tly_keycache_t *shared_keys;
 static cmd_producer_t *shared_producer; /* one per process (producer.c) */
 static tly_kafka_probe_t *kafka_probe;
+static tly_guard_t *shared_guard;
 
 json_t *
 cmd_body_or_reply(tly_api_req_t *api)
@@ -122,6 +124,7 @@ thread_ready(void *app, json_t *reasons)
     cmd_thread_t *thr = app;
     bool api = tly_api_service_ready(thr->pg, thr->keys, reasons), kafka = tly_kafka_probe_ok(kafka_probe);
     json_object_set_new(reasons, "kafka", json_boolean(kafka));
+    tly_guard_ready(thr->guard, reasons);
     return api && kafka;
 }
 
@@ -138,6 +141,8 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     cmd_thread_t *thr = tly_server_thread_of(req)->app;
     /* health is the admin port's (/healthz, /readyz): never public through the gateway */
+    if (tly_guard_shed_or_pass(thr->guard, req, &thr->inflight))
+        return 0;
 
     h2o_iovec_t segs[4];
     int n = tly_http_path_segments(req, segs, 3);
@@ -169,6 +174,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, cmd_statements, STMT__COUNT);
     h2o_timeout_init(t->loop, &thr->deadline, (uint64_t)cfg->kafka_timeout_ms);
     cmd_records_init(thr);
+    thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, thr->pg, t->index == 0);
     return thr;
 }
 
@@ -190,6 +196,7 @@ thread_dispose(void *app)
         h2o_timeout_unlink(H2O_STRUCT_FROM_MEMBER(h2o_timeout_entry_t, _link, thr->deadline._entries.next));
     h2o_timeout_dispose(thr->loop, &thr->deadline);
     cmd_records_dispose(thr);
+    tly_guard_thread_destroy(thr->guard);
     tly_pgpool_destroy(thr->pg);
     free(thr);
 }
@@ -218,6 +225,7 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         return 1;
     }
     kafka_probe = tly_kafka_probe_start(cmd_producer_kafka(shared_producer), 1000);
+    shared_guard = tly_guard_create(&cfg->guard, cfg->pg_dsn);
     tly_api_service_t svc = {
         .server =
             {
@@ -241,6 +249,7 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         .key_refresh_ms = cfg->key_refresh_ms,
     };
     int ret = tly_api_service_run(&svc, &shared_keys);
+    tly_guard_destroy(shared_guard);
     tly_kafka_probe_stop(kafka_probe);
     cmd_producer_destroy(shared_producer);
     return ret;

@@ -8,6 +8,7 @@
 
 #include "tally/config.h"
 #include "tally/api.h"
+#include "tally/guard.h"
 #include "tally/keycache.h"
 #include "tally/server.h"
 
@@ -29,6 +30,7 @@ typedef struct st_tly_command_api_config_t {
     tly_api_abuse_config_t abuse;
     bool webhook_allow_private;
     char *log_level;
+    tly_guard_config_t guard; /* rate limits and load shedding */
 } tly_command_api_config_t;
 
 extern const tly_config_def_t tly_command_api_settings[];

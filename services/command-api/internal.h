@@ -52,6 +52,7 @@ typedef struct st_cmd_thread_t {
     tly_command_api_config_t *cfg;
     h2o_evloop_t *loop;
     tly_keycache_t *keys;
+    tly_guard_thread_t *guard;
     tly_pgpool_t *pg;
     cmd_producer_t *producer; /* shared by every thread */
     cmd_mailbox_t *mailbox;   /* where the producer hands this thread its delivery reports */

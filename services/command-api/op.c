@@ -407,6 +407,7 @@ cmd_op_delivered(cmd_op_t *op)
     rd_kafka_resp_err_t err = op->report_err;
     tly_metrics_kafka_delivery(err == RD_KAFKA_RESP_ERR_NO_ERROR,
                                op->report_latency_us >= 0 ? (double)op->report_latency_us / 1e6 : 0.0);
+    tly_guard_note_broker(op->thr->guard, op->report_latency_us >= 0 ? (double)op->report_latency_us / 1000.0 : 0.0);
     if (h2o_timeout_is_linked(&op->deadline))
         h2o_timeout_unlink(&op->deadline);
     if (op->answered) {

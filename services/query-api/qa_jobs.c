@@ -226,6 +226,11 @@ qa_job_start(query_op_t *op)
         qa_op_destroy(op);
         return;
     }
+    if (op->wait_s > 0 && !tly_api_long_poll_or_reply(&op->api)) { /* the key's long-poll slots, apart from the tenant's quota */
+        tenant_wait_give(&op->api.principal.tenant_id);
+        qa_op_destroy(op);
+        return;
+    }
     if (op->wait_s > 0) {
         op->dispose_guard = h2o_mem_alloc_shared(&req->pool, sizeof(*op->dispose_guard), on_disposed);
         *op->dispose_guard = op;

@@ -172,11 +172,13 @@ const tly_config_def_t tly_query_api_settings[] = {
      "accounts and transfers per thread kept in memory (current version and body, under 1 KiB each) to answer reads "
      "without the database (0: always read the database)"},
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
+    TLY_GUARD_SETTINGS(tly_query_api_config_t, guard),
 #undef OFF
 };
 const size_t tly_query_api_nsettings = sizeof(tly_query_api_settings) / sizeof(tly_query_api_settings[0]);
 
 static tly_keycache_t *shared_keys;
+static tly_guard_t *shared_guard;
 static uint8_t cursor_key[64];
 static size_t cursor_keylen;
 
@@ -336,7 +338,9 @@ static bool
 thread_ready(void *app, json_t *reasons)
 {
     query_thread_t *thr = app;
-    return tly_api_service_ready(thr->pg, thr->keys, reasons);
+    bool ok = tly_api_service_ready(thr->pg, thr->keys, reasons);
+    tly_guard_ready(thr->guard, reasons);
+    return ok;
 }
 
 /* The first request may come in: the pool has a connection and the API keys are loaded (tly_server_config_t). */
@@ -352,6 +356,8 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     query_thread_t *thr = tly_server_thread_of(req)->app;
     /* health is the admin port's (/healthz, /readyz): never public through the gateway */
+    if (tly_guard_shed_or_pass(thr->guard, req, &thr->inflight))
+        return 0;
     query_op_t *op = calloc(1, sizeof(*op));
     if (op == NULL)
         abort();
@@ -388,6 +394,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, qa_statements, STMT__COUNT);
     qa_jobs_thread_init(thr, cfg->pg_dsn);
     thr->versions = qa_versions_create(thr, cfg->pg_dsn, (size_t)cfg->version_cache);
+    thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, thr->pg, t->index == 0);
     return thr;
 }
 
@@ -402,6 +409,7 @@ thread_dispose(void *app)
 {
     query_thread_t *thr = app;
     qa_jobs_thread_dispose(thr); /* destroys the pool too, after the waiters */
+    tly_guard_thread_destroy(thr->guard);
     qa_versions_destroy(thr->versions);
     free(thr);
 }
@@ -427,6 +435,7 @@ int
 tly_query_api_run(tly_query_api_config_t *cfg)
 {
     load_cursor_key(cfg->cursor_secret);
+    shared_guard = tly_guard_create(&cfg->guard, cfg->pg_dsn);
     tly_api_service_t svc = {
         .server =
             {
@@ -449,5 +458,7 @@ tly_query_api_run(tly_query_api_config_t *cfg)
         .pg_dsn = cfg->pg_dsn,
         .key_refresh_ms = cfg->key_refresh_ms,
     };
-    return tly_api_service_run(&svc, &shared_keys);
+    int ret = tly_api_service_run(&svc, &shared_keys);
+    tly_guard_destroy(shared_guard);
+    return ret;
 }

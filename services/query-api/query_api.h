@@ -7,6 +7,7 @@
 
 #include "tally/api.h"
 #include "tally/config.h"
+#include "tally/guard.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -23,6 +24,7 @@ typedef struct st_tly_query_api_config_t {
     char *cursor_secret;
     int64_t version_cache;
     char *log_level;
+    tly_guard_config_t guard; /* rate limits and load shedding */
 } tly_query_api_config_t;
 
 extern const tly_config_def_t tly_query_api_settings[];

@@ -8,6 +8,7 @@
 #include "qa_params.h"
 #include "qa_versions.h"
 #include "tally/api.h"
+#include "tally/guard.h"
 #include "tally/keycache.h"
 #include "tally/pgasync.h"
 #include "tally/pglisten.h"
@@ -43,6 +44,7 @@ typedef struct st_query_op_t query_op_t;
 typedef struct st_query_thread_t {
     h2o_loop_t *loop;
     tly_keycache_t *keys;
+    tly_guard_thread_t *guard;
     tly_pgpool_t *pg;
     tly_pglisten_t *listen;
     qa_versions_t *versions;   /* If-None-Match answered from memory (qa_versions.c) */

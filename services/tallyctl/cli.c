@@ -9,6 +9,7 @@
 #include "events.h"
 #include "audit.h"
 #include "keys.h"
+#include "limits.h"
 #include "secrets.h"
 #include "migrate.h"
 #include "tenants.h"
@@ -114,6 +115,30 @@ const tly_ctl_cmd_t tly_ctl_commands[] = {
      .examples = {"tallyctl keys verify \"$TALLY_API_KEY\"", "printenv TALLY_API_KEY | tallyctl keys verify -"},
      .needs = TLY_CTL_NEEDS_PG,
      .handler = tly_ctl_keys_verify},
+    {.name = "limits show",
+     .summary = "show the rate limits of an API key or a tenant (its tier, overrides, budget, shadow limits)",
+     .usage = "limits show --key KEY_ID | --tenant TENANT",
+     .options = {{"key", "KEY_ID", false, "an API key id"}, {"tenant", "TENANT", false, "tenant id or name"}},
+     .examples = {"tallyctl limits show --key abcdefghijklmnop", "tallyctl limits show --tenant acme"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_limits_show},
+    {.name = "limits set",
+     .summary = "set (or clear) the limits of an API key or a tenant; live on every instance, no restart",
+     .usage = "limits set --key KEY_ID | --tenant TENANT [--plan free|standard] [--rate N [--burst N]] [--concurrency N] "
+              "[--long-polls N] [--shadow] [--clear]",
+     .options = {{"key", "KEY_ID", false, "an API key id: overrides its tier or contract"},
+                 {"tenant", "TENANT", false, "tenant id or name: the budget all its keys share"},
+                 {"plan", "TIER", false, "a tier's rate and burst: free or standard"},
+                 {"rate", "N", false, "tokens per second (a contract)"},
+                 {"burst", "N", false, "bucket size (default: the rate, or the plan's)"},
+                 {"concurrency", "N", false, "requests in flight (a key's; default the tier's)"},
+                 {"long-polls", "N", false, "Prefer: wait requests in flight (a key's; default the tier's)"},
+                 {"shadow", "", false, "a new limit evaluated and counted beside the real one, never enforced", .flag = true},
+                 {"clear", "", false, "the row limits nothing any more (the key's tier applies; no tenant budget)", .flag = true}},
+     .examples = {"tallyctl limits set --tenant acme --plan standard", "tallyctl limits set --key abcdefghijklmnop --rate 500 --burst 1000",
+                  "tallyctl limits set --tenant acme --rate 50 --shadow", "tallyctl limits set --tenant acme --clear"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_limits_set},
     {.name = "replay",
      .summary = "rebuild read models from the event log into a shadow schema and swap them in (or keep a copy)",
      .usage = "replay [--projection NAME...] [--until TIME|P:O,...] [--into SCHEMA] [--restart] [--batch N] [--max-rate N] "

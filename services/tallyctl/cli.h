@@ -19,7 +19,7 @@ enum {
     TLY_CTL_USAGE = 2,
 };
 
-#define TLY_CTL_MAX_OPTS 8
+#define TLY_CTL_MAX_OPTS 10
 #define TLY_CTL_MAX_POS 2
 #define TLY_CTL_MAX_EXAMPLES 4
 

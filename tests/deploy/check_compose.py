@@ -71,15 +71,20 @@ SETTING = re.compile(r'\{\s*"[a-z-]+",\s*"(TALLY_[A-Z0-9_]+)",\s*TLY_CONFIG_\w+,
 def settings(*dirs):
     found = {}
     for d in dirs:
-        for path in glob.glob(os.path.join(ROOT, d, "*.c")):
+        paths = [os.path.join(ROOT, d)] if d.endswith(".h") else glob.glob(os.path.join(ROOT, d, "*.c"))
+        for path in paths:
             for var, default in SETTING.findall(open(path).read()):
                 found[var] = default != "NULL"
     return found
 
 
+# Both APIs embed the guard's settings (rate limits, load shedding) from one header.
+GUARD = "common/include/tally/guard.h"
+
+
 binary_settings = {
-    "command-api": settings("services/command-api"),
-    "query-api": settings("services/query-api"),
+    "command-api": settings("services/command-api", GUARD),
+    "query-api": settings("services/query-api", GUARD),
     "worker": settings("services/worker"),
     "tallyctl": settings("services/tallyctl"),
 }

@@ -83,10 +83,17 @@ bool tly_pg_invalid_input(const PGresult *res);
 void tly_api_db_failed(tly_api_req_t *ar, const PGresult *res, const char *err, const char *detail);
 
 /**
- * Authenticates, takes a rate-limit token and checks `scope`; sends the 401,
- * 403, 429 or 503 itself and returns false when the request must stop.
+ * Authenticates, takes a rate-limit token and a concurrency slot (held until
+ * tly_api_req_finish) and checks `scope`; sends the 401, 403, 429 or 503
+ * itself and returns false when the request must stop.
  */
 bool tly_api_authenticate_or_reply(tly_api_req_t *ar, tly_keycache_t *keys, int scope);
 
+/** Binds this event-loop thread's limiter (tally/ratelimit.h); without one nothing is limited. */
+void tly_api_bind_limiter(tly_limiter_thread_t *limiter);
+/** One more token for the authenticated key of `ar` (a batch item); false: refused. */
+bool tly_api_take_token(tly_api_req_t *ar);
+/** Counts the request as a long-poll of its key from now on; sends 429 and returns false when the key has none left. */
+bool tly_api_long_poll_or_reply(tly_api_req_t *ar);
 
 #endif

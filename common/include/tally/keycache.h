@@ -1,6 +1,6 @@
 /*
- * In-memory API key cache with per-key token buckets, shared by every thread
- * of one API process.
+ * In-memory API key cache, shared by every thread of one API process (the
+ * rate limits it feeds are tally/ratelimit.h's).
  *
  * A background thread with its own PostgreSQL connection loads every key at
  * start and then the keys changed since the last load (api_keys.updated_at)
@@ -9,13 +9,13 @@
  * and at the latest every `refresh_ms`, the fallback for a notification lost
  * while the connection was down. Lookups never touch the database and never block the event
  * loop on I/O: the map is behind a read-write lock that writers hold only to
- * swap entries, and each key's bucket has its own small lock, so one busy key
- * never makes other keys wait.
+ * swap entries.
  */
 #ifndef TALLY_KEYCACHE_H
 #define TALLY_KEYCACHE_H
 
 #include "tally/auth.h"
+#include "tally/ratelimit.h"
 #include "tally/uuid.h"
 
 #include <stdbool.h>
@@ -63,18 +63,6 @@ typedef struct st_tly_key_attrs_t {
     bool revoked;
 } tly_key_attrs_t;
 
-typedef struct st_tly_rate_t {
-    bool allowed;
-    int64_t burst;       /* bucket size: RateLimit-Policy q */
-    int64_t window;      /* seconds to refill an empty bucket: RateLimit-Policy w */
-    int64_t remaining;   /* whole tokens left after this request */
-    int64_t reset;       /* seconds until the bucket is full again */
-    int64_t retry_after; /* when !allowed: seconds until one token is back */
-} tly_rate_t;
-
-/** Rate and burst of the named tier; false for an unknown tier. */
-bool tly_rate_tier(const char *tier, int64_t *rate, int64_t *burst);
-
 tly_keycache_t *tly_keycache_create(const char *dsn, int refresh_ms);
 void tly_keycache_destroy(tly_keycache_t *kc);
 /** True once the first full load succeeded. */
@@ -86,9 +74,6 @@ bool tly_keycache_ready(tly_keycache_t *kc);
  * TLY_AUTH_INVALID, like a revoked one.
  */
 tly_auth_result_t tly_keycache_check(tly_keycache_t *kc, const char *authorization, size_t len, tly_principal_t *out);
-
-/** Takes one token from the principal's bucket at time `now_us` (monotonic). */
-void tly_keycache_take(tly_principal_t *principal, int64_t now_us, tly_rate_t *out);
 
 /** Marks a key revoked in this process at once (the database is the caller's job). */
 void tly_keycache_revoke(tly_keycache_t *kc, const char *key_id);

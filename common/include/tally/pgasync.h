@@ -49,6 +49,12 @@ void tly_pgpool_destroy(tly_pgpool_t *pool);
  */
 void tly_pgpool_exec(tly_pgpool_t *pool, size_t stmt, const char *const *values, tly_pg_cb cb, void *data);
 
+/**
+ * Calls `cb(data, ms)` with the time each query spent from tly_pgpool_exec to
+ * its answer (load shedding watches it); NULL stops.
+ */
+void tly_pgpool_observe(tly_pgpool_t *pool, void (*cb)(void *data, double ms), void *data);
+
 /** True when at least one connection is open. */
 bool tly_pgpool_ready(tly_pgpool_t *pool);
 

@@ -1,4 +1,4 @@
-/* API key shape, hashing, scopes, the key cache and the token bucket. */
+/* API key shape, hashing, scopes and the key cache. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -92,8 +92,9 @@ test_cache_check(void **state)
     tly_keycache_destroy(kc);
 }
 
+/* The principal carries what the rate limiter needs (tally/ratelimit.h decides; test_ratelimit.c). */
 static void
-test_token_bucket(void **state)
+test_principal_limits(void **state)
 {
     tly_keycache_t *kc = tly_keycache_create_offline();
     tly_key_parts_t parts;
@@ -101,27 +102,22 @@ test_token_bucket(void **state)
     uint8_t hash[TLY_KEY_HASH_LEN];
     tly_uuid_t tenant = tly_uuid_v4();
     tly_principal_t p;
-    tly_rate_t r;
     tly_key_generate(&parts, key);
     tly_key_hash(parts.secret, hash);
     tly_key_attrs_t a = read_key(&tenant, hash, false, 0);
     tly_keycache_put(kc, parts.id, &a);
     snprintf(header, sizeof(header), "Bearer %s", key);
     assert_int_equal(tly_keycache_check(kc, header, strlen(header), &p), TLY_AUTH_OK);
-    int64_t now = tly_clock_mono_us(); /* the bucket was filled at put time */
-    for (int i = 0; i < 20; ++i) {
-        tly_keycache_take(&p, now, &r);
-        assert_true(r.allowed);
-        assert_int_equal(r.remaining, 19 - i);
-    }
-    tly_keycache_take(&p, now, &r);
-    assert_false(r.allowed);
-    assert_int_equal(r.retry_after, 1);
-    assert_int_equal(r.burst, 20);
-    assert_int_equal(r.window, 2);
-    assert_int_equal(r.reset, 2);
-    tly_keycache_take(&p, now + 100000, &r); /* 0.1 s at 10/s: one token back */
-    assert_true(r.allowed);
+    assert_string_equal(p.tier, "free");
+    assert_false(p.contract);
+    assert_int_equal(p.rate, 10);
+    assert_int_equal(p.burst, 20);
+    a.contract = true, a.rate = 7, a.burst = 9;
+    tly_keycache_put(kc, parts.id, &a);
+    assert_int_equal(tly_keycache_check(kc, header, strlen(header), &p), TLY_AUTH_OK);
+    assert_true(p.contract);
+    assert_int_equal(p.rate, 7);
+    assert_int_equal(p.burst, 9);
     tly_keycache_destroy(kc);
 }
 
@@ -132,7 +128,7 @@ main(void)
         cmocka_unit_test(test_generate_parse),
         cmocka_unit_test(test_scopes),
         cmocka_unit_test(test_cache_check),
-        cmocka_unit_test(test_token_bucket),
+        cmocka_unit_test(test_principal_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
