@@ -137,11 +137,22 @@ accounts_balance(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry,
     return 0;
 }
 
+/*
+ * A status event is also appended to the account's status history
+ * (accounts.status_changes, for reads as of a past instant): one status
+ * change per account and batch, so a second one is written after the first.
+ */
 static int
 accounts_status(tly_projection_batch_t *b, const tly_envelope_t *env, const char *status, bool dry)
 {
-    if (!dry)
-        account_update(b, env)->status = status;
+    int i = tly_projection__map_find(&b->account_map, &env->aggregate_id);
+    if (i >= 0 && b->accounts[i].status != NULL)
+        return 1;
+    if (!dry) {
+        tly_projection__account_t *a = account_update(b, env);
+        a->status = status;
+        a->status_at = env->occurred_at_us;
+    }
     return 0;
 }
 

@@ -63,6 +63,7 @@ tly_export_env() {
     export TALLY_WORKER_ADMIN_URL="http://127.0.0.1:$TALLY_WORKER_ADMIN_PORT"
     export TALLY_BIN TALLY_VAR
     tly_cursor_secret
+    tly_consistency_secret
 }
 
 # The key that signs the query API's pagination cursors: made once per state
@@ -74,6 +75,18 @@ tly_cursor_secret() {
     fi
     TALLY_CURSOR_SECRET=$(<"$file")
     export TALLY_CURSOR_SECRET
+}
+
+# The key that signs consistency tokens (Tally-Consistency-Token), shared by
+# the command and query APIs: made once per state directory like the cursor
+# secret, so tokens survive restarts and cross instances.
+tly_consistency_secret() {
+    local file=$TALLY_VAR/consistency.secret
+    if [[ ! -s $file ]]; then
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$file")
+    fi
+    TALLY_CONSISTENCY_SECRET=$(<"$file")
+    export TALLY_CONSISTENCY_SECRET
 }
 
 # --- ports ------------------------------------------------------------------

@@ -6,6 +6,7 @@
  * have files of their own.
  */
 #include "internal.h"
+#include "tally/consistency.h"
 #include "tally/clock.h"
 #include "tally/http.h"
 #include "tally/json.h"
@@ -39,12 +40,15 @@ const tly_config_def_t tly_command_api_settings[] = {
     TLY_API_ABUSE_SETTINGS(OFF(abuse)),
     {"webhook-allow-private", "TALLY_WEBHOOK_ALLOW_PRIVATE", TLY_CONFIG_BOOL, "false", 0, 0, OFF(webhook_allow_private),
      "accept webhook URLs on loopback and private addresses, and plain http (tests and local stacks only)"},
+    TLY_CONSISTENCY_SETTING(OFF(consistency_secret)),
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
 #undef OFF
 };
 const size_t tly_command_api_nsettings = sizeof(tly_command_api_settings) / sizeof(tly_command_api_settings[0]);
 
 static tly_keycache_t *shared_keys;
+static uint8_t consistency_key[TLY_CONSISTENCY_KEY_LEN];
+static bool has_consistency_key;
 static tly_kafka_probe_t *kafka_probe;
 
 json_t *
@@ -175,6 +179,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->cfg = cfg;
     thr->loop = t->loop;
     thr->keys = shared_keys;
+    thr->consistency_key = has_consistency_key ? consistency_key : NULL;
     thr->producer =
         tly_kafka_producer_create(cfg->kafka_brokers, (int)cfg->kafka_timeout_ms, cmd_on_delivery, thr, err, sizeof(err));
     if (thr->producer == NULL || pipe2(thr->wakeup_fds, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -227,6 +232,12 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         tly_log(TLY_LOG_ERROR, err, NULL);
         return 1;
     }
+    has_consistency_key = tly_consistency_key(cfg->consistency_secret, consistency_key);
+    if (!has_consistency_key)
+        tly_log(TLY_LOG_WARN,
+                "consistency secret is not set: 202s carry no Tally-Consistency-Token; set TALLY_CONSISTENCY_SECRET to the "
+                "same value on every command and query API instance",
+                NULL);
     /* a producer of its own for the readiness probe: it outlives every thread */
     rd_kafka_t *probe_rk = tly_kafka_producer_create(cfg->kafka_brokers, 1000, NULL, NULL, err, sizeof(err));
     if (probe_rk == NULL) {

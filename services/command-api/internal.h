@@ -62,6 +62,7 @@ typedef struct st_cmd_thread_t {
     h2o_timeout_t flush_now, accept_gather, flush_retry, reclaim;
     h2o_timeout_t deadline; /* TALLY_KAFKA_TIMEOUT_MS after an append: the 503 if no report came */
     h2o_timeout_entry_t flush_entry, gather_entry, retry_entry;
+    const uint8_t *consistency_key; /* TLY_CONSISTENCY_KEY_LEN bytes, or NULL: no consistency tokens */
     bool closing;
 } cmd_thread_t;
 
@@ -86,6 +87,8 @@ struct st_cmd_op_t {
     int attempt;                  /* the record's attempt (0009): fences marking it failed */
     h2o_timeout_entry_t deadline; /* in thr->deadline while the append waits for its report */
     bool answered;                /* the client has its answer; the op may live on until its report */
+    int32_t log_partition;        /* where the request event is in the log (-1: not known, a replayed 202) */
+    int64_t log_offset;
 };
 
 /** An op for an HTTP request (`req`), or for a batch item (`req` NULL, `batch` set). */
