@@ -172,10 +172,7 @@ update_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
         tly_pg_array_add(&a[2], r->status);
         tly_pg_array_add_i64(&a[3], r->nupdates);
         add_time(&a[4], r->updated_at);
-        if (r->status != NULL)
-            add_time(&a[5], r->status_at);
-        else
-            tly_pg_array_add(&a[5], NULL);
+        tly_pg_array_add(&a[5], r->status_changes != 0 ? tly_projection__str(b, r->status_changes) : NULL);
     }
     free(order);
     int expected = a[0].n;
@@ -183,11 +180,10 @@ update_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
         return 0;
     PGresult *res = run(b, conn, "update account",
                         "UPDATE accounts AS a SET balance = COALESCE(u.balance, a.balance), status = COALESCE(u.status, a.status), "
-                        "version = a.version + u.n, updated_at = u.at, status_changes = CASE WHEN u.status IS NULL "
-                        "THEN a.status_changes ELSE a.status_changes || jsonb_build_array(jsonb_build_object('at', "
-                        "u.status_at, 'status', u.status)) END "
+                        "version = a.version + u.n, updated_at = u.at, status_changes = a.status_changes || "
+                        "COALESCE(('[' || u.changes || ']')::jsonb, '[]') "
                         "FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[], "
-                        "$6::timestamptz[]) AS u(id, balance, status, n, at, status_at) WHERE a.id = u.id RETURNING a.id",
+                        "$6::text[]) AS u(id, balance, status, n, at, changes) WHERE a.id = u.id RETURNING a.id",
                         6, err, errcap);
     if (res == NULL)
         return -1;

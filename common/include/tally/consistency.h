@@ -23,7 +23,7 @@
 
 #define TLY_CONSISTENCY_HEADER "tally-consistency-token"
 #define TLY_CONSISTENCY_KEY_LEN 32
-/* Text form, NUL included: 61 bytes in base64url */
+/* Text form: 82 characters of base64url (61 bytes), NUL and room to spare */
 #define TLY_CONSISTENCY_TEXT_CAP 96
 
 /* The setting, the same in the command API and the query API (a char * at offset `off` of their config). */
