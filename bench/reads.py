@@ -15,16 +15,9 @@
 
 Loopback only; bounded by its arguments; stops by itself.
 """
-import http.client, json, os, random, subprocess, sys, threading, time, uuid
+import http.client, json, random, sys, threading, time, uuid
 
-
-def env_of(path):
-    out = {}
-    for line in open(path):
-        k, _, v = line.rstrip('\n').partition('=')
-        out[k] = v.strip("'")
-    return out
-
+from tally_bench import ctl, env_of
 
 E = env_of(sys.argv[1])
 ENTRIES = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
@@ -34,13 +27,8 @@ SECS = float(sys.argv[5]) if len(sys.argv) > 5 else 10
 HOST, PORT = E['TALLY_URL'].split('//')[1].split(':')
 
 
-def ctl(*args):
-    return subprocess.run([E['TALLY_BIN'] + '/tallyctl', *args], capture_output=True, text=True, check=True,
-                          env={**os.environ, 'TALLY_PG_DSN': E['TALLY_PG_DSN']}).stdout.strip()
-
-
-tenant = ctl('tenants', 'create', '--name', 'bench-reads-' + uuid.uuid4().hex[:8])
-KEY = ctl('keys', 'create', '--tenant', tenant, '--scopes', 'read,write', '--rate', '1000000', '--burst', '1000000')
+tenant = ctl(E, 'tenants', 'create', '--name', 'bench-reads-' + uuid.uuid4().hex[:8])
+KEY = ctl(E, 'keys', 'create', '--tenant', tenant, '--scopes', 'read,write', '--rate', '1000000', '--burst', '1000000')
 time.sleep(1.5)
 H = {'Authorization': 'Bearer ' + KEY, 'Content-Type': 'application/json'}
 

@@ -70,8 +70,7 @@ tly_consistency_decode(const char *text, size_t len, const uint8_t key[TLY_CONSI
     if (len >= TLY_CONSISTENCY_TEXT_CAP || tly_base64url_decode(text, len, raw, sizeof(raw)) != RAW_LEN)
         return TLY_CONSISTENCY_INVALID;
     sign(raw, key, mac);
-    if (CRYPTO_memcmp(mac, raw + PAYLOAD_LEN, MAC_LEN) != 0 || CRYPTO_memcmp(mac, zero, MAC_LEN) == 0 ||
-        raw[0] != TOKEN_VERSION)
+    if (CRYPTO_memcmp(mac, raw + PAYLOAD_LEN, MAC_LEN) != 0 || CRYPTO_memcmp(mac, zero, MAC_LEN) == 0 || raw[0] != TOKEN_VERSION)
         return TLY_CONSISTENCY_INVALID;
     if (memcmp(raw + 1, tenant->b, 16) != 0)
         return TLY_CONSISTENCY_OTHER_TENANT;

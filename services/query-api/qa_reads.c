@@ -248,10 +248,9 @@ qa_resource_params_or_reply(query_op_t *op)
     for (int i = 0; i < n; ++i) {
         const char *name = pairs[i].name, *message = NULL;
         if (account && strcmp(name, "as_of") == 0) {
-            message = seen_as_of ? "is given more than once"
-                      : (op->has_as_of = tly_clock_parse_rfc3339(pairs[i].value, &op->as_of_us))
-                          ? NULL
-                          : "must be an RFC 3339 date-time";
+            message = seen_as_of                                                                 ? "is given more than once"
+                      : (op->has_as_of = tly_clock_parse_rfc3339(pairs[i].value, &op->as_of_us)) ? NULL
+                                                                                                 : "must be an RFC 3339 date-time";
             seen_as_of = true;
         } else if (expandable && strcmp(name, "expand") == 0) {
             message = seen_expand ? "is given more than once" : parse_expand(op, pairs[i].value);

@@ -91,6 +91,17 @@ act(const char *key, const char *id, const char *action, const char *body, char 
     json_decref(job);
 }
 
+/* GET `path` with `key` answers `status`. */
+static void
+expect_status(const char *path, const char *key, long status)
+{
+    tly_test_response_t r = tly_test_request("GET", path, key, NULL, NULL);
+    if (r.status != status)
+        fprintf(stderr, "GET %s: %ld %s\n", path, r.status, r.body);
+    assert_int_equal(r.status, status);
+    tly_test_response_free(&r);
+}
+
 /* `t` moved by `delta_us` microseconds, RFC 3339. */
 static void
 shift(const char *t, int64_t delta_us, char *out)
@@ -188,31 +199,20 @@ test_as_of(void **state)
     r = tly_test_request("GET", path, key_a, NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "data")), 1);
-    assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(r.json, "data"), 0), "balance_after")),
-                     100);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(r.json, "data"), 0), "balance_after")), 100);
     tly_test_response_free(&r);
     snprintf(path, sizeof(path), "/v1/accounts/%s/entries?as_of=%s", id, before);
-    r = tly_test_request("GET", path, key_a, NULL, NULL);
-    assert_int_equal(r.status, 404);
-    tly_test_response_free(&r);
+    expect_status(path, key_a, 404);
 
     /* bad values, repeated parameters, another tenant */
     snprintf(path, sizeof(path), "/v1/accounts/%s?as_of=yesterday", id);
-    r = tly_test_request("GET", path, key_a, NULL, NULL);
-    assert_int_equal(r.status, 422);
-    tly_test_response_free(&r);
+    expect_status(path, key_a, 422);
     snprintf(path, sizeof(path), "/v1/accounts/%s?as_of=%s&as_of=%s", id, t_dep1, t_dep2);
-    r = tly_test_request("GET", path, key_a, NULL, NULL);
-    assert_int_equal(r.status, 422);
-    tly_test_response_free(&r);
+    expect_status(path, key_a, 422);
     snprintf(path, sizeof(path), "/v1/accounts/%s?expand=resource", id);
-    r = tly_test_request("GET", path, key_a, NULL, NULL);
-    assert_int_equal(r.status, 422);
-    tly_test_response_free(&r);
+    expect_status(path, key_a, 422);
     snprintf(path, sizeof(path), "/v1/accounts/%s?as_of=%s", id, t_dep2);
-    r = tly_test_request("GET", path, key_b, NULL, NULL);
-    assert_int_equal(r.status, 404);
-    tly_test_response_free(&r);
+    expect_status(path, key_b, 404);
 }
 
 /* GET `base` + path with the token; returns the response (caller frees). */
@@ -296,13 +296,9 @@ test_expand(void **state)
     assert_true(tly_test_header(&r, "etag", etag1, sizeof(etag1)));
     tly_test_response_free(&r);
     /* another tenant: 404, expanded or not; bad values: 422 */
-    r = tly_test_request("GET", path, key_b, NULL, NULL);
-    assert_int_equal(r.status, 404);
-    tly_test_response_free(&r);
+    expect_status(path, key_b, 404);
     snprintf(path, sizeof(path), "/v1/jobs/%s?expand=from_account", job_id);
-    r = tly_test_request("GET", path, key_a, NULL, NULL);
-    assert_int_equal(r.status, 422);
-    tly_test_response_free(&r);
+    expect_status(path, key_a, 422);
     json_decref(job);
 
     open_account(key_a, a2);
@@ -349,9 +345,7 @@ test_expand(void **state)
     assert_string_not_equal(etag1, etag2);
     assert_string_equal(jstr(json_object_get(r.json, "to_account"), "status"), "frozen");
     tly_test_response_free(&r);
-    r = tly_test_request("GET", path, key_b, NULL, NULL);
-    assert_int_equal(r.status, 404);
-    tly_test_response_free(&r);
+    expect_status(path, key_b, 404);
 
     /* a transfer of A to B's account: B's account is never embedded for A */
     snprintf(body, sizeof(body), "{\"from_account\":\"%s\",\"to_account\":\"%s\",\"amount\":1,\"currency\":\"EUR\"}", a1, b1);
@@ -368,9 +362,7 @@ test_expand(void **state)
     assert_string_equal(jstr(json_object_get(r.json, "from_account"), "id"), a1);
     tly_test_response_free(&r);
     snprintf(path, sizeof(path), "/v1/transfers/%s?expand=everything", tid);
-    r = tly_test_request("GET", path, key_a, NULL, NULL);
-    assert_int_equal(r.status, 422);
-    tly_test_response_free(&r);
+    expect_status(path, key_a, 422);
 }
 
 int

@@ -28,9 +28,11 @@
 
 /* The setting, the same in the command API and the query API (a char * at offset `off` of their config). */
 #define TLY_CONSISTENCY_SETTING(off)                                                                                               \
-    {"consistency-secret", "TALLY_CONSISTENCY_SECRET", TLY_CONFIG_STRING, "", 0, 0, (off),                                         \
-     "key that signs consistency tokens (Tally-Consistency-Token); the same on every command and query API instance "             \
-     "(unset: no tokens are given, and a token sent is refused)"}
+    {                                                                                                                              \
+        "consistency-secret", "TALLY_CONSISTENCY_SECRET", TLY_CONFIG_STRING, "", 0, 0, (off),                                      \
+            "key that signs consistency tokens (Tally-Consistency-Token); the same on every command and query API instance "       \
+            "(unset: no tokens are given, and a token sent is refused)"                                                            \
+    }
 
 typedef struct st_tly_consistency_t {
     tly_uuid_t tenant, job;
