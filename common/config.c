@@ -42,11 +42,18 @@ set_value(const tly_config_def_t *d, void *cfg, const char *value, const char *s
     return -1;
 }
 
+static bool
+name_is(const char *candidate, const char *name, size_t len)
+{
+    return candidate != NULL && strlen(candidate) == len && memcmp(candidate, name, len) == 0;
+}
+
+/* The setting of flag `name`: its name, or its deprecated old name. */
 static const tly_config_def_t *
 find_flag(const tly_config_def_t *defs, size_t ndefs, const char *name, size_t len)
 {
     for (size_t i = 0; i < ndefs; ++i)
-        if (strlen(defs[i].name) == len && memcmp(defs[i].name, name, len) == 0)
+        if (name_is(defs[i].name, name, len) || name_is(defs[i].old_name, name, len))
             return &defs[i];
     return NULL;
 }
@@ -65,6 +72,8 @@ tly_config_print_help(const tly_config_def_t *defs, size_t ndefs, const char *us
         if (d->type == TLY_CONFIG_INT)
             fprintf(out, "; %lld..%lld", (long long)d->min, (long long)d->max);
         fprintf(out, ")\n");
+        if (d->old_name != NULL)
+            fprintf(out, "      --%s: deprecated name of --%s, still accepted\n", d->old_name, d->name);
     }
 }
 

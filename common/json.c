@@ -99,3 +99,27 @@ tly_json_dump(const json_t *v)
         abort();
     return s;
 }
+
+size_t
+tly_json_compact(const char *in, size_t len, char *out)
+{
+    size_t n = 0;
+    bool in_string = false, escaped = false;
+    for (size_t i = 0; i < len; ++i) {
+        char c = in[i];
+        if (in_string) {
+            if (escaped)
+                escaped = false;
+            else if (c == '\\')
+                escaped = true;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == ' ' || c == '\n' || c == '\t' || c == '\r') {
+            continue;
+        } else if (c == '"') {
+            in_string = true;
+        }
+        out[n++] = c;
+    }
+    return n;
+}

@@ -23,6 +23,7 @@ typedef struct st_key_entry_t {
     char tier[TLY_TIER_NAME_MAX];
     bool contract;      /* rate and burst are the key's own, not its tier's */
     int64_t expires_us; /* wall clock; 0: never */
+    int max_long_polls; /* the tenant's quota */
     pthread_mutex_t bucket_lock;
     int64_t rate, burst;
     double tokens;
@@ -99,6 +100,7 @@ tly_keycache_put(tly_keycache_t *kc, const char *key_id, const tly_key_attrs_t *
     snprintf(e->tier, sizeof(e->tier), "%s", a->tier);
     e->contract = a->contract;
     e->expires_us = a->expires_us;
+    e->max_long_polls = a->max_long_polls;
     pthread_mutex_lock(&e->bucket_lock);
     e->rate = a->rate;
     e->burst = a->burst;
@@ -143,6 +145,7 @@ load_row(tly_keycache_t *kc, PGresult *res, int row)
         a.burst = strtoll(PQgetvalue(res, row, 6), NULL, 10);
     if (!PQgetisnull(res, row, 9))
         a.expires_us = strtoll(PQgetvalue(res, row, 9), NULL, 10);
+    a.max_long_polls = (int)strtol(PQgetvalue(res, row, 10), NULL, 10);
     tly_keycache_put(kc, id, &a);
     return true;
 }
@@ -152,10 +155,11 @@ static int
 refresh_once(tly_keycache_t *kc, PGconn *conn, char *err, size_t errcap)
 {
     /* one second of overlap: rows committed late with an older updated_at */
-    const char *sql = "SELECT id, tenant_id, secret_hash, scopes, tier, rate_per_sec, burst, revoked_at IS NOT NULL, "
+    const char *sql = "SELECT k.id, k.tenant_id, k.secret_hash, k.scopes, k.tier, k.rate_per_sec, k.burst, k.revoked_at IS NOT NULL, "
                       "(SELECT coalesce(max(updated_at), 'epoch') FROM api_keys)::text, "
-                      "(extract(epoch FROM expires_at) * 1000000)::bigint "
-                      "FROM api_keys WHERE updated_at >= $1::timestamptz - interval '1 second'";
+                      "(extract(epoch FROM k.expires_at) * 1000000)::bigint, t.max_long_polls "
+                      "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
+                      "WHERE k.updated_at >= $1::timestamptz - interval '1 second'";
     const char *params[1] = {kc->since};
     PGresult *res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
     int ret = -1;
@@ -192,6 +196,12 @@ wait_for_change(tly_keycache_t *kc, PGconn *conn)
 {
     int64_t deadline = tly_clock_mono_us() + (int64_t)kc->refresh_ms * 1000;
     bool notified = false;
+    PGnotify *queued;
+    /* notifications libpq read during the last load are queued already: no byte on the socket announces them */
+    while (conn != NULL && (queued = PQnotifies(conn)) != NULL) {
+        notified = true;
+        PQfreemem(queued);
+    }
     while (!notified && !atomic_load(&kc->stop)) {
         int64_t left_ms = (deadline - tly_clock_mono_us()) / 1000;
         if (left_ms <= 0)
@@ -325,6 +335,7 @@ tly_keycache_check(tly_keycache_t *kc, const char *authorization, size_t len, tl
         snprintf(out->tier, sizeof(out->tier), "%s", e->tier);
         out->contract = e->contract;
         out->expires_us = e->expires_us;
+        out->max_long_polls = e->max_long_polls;
         pthread_mutex_lock(&e->bucket_lock);
         out->rate = e->rate;
         out->burst = e->burst;

@@ -3,6 +3,7 @@
  * write(2), so lines from several threads never interleave.
  */
 #include "tally/log.h"
+#include "tally/names.h"
 #include "tally/clock.h"
 
 #include <stdio.h>
@@ -68,13 +69,10 @@ tly_log_init(const char *service, tly_log_level_t level)
 bool
 tly_log_level_parse(const char *s, tly_log_level_t *out)
 {
-    for (int i = 0; i < 4; ++i) {
-        if (strcmp(s, level_names[i]) == 0) {
-            *out = (tly_log_level_t)i;
-            return true;
-        }
-    }
-    return false;
+    int i = tly_name_find(level_names, 0, 4, s);
+    if (i >= 0)
+        *out = (tly_log_level_t)i;
+    return i >= 0;
 }
 
 bool

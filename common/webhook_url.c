@@ -18,18 +18,26 @@ typedef struct st_v4_range_t {
     int bits;
 } v4_range_t;
 
-/* IPv4 ranges no webhook may reach (RFC 6890 special-purpose registry, plus multicast and above). */
+/*
+ * IPv4: the IANA IPv4 Special-Purpose Address Registry (RFC 6890 and its
+ * updates), plus multicast and the reserved 240/4. Every range there is
+ * refused, including those the registry marks globally reachable (AS112,
+ * AMT, 6to4 relays): a webhook has no business with any of them.
+ */
 static const v4_range_t v4_refused[] = {
     {0x00000000, 8},  /* 0/8 "this network", includes 0.0.0.0 */
     {0x0a000000, 8},  /* 10/8 private */
-    {0x64400000, 10}, /* 100.64/10 carrier-grade NAT */
+    {0x64400000, 10}, /* 100.64/10 shared address space (carrier-grade NAT) */
     {0x7f000000, 8},  /* 127/8 loopback */
     {0xa9fe0000, 16}, /* 169.254/16 link-local, cloud metadata */
     {0xac100000, 12}, /* 172.16/12 private */
-    {0xc0000000, 24}, /* 192.0.0/24 IETF protocol assignments */
+    {0xc0000000, 24}, /* 192.0.0/24 IETF protocol assignments (DS-Lite, NAT64 discovery, ...) */
     {0xc0000200, 24}, /* 192.0.2/24 TEST-NET-1 */
+    {0xc01fc400, 24}, /* 192.31.196/24 AS112-v4 */
+    {0xc034c100, 24}, /* 192.52.193/24 AMT */
     {0xc0586300, 24}, /* 192.88.99/24 6to4 relay anycast */
     {0xc0a80000, 16}, /* 192.168/16 private */
+    {0xc0af3000, 24}, /* 192.175.48/24 direct delegation AS112 */
     {0xc6120000, 15}, /* 198.18/15 benchmarking */
     {0xc6336400, 24}, /* 198.51.100/24 TEST-NET-2 */
     {0xcb007100, 24}, /* 203.0.113/24 TEST-NET-3 */
@@ -48,32 +56,45 @@ v4_allowed(uint32_t a)
     return true;
 }
 
+typedef struct st_v6_range_t {
+    uint8_t net[16];
+    int bits;
+} v6_range_t;
+
+/*
+ * IPv6, deny by default: only global unicast (2000::/3) may be reached, and
+ * within it none of the IANA IPv6 Special-Purpose Address Registry's blocks.
+ * Every form that embeds an IPv4 address is refused outright rather than
+ * judged by the IPv4 inside (a URL can name the IPv4 address itself):
+ * ::ffff:a.b.c.d (mapped), ::ffff:0:a.b.c.d (translated), ::a.b.c.d
+ * (compatible) and 64:ff9b::/96, 64:ff9b:1::/48 (NAT64) are outside
+ * 2000::/3; 2001::/32 (Teredo) and 2002::/16 (6to4) are listed below.
+ */
+static const v6_range_t v6_refused[] = {
+    {{0x20, 0x01}, 23},                   /* 2001::/23 IETF protocol assignments: Teredo, benchmarking, ORCHID, ... */
+    {{0x20, 0x01, 0x0d, 0xb8}, 32},       /* 2001:db8::/32 documentation */
+    {{0x20, 0x02}, 16},                   /* 2002::/16 6to4: embeds an IPv4 address */
+    {{0x26, 0x20, 0x00, 0x4f, 0x80}, 48}, /* 2620:4f:8000::/48 direct delegation AS112 */
+    {{0x3f, 0xff}, 20},                   /* 3fff::/20 documentation (RFC 9637) */
+};
+
+static bool
+v6_in(const uint8_t *b, const v6_range_t *r)
+{
+    int whole = r->bits / 8, rest = r->bits % 8;
+    if (memcmp(b, r->net, (size_t)whole) != 0)
+        return false;
+    return rest == 0 || (b[whole] & (uint8_t)(0xff << (8 - rest))) == (r->net[whole] & (uint8_t)(0xff << (8 - rest)));
+}
+
 static bool
 v6_allowed(const uint8_t *b)
 {
-    static const uint8_t zero[16];
-    /* ::ffff:a.b.c.d (mapped), ::a.b.c.d (compatible), 64:ff9b::a.b.c.d (NAT64): judge the IPv4 inside */
-    bool mapped = memcmp(b, zero, 10) == 0 && b[10] == 0xff && b[11] == 0xff;
-    bool compat = memcmp(b, zero, 12) == 0 && !(b[12] == 0 && b[13] == 0 && b[14] == 0 && b[15] <= 1);
-    bool nat64 = b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && memcmp(b + 4, zero, 8) == 0;
-    if (mapped || compat || nat64)
-        return v4_allowed((uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 | (uint32_t)b[14] << 8 | b[15]);
-    if (memcmp(b, zero, 15) == 0 && b[15] <= 1) /* :: unspecified, ::1 loopback */
+    if ((b[0] & 0xe0) != 0x20) /* not 2000::/3: loopback, unspecified, embedded IPv4, NAT64, ULA, link-local, multicast, ... */
         return false;
-    if ((b[0] & 0xfe) == 0xfc) /* fc00::/7 unique local */
-        return false;
-    if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) /* fe80::/10 link-local */
-        return false;
-    if (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) /* fec0::/10 site-local (deprecated) */
-        return false;
-    if (b[0] == 0xff) /* multicast */
-        return false;
-    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) /* 2001:db8::/32 documentation */
-        return false;
-    if (b[0] == 0x20 && b[1] == 0x02) /* 2002::/16 6to4: embeds an IPv4 address */
-        return v4_allowed((uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 | (uint32_t)b[4] << 8 | b[5]);
-    if (b[0] == 0x01 && memcmp(b + 1, zero, 7) == 0) /* 100::/64 discard */
-        return false;
+    for (size_t i = 0; i < sizeof(v6_refused) / sizeof(v6_refused[0]); ++i)
+        if (v6_in(b, &v6_refused[i]))
+            return false;
     return true;
 }
 
@@ -155,8 +176,10 @@ split(const char *url, url_parts_t *p, char *err, size_t errcap)
     if (hlen == 0 || hlen >= sizeof(p->host))
         return fail(err, errcap, "url must name a host");
     memcpy(p->host, host, hlen);
-    if (!p->host_is_v6 && hlen > 1 && p->host[hlen - 1] == '.')
-        p->host[--hlen] = '\0'; /* "localhost." is localhost */
+    while (!p->host_is_v6 && hlen > 0 && p->host[hlen - 1] == '.')
+        p->host[--hlen] = '\0'; /* "localhost." and "localhost.." are localhost */
+    if (hlen == 0)
+        return fail(err, errcap, "url must name a host");
     if (!p->host_is_v6) {
         for (size_t i = 0; i < hlen; ++i)
             if (!isalnum((unsigned char)host[i]) && host[i] != '-' && host[i] != '.')

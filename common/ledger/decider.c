@@ -10,6 +10,7 @@
 #include "tally/currency.h"
 #include "tally/ledger/catalogue.h"
 #include "tally/json.h"
+#include "tally/names.h"
 #include "tally/ledger/upcast.h"
 
 #include <stdio.h>
@@ -94,14 +95,23 @@ account_visible(const tly_account_state_t *s, const tly_envelope_t *req, rejecti
     return true;
 }
 
-/* Visible, not closed, not frozen. */
+/* Visible and not closed. */
 static bool
-account_usable(const tly_account_state_t *s, const tly_envelope_t *req, rejection_t *rej)
+account_open(const tly_account_state_t *s, const tly_envelope_t *req, rejection_t *rej)
 {
     if (!account_visible(s, req, rej))
         return false;
     if (s->status == TLY_ACCOUNT_CLOSED)
         return reject(rej, TLY_CODE_ACCOUNT_CLOSED, "account is closed");
+    return true;
+}
+
+/* Visible, not closed, not frozen. */
+static bool
+account_usable(const tly_account_state_t *s, const tly_envelope_t *req, rejection_t *rej)
+{
+    if (!account_open(s, req, rej))
+        return false;
     if (s->status == TLY_ACCOUNT_FROZEN)
         return reject(rej, TLY_CODE_ACCOUNT_FROZEN, "account is frozen");
     return true;
@@ -112,6 +122,48 @@ reference_of(const tly_envelope_t *req)
 {
     const char *r = tly_json_str(req->data, "reference");
     return r != NULL ? json_string(r) : json_null();
+}
+
+/* A money request (deposit, withdrawal, transfer step), its fields checked: amount, currency, the step's transfer. */
+typedef struct st_money_t {
+    int64_t amount;
+    const char *currency, *transfer;
+} money_t;
+
+/*
+ * Reads money request `req` for account `s`: the account must be usable (or,
+ * with `usable` false, only visible) and in the request's currency
+ * (`mismatch` is the refusal's detail).
+ */
+static bool
+money_begin(const tly_account_state_t *s, const tly_envelope_t *req, bool usable, const char *mismatch, money_t *st,
+            rejection_t *rej)
+{
+    money_of(req, &st->amount, &st->currency);
+    st->transfer = tly_json_str(req->data, "transfer_id");
+    if (!(usable ? account_usable(s, req, rej) : account_visible(s, req, rej)))
+        return false;
+    if (strcmp(st->currency, s->currency) != 0)
+        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, mismatch);
+    return true;
+}
+
+/* The step's outcome data, with the account's balance after it. */
+static bool
+step_done(const money_t *st, int64_t after, json_t **data)
+{
+    *data = json_pack("{s:s, s:I, s:s, s:I}", "transfer_id", st->transfer, "amount", (json_int_t)st->amount, "currency",
+                      st->currency, "balance_after", (json_int_t)after);
+    return true;
+}
+
+/* balance + amount into `*after`, refused as invalid_request when it would overflow. */
+static bool
+credit_ok(const tly_account_state_t *s, int64_t amount, int64_t *after, rejection_t *rej)
+{
+    if (__builtin_add_overflow(s->balance, amount, after))
+        return reject(rej, TLY_CODE_INVALID_REQUEST, "balance would overflow");
+    return true;
 }
 
 /* --- rules --------------------------------------------------------------- */
@@ -129,16 +181,11 @@ decide_open(const tly_account_state_t *s, const tly_envelope_t *req, json_t **da
 static bool
 decide_deposit(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
-    int64_t amount, after;
-    const char *currency;
-    money_of(req, &amount, &currency);
-    if (!account_usable(s, req, rej))
+    money_t m;
+    int64_t after;
+    if (!money_begin(s, req, true, "currency differs from the account's", &m, rej) || !credit_ok(s, m.amount, &after, rej))
         return false;
-    if (strcmp(currency, s->currency) != 0)
-        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
-    if (__builtin_add_overflow(s->balance, amount, &after))
-        return reject(rej, TLY_CODE_INVALID_REQUEST, "balance would overflow");
-    *data = json_pack("{s:I, s:s, s:I, s:o, s:s}", "amount", (json_int_t)amount, "currency", currency, "balance_after",
+    *data = json_pack("{s:I, s:s, s:I, s:o, s:s}", "amount", (json_int_t)m.amount, "currency", m.currency, "balance_after",
                       (json_int_t)after, "reference", reference_of(req), "channel", "api");
     return true;
 }
@@ -146,17 +193,13 @@ decide_deposit(const tly_account_state_t *s, const tly_envelope_t *req, json_t *
 static bool
 decide_withdraw(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
-    int64_t amount;
-    const char *currency;
-    money_of(req, &amount, &currency);
-    if (!account_usable(s, req, rej))
+    money_t m;
+    if (!money_begin(s, req, true, "currency differs from the account's", &m, rej))
         return false;
-    if (strcmp(currency, s->currency) != 0)
-        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
-    if (amount > s->balance) /* the floor is zero; both are non-negative so no overflow */
+    if (m.amount > s->balance) /* the floor is zero; both are non-negative so no overflow */
         return reject(rej, TLY_CODE_INSUFFICIENT_FUNDS, "balance is lower than the amount");
-    *data = json_pack("{s:I, s:s, s:I, s:o}", "amount", (json_int_t)amount, "currency", currency, "balance_after",
-                      (json_int_t)(s->balance - amount), "reference", reference_of(req));
+    *data = json_pack("{s:I, s:s, s:I, s:o}", "amount", (json_int_t)m.amount, "currency", m.currency, "balance_after",
+                      (json_int_t)(s->balance - m.amount), "reference", reference_of(req));
     return true;
 }
 
@@ -172,10 +215,8 @@ decide_freeze(const tly_account_state_t *s, const tly_envelope_t *req, json_t **
 static bool
 decide_unfreeze(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
-    if (!account_visible(s, req, rej))
+    if (!account_open(s, req, rej))
         return false;
-    if (s->status == TLY_ACCOUNT_CLOSED)
-        return reject(rej, TLY_CODE_ACCOUNT_CLOSED, "account is closed");
     if (s->status != TLY_ACCOUNT_FROZEN)
         return reject(rej, TLY_CODE_ACCOUNT_NOT_FROZEN, "account is not frozen");
     *data = json_object();
@@ -185,12 +226,8 @@ decide_unfreeze(const tly_account_state_t *s, const tly_envelope_t *req, json_t 
 static bool
 decide_close(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
-    if (!account_visible(s, req, rej))
+    if (!account_usable(s, req, rej)) /* closed -> account_closed, frozen -> account_frozen */
         return false;
-    if (s->status == TLY_ACCOUNT_CLOSED)
-        return reject(rej, TLY_CODE_ACCOUNT_CLOSED, "account is closed");
-    if (s->status == TLY_ACCOUNT_FROZEN)
-        return reject(rej, TLY_CODE_ACCOUNT_FROZEN, "account is frozen");
     if (s->balance != 0)
         return reject(rej, TLY_CODE_BALANCE_NOT_ZERO, "balance is not zero");
     *data = json_object();
@@ -199,46 +236,26 @@ decide_close(const tly_account_state_t *s, const tly_envelope_t *req, json_t **d
 
 /* --- transfer steps (sent by the saga, one account each) ------------------ */
 
-/* The fields of a step whose fields were checked. */
-static void
-step_of(const tly_envelope_t *req, int64_t *amount, const char **currency, const char **transfer_id)
-{
-    money_of(req, amount, currency);
-    *transfer_id = tly_json_str(req->data, "transfer_id");
-}
-
 static bool
 decide_transfer_debit(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
-    int64_t amount;
-    const char *currency, *transfer;
-    step_of(req, &amount, &currency, &transfer);
-    if (!account_usable(s, req, rej))
+    money_t st;
+    if (!money_begin(s, req, true, "currency differs from the source account's", &st, rej))
         return false;
-    if (strcmp(currency, s->currency) != 0)
-        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the source account's");
-    if (amount > s->balance)
+    if (st.amount > s->balance)
         return reject(rej, TLY_CODE_INSUFFICIENT_FUNDS, "balance is lower than the amount");
-    *data = json_pack("{s:s, s:I, s:s, s:I}", "transfer_id", transfer, "amount", (json_int_t)amount, "currency", currency,
-                      "balance_after", (json_int_t)(s->balance - amount));
-    return true;
+    return step_done(&st, s->balance - st.amount, data);
 }
 
 static bool
 decide_transfer_credit(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
-    int64_t amount, after;
-    const char *currency, *transfer;
-    step_of(req, &amount, &currency, &transfer);
-    if (!account_usable(s, req, rej))
+    money_t st;
+    int64_t after;
+    if (!money_begin(s, req, true, "currency differs from the destination account's", &st, rej) ||
+        !credit_ok(s, st.amount, &after, rej))
         return false;
-    if (strcmp(currency, s->currency) != 0)
-        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the destination account's");
-    if (__builtin_add_overflow(s->balance, amount, &after))
-        return reject(rej, TLY_CODE_INVALID_REQUEST, "balance would overflow");
-    *data = json_pack("{s:s, s:I, s:s, s:I}", "transfer_id", transfer, "amount", (json_int_t)amount, "currency", currency,
-                      "balance_after", (json_int_t)after);
-    return true;
+    return step_done(&st, after, data);
 }
 
 /*
@@ -254,18 +271,11 @@ decide_transfer_credit(const tly_account_state_t *s, const tly_envelope_t *req, 
 static bool
 decide_debit_reversal(const tly_account_state_t *s, const tly_envelope_t *req, json_t **data, rejection_t *rej)
 {
-    int64_t amount, after;
-    const char *currency, *transfer;
-    step_of(req, &amount, &currency, &transfer);
-    if (!account_visible(s, req, rej))
+    money_t st;
+    int64_t after;
+    if (!money_begin(s, req, false, "currency differs from the account's", &st, rej) || !credit_ok(s, st.amount, &after, rej))
         return false;
-    if (strcmp(currency, s->currency) != 0)
-        return reject(rej, TLY_CODE_CURRENCY_MISMATCH, "currency differs from the account's");
-    if (__builtin_add_overflow(s->balance, amount, &after))
-        return reject(rej, TLY_CODE_INVALID_REQUEST, "balance would overflow");
-    *data = json_pack("{s:s, s:I, s:s, s:I}", "transfer_id", transfer, "amount", (json_int_t)amount, "currency", currency,
-                      "balance_after", (json_int_t)after);
-    return true;
+    return step_done(&st, after, data);
 }
 
 static const command_row_t commands[] = {
@@ -476,7 +486,7 @@ tly_decision_clear(tly_decision_t *d)
     d->nevents = 0;
 }
 
-static const char *status_names[] = {"open", "frozen", "closed"};
+static const char *const status_names[] = {"open", "frozen", "closed"};
 
 const char *
 tly_account_status_name(tly_account_status_t s)
@@ -487,11 +497,8 @@ tly_account_status_name(tly_account_status_t s)
 bool
 tly_account_status_parse(const char *s, tly_account_status_t *out)
 {
-    for (int i = 0; i < 3; ++i) {
-        if (strcmp(s, status_names[i]) == 0) {
-            *out = (tly_account_status_t)i;
-            return true;
-        }
-    }
-    return false;
+    int i = tly_name_find(status_names, 0, 3, s);
+    if (i >= 0)
+        *out = (tly_account_status_t)i;
+    return i >= 0;
 }

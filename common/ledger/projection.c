@@ -436,6 +436,14 @@ job_fold(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype
     return 0;
 }
 
+/* A job failed by a refusal: its code (or "rejected") and detail are the event's. */
+static int
+job_failed(tly_projection_batch_t *b, const tly_envelope_t *env, const char *rtype, bool dry)
+{
+    const char *code = tly_json_str(env->data, "code"), *detail = tly_json_str(env->data, "detail");
+    return job_fold(b, env, rtype, NULL, TLY_JOB_FAILED, code != NULL ? code : "rejected", detail, dry);
+}
+
 static int
 jobs_queued(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
@@ -451,8 +459,7 @@ jobs_succeeded(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, c
 static int
 jobs_rejected(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    const char *code = tly_json_str(env->data, "code"), *detail = tly_json_str(env->data, "detail");
-    return job_fold(b, env, "account", NULL, TLY_JOB_FAILED, code != NULL ? code : "rejected", detail, dry);
+    return job_failed(b, env, "account", dry);
 }
 
 /* A transfer's job: queued with its TransferRequested, running once the source is debited, ended by the saga's last event. */
@@ -482,8 +489,7 @@ jobs_transfer_succeeded(tly_projection_batch_t *b, const tly_envelope_t *env, bo
 static int
 jobs_transfer_failed(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry, char *err, size_t errcap)
 {
-    const char *code = tly_json_str(env->data, "code"), *detail = tly_json_str(env->data, "detail");
-    return job_fold(b, env, "transfer", NULL, TLY_JOB_FAILED, code != NULL ? code : "rejected", detail, dry);
+    return job_failed(b, env, "transfer", dry);
 }
 
 /* --- the table ----------------------------------------------------------- */

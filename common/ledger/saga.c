@@ -5,6 +5,7 @@
  */
 #include "tally/ledger/saga.h"
 #include "tally/json.h"
+#include "tally/names.h"
 #include "tally/ledger/catalogue.h"
 #include "tally/ledger/upcast.h"
 
@@ -318,7 +319,7 @@ tly_saga_step_clear(tly_saga_step_t *step)
     step->nevents = 0;
 }
 
-static const char *status_names[] = {"none", "debiting", "crediting", "compensating", "completed", "rejected", "failed"};
+static const char *const status_names[] = {"none", "debiting", "crediting", "compensating", "completed", "rejected", "failed"};
 
 const char *
 tly_saga_status_name(tly_saga_status_t s)
@@ -329,11 +330,8 @@ tly_saga_status_name(tly_saga_status_t s)
 bool
 tly_saga_status_parse(const char *s, tly_saga_status_t *out)
 {
-    for (int i = 1; i < 7; ++i) {
-        if (strcmp(s, status_names[i]) == 0) {
-            *out = (tly_saga_status_t)i;
-            return true;
-        }
-    }
-    return false;
+    int i = tly_name_find(status_names, 1, 7, s); /* "none" is no status a row holds */
+    if (i >= 0)
+        *out = (tly_saga_status_t)i;
+    return i >= 0;
 }

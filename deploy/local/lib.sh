@@ -64,6 +64,19 @@ tly_export_env() {
     export TALLY_BIN TALLY_VAR
     tly_cursor_secret
     tly_consistency_secret
+    tly_secret_keys
+}
+
+# The key that seals webhook signing secrets at rest (AES-256-GCM,
+# TALLY_SECRET_KEYS=id:base64,...): made once per state directory. Rotation:
+# docs/security.md.
+tly_secret_keys() {
+    local file=$TALLY_VAR/secret.keys
+    if [[ ! -s $file ]]; then
+        (umask 077 && printf 'k%s:%s\n' "$(date +%Y%m%d)" "$(head -c 32 /dev/urandom | base64 -w0)" >"$file")
+    fi
+    TALLY_SECRET_KEYS=$(<"$file")
+    export TALLY_SECRET_KEYS
 }
 
 # The key that signs the query API's pagination cursors: made once per state
@@ -731,7 +744,7 @@ tly_write_env() {
         for name in TALLY_URL TALLY_API_KEY TALLY_COMMAND_URL TALLY_QUERY_URL \
             TALLY_COMMAND_ADMIN_URL TALLY_QUERY_ADMIN_URL TALLY_WORKER_ADMIN_URL \
             TALLY_PG_DSN TALLY_KAFKA_BROKERS TALLY_KAFKA_TOPIC \
-            TALLY_KAFKA_PARTITIONS TALLY_BIN TALLY_VAR; do
+            TALLY_KAFKA_PARTITIONS TALLY_BIN TALLY_VAR TALLY_SECRET_KEYS; do
             value=${!name}
             if [[ $mode == shell ]]; then
                 value="'${value//\'/\'\\\'\'}'"

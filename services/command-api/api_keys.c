@@ -169,7 +169,8 @@ on_created(void *data, PGresult *res, const char *err)
         return;
     }
     tly_key_attrs_t attrs = {.tenant_id = op->api.principal.tenant_id, .scopes = op->scopes, .contract = op->contract,
-                             .rate = op->rate, .burst = op->burst, .expires_us = op->expires_us};
+                             .rate = op->rate, .burst = op->burst, .expires_us = op->expires_us,
+                             .max_long_polls = op->api.principal.max_long_polls};
     memcpy(attrs.hash, op->hash, sizeof(attrs.hash));
     snprintf(attrs.tier, sizeof(attrs.tier), "%s", op->tier);
     tly_keycache_put(op->thr->keys, op->parts.id, &attrs);

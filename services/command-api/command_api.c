@@ -6,11 +6,13 @@
  * have files of their own.
  */
 #include "internal.h"
+#include "tally/api_service.h"
 #include "tally/consistency.h"
 #include "tally/clock.h"
 #include "tally/http.h"
 #include "tally/json.h"
 #include "tally/log.h"
+#include "tally/secretbox.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -23,7 +25,7 @@ const tly_config_def_t tly_command_api_settings[] = {
     {"pg-dsn", "TALLY_PG_DSN", TLY_CONFIG_STRING, NULL, 0, 0, OFF(pg_dsn), "libpq connection string"},
     {"kafka-brokers", "TALLY_KAFKA_BROKERS", TLY_CONFIG_STRING, "127.0.0.1:9092", 0, 0, OFF(kafka_brokers),
      "Kafka bootstrap servers"},
-    {"topic", "TALLY_KAFKA_TOPIC", TLY_CONFIG_STRING, "tally.events", 0, 0, OFF(topic), "the event log topic"},
+    {"kafka-topic", "TALLY_KAFKA_TOPIC", TLY_CONFIG_STRING, "tally.events", 0, 0, OFF(topic), "the event log topic", "topic"},
     {"host", "TALLY_HTTP_HOST", TLY_CONFIG_STRING, "127.0.0.1", 0, 0, OFF(host), "address to listen on"},
     {"port", "TALLY_HTTP_PORT", TLY_CONFIG_INT, "8081", 1, 65535, OFF(port), "port to listen on"},
     {"admin-port", "TALLY_ADMIN_PORT", TLY_CONFIG_INT, "9181", 0, 65535, OFF(admin_port),
@@ -123,11 +125,9 @@ static bool
 thread_ready(void *app, json_t *reasons)
 {
     cmd_thread_t *thr = app;
-    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys), kafka = tly_kafka_probe_ok(kafka_probe);
-    json_object_set_new(reasons, "postgresql", json_boolean(pg));
-    json_object_set_new(reasons, "api_keys", json_boolean(keys));
+    bool api = tly_api_service_ready(thr->pg, thr->keys, reasons), kafka = tly_kafka_probe_ok(kafka_probe);
     json_object_set_new(reasons, "kafka", json_boolean(kafka));
-    return pg && keys && kafka;
+    return api && kafka;
 }
 
 /* The first request may come in: the pool has a connection and the API keys are loaded (tly_server_config_t). */
@@ -135,7 +135,7 @@ static bool
 thread_serving(void *app)
 {
     cmd_thread_t *thr = app;
-    return tly_pgpool_ready(thr->pg) && tly_keycache_ready(thr->keys);
+    return tly_api_service_serving(thr->pg, thr->keys);
 }
 
 static int
@@ -224,11 +224,21 @@ thread_dispose(void *app)
     free(thr);
 }
 
+/* The keys webhook secrets are sealed with (TALLY_SECRET_KEYS); false when malformed, a warning when unset. */
+static bool
+secrets_ready(char *err, size_t errcap)
+{
+    int keys = tly_secretbox_init(err, errcap);
+    if (keys == 0)
+        tly_log(TLY_LOG_WARN, "TALLY_SECRET_KEYS is not set: webhook signing secrets are stored in plaintext", NULL);
+    return keys >= 0;
+}
+
 int
 tly_command_api_run(tly_command_api_config_t *cfg)
 {
     char err[512];
-    if (!tly_api_abuse_setup(&cfg->abuse, err, sizeof(err))) {
+    if (!secrets_ready(err, sizeof(err))) { /* the abuse settings are checked by tly_api_service_run */
         tly_log(TLY_LOG_ERROR, err, NULL);
         return 1;
     }
@@ -245,26 +255,30 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         return 1;
     }
     kafka_probe = tly_kafka_probe_start(probe_rk, 1000);
-    shared_keys = tly_keycache_create(cfg->pg_dsn, (int)cfg->key_refresh_ms);
-    tly_server_config_t server = {
-        .name = "command-api",
-        .host = cfg->host,
-        .port = (uint16_t)cfg->port,
-        .threads = (size_t)cfg->threads,
-        .max_body = CMD_MAX_BODY, /* h2o refuses a larger body before buffering it */
-        .on_req = on_req,
-        .thread_init = thread_init,
-        .thread_inflight = thread_inflight,
-        .thread_dispose = thread_dispose,
-        .arg = cfg,
-        .shutdown_grace_ms = 8000,
-        .admin_port = (uint16_t)cfg->admin_port,
-        .thread_ready = thread_ready,
-        .thread_serving = thread_serving,
+    tly_api_service_t svc = {
+        .server =
+            {
+                .name = "command-api",
+                .host = cfg->host,
+                .port = (uint16_t)cfg->port,
+                .threads = (size_t)cfg->threads,
+                .max_body = CMD_MAX_BODY, /* h2o refuses a larger body before buffering it */
+                .on_req = on_req,
+                .thread_init = thread_init,
+                .thread_inflight = thread_inflight,
+                .thread_dispose = thread_dispose,
+                .arg = cfg,
+                .shutdown_grace_ms = 8000,
+                .admin_port = (uint16_t)cfg->admin_port,
+                .thread_ready = thread_ready,
+                .thread_serving = thread_serving,
+            },
+        .abuse = &cfg->abuse,
+        .pg_dsn = cfg->pg_dsn,
+        .key_refresh_ms = cfg->key_refresh_ms,
     };
-    int ret = tly_server_run(&server);
-    tly_keycache_destroy(shared_keys);
+    int ret = tly_api_service_run(&svc, &shared_keys);
     tly_kafka_probe_stop(kafka_probe);
     rd_kafka_destroy(probe_rk);
-    return ret == 0 ? 0 : 1;
+    return ret;
 }

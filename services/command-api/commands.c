@@ -180,20 +180,21 @@ tly_command_validate(tly_command_kind_t kind, const json_t *body, tly_command_t 
     return json_array_size(errors) == before;
 }
 
+/* The data member of field `f` from command `cmd` (a copy: the slots are the validator's), or NULL to leave it out. */
 static json_t *
-field_value(const tly_field_spec_t *f, const tly_command_t *cmd)
+field_value(const tly_field_spec_t *f, tly_command_t cmd)
 {
     char id[TLY_UUID_STR_LEN + 1];
     switch (f->type) {
     case TLY_FIELD_UUID:
-        tly_uuid_format(uuid_slot((tly_command_t *)cmd, f->name), id);
+        tly_uuid_format(uuid_slot(&cmd, f->name), id);
         return json_string(id);
     case TLY_FIELD_AMOUNT:
-        return json_integer(cmd->amount);
+        return json_integer(cmd.amount);
     case TLY_FIELD_CURRENCY:
-        return json_string(cmd->currency);
+        return json_string(cmd.currency);
     case TLY_FIELD_TEXT: {
-        const char *text = *text_slot((tly_command_t *)cmd, f->name);
+        const char *text = *text_slot(&cmd, f->name);
         return text != NULL ? json_string(text) : NULL; /* an optional text left out stays out */
     }
     default:
@@ -207,7 +208,7 @@ tly_command_event_data(const tly_command_t *cmd)
     const tly_event_spec_t *spec = request_spec(cmd->kind);
     json_t *d = json_object();
     for (size_t i = 0; i < spec->nfields; ++i) {
-        json_t *v = field_value(&spec->fields[i], cmd);
+        json_t *v = field_value(&spec->fields[i], *cmd);
         if (v != NULL)
             json_object_set_new(d, spec->fields[i].name, v);
     }

@@ -29,6 +29,7 @@
 #include "tally/http.h"
 #include "tally/json.h"
 #include "tally/log.h"
+#include "tally/secretbox.h"
 #include "webhook_spec.h"
 
 #include <openssl/crypto.h>
@@ -46,6 +47,7 @@ typedef struct st_wh_op_t {
     char id[TLY_UUID_STR_LEN + 1];
     char tenant[TLY_UUID_STR_LEN + 1];
     char secret[TLY_WEBHOOK_SECRET_LEN + 1];
+    char sealed[TLY_SECRETBOX_SEALED_MAX]; /* the secret as stored: AES-256-GCM, bound to the endpoint id */
 } wh_op_t;
 
 static const struct {
@@ -64,6 +66,7 @@ wh_op_destroy(wh_op_t *op)
     tly_api_req_finish(&op->api);
     json_decref(op->body);
     OPENSSL_cleanse(op->secret, sizeof(op->secret));
+    OPENSSL_cleanse(op->sealed, sizeof(op->sealed));
     free(op);
 }
 
@@ -123,14 +126,29 @@ on_done(void *data, PGresult *res, const char *err)
     wh_op_destroy(op);
 }
 
+/* A new signing secret for endpoint `id`, and its sealed form; replies 503 and returns false when it cannot be sealed. */
+static bool
+new_secret_or_reply(wh_op_t *op, const char *id)
+{
+    tly_webhook_secret_generate(op->secret);
+    if (tly_secretbox_seal(op->secret, id, op->sealed, sizeof(op->sealed)) == 0)
+        return true;
+    tly_log(TLY_LOG_ERROR, "could not seal a webhook secret: check TALLY_SECRET_KEYS", "request_id", op->api.request_id, NULL);
+    tly_api_unavailable(&op->api, "secret_store_unavailable", "the webhook secret could not be stored");
+    return false;
+}
+
 static void
 start_create(wh_op_t *op, const tly_webhook_fields_t *f, const char *types)
 {
     char id[TLY_UUID_STR_LEN + 1];
     tly_uuid_t uuid = tly_uuid_v4();
     tly_uuid_format(&uuid, id);
-    tly_webhook_secret_generate(op->secret);
-    const char *params[8] = {id,         op->tenant, f->url, f->description != NULL ? f->description : "", types, op->secret,
+    if (!new_secret_or_reply(op, id)) {
+        wh_op_destroy(op);
+        return;
+    }
+    const char *params[8] = {id,         op->tenant, f->url, f->description != NULL ? f->description : "", types, op->sealed,
                              op->api.principal.key_id, op->api.request_id};
     tly_pgpool_exec(op->thr->pg, STMT_WH_CREATE, params, on_done, op);
 }
@@ -212,8 +230,9 @@ start_rotate(wh_op_t *op)
             goto done;
         }
     }
-    tly_webhook_secret_generate(op->secret);
-    const char *params[5] = {op->id, op->tenant, op->secret, op->api.principal.key_id, op->api.request_id};
+    if (!new_secret_or_reply(op, op->id))
+        goto done;
+    const char *params[5] = {op->id, op->tenant, op->sealed, op->api.principal.key_id, op->api.request_id};
     tly_pgpool_exec(op->thr->pg, STMT_WH_ROTATE, params, on_done, op);
     return;
 done:

@@ -18,10 +18,70 @@
 #include "tally/ledger/job.h"
 #include "tally/server.h"
 
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define TICK_MS 250
+
+/*
+ * The tenant quota of concurrent long-polls (tenants.max_long_polls, carried
+ * by the key cache), counted for this process across its threads. Over it,
+ * 429 with Retry-After: unlike a stored-object quota, a place frees itself
+ * as soon as one of the tenant's waits ends.
+ */
+#define TENANT_BUCKETS 1024
+
+typedef struct st_tenant_waits_t {
+    struct st_tenant_waits_t *next;
+    tly_uuid_t tenant;
+    int count;
+} tenant_waits_t;
+
+static tenant_waits_t *tenant_waits[TENANT_BUCKETS];
+static pthread_mutex_t tenant_waits_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static tenant_waits_t **
+tenant_slot(const tly_uuid_t *t)
+{
+    tenant_waits_t **p = &tenant_waits[((size_t)t->b[14] << 8 | t->b[15]) % TENANT_BUCKETS];
+    while (*p != NULL && memcmp((*p)->tenant.b, t->b, sizeof(t->b)) != 0)
+        p = &(*p)->next;
+    return p;
+}
+
+/* Takes one of the tenant's places; false when all `max` are taken. */
+static bool
+tenant_wait_take(const tly_uuid_t *t, int max)
+{
+    bool ok = false;
+    pthread_mutex_lock(&tenant_waits_lock);
+    tenant_waits_t **p = tenant_slot(t);
+    if (*p == NULL && max > 0) {
+        if ((*p = calloc(1, sizeof(**p))) == NULL)
+            abort();
+        (*p)->tenant = *t;
+    }
+    if (*p != NULL && (*p)->count < max) {
+        ++(*p)->count;
+        ok = true;
+    }
+    pthread_mutex_unlock(&tenant_waits_lock);
+    return ok;
+}
+
+static void
+tenant_wait_give(const tly_uuid_t *t)
+{
+    pthread_mutex_lock(&tenant_waits_lock);
+    tenant_waits_t **p = tenant_slot(t), *e = *p;
+    if (e != NULL && --e->count == 0) {
+        *p = e->next;
+        free(e);
+    }
+    pthread_mutex_unlock(&tenant_waits_lock);
+}
 
 static void job_read(query_op_t *op);
 
@@ -59,6 +119,7 @@ waiter_unlink(query_op_t *op)
         h2o_timeout_unlink(&op->timer);
     op->waiting = false;
     --thr->nwaiters;
+    tenant_wait_give(&op->api.principal.tenant_id);
 }
 
 static void
@@ -157,6 +218,14 @@ qa_job_start(query_op_t *op)
     op->wait_s = prefer.base != NULL ? qa_prefer_wait(prefer.base, prefer.len) : -1;
     if (op->wait_s > QA_WAIT_MAX)
         op->wait_s = QA_WAIT_MAX;
+    if (op->wait_s > 0 && !tenant_wait_take(&op->api.principal.tenant_id, op->api.principal.max_long_polls)) {
+        tly_http_add_header(req, "retry-after", "1");
+        tly_api_problem(&op->api, 429, "too_many_long_polls",
+                        "this tenant holds as many Prefer: wait requests as its quota allows; retry, or read without waiting",
+                        NULL);
+        qa_op_destroy(op);
+        return;
+    }
     if (op->wait_s > 0) {
         op->dispose_guard = h2o_mem_alloc_shared(&req->pool, sizeof(*op->dispose_guard), on_disposed);
         *op->dispose_guard = op;

@@ -4,6 +4,7 @@
  */
 #include "query_internal.h"
 #include "tally/http.h"
+#include "tally/json.h"
 #include "tally/log.h"
 
 #include <stdio.h>
@@ -55,13 +56,16 @@ wants_gzip(h2o_req_t *req, size_t len)
 }
 
 void
-qa_send_json(query_op_t *op, const char *body, size_t len, const char *etag)
+qa_send_json(query_op_t *op, const char *text, size_t text_len, const char *etag)
 {
     h2o_req_t *req = op->api.req;
     char weak[96], *gz = NULL;
     size_t gzlen = 0;
     if (req == NULL)
         return;
+    /* PostgreSQL writes {"id" : "x"}; both APIs answer in tly_json_dump's style, {"id":"x"} */
+    char *body = h2o_mem_alloc_pool(&req->pool, text_len + 1);
+    size_t len = tly_json_compact(text, text_len, body);
     bool compress = wants_gzip(req, len);
     if (compress)
         snprintf(weak, sizeof(weak), "W/%s", etag);

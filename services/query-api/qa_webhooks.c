@@ -88,7 +88,19 @@ next_query(const query_op_t *op, const char *cursor, char *out, size_t cap)
     if (op->delivery_status[0] != '\0')
         snprintf(out, cap, "status=%s&limit=%d&cursor=%s", op->delivery_status, op->list.limit, cursor);
     else
-        snprintf(out, cap, "limit=%d&cursor=%s", op->list.limit, cursor);
+        qa_page_next_query(op, cursor, out, cap);
+}
+
+bool
+qa_page_params_or_reply(query_op_t *op)
+{
+    return parse_or_reply(op, false);
+}
+
+void
+qa_page_next_query(const query_op_t *op, const char *cursor, char *out, size_t cap)
+{
+    snprintf(out, cap, "limit=%d&cursor=%s", op->list.limit, cursor);
 }
 
 static void

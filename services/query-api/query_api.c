@@ -8,6 +8,7 @@
  */
 #include "query_api.h"
 #include "tally/api.h"
+#include "tally/api_service.h"
 #include "tally/http.h"
 #include "tally/ledger/job.h"
 #include "tally/ledger/projection.h"
@@ -204,6 +205,13 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     /* $1 endpoint, $2 tenant, ($3, $4) lower position, $5 status (NULL: any),
        $6 limit + 1. No row: no such endpoint (for this tenant, or deleted);
        one row of NULLs: the endpoint has no delivery on this page. */
+    /* $1 tenant, ($2, $3) lower position, $4 limit + 1; oldest first */
+    [STMT_LIST_AUDIT_EVENTS] = {"list_audit_events",
+        "SELECT json_build_object('id', id, 'action', action, 'actor', json_build_object('type', actor_type, 'id', actor_id), "
+        "'request_id', request_id, 'resource', json_build_object('type', resource_type, 'id', resource_id), "
+        "'changes', changes, 'occurred_at', " TS("occurred_at") ")::text, " US("occurred_at") ", id FROM audit_events "
+        "WHERE tenant_id = $1 AND (occurred_at, id) > ($2::timestamptz, $3::uuid) ORDER BY occurred_at, id LIMIT $4::int",
+        4},
     [STMT_LIST_WEBHOOK_DELIVERIES] = {"list_webhook_deliveries",
         "SELECT p.body, p.us, p.id FROM webhook_endpoints e LEFT JOIN LATERAL ("
         "SELECT " WEBHOOK_DELIVERY_JSON " AS body, " US("d.created_at") " AS us, d.id "
@@ -404,6 +412,9 @@ qa_route(query_op_t *op)
     } else if (n == 3 && tly_http_seg_is(segs[0], "webhook-endpoints") && tly_http_seg_is(segs[2], "deliveries")) {
         op->api.route = "/v1/webhook-endpoints/{id}/deliveries";
         qa_webhooks_deliveries_start(op, segs[1]);
+    } else if (n == 1 && tly_http_seg_is(segs[0], "audit-events")) {
+        op->api.route = "/v1/audit-events";
+        qa_audit_list_start(op);
     } else if (n == 2 && tly_http_seg_is(segs[0], "jobs")) {
         start_resource(op, segs[1], "job", "/v1/jobs/{id}");
     } else {
@@ -417,10 +428,7 @@ static bool
 thread_ready(void *app, json_t *reasons)
 {
     query_thread_t *thr = app;
-    bool pg = tly_pgpool_ready(thr->pg), keys = tly_keycache_ready(thr->keys);
-    json_object_set_new(reasons, "postgresql", json_boolean(pg));
-    json_object_set_new(reasons, "api_keys", json_boolean(keys));
-    return pg && keys;
+    return tly_api_service_ready(thr->pg, thr->keys, reasons);
 }
 
 /* The first request may come in: the pool has a connection and the API keys are loaded (tly_server_config_t). */
@@ -428,7 +436,7 @@ static bool
 thread_serving(void *app)
 {
     query_thread_t *thr = app;
-    return tly_pgpool_ready(thr->pg) && tly_keycache_ready(thr->keys);
+    return tly_api_service_serving(thr->pg, thr->keys);
 }
 
 static int
@@ -449,7 +457,7 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
         qa_op_destroy(op);
         return 0;
     }
-    if (!tly_api_authenticate_or_reply(&op->api, thr->keys, TLY_SCOPE_READ)) {
+    if (!tly_api_authenticate_or_reply(&op->api, thr->keys, qa_audit_route(req) ? TLY_SCOPE_ADMIN : TLY_SCOPE_READ)) {
         qa_op_destroy(op);
         return 0;
     }
@@ -513,11 +521,6 @@ load_cursor_key(const char *secret)
 int
 tly_query_api_run(tly_query_api_config_t *cfg)
 {
-    char err[256];
-    if (!tly_api_abuse_setup(&cfg->abuse, err, sizeof(err))) {
-        tly_log(TLY_LOG_ERROR, err, NULL);
-        return 1;
-    }
     load_cursor_key(cfg->cursor_secret);
     has_consistency_key = tly_consistency_key(cfg->consistency_secret, consistency_key);
     if (!has_consistency_key)
@@ -525,24 +528,27 @@ tly_query_api_run(tly_query_api_config_t *cfg)
                 "consistency secret is not set: reads with a Tally-Consistency-Token are refused; set "
                 "TALLY_CONSISTENCY_SECRET to the same value on every command and query API instance",
                 NULL);
-    shared_keys = tly_keycache_create(cfg->pg_dsn, (int)cfg->key_refresh_ms);
-    tly_server_config_t server = {
-        .name = "query-api",
-        .host = cfg->host,
-        .port = (uint16_t)cfg->port,
-        .threads = (size_t)cfg->threads,
-        .max_body = 64 * 1024,
-        .on_req = on_req,
-        .thread_init = thread_init,
-        .thread_inflight = thread_inflight,
-        .thread_dispose = thread_dispose,
-        .arg = cfg,
-        .shutdown_grace_ms = 5000,
-        .admin_port = (uint16_t)cfg->admin_port,
-        .thread_ready = thread_ready,
-        .thread_serving = thread_serving,
+    tly_api_service_t svc = {
+        .server =
+            {
+                .name = "query-api",
+                .host = cfg->host,
+                .port = (uint16_t)cfg->port,
+                .threads = (size_t)cfg->threads,
+                .max_body = 64 * 1024,
+                .on_req = on_req,
+                .thread_init = thread_init,
+                .thread_inflight = thread_inflight,
+                .thread_dispose = thread_dispose,
+                .arg = cfg,
+                .shutdown_grace_ms = 5000,
+                .admin_port = (uint16_t)cfg->admin_port,
+                .thread_ready = thread_ready,
+                .thread_serving = thread_serving,
+            },
+        .abuse = &cfg->abuse,
+        .pg_dsn = cfg->pg_dsn,
+        .key_refresh_ms = cfg->key_refresh_ms,
     };
-    int ret = tly_server_run(&server);
-    tly_keycache_destroy(shared_keys);
-    return ret == 0 ? 0 : 1;
+    return tly_api_service_run(&svc, &shared_keys);
 }

@@ -39,6 +39,7 @@ enum {
     STMT_WEBHOOK_ENDPOINT,
     STMT_LIST_WEBHOOK_ENDPOINTS,
     STMT_LIST_WEBHOOK_DELIVERIES,
+    STMT_LIST_AUDIT_EVENTS,
     STMT__COUNT,
 };
 extern const tly_pg_statement_t qa_statements[STMT__COUNT];
@@ -159,6 +160,16 @@ void qa_transfers_list_start(query_op_t *op);
 void qa_webhooks_list_start(query_op_t *op);
 /** GET /v1/webhook-endpoints/{id}/deliveries?status=: parses, validates and queries, or replies (qa_webhooks.c). */
 void qa_webhooks_deliveries_start(query_op_t *op, h2o_iovec_t endpoint_seg);
+
+/** Parses ?limit=&cursor= (nothing else) into op->list; replies 400 or 422 itself (qa_webhooks.c). */
+bool qa_page_params_or_reply(query_op_t *op);
+/** The next page's query string of a list that takes only limit and cursor. */
+void qa_page_next_query(const query_op_t *op, const char *cursor, char *out, size_t cap);
+
+/** GET /v1/audit-events (scope admin): parses, validates and queries, or replies (qa_audit.c). */
+void qa_audit_list_start(query_op_t *op);
+/** True for a request that needs the admin scope rather than read (the audit trail). */
+bool qa_audit_route(h2o_req_t *req);
 
 /** GET /v1/jobs/{id}: reads the job, holding the request for Prefer: wait=N. */
 void qa_job_start(query_op_t *op);

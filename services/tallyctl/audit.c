@@ -5,10 +5,8 @@
 
 #include "tally/uuid.h"
 
-#include <errno.h>
 #include <pwd.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -38,18 +36,6 @@ tly_ctl_operator(void)
     return name;
 }
 
-static bool
-parse_last(const char *s, char *err, size_t errcap)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno == 0 && end != s && *end == '\0' && v >= 1 && v <= AUDIT_LAST_MAX)
-        return true;
-    snprintf(err, errcap, "invalid value for --last: \"%s\" is not an integer in [1, %d]", s, AUDIT_LAST_MAX);
-    return false;
-}
-
 int
 tly_ctl_audit_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args)
 {
@@ -60,7 +46,7 @@ tly_ctl_audit_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings,
     PGresult *res = NULL;
     if (last == NULL)
         last = AUDIT_LAST_DEFAULT;
-    if (!parse_last(last, err, sizeof(err))) {
+    if (!tly_ctl_int_option("last", last, 1, AUDIT_LAST_MAX, err, sizeof(err))) {
         tly_ctl_error("%s", err);
         return TLY_CTL_USAGE;
     }

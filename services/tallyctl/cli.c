@@ -9,6 +9,7 @@
 #include "events.h"
 #include "audit.h"
 #include "keys.h"
+#include "secrets.h"
 #include "migrate.h"
 #include "tenants.h"
 #include "topics.h"
@@ -17,6 +18,7 @@
 
 #include "tally/config.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -62,6 +64,12 @@ const tly_ctl_cmd_t tly_ctl_commands[] = {
      .examples = {"tallyctl tenants quota acme", "tallyctl tenants quota acme --api-keys 200 --long-polls 500"},
      .needs = TLY_CTL_NEEDS_PG,
      .handler = tly_ctl_tenants_quota},
+    {.name = "webhooks reencrypt",
+     .summary = "seal every webhook secret with the first key of TALLY_SECRET_KEYS (the step of a key rotation)",
+     .usage = "webhooks reencrypt",
+     .examples = {"TALLY_SECRET_KEYS=k2:...,k1:... tallyctl webhooks reencrypt"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_webhooks_reencrypt},
     {.name = "audit",
      .summary = "print the audit trail: who created, revoked, rotated or changed keys, endpoints and quotas",
      .usage = "audit [--tenant TENANT] [--last N]",
@@ -501,4 +509,16 @@ tly_ctl_main(int argc, char **argv)
     }
     tly_ctl_error("unknown command \"%s\"; run \"tallyctl --help\" for the list", argv[1]);
     return TLY_CTL_USAGE;
+}
+
+bool
+tly_ctl_int_option(const char *opt, const char *s, long min, long max, char *err, size_t errcap)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno == 0 && end != s && *end == '\0' && v >= min && v <= max)
+        return true;
+    snprintf(err, errcap, "invalid value for --%s: \"%s\" is not an integer in [%ld, %ld]", opt, s, min, max);
+    return false;
 }

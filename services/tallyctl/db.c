@@ -33,6 +33,16 @@ tly_ctl_db_connect(const char *dsn, char *err, size_t errcap)
     return conn;
 }
 
+PGconn *
+tly_ctl_db_open(const tly_ctl_settings_t *settings)
+{
+    char err[1024];
+    PGconn *conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err));
+    if (conn == NULL)
+        tly_ctl_error("%s", err);
+    return conn;
+}
+
 PGresult *
 tly_ctl_db_query(PGconn *conn, const char *what, const char *sql, int n, const char *const *params, char *err, size_t errcap)
 {

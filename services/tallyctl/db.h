@@ -5,6 +5,8 @@
 #ifndef TALLYCTL_DB_H
 #define TALLYCTL_DB_H
 
+#include "cli.h"
+
 #include <libpq-fe.h>
 #include <stdio.h>
 
@@ -13,6 +15,9 @@
  * warnings (not notices) on stderr. Returns NULL with `err` set.
  */
 PGconn *tly_ctl_db_connect(const char *dsn, char *err, size_t errcap) __attribute__((warn_unused_result));
+
+/** tly_ctl_db_connect to the settings' database; a failure is reported (tly_ctl_error) and NULL returned. */
+PGconn *tly_ctl_db_open(const tly_ctl_settings_t *settings) __attribute__((warn_unused_result));
 
 /**
  * Runs `sql` with `n` text parameters (NULL elements are SQL NULL). Returns

@@ -52,19 +52,19 @@ tly_ctl_dlq_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, c
 {
     char err[ERR_MAX];
     const char *consumer = tly_ctl_arg(cmd, args, "consumer");
-    PGconn *conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err));
-    if (conn == NULL) {
-        tly_ctl_error("%s", err);
-        return TLY_CTL_FAIL;
-    }
+    int ret = TLY_CTL_FAIL;
+    PGresult *res = NULL;
+    PGconn *conn = tly_ctl_db_open(settings);
+    if (conn == NULL)
+        goto out;
     const char *vals[] = {consumer};
-    PGresult *res = tly_ctl_db_query(conn, "could not list dead letters",
-                                     "SELECT id, consumer, partition, \"offset\", event_id, "
-                                     "coalesce((payload::json)->>'type', '?') AS type, attempts, "
-                                     "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at, "
-                                     "left(error, 80) AS error FROM dead_letters "
-                                     "WHERE $1::text IS NULL OR consumer = $1 ORDER BY id",
-                                     1, vals, err, sizeof(err));
+    res = tly_ctl_db_query(conn, "could not list dead letters",
+                           "SELECT id, consumer, partition, \"offset\", event_id, "
+                           "coalesce((payload::json)->>'type', '?') AS type, attempts, "
+                           "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS created_at, "
+                           "left(error, 80) AS error FROM dead_letters "
+                           "WHERE $1::text IS NULL OR consumer = $1 ORDER BY id",
+                           1, vals, err, sizeof(err));
     if (res == NULL) {
         /* a payload that is not JSON makes the cast fail: list without the type */
         res = tly_ctl_db_query(conn, "could not list dead letters",
@@ -74,13 +74,14 @@ tly_ctl_dlq_list(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, c
     }
     if (res == NULL) {
         tly_ctl_error("%s", err);
-        PQfinish(conn);
-        return TLY_CTL_FAIL;
+        goto out;
     }
     tly_ctl_db_print_table(res, stdout);
+    ret = TLY_CTL_OK;
+out:
     PQclear(res);
     PQfinish(conn);
-    return TLY_CTL_OK;
+    return ret;
 }
 
 int
@@ -89,21 +90,19 @@ tly_ctl_dlq_show(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, c
     char err[ERR_MAX], id[24];
     if (id_arg(args, id, sizeof(id)) != 0)
         return TLY_CTL_USAGE;
-    PGconn *conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err));
-    if (conn == NULL) {
-        tly_ctl_error("%s", err);
-        return TLY_CTL_FAIL;
-    }
+    int ret = TLY_CTL_FAIL;
+    PGresult *res = NULL;
+    PGconn *conn = tly_ctl_db_open(settings);
+    if (conn == NULL)
+        goto out;
     const char *vals[] = {id};
-    PGresult *res = tly_ctl_db_query(conn, "could not read the dead letter",
-                                     "SELECT id, consumer, topic, partition, \"offset\", event_id, attempts, created_at, error, "
-                                     "payload FROM dead_letters WHERE id = $1",
-                                     1, vals, err, sizeof(err));
+    res = tly_ctl_db_query(conn, "could not read the dead letter",
+                           "SELECT id, consumer, topic, partition, \"offset\", event_id, attempts, created_at, error, "
+                           "payload FROM dead_letters WHERE id = $1",
+                           1, vals, err, sizeof(err));
     if (res == NULL || PQntuples(res) != 1) {
         tly_ctl_error("%s", res == NULL ? err : "no such dead letter");
-        PQclear(res);
-        PQfinish(conn);
-        return TLY_CTL_FAIL;
+        goto out;
     }
     for (int c = 0; c < PQnfields(res) - 1; ++c)
         printf("%-11s %s\n", PQfname(res, c), PQgetisnull(res, 0, c) ? "-" : PQgetvalue(res, 0, c));
@@ -118,9 +117,11 @@ tly_ctl_dlq_show(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, c
     } else {
         printf("payload (not JSON):\n%s\n", payload);
     }
+    ret = TLY_CTL_OK;
+out:
     PQclear(res);
     PQfinish(conn);
-    return TLY_CTL_OK;
+    return ret;
 }
 
 static int
@@ -191,11 +192,9 @@ tly_ctl_dlq_retry(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, 
     char err[ERR_MAX], id[24];
     if (id_arg(args, id, sizeof(id)) != 0)
         return TLY_CTL_USAGE;
-    PGconn *conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err));
-    if (conn == NULL) {
-        tly_ctl_error("%s", err);
+    PGconn *conn = tly_ctl_db_open(settings);
+    if (conn == NULL)
         return TLY_CTL_FAIL;
-    }
     int ret = TLY_CTL_FAIL;
     if (tly_pg_exec(conn, "BEGIN", err, sizeof(err)) != 0) {
         tly_ctl_error("%s", err);
@@ -245,11 +244,9 @@ tly_ctl_dlq_discard(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings
     char err[ERR_MAX], id[24];
     if (id_arg(args, id, sizeof(id)) != 0)
         return TLY_CTL_USAGE;
-    PGconn *conn = tly_ctl_db_connect(settings->pg_dsn, err, sizeof(err));
-    if (conn == NULL) {
-        tly_ctl_error("%s", err);
+    PGconn *conn = tly_ctl_db_open(settings);
+    if (conn == NULL)
         return TLY_CTL_FAIL;
-    }
     const char *vals[] = {id};
     PGresult *res =
         tly_ctl_db_query(conn, "could not discard the dead letter",

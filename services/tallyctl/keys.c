@@ -58,18 +58,6 @@ typedef struct st_key_request_t {
     const char *expires_at; /* NULL: never */
 } key_request_t;
 
-static bool
-parse_rate(const char *opt, const char *s, char *err, size_t errcap)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno == 0 && end != s && *end == '\0' && v >= 1 && v <= TLY_CTL_RATE_MAX)
-        return true;
-    snprintf(err, errcap, "invalid value for --%s: \"%s\" is not an integer in [1, %d]", opt, s, TLY_CTL_RATE_MAX);
-    return false;
-}
-
 static int
 read_request(const tly_ctl_cmd_t *cmd, const tly_ctl_args_t *args, key_request_t *req, char *err, size_t errcap)
 {
@@ -99,7 +87,8 @@ read_request(const tly_ctl_cmd_t *cmd, const tly_ctl_args_t *args, key_request_t
         snprintf(err, errcap, "--rate and --burst go together");
         return -1;
     }
-    if (req->rate != NULL && (!parse_rate("rate", req->rate, err, errcap) || !parse_rate("burst", req->burst, err, errcap)))
+    if (req->rate != NULL && (!tly_ctl_int_option("rate", req->rate, 1, TLY_CTL_RATE_MAX, err, errcap) ||
+                              !tly_ctl_int_option("burst", req->burst, 1, TLY_CTL_RATE_MAX, err, errcap)))
         return -1;
     return 0;
 }

@@ -5,7 +5,6 @@
 
 #include "tally/uuid.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -149,18 +148,6 @@ static const char quota_sql[] =
     " FROM old LEFT JOIN upd ON upd.id = old.id";
 /* clang-format on */
 
-static bool
-parse_quota(const char *opt, const char *s, char *err, size_t errcap)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno == 0 && end != s && *end == '\0' && v >= 0 && v <= 100000)
-        return true;
-    snprintf(err, errcap, "invalid value for --%s: \"%s\" is not an integer in [0, 100000]", opt, s);
-    return false;
-}
-
 int
 tly_ctl_tenants_quota(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings, const tly_ctl_args_t *args)
 {
@@ -171,7 +158,7 @@ tly_ctl_tenants_quota(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settin
     PGresult *res = NULL;
     for (size_t i = 0; i < NQUOTAS; ++i) {
         params[1 + i] = tly_ctl_arg(cmd, args, quotas[i].option);
-        if (params[1 + i] != NULL && !parse_quota(quotas[i].option, params[1 + i], err, sizeof(err))) {
+        if (params[1 + i] != NULL && !tly_ctl_int_option(quotas[i].option, params[1 + i], 0, 100000, err, sizeof(err))) {
             tly_ctl_error("%s", err);
             return TLY_CTL_USAGE;
         }

@@ -22,18 +22,23 @@
 /*
  * What one partition's owner last reported (any consumer thread writes,
  * under its own ownership of the partition) and what the watcher made of it
- * (the watcher's thread alone writes seen_offset and progress_us; `stalled`
- * is read by the readiness check).
+ * (the watcher's thread alone writes the rest; `stalled` is read by the
+ * readiness check).
  */
 typedef struct st_part_state_t {
     _Atomic(const void *) owner; /* the consumer instance (its rd_kafka_t) that claimed it last; NULL: none */
     _Atomic int64_t next_offset;
-    _Atomic int64_t lag;     /* -1: no watermark known yet (no fetch answered since the claim counts as lag) */
-    _Atomic unsigned claims; /* bumped by every claim: a claim is progress */
-    unsigned seen_claims;    /* watcher */
-    int64_t seen_offset;     /* watcher */
-    int64_t progress_us;     /* watcher: when the position last moved, or the partition was caught up or claimed */
-    bool tracked;            /* watcher: has a progress-age series */
+    _Atomic int64_t lag;      /* -1: no watermark known yet (no fetch answered since the claim counts as lag) */
+    _Atomic unsigned claims;  /* bumped by every claim: a claim is progress */
+    _Atomic unsigned reports; /* bumped by every report of the position: the consumer's loop runs */
+    /* the watcher's; kept across owners: a claim is no progress, and a partition passed around stays stalled */
+    unsigned seen_claims, seen_reports;
+    int64_t seen_offset;
+    int64_t progress_us; /* when the position last moved, or the partition was caught up */
+    int64_t reported_us; /* when its owner last reported (or claimed it) */
+    int64_t claimed_us;  /* when it was last claimed */
+    bool seen;           /* ever owned */
+    bool tracked;        /* has a progress-age series */
     atomic_bool stalled;
 } part_state_t;
 
@@ -105,13 +110,15 @@ part_state(const char *consumer, int32_t partition)
 }
 
 void
-tly_worker_admin_claimed(const void *owner, const char *consumer, int32_t partition)
+tly_worker_admin_claimed(const void *owner, const char *consumer, int32_t partition, int64_t next_offset)
 {
     part_state_t *ps = part_state(consumer, partition);
     if (ps == NULL)
         return;
     atomic_store(&ps->owner, NULL);
-    atomic_store(&ps->lag, -1);
+    if (atomic_load(&ps->claims) == 0)
+        atomic_store(&ps->lag, -1); /* unknown until a fetch answers; later claims keep the last known */
+    atomic_store(&ps->next_offset, next_offset);
     atomic_fetch_add(&ps->claims, 1);
     atomic_store(&ps->owner, owner);
 }
@@ -132,6 +139,7 @@ tly_worker_admin_position(const void *owner, const char *consumer, int32_t parti
     part_state_t *ps = part_state(consumer, partition);
     if (ps == NULL || atomic_load(&ps->owner) != owner)
         return; /* a fenced former owner that has not seen its revocation yet */
+    atomic_fetch_add(&ps->reports, 1);
     atomic_store(&ps->next_offset, next_offset);
     if (high < 0)
         return;
@@ -187,16 +195,33 @@ tly_worker_admin_watch(int64_t now_us, int64_t stall_us)
                 continue;
             }
             int64_t off = atomic_load(&ps->next_offset), lag = atomic_load(&ps->lag);
-            unsigned claims = atomic_load(&ps->claims);
-            if (!ps->tracked || resumed || claims != ps->seen_claims || off != ps->seen_offset || lag == 0) {
+            unsigned claims = atomic_load(&ps->claims), reports = atomic_load(&ps->reports);
+            if (!ps->seen || resumed) {
+                ps->seen = true;
+                ps->seen_offset = off;
+                ps->progress_us = ps->reported_us = ps->claimed_us = now_us;
+            }
+            if (claims != ps->seen_claims) { /* where the claim put it (the stored position): no move of its own */
                 ps->seen_claims = claims;
+                ps->seen_offset = off;
+                ps->reported_us = ps->claimed_us = now_us;
+            }
+            if (off != ps->seen_offset || lag == 0) {
                 ps->seen_offset = off;
                 ps->progress_us = now_us;
             }
+            if (reports != ps->seen_reports) {
+                ps->seen_reports = reports;
+                ps->reported_us = now_us;
+            }
             ps->tracked = true;
-            int64_t age = now_us - ps->progress_us;
+            /* a consumer whose loop stopped reporting (blocked, or its thread stopped) is not caught up, whatever it said */
+            int64_t age = now_us - ps->progress_us, silent = now_us - ps->reported_us;
+            if (silent > age)
+                age = silent;
             tly_gauge_set(tly_metric_s2(age_gauge, consumers.names[c], part_s), (double)age / 1e6);
-            bool stalled = lag != 0 && age >= stall_us, was = atomic_load(&ps->stalled);
+            bool has_lag = lag > 0 || (lag < 0 && now_us - ps->claimed_us >= stall_us);
+            bool stalled = (has_lag || silent >= stall_us) && age >= stall_us, was = atomic_load(&ps->stalled);
             if (stalled == was)
                 continue;
             atomic_store(&ps->stalled, stalled);

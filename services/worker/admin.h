@@ -41,8 +41,13 @@ void tly_worker_admin_assigned(const char *consumer, bool assigned);
  * one name run in a process); a partition's reports count only from the
  * instance that claimed it last.
  */
-/** `owner` claimed `partition` (a claim counts as progress; its lag is unknown until a fetch answers). */
-void tly_worker_admin_claimed(const void *owner, const char *consumer, int32_t partition);
+/**
+ * `owner` claimed `partition` at `next_offset` (its stored position). A claim
+ * is no progress: a stuck partition passed from consumer to consumer stays
+ * stalled. Its lag is unknown until the first fetch answers (then: the last
+ * one known).
+ */
+void tly_worker_admin_claimed(const void *owner, const char *consumer, int32_t partition, int64_t next_offset);
 /** `owner` gave `partition` up: unless another instance claimed it since, its lag and progress series go, and a stall of it. */
 void tly_worker_admin_released(const void *owner, const char *consumer, int32_t partition);
 
@@ -60,8 +65,11 @@ void tly_worker_admin_position(const void *owner, const char *consumer, int32_t 
 /**
  * One pass of the progress watch (the admin's watcher thread runs it once a
  * second; tests call it with their own clock): a partition owned by a
- * consumer makes progress when its position moves, it is caught up (lag 0)
- * or it is claimed; one with lag and no progress for `stall_us` is stalled,
+ * consumer makes progress when its position moves or it is caught up (lag
+ * 0); one with lag (or a lag still unknown `stall_us` after its claim) and
+ * no progress for `stall_us` is stalled,
+ * and so is one whose consumer has not reported at all for `stall_us` (its
+ * loop is blocked or its thread stopped: what it last said is stale),
  * logged once ("partition makes no progress; not ready", error) and once more
  * when it moves again. Sets tally_consumer_progress_age_seconds. A pass more
  * than 5 s after the previous one (the process was stopped) restarts every

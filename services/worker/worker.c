@@ -154,14 +154,16 @@ consumer_cfg(tly_consumer_config_t *c, const tly_worker_config_t *cfg, const cha
     };
 }
 
+/* Starts a role's thread, named `name` (at most 15 bytes: top -H, /proc/<pid>/task/<tid>/comm, the pause tests). */
 static int
-spawn(tly_worker_t *w, void *(*fn)(void *), void *arg, char *err, size_t errcap)
+spawn(tly_worker_t *w, const char *name, void *(*fn)(void *), void *arg, char *err, size_t errcap)
 {
     int e = pthread_create(&w->threads[w->nthreads], NULL, fn, arg);
     if (e != 0) {
         snprintf(err, errcap, "could not start a thread: %s", strerror(e));
         return -1;
     }
+    (void)pthread_setname_np(w->threads[w->nthreads], name);
     w->nthreads++;
     return 0;
 }
@@ -176,7 +178,7 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
         consumer_cfg(&w->decider.cfg, cfg, "tally-decider", stop);
         w->decider.cfg.prefetch_kbytes = DECIDER_PREFETCH_KB;
         tly_decider_role_init(&w->decider.handler, &w->decider_role, cfg->topic);
-        if (spawn(w, run_consumer, &w->decider, err, errcap) != 0)
+        if (spawn(w, "decider", run_consumer, &w->decider, err, errcap) != 0)
             goto fail;
     }
     if (roles & TLY_ROLE_SAGA) {
@@ -184,12 +186,13 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
         consumer_cfg(&w->saga.cfg, cfg, "tally-saga", stop);
         tly_saga_role_init(&w->saga.handler, &w->saga_role, cfg->topic, &saga);
         w->timer_cfg = (tly_saga_timer_config_t){.pg_dsn = cfg->pg_dsn, .topic = cfg->topic, .saga = saga, .stop = stop};
-        if (spawn(w, run_consumer, &w->saga, err, errcap) != 0 || spawn(w, run_saga_timer, w, err, errcap) != 0)
+        if (spawn(w, "saga", run_consumer, &w->saga, err, errcap) != 0 ||
+            spawn(w, "saga-timer", run_saga_timer, w, err, errcap) != 0)
             goto fail;
     }
     if (roles & (TLY_ROLE_DECIDER | TLY_ROLE_SAGA)) { /* both write the outbox */
         w->relay_cfg = (tly_relay_config_t){.brokers = cfg->brokers, .pg_dsn = cfg->pg_dsn, .stop = stop};
-        if (spawn(w, run_relay, w, err, errcap) != 0)
+        if (spawn(w, "relay", run_relay, w, err, errcap) != 0)
             goto fail;
     }
     if (roles & TLY_ROLE_PROJECTOR) {
@@ -207,7 +210,9 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
                 t->cfg.join_after_max_ms = JOIN_AFTER_MAX_MS;
             }
             tly_projector_role_init(&t->handler);
-            if (spawn(w, run_consumer, t, err, errcap) != 0)
+            char name[16];
+            snprintf(name, sizeof(name), "projector-%d", i);
+            if (spawn(w, name, run_consumer, t, err, errcap) != 0)
                 goto fail;
         }
     }
@@ -229,7 +234,8 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
             .max_in_flight = cfg->webhook_max_in_flight,
             .stop = stop,
         };
-        if (spawn(w, run_consumer, &w->webhooks, err, errcap) != 0 || spawn(w, run_webhook_sender, w, err, errcap) != 0)
+        if (spawn(w, "webhooks", run_consumer, &w->webhooks, err, errcap) != 0 ||
+            spawn(w, "webhook-sender", run_webhook_sender, w, err, errcap) != 0)
             goto fail;
     }
     if (roles & TLY_ROLE_RETENTION) {
@@ -240,7 +246,7 @@ tly_worker_start(const tly_worker_config_t *cfg, unsigned roles, atomic_bool *st
             .command_retention_s = cfg->command_retention_s,
             .stop = stop,
         };
-        if (spawn(w, run_retention, w, err, errcap) != 0)
+        if (spawn(w, "retention", run_retention, w, err, errcap) != 0)
             goto fail;
     }
     return w;

@@ -69,11 +69,15 @@ check "nginx's own variables are left alone" grep -qF 'map $request_method $tall
 check "the upstreams are the given ones" grep -q "server 127.0.0.1:$cport;" "$conf"
 
 sh "$root/deploy/docker/gateway.sh" >"$tmp/stdout" 2>"$tmp/stderr" & pids+=($!)
-up() { curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$gport/healthz" 2>/dev/null; }
+# through to the stub (the gateway answers its own /healthz)
+up() { curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$gport/v1/up" 2>/dev/null; }
 for _ in $(seq 300); do up && break; sleep 0.1; done # a loaded machine starts nginx slowly
 base=http://127.0.0.1:$gport
 check "GET goes to the query API" test "$(curl -sS "$base/v1/accounts/x")" = "query GET /v1/accounts/x"
-check "HEAD goes to the query API" bash -c "curl -sSI '$base/healthz' | grep -q '^HTTP/1.1 200'"
+check "HEAD goes to the query API" bash -c "curl -sSI '$base/v1/accounts' | grep -q '^HTTP/1.1 200'"
+check "the gateway answers its own /healthz" test "$(curl -sS "$base/healthz")" = '{"status":"ok"}'
+check "its own errors are problem+json" bash -c "curl -sS -X POST --data-binary @<(head -c 100000 /dev/zero) \
+    -H 'Content-Type: application/json' '$base/v1/accounts' | grep -q '\"status\":413'"
 check "POST goes to the command API" test "$(curl -sS -X POST -d '{}' "$base/v1/accounts")" = "command POST /v1/accounts"
 check "DELETE goes to the command API" test "$(curl -sS -X DELETE "$base/v1/x")" = "command DELETE /v1/x"
 check "the access log goes to stdout" grep -q '"POST /v1/accounts HTTP/1.1" 200' "$tmp/stdout"

@@ -45,9 +45,10 @@ record_state(const char *job_id)
 }
 
 static pid_t
-start_api(int port, char *log_path)
+start_api(int port, int admin_port, char *log_path)
 {
-    char bin[512], portbuf[16];
+    char bin[512], portbuf[16], adminbuf[16];
+    snprintf(adminbuf, sizeof(adminbuf), "%d", admin_port);
     snprintf(bin, sizeof(bin), "%s/tally-command-api", tly_test_env("TALLY_BIN"));
     snprintf(portbuf, sizeof(portbuf), "%d", port);
     snprintf(log_path, 512, "%s/log/shutdown-test-command-api.log", tly_test_env("TALLY_VAR"));
@@ -59,7 +60,7 @@ start_api(int port, char *log_path)
         setenv("TALLY_PG_DSN", tly_test_env("TALLY_PG_DSN"), 1);
         setenv("TALLY_KAFKA_BROKERS", tly_test_env("TALLY_KAFKA_BROKERS"), 1);
         setenv("TALLY_HTTP_PORT", portbuf, 1);
-        setenv("TALLY_ADMIN_PORT", "0", 1); /* no admin listener: the stack's API holds its port */
+        setenv("TALLY_ADMIN_PORT", adminbuf, 1); /* a free one: health is on the admin port only */
         execl(bin, bin, (char *)NULL);
         _exit(127);
     }
@@ -109,11 +110,16 @@ wait_ready(const char *base)
 static void
 test_sigterm_answers_in_flight_and_exits(void **state)
 {
-    char base[64], log_path[512], auth[256], account_url[256];
-    int port = tly_test_free_port();
+    char base[64], admin[64], log_path[512], auth[256], account_url[256];
+    int port = tly_test_free_port(), admin_port = tly_test_free_port();
     snprintf(base, sizeof(base), "http://127.0.0.1:%d", port);
-    pid_t pid = start_api(port, log_path);
-    assert_true(wait_ready(base));
+    snprintf(admin, sizeof(admin), "http://127.0.0.1:%d", admin_port);
+    pid_t pid = start_api(port, admin_port, log_path);
+    if (!wait_ready(admin)) {
+        kill(pid, SIGKILL); /* never left running past the test */
+        waitpid(pid, NULL, 0);
+        fail_msg("the command API never became ready on its admin port; see %s", log_path);
+    }
     sleep(1); /* the keys this test uses are loaded by now */
 
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", key);

@@ -40,12 +40,12 @@ static pid_t frozen_pid;
 static char nft_table[64];
 static int deadline_ms;
 
-/* GET /readyz straight on the command API until it answers `want` (bounded). */
+/* GET /readyz on the command API's admin port until it answers `want` (bounded). */
 static bool
 ready_becomes(long want, int timeout_ms)
 {
     char *saved = strdup(tly_test_env("TALLY_URL"));
-    setenv("TALLY_URL", tly_test_env("TALLY_COMMAND_URL"), 1);
+    setenv("TALLY_URL", tly_test_env("TALLY_COMMAND_ADMIN_URL"), 1);
     bool seen = false;
     for (int waited = 0; waited <= timeout_ms && !seen; waited += 200) {
         tly_test_response_t r = tly_test_request("GET", "/readyz", NULL, NULL, NULL);

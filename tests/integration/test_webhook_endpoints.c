@@ -19,6 +19,8 @@
 #include "tly_test_http.h"
 #include "tly_test_util.h"
 
+#include "tally/secretbox.h"
+
 #include <curl/curl.h>
 #include <libpq-fe.h>
 #include <openssl/evp.h>
@@ -35,6 +37,17 @@ static char key_a[128], key_b[128], key_read[128], key_write_only[128], tenant_a
 static PGconn *db;
 
 /* --- helpers ----------------------------------------------------------------- */
+
+/* A stored secret of endpoint `id` opened with the stack's TALLY_SECRET_KEYS (a static buffer). */
+static const char *
+opened(const char *stored, const char *id)
+{
+    static char plain[TLY_SECRETBOX_SEALED_MAX];
+    char err[256];
+    if (tly_secretbox_open(stored, id, plain, sizeof(plain), err, sizeof(err)) != 0)
+        fail_msg("secret of %s does not open: %s", id, err);
+    return plain;
+}
 
 static const char *
 jstr(const json_t *o, const char *k)
@@ -165,9 +178,10 @@ test_create_shows_secret_once(void **state)
     assert_true(json_is_null(json_object_get(ep, "previous_secret_expires_at")));
     assert_int_equal(json_integer_value(json_object_get(ep, "version")), 1);
 
-    /* what is stored is what was shown, and the endpoint belongs to the caller's tenant */
+    /* what is stored is what was shown, sealed (never the plaintext), and the endpoint belongs to the caller's tenant */
     sql_value(db_secret, sizeof(db_secret), "SELECT secret FROM webhook_endpoints WHERE id = '%s'", jstr(ep, "id"));
-    assert_string_equal(db_secret, jstr(ep, "secret"));
+    assert_int_equal(strncmp(db_secret, TLY_SECRETBOX_PREFIX, strlen(TLY_SECRETBOX_PREFIX)), 0);
+    assert_string_equal(opened(db_secret, jstr(ep, "id")), jstr(ep, "secret"));
     sql_value(db_secret, sizeof(db_secret), "SELECT tenant_id FROM webhook_endpoints WHERE id = '%s'", jstr(ep, "id"));
     assert_string_equal(db_secret, tenant_a);
 
@@ -387,9 +401,9 @@ test_rotate_secret(void **state)
 
     /* the old secret still signs, for 24 h from now */
     sql_value(value, sizeof(value), "SELECT previous_secret FROM webhook_endpoints WHERE id = '%s'", id);
-    assert_string_equal(value, jstr(ep, "secret"));
+    assert_string_equal(opened(value, id), jstr(ep, "secret"));
     sql_value(value, sizeof(value), "SELECT secret FROM webhook_endpoints WHERE id = '%s'", id);
-    assert_string_equal(value, first_rotation);
+    assert_string_equal(opened(value, id), first_rotation);
     sql_value(value, sizeof(value),
               "SELECT previous_secret_expires_at - now() BETWEEN interval '23 hours 59 minutes' AND interval '24 hours' "
               "FROM webhook_endpoints WHERE id = '%s'",
@@ -408,7 +422,7 @@ test_rotate_secret(void **state)
     assert_string_not_equal(jstr(r.json, "secret"), first_rotation);
     tly_test_response_free(&r);
     sql_value(value, sizeof(value), "SELECT previous_secret FROM webhook_endpoints WHERE id = '%s'", id);
-    assert_string_equal(value, first_rotation);
+    assert_string_equal(opened(value, id), first_rotation);
     expect("POST", path, key_a, "{\"secret\":\"whsec_mine\"}", 422, "validation_failed");
     free(first_rotation);
     json_decref(ep);
@@ -426,8 +440,9 @@ discard(char *p, size_t size, size_t n, void *ud)
 static pid_t
 start_api(const char *allow, char *base, size_t cap)
 {
-    char bin[512], port[16], log_path[512];
-    int p = tly_test_free_port();
+    char bin[512], port[16], admin[16], log_path[512];
+    int p = tly_test_free_port(), a = tly_test_free_port();
+    snprintf(admin, sizeof(admin), "%d", a);
     snprintf(bin, sizeof(bin), "%s/tally-command-api", tly_test_env("TALLY_BIN"));
     snprintf(port, sizeof(port), "%d", p);
     snprintf(log_path, sizeof(log_path), "%s/log/webhook-test-command-api.log", tly_test_env("TALLY_VAR"));
@@ -440,8 +455,9 @@ start_api(const char *allow, char *base, size_t cap)
         setenv("TALLY_PG_DSN", tly_test_env("TALLY_PG_DSN"), 1);
         setenv("TALLY_KAFKA_BROKERS", tly_test_env("TALLY_KAFKA_BROKERS"), 1);
         setenv("TALLY_HTTP_PORT", port, 1);
-        setenv("TALLY_ADMIN_PORT", "0", 1);
+        setenv("TALLY_ADMIN_PORT", admin, 1); /* /readyz is on the admin port only */
         setenv("TALLY_WEBHOOK_ALLOW_PRIVATE", allow, 1);
+        setenv("TALLY_SECRET_KEYS", tly_test_env("TALLY_SECRET_KEYS"), 1);
         execl(bin, bin, (char *)NULL);
         _exit(127);
     }
@@ -452,7 +468,7 @@ start_api(const char *allow, char *base, size_t cap)
         CURL *c = curl_easy_init();
         char url[256];
         long status = 0;
-        snprintf(url, sizeof(url), "%s/readyz", base);
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d/readyz", a);
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
         if (curl_easy_perform(c) == CURLE_OK)
@@ -461,8 +477,11 @@ start_api(const char *allow, char *base, size_t cap)
         if (status == 200)
             break;
         tly_test_sleep_ms(100);
-        if (i == 149)
+        if (i == 149) {
+            kill(pid, SIGKILL); /* never left running past the test */
+            waitpid(pid, NULL, 0);
             fail_msg("the command API at %s never became ready; see %s", base, log_path);
+        }
     }
     setenv("TALLY_URL", saved, 1);
     free((void *)saved);
@@ -854,6 +873,10 @@ setup(void **state)
     setenv("TALLY_PG_DSN", tly_test_env("TALLY_PG_DSN"), 1);
     setenv("TALLY_BIN", tly_test_env("TALLY_BIN"), 1);
     setenv("TALLY_URL", tly_test_env("TALLY_URL"), 1); /* start_api swaps it */
+    const char *keys = tly_test_env("TALLY_SECRET_KEYS");
+    char err[256];
+    if (keys == NULL || tly_secretbox_configure(keys, err, sizeof(err)) != 1)
+        return -1;
     curl_global_init(CURL_GLOBAL_ALL);
     db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
     if (PQstatus(db) != CONNECTION_OK)

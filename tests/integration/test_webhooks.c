@@ -35,6 +35,8 @@
 #include "tly_test_sql.h"
 #include "tly_test_util.h"
 
+#include "tally/secretbox.h"
+
 #include <fcntl.h>
 #include <libpq-fe.h>
 #include <signal.h>
@@ -96,12 +98,16 @@ add_endpoint(const char *path, const char *url, const char *types, const char *s
         snprintf(full, sizeof(full), "http://127.0.0.1:%d%s", tly_test_receiver_port(rx), path);
     else
         snprintf(full, sizeof(full), "%s", url);
-    const char *vals[] = {tenant_id, full, types, secret, previous, previous_expires};
-    sql_text(id, 64,
-             "INSERT INTO webhook_endpoints (id, tenant_id, url, event_types, secret, previous_secret, "
-             "previous_secret_expires_at) VALUES (gen_random_uuid(), $1, $2, $3::text[], $4, $5, now() + $6::interval) "
-             "RETURNING id",
-             6, vals);
+    /* stored as the command API stores them: sealed with the stack's key, bound to the endpoint id */
+    char sealed[TLY_SECRETBOX_SEALED_MAX], sealed_prev[TLY_SECRETBOX_SEALED_MAX];
+    sql_text(id, 64, "SELECT gen_random_uuid()", 0, NULL);
+    assert_int_equal(tly_secretbox_seal(secret, id, sealed, sizeof(sealed)), 0);
+    if (previous != NULL)
+        assert_int_equal(tly_secretbox_seal(previous, id, sealed_prev, sizeof(sealed_prev)), 0);
+    const char *vals[] = {id, tenant_id, full, types, sealed, previous != NULL ? sealed_prev : NULL, previous_expires};
+    PQclear(sql("INSERT INTO webhook_endpoints (id, tenant_id, url, event_types, secret, previous_secret, "
+                "previous_secret_expires_at) VALUES ($1::uuid, $2, $3, $4::text[], $5, $6, now() + $7::interval)",
+                7, vals));
 }
 
 static void
@@ -314,7 +320,7 @@ setup(void **state)
     char tenant[320], path[128];
     bin_dir = tly_test_env("TALLY_BIN");
     var_dir = tly_test_env("TALLY_VAR");
-    static const char *const pass[] = {"TALLY_BIN", "TALLY_PG_DSN", "TALLY_KAFKA_BROKERS", "TALLY_KAFKA_TOPIC"};
+    static const char *const pass[] = {"TALLY_BIN", "TALLY_PG_DSN", "TALLY_KAFKA_BROKERS", "TALLY_KAFKA_TOPIC", "TALLY_SECRET_KEYS"};
     for (size_t i = 0; i < sizeof(pass) / sizeof(pass[0]); ++i) /* for tallyctl and our workers */
         setenv(pass[i], tly_test_env(pass[i]), 1);
     db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
@@ -329,6 +335,10 @@ setup(void **state)
     stack_argv = tly_test_read_nul_vector(path);
     snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
     stack_envp = tly_test_read_nul_vector(path);
+    char err[256];
+    const char *keys = tly_test_env("TALLY_SECRET_KEYS");
+    if (keys == NULL || tly_secretbox_configure(keys, err, sizeof(err)) != 1)
+        return -1;
     assert_non_null(stack_argv);
     const char *no_hooks[] = {"TALLY_WORKER_ROLES=decider,saga,projector", NULL};
     restart_stack_worker(no_hooks);

@@ -114,15 +114,22 @@ on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 tly_test_response_t
 tly_test_request(const char *method, const char *path, const char *key, const char *body, const char *const *headers)
 {
-    tly_test_response_t r = {0};
-    buf_t b = {0}, h = {0};
-    char url[1024], auth[256];
+    char url[1024];
     const char *base = tly_test_env("TALLY_URL");
     if (base == NULL) {
         fprintf(stderr, "TALLY_URL is not set (and no TALLY_TEST_ENV file gives it)\n");
         abort();
     }
     snprintf(url, sizeof(url), "%s%s", base, path);
+    return tly_test_request_url(method, url, key, body, headers);
+}
+
+tly_test_response_t
+tly_test_request_url(const char *method, const char *url, const char *key, const char *body, const char *const *headers)
+{
+    tly_test_response_t r = {0};
+    buf_t b = {0}, h = {0};
+    char auth[256];
     CURL *c = curl_easy_init();
     struct curl_slist *list = NULL;
     if (key != NULL) {

@@ -28,6 +28,9 @@ const char *tly_test_env(const char *name);
  */
 tly_test_response_t tly_test_request(const char *method, const char *path, const char *key, const char *body,
                                      const char *const *headers);
+/** tly_test_request to a whole URL (another service's port, e.g. a worker's admin endpoint). */
+tly_test_response_t tly_test_request_url(const char *method, const char *url, const char *key, const char *body,
+                                         const char *const *headers);
 void tly_test_response_free(tly_test_response_t *r);
 
 /** The value of response header `name` (lower case), copied into `out`; false when absent. */

@@ -2,7 +2,9 @@
  * Table-driven configuration. Each service declares one table of settings
  * (name, environment variable, type, default, bounds, help); values come from
  * the environment, then from `--name=value` flags; `--help` is generated from
- * the table. A bad value is reported with the key that holds it.
+ * the table. A bad value is reported with the key that holds it. One setting
+ * has one flag name in every service; a renamed flag keeps working under its
+ * old name (`old_name`), with a deprecation line in `--help`.
  */
 #ifndef TALLY_CONFIG_H
 #define TALLY_CONFIG_H
@@ -26,6 +28,7 @@ typedef struct st_tly_config_def_t {
     int64_t min, max;   /* bounds for TLY_CONFIG_INT */
     size_t offset;      /* offsetof the field in the service's config struct */
     const char *help;
+    const char *old_name; /* NULL, or a former flag name that still works (--help says it is deprecated) */
 } tly_config_def_t;
 
 /**

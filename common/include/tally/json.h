@@ -39,4 +39,13 @@ const char *tly_json_str(const json_t *obj, const char *key);
  */
 char *tly_json_dump(const json_t *v);
 
+/**
+ * Copies JSON text `in` (`len` bytes) into `out` (at least `len` bytes)
+ * without the whitespace between tokens, so that text PostgreSQL wrote
+ * (`{"id" : "x", "n" : 1}`) reads like tly_json_dump's (`{"id":"x","n":1}`):
+ * one JSON style for every API. Strings are copied as they are. Returns the
+ * length written.
+ */
+size_t tly_json_compact(const char *in, size_t len, char *out);
+
 #endif

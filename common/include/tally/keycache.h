@@ -46,7 +46,8 @@ typedef struct st_tly_principal_t {
     bool contract;
     int64_t rate, burst;
     int64_t expires_us;
-    void *entry; /* the cache entry, for the rate limiter */
+    int max_long_polls; /* the tenant's quota of concurrent Prefer: wait requests (per instance) */
+    void *entry;        /* the cache entry, for the rate limiter */
 } tly_principal_t;
 
 /** What the cache knows of one key. */
@@ -58,6 +59,7 @@ typedef struct st_tly_key_attrs_t {
     bool contract; /* rate and burst are a contract's, not the tier's */
     int64_t rate, burst;
     int64_t expires_us; /* wall clock microseconds; 0: never expires */
+    int max_long_polls; /* the tenant's quota (tenants.max_long_polls) */
     bool revoked;
 } tly_key_attrs_t;
 

@@ -18,9 +18,8 @@
 static tly_verdict_t
 decider_classify(void *ctx, const tly_envelope_t *env)
 {
-    if (!tly_decider_is_request(env->type))
-        return TLY_VERDICT_IGNORE; /* outcomes and other aggregates' events: not ours */
-    return env->version > tly_catalogue_latest_version(env->type) ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
+    /* outcomes and other aggregates' events are not ours */
+    return tly_consumer_verdict(tly_decider_is_request(env->type), env, tly_catalogue_latest_version(env->type));
 }
 
 static void

@@ -50,9 +50,7 @@ out:
 static tly_verdict_t
 projector_classify(void *ctx, const tly_envelope_t *env)
 {
-    if (!tly_projection_knows(env->type))
-        return TLY_VERDICT_IGNORE;
-    return env->version > tly_projection_max_version(env->type) ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
+    return tly_consumer_verdict(tly_projection_knows(env->type), env, tly_projection_max_version(env->type));
 }
 
 static int

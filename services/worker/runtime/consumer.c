@@ -293,6 +293,14 @@ wait_join_turn(const tly_consumer_config_t *cfg)
     }
 }
 
+tly_verdict_t
+tly_consumer_verdict(bool handles, const tly_envelope_t *env, int max_version)
+{
+    if (!handles)
+        return TLY_VERDICT_IGNORE;
+    return env->version > max_version ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
+}
+
 int
 tly_consumer_run(const tly_consumer_config_t *cfg, const tly_consumer_handler_t *handler)
 {

@@ -29,6 +29,13 @@ typedef enum en_tly_verdict_t {
     TLY_VERDICT_TOO_NEW, /* a schema version this worker does not know: pause the partition */
 } tly_verdict_t;
 
+/**
+ * The usual classification: an event of a type the role does not `handle` is
+ * ignored; one whose version is above `max_version` (what this binary reads)
+ * is too new; anything else is applied.
+ */
+tly_verdict_t tly_consumer_verdict(bool handles, const tly_envelope_t *env, int max_version);
+
 /** One Kafka record as the handler sees it; everything is borrowed for the call. */
 typedef struct st_tly_consumer_msg_t {
     rd_kafka_message_t *rkm;

@@ -42,7 +42,7 @@ claim(consumer_t *c, rd_kafka_topic_partition_list_t *list, char *err, size_t er
         return -1;
     }
     for (int i = 0; i < list->cnt; ++i)
-        tly_worker_admin_claimed(c->rk, c->h->name, list->elems[i].partition);
+        tly_worker_admin_claimed(c->rk, c->h->name, list->elems[i].partition, list->elems[i].offset);
     return 0;
 }
 

@@ -12,9 +12,7 @@
 static tly_verdict_t
 saga_classify(void *ctx, const tly_envelope_t *env)
 {
-    if (!tly_saga_handles(env->type))
-        return TLY_VERDICT_IGNORE;
-    return env->version > tly_catalogue_latest_version(env->type) ? TLY_VERDICT_TOO_NEW : TLY_VERDICT_APPLY;
+    return tly_consumer_verdict(tly_saga_handles(env->type), env, tly_catalogue_latest_version(env->type));
 }
 
 /* Advances the event's saga once (the consumer dedups by event id; saga.c ignores what does not fit the state). */

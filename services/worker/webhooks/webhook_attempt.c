@@ -1,5 +1,8 @@
 /* The webhook sender: one attempt with libcurl (transport options, headers, body, its end). See webhook_sender_internal.h. */
 #include "webhook_sender_internal.h"
+#include "tally/secretbox.h"
+
+#include <openssl/crypto.h>
 
 /* --- one attempt ----------------------------------------------------------- */
 
@@ -98,7 +101,18 @@ tly_webhook_sender__start(sender_t *s, PGresult *res, int row)
         f->guard.refused = true;
         return;
     }
-    if (tly_webhook_signature_header(secret, previous, f->id, ts_s, f->payload, len, sig, sizeof(sig)) != 0) {
+    /* the secrets are sealed at rest (tally/secretbox.h), bound to the endpoint */
+    char plain[TLY_SECRETBOX_SEALED_MAX], plain_prev[TLY_SECRETBOX_SEALED_MAX];
+    if (tly_secretbox_open(secret, f->endpoint, plain, sizeof(plain), err, sizeof(err)) != 0 ||
+        (previous != NULL && tly_secretbox_open(previous, f->endpoint, plain_prev, sizeof(plain_prev), err, sizeof(err)) != 0)) {
+        finish_now(s, f, err);
+        return;
+    }
+    int signed_ok = tly_webhook_signature_header(plain, previous != NULL ? plain_prev : NULL, f->id, ts_s, f->payload, len, sig,
+                                                 sizeof(sig));
+    OPENSSL_cleanse(plain, sizeof(plain));
+    OPENSSL_cleanse(plain_prev, sizeof(plain_prev));
+    if (signed_ok != 0) {
         finish_now(s, f, "the endpoint's secret is malformed");
         return;
     }

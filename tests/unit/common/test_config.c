@@ -88,6 +88,32 @@ test_help(void **state)
     assert_non_null(strstr(buf, "1..65535"));
 }
 
+/* A renamed flag keeps working under its old name, and --help says the old name is deprecated. */
+static void
+test_old_name(void **state)
+{
+    static const tly_config_def_t renamed[] = {
+        {"kafka-topic", "TEST_TOPIC", TLY_CONFIG_STRING, "t.default", 0, 0, offsetof(cfg_t, dsn), "the topic", "topic"},
+    };
+    cfg_t cfg;
+    char err[256];
+    memset(&cfg, 0, sizeof(cfg));
+    char *old[] = {"prog", "--topic=t.old"};
+    assert_int_equal(tly_config_load(renamed, 1, &cfg, 2, old, "usage: test", stdout, err, sizeof(err)), 0);
+    assert_string_equal(cfg.dsn, "t.old");
+    tly_config_free(renamed, 1, &cfg);
+    char *now[] = {"prog", "--kafka-topic=t.new"};
+    assert_int_equal(tly_config_load(renamed, 1, &cfg, 2, now, "usage: test", stdout, err, sizeof(err)), 0);
+    assert_string_equal(cfg.dsn, "t.new");
+    tly_config_free(renamed, 1, &cfg);
+    char buf[1024] = "";
+    FILE *f = fmemopen(buf, sizeof(buf), "w");
+    tly_config_print_help(renamed, 1, "usage: test", f);
+    fclose(f);
+    assert_non_null(strstr(buf, "--kafka-topic=VALUE"));
+    assert_non_null(strstr(buf, "--topic: deprecated name of --kafka-topic"));
+}
+
 int
 main(void)
 {
@@ -95,6 +121,7 @@ main(void)
         cmocka_unit_test(test_env_then_flags),
         cmocka_unit_test(test_errors_name_the_key),
         cmocka_unit_test(test_help),
+        cmocka_unit_test(test_old_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -65,6 +65,21 @@ test_depth_limit(void **state)
     json_decref(v);
 }
 
+/* PostgreSQL's JSON text in the command API's style: no whitespace between tokens, strings untouched. */
+static void
+test_compact(void **state)
+{
+    const char *pg = "{\"id\" : \"a b\", \"q\" : \"x \\\" : y\", \"n\" : [1, \n 2], \"o\" : {}}";
+    char out[128];
+    size_t n = tly_json_compact(pg, strlen(pg), out);
+    out[n] = '\0';
+    assert_string_equal(out, "{\"id\":\"a b\",\"q\":\"x \\\" : y\",\"n\":[1,2],\"o\":{}}");
+    json_t *a = json_loads(pg, 0, NULL), *b = json_loads(out, 0, NULL);
+    assert_true(json_equal(a, b));
+    json_decref(a);
+    json_decref(b);
+}
+
 int
 main(void)
 {
@@ -73,6 +88,7 @@ main(void)
         cmocka_unit_test(test_rejects_duplicates),
         cmocka_unit_test(test_rejects_syntax_and_utf8),
         cmocka_unit_test(test_depth_limit),
+        cmocka_unit_test(test_compact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -95,8 +95,9 @@ static int owner_a, owner_b; /* two instances of one consumer name, as the proje
 static void
 stall_then_recover(void)
 {
-    tly_worker_admin_claimed(&owner_a, "projector", 4);
-    tly_worker_admin_position(&owner_a, "projector", 4, 100, 150);
+    tly_worker_admin_claimed(&owner_a, "projector", 4, 99);
+    run_for(1);
+    tly_worker_admin_position(&owner_a, "projector", 4, 100, 150); /* moved: the clock starts at the next pass */
     run_for(29);
     assert_int_equal(stalled("projector", NULL), 0);
     run_for(2);
@@ -123,7 +124,7 @@ static void
 test_age_metric_follows_progress(void **state)
 {
     (void)state;
-    tly_worker_admin_claimed(&owner_a, "saga", 2);
+    tly_worker_admin_claimed(&owner_a, "saga", 2, 10);
     tly_worker_admin_position(&owner_a, "saga", 2, 10, 20);
     run_for(1);
     assert_true(age_metric("saga", 2) == 0);
@@ -141,9 +142,11 @@ static void
 test_caught_up_is_no_stall(void **state)
 {
     (void)state;
-    tly_worker_admin_claimed(&owner_a, "webhooks", 1);
-    tly_worker_admin_position(&owner_a, "webhooks", 1, 500, 500);
-    run_for(120);
+    tly_worker_admin_claimed(&owner_a, "webhooks", 1, 500);
+    for (int i = 0; i < 120; ++i) { /* the loop reports every pass, caught up all along */
+        tly_worker_admin_position(&owner_a, "webhooks", 1, 500, 500);
+        run_for(1);
+    }
     assert_int_equal(stalled("webhooks", NULL), 0);
     tly_worker_admin_released(&owner_a, "webhooks", 1);
 }
@@ -153,11 +156,11 @@ static void
 test_never_fetched_is_a_stall(void **state)
 {
     (void)state;
-    tly_worker_admin_claimed(&owner_a, "decider", 7);
+    tly_worker_admin_claimed(&owner_a, "decider", 7, 42);
     tly_worker_admin_position(&owner_a, "decider", 7, 42, -1);
     run_for(31);
     assert_int_equal(stalled("decider", "consumer_decider_partition_7_progressing"), 1);
-    tly_worker_admin_claimed(&owner_a, "decider", 7); /* claimed again: progress */
+    tly_worker_admin_claimed(&owner_a, "decider", 7, 42); /* claimed again: unknown for less than the stall time */
     run_for(1);
     assert_int_equal(stalled("decider", NULL), 0);
     tly_worker_admin_released(&owner_a, "decider", 7);
@@ -169,9 +172,9 @@ static void
 test_only_the_last_claimer_counts(void **state)
 {
     (void)state;
-    tly_worker_admin_claimed(&owner_b, "projector", 5);
+    tly_worker_admin_claimed(&owner_b, "projector", 5, 18551);
     tly_worker_admin_position(&owner_b, "projector", 5, 18551, 77098);
-    tly_worker_admin_claimed(&owner_a, "projector", 5);
+    tly_worker_admin_claimed(&owner_a, "projector", 5, 18551);
     tly_worker_admin_position(&owner_a, "projector", 5, 18551, 77098);
     tly_worker_admin_released(&owner_b, "projector", 5); /* B's late revocation: not B's any more */
     for (int i = 0; i < 31; ++i) {
@@ -184,12 +187,59 @@ test_only_the_last_claimer_counts(void **state)
     assert_int_equal(stalled("projector", NULL), 0);
 }
 
+/* A consumer that stops reporting (its thread stopped, its loop blocked) after saying it was caught up. */
+static void
+test_silent_consumer_is_a_stall(void **state)
+{
+    (void)state;
+    tly_worker_admin_claimed(&owner_a, "saga", 9, 300);
+    tly_worker_admin_position(&owner_a, "saga", 9, 300, 300);
+    run_for(29);
+    assert_int_equal(stalled("saga", NULL), 0);
+    run_for(2);
+    assert_int_equal(stalled("saga", "consumer_saga_partition_9_progressing"), 1);
+    assert_true(age_metric("saga", 9) >= 30);
+    tly_worker_admin_position(&owner_a, "saga", 9, 300, 300); /* it runs again, still caught up */
+    run_for(1);
+    assert_int_equal(stalled("saga", NULL), 0);
+    tly_worker_admin_released(&owner_a, "saga", 9);
+    run_for(1);
+}
+
+/*
+ * Without the fix of issue 22 the pause test saw this: a saga partition fenced
+ * back to its stored position, then claimed by one consumer after another
+ * every few seconds, never moving. Claims are no progress, so it stalls.
+ */
+static void
+test_stuck_partition_passed_around_stalls(void **state)
+{
+    (void)state;
+    int *owners[] = {&owner_a, &owner_b};
+    for (int i = 0; i < 12; ++i) { /* a rebalance every 3 s for 36 s */
+        int *o = owners[i % 2];
+        tly_worker_admin_claimed(o, "saga", 0, 320);
+        for (int k = 0; k < 3; ++k) {
+            tly_worker_admin_position(o, "saga", 0, 320, 416);
+            run_for(1);
+        }
+        if (i < 11)
+            tly_worker_admin_released(o, "saga", 0);
+    }
+    assert_int_equal(stalled("saga", "consumer_saga_partition_0_progressing"), 1);
+    tly_worker_admin_position(&owner_b, "saga", 0, 416, 416);
+    run_for(1);
+    assert_int_equal(stalled("saga", NULL), 0);
+    tly_worker_admin_released(&owner_b, "saga", 0);
+    run_for(1);
+}
+
 /* The process stopped (SIGSTOP) for longer than the stall time: not a stall of its consumers. */
 static void
 test_stopped_process_is_no_stall(void **state)
 {
     (void)state;
-    tly_worker_admin_claimed(&owner_a, "projector", 0);
+    tly_worker_admin_claimed(&owner_a, "projector", 0, 1);
     tly_worker_admin_position(&owner_a, "projector", 0, 1, 1000);
     run_for(1);
     now += 45 * S; /* no pass while stopped */
@@ -205,9 +255,14 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_stall_is_logged_once_each_way), cmocka_unit_test(test_age_metric_follows_progress),
-        cmocka_unit_test(test_caught_up_is_no_stall),         cmocka_unit_test(test_never_fetched_is_a_stall),
-        cmocka_unit_test(test_only_the_last_claimer_counts),  cmocka_unit_test(test_stopped_process_is_no_stall),
+        cmocka_unit_test(test_stall_is_logged_once_each_way),
+        cmocka_unit_test(test_age_metric_follows_progress),
+        cmocka_unit_test(test_caught_up_is_no_stall),
+        cmocka_unit_test(test_never_fetched_is_a_stall),
+        cmocka_unit_test(test_only_the_last_claimer_counts),
+        cmocka_unit_test(test_silent_consumer_is_a_stall),
+        cmocka_unit_test(test_stuck_partition_passed_around_stalls),
+        cmocka_unit_test(test_stopped_process_is_no_stall),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
