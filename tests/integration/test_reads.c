@@ -368,6 +368,13 @@ test_expand(void **state)
 int
 main(void)
 {
+    const char *bin = tly_test_env("TALLY_BIN"), *dsn = tly_test_env("TALLY_PG_DSN");
+    if (bin == NULL || dsn == NULL) {
+        fprintf(stderr, "TALLY_BIN and TALLY_PG_DSN are needed (run against tests/stack.sh)\n");
+        return 1;
+    }
+    setenv("TALLY_BIN", bin, 1); /* tly_test_make_tenant runs tallyctl through the shell */
+    setenv("TALLY_PG_DSN", dsn, 1);
     tly_test_make_tenant("reads-a", 1000000, tenant_a, sizeof(tenant_a), key_a, sizeof(key_a));
     tly_test_make_tenant("reads-b", 1000000, tenant_b, sizeof(tenant_b), key_b, sizeof(key_b));
     const struct CMUnitTest tests[] = {
