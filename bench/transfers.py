@@ -15,12 +15,7 @@ Loopback only; bounded by its arguments; stops by itself.
 """
 import http.client, json, os, random, subprocess, sys, threading, time, uuid
 
-def env_of(path):
-    out = {}
-    for line in open(path):
-        k, _, v = line.rstrip('\n').partition('=')
-        out[k] = v.strip("'")
-    return out
+from tally_bench import env_of
 
 E = env_of(sys.argv[1])
 RATE = float(sys.argv[2]) if len(sys.argv) > 2 else 200

@@ -137,11 +137,28 @@ accounts_balance(tly_projection_batch_t *b, const tly_envelope_t *env, bool dry,
     return 0;
 }
 
+/*
+ * A status event is also appended to the account's status history
+ * (accounts.status_changes, for reads as of a past instant): the batch keeps
+ * every one of them, in order, as the elements of a json array.
+ */
 static int
 accounts_status(tly_projection_batch_t *b, const tly_envelope_t *env, const char *status, bool dry)
 {
-    if (!dry)
-        account_update(b, env)->status = status;
+    if (dry)
+        return 0;
+    tly_projection__account_t *a = account_update(b, env);
+    char at[40];
+    tly_clock_format_rfc3339(env->occurred_at_us, at, sizeof(at));
+    const char *prev = a->status_changes != 0 ? tly_projection__str(b, a->status_changes) : "";
+    size_t cap = strlen(prev) + strlen(at) + strlen(status) + 32;
+    char *changes = malloc(cap);
+    if (changes == NULL)
+        abort();
+    snprintf(changes, cap, "%s%s{\"at\":\"%s\",\"status\":\"%s\"}", prev, prev[0] != '\0' ? "," : "", at, status);
+    a->status = status;
+    a->status_changes = tly_projection__str_put(b, changes);
+    free(changes);
     return 0;
 }
 

@@ -48,6 +48,7 @@ typedef struct st_tly_projection__account_t {
     bool has_balance, found;
     int64_t balance;
     const char *status; /* NULL: unchanged */
+    tly_projection__str_t status_changes; /* the batch's status events, `{"at":..,"status":..},...` (0: none) */
     int64_t updated_at;
     const char *first_type; /* type of the first update (static), for the error when the row is missing */
 } tly_projection__account_t;

@@ -157,7 +157,7 @@ insert_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
 static int
 update_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errcap)
 {
-    tly_pg_array_t *a = arrays(b, 5);
+    tly_pg_array_t *a = arrays(b, 6);
     int *order = KEY_ORDER(b->accounts, b->naccounts, tly_projection__account_t);
     for (int k = 0; k < b->naccounts; ++k) {
         tly_projection__account_t *r = &b->accounts[order[k]];
@@ -172,6 +172,7 @@ update_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
         tly_pg_array_add(&a[2], r->status);
         tly_pg_array_add_i64(&a[3], r->nupdates);
         add_time(&a[4], r->updated_at);
+        tly_pg_array_add(&a[5], r->status_changes != 0 ? tly_projection__str(b, r->status_changes) : NULL);
     }
     free(order);
     int expected = a[0].n;
@@ -179,10 +180,11 @@ update_accounts(tly_projection_batch_t *b, PGconn *conn, char *err, size_t errca
         return 0;
     PGresult *res = run(b, conn, "update account",
                         "UPDATE accounts AS a SET balance = COALESCE(u.balance, a.balance), status = COALESCE(u.status, a.status), "
-                        "version = a.version + u.n, updated_at = u.at "
-                        "FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[]) "
-                        "AS u(id, balance, status, n, at) WHERE a.id = u.id RETURNING a.id",
-                        5, err, errcap);
+                        "version = a.version + u.n, updated_at = u.at, status_changes = a.status_changes || "
+                        "COALESCE(('[' || u.changes || ']')::jsonb, '[]') "
+                        "FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[], "
+                        "$6::text[]) AS u(id, balance, status, n, at, changes) WHERE a.id = u.id RETURNING a.id",
+                        6, err, errcap);
     if (res == NULL)
         return -1;
     int got = PQntuples(res);

@@ -81,6 +81,7 @@ tly_export_env() {
     export TALLY_BIN TALLY_VAR
     tly_limits_export_env
     tly_cursor_secret
+    tly_consistency_secret
     tly_secret_keys
 }
 
@@ -105,6 +106,18 @@ tly_cursor_secret() {
     fi
     TALLY_CURSOR_SECRET=$(<"$file")
     export TALLY_CURSOR_SECRET
+}
+
+# The key that signs consistency tokens (Tally-Consistency-Token), shared by
+# the command and query APIs: made once per state directory like the cursor
+# secret, so tokens survive restarts and cross instances.
+tly_consistency_secret() {
+    local file=$TALLY_VAR/consistency.secret
+    if [[ ! -s $file ]]; then
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$file")
+    fi
+    TALLY_CONSISTENCY_SECRET=$(<"$file")
+    export TALLY_CONSISTENCY_SECRET
 }
 
 # --- ports ------------------------------------------------------------------

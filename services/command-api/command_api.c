@@ -7,6 +7,7 @@
  */
 #include "internal.h"
 #include "tally/api_service.h"
+#include "tally/consistency.h"
 #include "tally/clock.h"
 #include "tally/http.h"
 #include "tally/json.h"
@@ -39,6 +40,7 @@ const tly_config_def_t tly_command_api_settings[] = {
     TLY_API_ABUSE_SETTINGS(OFF(abuse)),
     {"webhook-allow-private", "TALLY_WEBHOOK_ALLOW_PRIVATE", TLY_CONFIG_BOOL, "false", 0, 0, OFF(webhook_allow_private),
      "accept webhook URLs on loopback and private addresses, and plain http (tests and local stacks only)"},
+    TLY_CONSISTENCY_SETTING(OFF(consistency_secret)),
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
     TLY_GUARD_SETTINGS(tly_command_api_config_t, guard),
 #undef OFF
@@ -47,6 +49,8 @@ const size_t tly_command_api_nsettings = sizeof(tly_command_api_settings) / size
 
 static tly_keycache_t *shared_keys;
 static cmd_producer_t *shared_producer; /* one per process (producer.c) */
+static uint8_t consistency_key[TLY_CONSISTENCY_KEY_LEN];
+static bool has_consistency_key;
 static tly_kafka_probe_t *kafka_probe;
 static tly_guard_t *shared_guard;
 
@@ -169,6 +173,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->cfg = cfg;
     thr->loop = t->loop;
     thr->keys = shared_keys;
+    thr->consistency_key = has_consistency_key ? consistency_key : NULL;
     thr->producer = shared_producer;
     thr->mailbox = cmd_mailbox_open(shared_producer, t->loop);
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, cmd_statements, STMT__COUNT);
@@ -219,6 +224,12 @@ tly_command_api_run(tly_command_api_config_t *cfg)
         tly_log(TLY_LOG_ERROR, err, NULL);
         return 1;
     }
+    has_consistency_key = tly_consistency_key(cfg->consistency_secret, consistency_key);
+    if (!has_consistency_key)
+        tly_log(TLY_LOG_WARN,
+                "consistency secret is not set: 202s carry no Tally-Consistency-Token; set TALLY_CONSISTENCY_SECRET to the "
+                "same value on every command and query API instance",
+                NULL);
     /* the one producer of the process; the readiness probe asks it for metadata too. It outlives every thread */
     if ((shared_producer = cmd_producer_create(cfg, err, sizeof(err))) == NULL) {
         tly_log(TLY_LOG_ERROR, "could not start kafka producer", "error", err, NULL);

@@ -29,6 +29,7 @@ typedef struct st_tly_command_api_config_t {
     int64_t key_refresh_ms;
     tly_api_abuse_config_t abuse;
     bool webhook_allow_private;
+    char *consistency_secret;
     char *log_level;
     tly_guard_config_t guard; /* rate limits and load shedding */
 } tly_command_api_config_t;

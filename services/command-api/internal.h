@@ -65,6 +65,7 @@ typedef struct st_cmd_thread_t {
     h2o_timeout_t flush_now, accept_gather, flush_retry, reclaim;
     h2o_timeout_t deadline; /* TALLY_KAFKA_TIMEOUT_MS after an append: the 503 if no report came */
     h2o_timeout_entry_t flush_entry, gather_entry, retry_entry;
+    const uint8_t *consistency_key; /* TLY_CONSISTENCY_KEY_LEN bytes, or NULL: no consistency tokens */
     bool closing;
 } cmd_thread_t;
 
@@ -94,6 +95,8 @@ struct st_cmd_op_t {
     h2o_multithread_message_t report;
     rd_kafka_resp_err_t report_err;
     int64_t report_latency_us;
+    int32_t log_partition;        /* where the request event is in the log (-1: not known, a replayed 202) */
+    int64_t log_offset;
 };
 
 /** An op for an HTTP request (`req`), or for a batch item (`req` NULL, `batch` set). */

@@ -7,6 +7,7 @@
  */
 #include "internal.h"
 #include "tally/clock.h"
+#include "tally/consistency.h"
 #include "tally/http.h"
 #include "tally/json.h"
 #include "tally/ledger/job.h"
@@ -151,6 +152,7 @@ cmd_op_create(cmd_thread_t *thr, h2o_req_t *req, cmd_batch_t *batch, size_t inde
     op->thr = thr;
     op->batch = batch;
     op->batch_index = index;
+    op->log_partition = -1;
     if (req != NULL) {
         tly_api_req_init(&op->api, req, &thr->inflight);
     } else {
@@ -172,6 +174,21 @@ cmd_op_destroy(cmd_op_t *op)
     json_decref(op->body);
     free(op->response);
     free(op);
+}
+
+/* Tally-Consistency-Token of a 202: the tenant, the job and the request event's log position, signed. */
+static void
+add_consistency_token(cmd_op_t *op)
+{
+    char token[TLY_CONSISTENCY_TEXT_CAP];
+    if (op->thr->consistency_key == NULL)
+        return;
+    tly_consistency_t t = {.tenant = op->api.principal.tenant_id,
+                           .job = op->job_id,
+                           .partition = op->log_partition,
+                           .offset = op->log_offset};
+    tly_consistency_encode(&t, op->thr->consistency_key, token);
+    tly_http_add_header(op->api.req, TLY_CONSISTENCY_HEADER, token);
 }
 
 /*
@@ -205,6 +222,7 @@ op_answer(cmd_op_t *op, int status, const char *body, bool replayed)
             tly_http_add_header(op->api.req, "location", location);
             if (replayed)
                 tly_http_add_header(op->api.req, "idempotent-replayed", "true");
+            add_consistency_token(op);
             op->api.job_id = op->job_id;
         }
         tly_api_send(&op->api, status, status == 202 ? "application/json" : "application/problem+json", body, strlen(body));

@@ -54,6 +54,10 @@ on_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
     cmd_mailbox_t *mb = op->mailbox;
     op->report_err = msg->err;
     op->report_latency_us = rd_kafka_message_latency(msg);
+    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) { /* where the request event is in the log: the 202's consistency token */
+        op->log_partition = msg->partition;
+        op->log_offset = msg->offset;
+    }
     pthread_mutex_lock(&mb->lock);
     if (mb->open)
         h2o_multithread_send_message(&mb->receiver, &op->report);

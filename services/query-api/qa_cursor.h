@@ -46,9 +46,4 @@ void qa_cursor_encode(const qa_cursor_t *c, const uint8_t *key, size_t keylen, c
 qa_cursor_result_t qa_cursor_decode(const char *text, const uint8_t *key, size_t keylen, const uint8_t filters[QA_CURSOR_HASH_LEN],
                                     qa_cursor_t *out) __attribute__((warn_unused_result));
 
-/** base64url without padding; `out` needs 4 * ceil(len / 3) + 1 bytes. Returns the length. */
-size_t qa_base64url_encode(const uint8_t *in, size_t len, char *out);
-/** Decodes base64url without padding; returns the length, or -1 on bad input or a short `out`. */
-int qa_base64url_decode(const char *in, size_t len, uint8_t *out, size_t cap) __attribute__((warn_unused_result));
-
 #endif

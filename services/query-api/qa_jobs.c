@@ -186,7 +186,7 @@ job_read(query_op_t *op)
 {
     const char *params[2] = {op->id_text, op->tenant};
     op->querying = true;
-    tly_pgpool_exec(op->thr->pg, STMT_JOB, params, on_job, op);
+    tly_pgpool_exec(op->thr->pg, op->expand_resource ? STMT_JOB_EXPANDED : STMT_JOB, params, on_job, op);
 }
 
 static void

@@ -83,7 +83,11 @@ exec_page(query_op_t *op, const char *lo_t, const char *lo_id)
             op->tenant, lo_t, lo_id, hi_t, q->status[0] ? q->status : NULL, q->currency[0] ? q->currency : NULL, limit};
         tly_pgpool_exec(thr->pg, STMT_LIST_ACCOUNTS, params, on_page, op);
     } else {
-        const char *params[7] = {op->id_text, op->tenant, lo_t, lo_id, hi_t, q->kind[0] ? q->kind : NULL, limit};
+        char as_of[40];
+        if (q->has_as_of)
+            tly_clock_format_rfc3339(q->as_of_us, as_of, sizeof(as_of));
+        const char *params[8] = {op->id_text, op->tenant, lo_t, lo_id, hi_t, q->kind[0] ? q->kind : NULL, limit,
+                                 q->has_as_of ? as_of : NULL};
         tly_pgpool_exec(thr->pg, STMT_LIST_ENTRIES, params, on_page, op);
     }
 }

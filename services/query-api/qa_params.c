@@ -75,7 +75,7 @@ qa_query_split(const char *q, size_t len, qa_pair_t *pairs, size_t max, char *bu
 
 /* --- list filters -------------------------------------------------------- */
 
-typedef enum en_param_t { P_LIMIT, P_CURSOR, P_STATUS, P_CURRENCY, P_KIND, P_AFTER, P_BEFORE } param_t;
+typedef enum en_param_t { P_LIMIT, P_CURSOR, P_STATUS, P_CURRENCY, P_KIND, P_AFTER, P_BEFORE, P_AS_OF } param_t;
 
 typedef struct st_param_def_t {
     const char *name;
@@ -87,7 +87,7 @@ static const param_def_t account_params[] = {
     {"currency", P_CURRENCY}, {"created_after", P_AFTER}, {"created_before", P_BEFORE},
 };
 static const param_def_t entry_params[] = {
-    {"limit", P_LIMIT}, {"cursor", P_CURSOR}, {"kind", P_KIND}, {"after", P_AFTER}, {"before", P_BEFORE},
+    {"limit", P_LIMIT}, {"cursor", P_CURSOR}, {"kind", P_KIND}, {"after", P_AFTER}, {"before", P_BEFORE}, {"as_of", P_AS_OF},
 };
 
 static const param_def_t *
@@ -165,6 +165,9 @@ set_param(qa_list_query_t *q, param_t p, const char *v)
     case P_BEFORE:
         q->has_before = tly_clock_parse_rfc3339(v, &q->before_us);
         return q->has_before ? NULL : "must be an RFC 3339 date-time";
+    case P_AS_OF:
+        q->has_as_of = tly_clock_parse_rfc3339(v, &q->as_of_us);
+        return q->has_as_of ? NULL : "must be an RFC 3339 date-time";
     }
     return "is not supported";
 }
@@ -197,9 +200,10 @@ qa_list_query_parse(qa_list_t list, const qa_pair_t *pairs, size_t n, qa_list_qu
 void
 qa_list_query_canonical(const qa_list_query_t *q, const char *scope, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s\n%s\nstatus=%s\ncurrency=%s\nkind=%s\nafter=%s%lld\nbefore=%s%lld",
+    snprintf(out, cap, "%s\n%s\nstatus=%s\ncurrency=%s\nkind=%s\nafter=%s%lld\nbefore=%s%lld\nas_of=%s%lld",
              q->list == QA_LIST_ACCOUNTS ? "accounts" : "entries", scope, q->status, q->currency, q->kind, q->has_after ? "" : "-",
-             q->has_after ? (long long)q->after_us : 0LL, q->has_before ? "" : "-", q->has_before ? (long long)q->before_us : 0LL);
+             q->has_after ? (long long)q->after_us : 0LL, q->has_before ? "" : "-", q->has_before ? (long long)q->before_us : 0LL,
+             q->has_as_of ? "" : "-", q->has_as_of ? (long long)q->as_of_us : 0LL);
 }
 
 /* Appends "&name=value" with the value percent-encoded where needed. */
@@ -239,6 +243,10 @@ qa_list_query_next(const qa_list_query_t *q, const char *cursor, char *out, size
     if (q->has_before) {
         tly_clock_format_rfc3339(q->before_us, t, sizeof(t));
         append_param(out, cap, accounts ? "created_before" : "before", t);
+    }
+    if (q->has_as_of) {
+        tly_clock_format_rfc3339(q->as_of_us, t, sizeof(t));
+        append_param(out, cap, "as_of", t);
     }
     snprintf(limit, sizeof(limit), "%d", q->limit);
     append_param(out, cap, "limit", limit);

@@ -41,8 +41,9 @@ typedef struct st_qa_list_query_t {
     char status[8];   /* accounts: open, frozen, closed */
     char currency[4]; /* accounts */
     char kind[33];    /* entries: deposit, withdrawal, transfer_... */
-    bool has_after, has_before;
+    bool has_after, has_before, has_as_of;
     int64_t after_us, before_us; /* exclusive bounds on created_at */
+    int64_t as_of_us;            /* entries: the account as of this instant (inclusive; 404 before it existed) */
 } qa_list_query_t;
 
 /**

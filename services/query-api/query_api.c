@@ -11,6 +11,7 @@
 #include "tally/api_service.h"
 #include "tally/http.h"
 #include "tally/ledger/job.h"
+#include "tally/ledger/projection.h"
 #include "tally/json.h"
 #include "tally/keycache.h"
 #include "tally/log.h"
@@ -26,9 +27,12 @@
 
 #define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 #define US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
-#define ACCOUNT_JSON                                                                                                               \
-    "json_build_object('id', id, 'currency', currency, 'label', label, 'status', status, 'balance', balance, 'version', "          \
-    "version, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")::text"
+/* An account as json; `status`, `balance`, `version` and `updated_at` are expressions (GET ?as_of= computes them). */
+#define ACCOUNT_OBJ_WITH(status, balance, version, updated_at)                                                                     \
+    "json_build_object('id', id, 'currency', currency, 'label', label, 'status', " status ", 'balance', " balance                 \
+    ", 'version', " version ", 'created_at', " TS("created_at") ", 'updated_at', " TS(updated_at) ")"
+#define ACCOUNT_OBJ ACCOUNT_OBJ_WITH("status", "balance", "version", "updated_at")
+#define ACCOUNT_JSON ACCOUNT_OBJ "::text"
 /* The same object as the command API's answers (services/command-api/op.c); never the secrets. */
 /* clang-format off */
 #define WEBHOOK_ENDPOINT_JSON                                                                                                      \
@@ -47,11 +51,39 @@
     "'status_code', a.status_code, 'latency_ms', a.latency_ms, 'error', a.error) ORDER BY a.attempt) "                           \
     "FROM webhook_attempts a WHERE a.delivery_id = d.id), '[]'::json))::text"
 /* clang-format on */
-#define TRANSFER_JSON                                                                                                              \
-    "json_build_object('id', id, 'from_account', from_account, 'to_account', to_account, 'amount', amount, 'currency', "           \
+/* A transfer as json; `from` and `to` are expressions (the account ids, or the accounts with ?expand=). */
+#define TRANSFER_OBJ_WITH(from, to)                                                                                                \
+    "json_build_object('id', id, 'from_account', " from ", 'to_account', " to ", 'amount', amount, 'currency', "                 \
     "currency, 'reference', reference, 'status', status, 'compensated', compensated, 'error', CASE WHEN error_code IS NULL "       \
     "THEN NULL ELSE json_build_object('code', error_code, 'detail', error_detail) END, 'job_id', job_id, 'version', version, "     \
-    "'timeline', timeline, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")::text"
+    "'timeline', timeline, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")"
+#define TRANSFER_OBJ TRANSFER_OBJ_WITH("from_account", "to_account")
+#define TRANSFER_JSON TRANSFER_OBJ "::text"
+/* One level of ?expand=: an account of the caller's tenant (`id` an outer column), NULL when it is not visible. */
+#define EXPANDED_ACCOUNT(id) "(SELECT " ACCOUNT_OBJ " FROM accounts x WHERE x.id = " id " AND x.tenant_id = $2)"
+#define EXPANDED_ACCOUNT_VERSION(id) "(SELECT x.version FROM accounts x WHERE x.id = " id " AND x.tenant_id = $2)"
+/*
+ * A job as json; `object` is the expression of resource.object (?expand=resource), or nothing. The job is the
+ * projected one or, before the projector saw its event, the command record (the queued fallback).
+ */
+#define JOB_JSON_WITH(object)                                                                                                      \
+    "json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at")          \
+    ", 'resource', json_build_object('type', resource_type, 'id', resource_id, 'url', '/v1/' || resource_type || 's/' || "        \
+    "resource_id" object "), 'error', CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, "        \
+    "'detail', error_detail) END)::text"
+/* clang-format off */
+#define JOB_FROM                                                                                                                   \
+    " FROM (SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "                    \
+    TLY_JOB_READ_VERSION_SQL("version") " AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "                                \
+    "UNION ALL SELECT job_id, '" TLY_JOB_QUEUED_NAME "', created_at, created_at, resource_type, resource_id, NULL, NULL, "        \
+    TLY_JOB_FALLBACK_VERSION_SQL " FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state <> 'failed' "            \
+    "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1"
+/* The embedded resource of a succeeded job (an account or a transfer of the job's tenant), and its version. */
+#define JOB_RESOURCE(what_account, what_transfer)                                                                                  \
+    "CASE WHEN status = '" TLY_JOB_SUCCEEDED_NAME "' THEN CASE resource_type WHEN 'account' THEN (SELECT " what_account          \
+    " FROM accounts x WHERE x.id = j.resource_id AND x.tenant_id = $2) WHEN 'transfer' THEN (SELECT " what_transfer              \
+    " FROM transfers x WHERE x.id = j.resource_id AND x.tenant_id = $2 AND x.from_account IS NOT NULL) END END"
+/* clang-format on */
 
 const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     [STMT_ACCOUNT] = {"get_account", "SELECT " ACCOUNT_JSON ", version FROM accounts WHERE id = $1 AND tenant_id = $2", 2},
@@ -61,20 +93,12 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
        says why), so any record but a failed one reads as queued (the queued
        fallback of tally/ledger/job.h, with its versions); a job id is
        only known to a client once its 202 was sent. */
-    /* clang-format off */
-    [STMT_JOB] =
-        {"get_job",
-         "SELECT json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', "
-         TS("updated_at") ", 'resource', json_build_object('type', resource_type, 'id', resource_id, 'url', "
-         "'/v1/' || resource_type || 's/' || resource_id), 'error', "
-         "CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, 'detail', "
-         "error_detail) END)::text, version, status FROM ("
-         "SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "
-         TLY_JOB_READ_VERSION_SQL("version") " AS version FROM jobs WHERE id = $1 AND tenant_id = $2 "
-         "UNION ALL SELECT job_id, '" TLY_JOB_QUEUED_NAME "', created_at, created_at, resource_type, resource_id, NULL, NULL, "
-         TLY_JOB_FALLBACK_VERSION_SQL " FROM command_requests WHERE job_id = $1 AND tenant_id = $2 AND state <> 'failed' "
-         "AND NOT EXISTS (SELECT 1 FROM jobs WHERE id = $1)) j LIMIT 1",
-         2},
+    [STMT_JOB] = {"get_job", "SELECT " JOB_JSON_WITH("") ", version, status" JOB_FROM, 2},
+    /* ?expand=resource: the ETag's version names the job's and the embedded resource's ("4-r7") */
+    [STMT_JOB_EXPANDED] = {"get_job_expanded",
+                           "SELECT " JOB_JSON_WITH(", 'object', " JOB_RESOURCE(ACCOUNT_OBJ, TRANSFER_OBJ)) ", version || '-r' || "
+                           "coalesce(" JOB_RESOURCE("x.version", "x.version") ", 0), status" JOB_FROM,
+                           2},
     /* clang-format on */
     /* $1 tenant, ($2, $3) exclusive lower position, $4 exclusive upper
        created_at, $5 status, $6 currency (NULL: any), $7 limit + 1 */
@@ -87,7 +111,7 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
                                "ORDER BY created_at, id LIMIT $7::int",
          7},
     /* $1 account, $2 tenant, ($3, $4) lower position, $5 upper created_at,
-       $6 kind, $7 limit + 1. No row: no such account (for this tenant); one
+       $6 kind, $7 limit + 1, $8 as_of (NULL: now). No row: no such account (for this tenant, or not yet at $8); one
        row of NULLs: the account has no entry on this page. */
     [STMT_LIST_ENTRIES] =
         {"list_entries",
@@ -98,14 +122,61 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
              "created_at") " AS us, id "
                            "FROM ledger_entries WHERE account_id = a.id AND tenant_id = $2 "
                            "AND (created_at, id) > ($3::timestamptz, $4::uuid) AND created_at < $5::timestamptz "
-                           "AND ($6::text IS NULL OR kind = $6::text) ORDER BY created_at, id LIMIT $7::int) e ON true "
-                           "WHERE a.id = $1 AND a.tenant_id = $2",
-         7},
+                           "AND ($6::text IS NULL OR kind = $6::text) AND ($8::timestamptz IS NULL OR created_at <= $8) "
+                           "ORDER BY created_at, id LIMIT $7::int) e ON true "
+                           "WHERE a.id = $1 AND a.tenant_id = $2 AND ($8::timestamptz IS NULL OR a.created_at <= $8)",
+         8},
     /* Transfers: a row is shown once its TransferRequested is projected (from_account set). */
     [STMT_TRANSFER] = {"get_transfer",
                        "SELECT " TRANSFER_JSON ", version FROM transfers WHERE id = $1 AND tenant_id = $2 "
                        "AND from_account IS NOT NULL",
                        2},
+    /* ?expand=from_account,to_account ($3, $4: which): each one the account (one level, the caller's tenant);
+       the ETag's version names the transfer's and each embedded account's ("5-a3-a9") */
+    [STMT_TRANSFER_EXPANDED] =
+        {"get_transfer_expanded",
+         "SELECT " TRANSFER_OBJ_WITH("CASE WHEN $3 THEN coalesce(" EXPANDED_ACCOUNT("t.from_account") ", to_json(from_account)) "
+                                     "ELSE to_json(from_account) END",
+                                     "CASE WHEN $4 THEN coalesce(" EXPANDED_ACCOUNT("t.to_account") ", to_json(to_account)) "
+                                     "ELSE to_json(to_account) END") "::text, "
+         "version || CASE WHEN $3 THEN '-a' || coalesce(" EXPANDED_ACCOUNT_VERSION("t.from_account") ", 0) ELSE '' END || "
+         "CASE WHEN $4 THEN '-a' || coalesce(" EXPANDED_ACCOUNT_VERSION("t.to_account") ", 0) ELSE '' END "
+         "FROM transfers t WHERE id = $1 AND tenant_id = $2 AND from_account IS NOT NULL",
+         4},
+    /*
+     * The account as of $3 (GET /v1/accounts/{id}?as_of=): its events are its ledger entries and its status
+     * changes (migrations/0011_reads_in_time.sql), so the version then is the version now less the events
+     * after $3, the balance the last entry's up to $3 (0 before any), the status the last change's up to $3.
+     * When nothing happened after $3 it is the row itself. No row before the account was opened. Column 3:
+     * whether the projector has applied this account's events past $3 (then the answer is complete).
+     */
+    [STMT_ACCOUNT_AS_OF] =
+        {"get_account_as_of",
+         "SELECT CASE WHEN h.v = a.version THEN " ACCOUNT_OBJ_WITH("a.status", "a.balance", "a.version", "a.updated_at") "::text ELSE "
+         ACCOUNT_OBJ_WITH("h.status", "h.balance", "h.v", "h.at") "::text END, h.v, $3 <= a.updated_at "
+         "FROM accounts a CROSS JOIN LATERAL (SELECT "
+         "a.version - (SELECT count(*) FROM ledger_entries e WHERE e.account_id = a.id AND e.created_at > $3) "
+         "- (SELECT count(*) FROM jsonb_array_elements(a.status_changes) c WHERE (c->>'at')::timestamptz > $3) AS v, "
+         "coalesce((SELECT e.balance_after FROM ledger_entries e WHERE e.account_id = a.id AND e.created_at <= $3 "
+         "ORDER BY e.created_at DESC, e.id DESC LIMIT 1), 0) AS balance, "
+         "coalesce((SELECT c->>'status' FROM jsonb_array_elements(a.status_changes) WITH ORDINALITY x(c, i) "
+         "WHERE (c->>'at')::timestamptz <= $3 ORDER BY x.i DESC LIMIT 1), "
+         "CASE WHEN a.status_changes = '[]'::jsonb THEN a.status ELSE 'open' END) AS status, "
+         "greatest(a.created_at, (SELECT max(e.created_at) FROM ledger_entries e WHERE e.account_id = a.id "
+         "AND e.created_at <= $3), (SELECT max((c->>'at')::timestamptz) FROM jsonb_array_elements(a.status_changes) c "
+         "WHERE (c->>'at')::timestamptz <= $3)) AS at) h "
+         "WHERE a.id = $1 AND a.tenant_id = $2 AND a.created_at <= $3::timestamptz",
+         3},
+    /* Whether the read models include a consistency token's command: its job is terminal and the projector is
+       past its request event ($3 partition, -1: not known; $4 offset). */
+    [STMT_TOKEN_REACHED] = {"token_reached",
+                            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2 AND status IN "
+                            TLY_JOB_TERMINAL_SQL ") AND ($3::int < 0 OR EXISTS (SELECT 1 FROM consumer_positions "
+                            "WHERE consumer = '" TLY_PROJECTOR_CONSUMER "' AND partition = $3::int AND next_offset > $4::bigint))",
+                            4},
+    /* The projector's watermark (Tally-Watermark): every event that occurred up to it is applied. */
+    [STMT_WATERMARK] = {"watermark",
+                        "SELECT " TS("min(applied_through)") ", " US("min(applied_through)") " FROM projector_watermarks", 0},
     /* $1 tenant, ($2, $3) exclusive lower position, $4 account (either side; NULL: any), $5 status, $6 limit + 1 */
     [STMT_LIST_TRANSFERS] = {"list_transfers",
                              "SELECT " TRANSFER_JSON ", " US(
@@ -171,6 +242,7 @@ const tly_config_def_t tly_query_api_settings[] = {
     {"read-cache", "TALLY_READ_CACHE", TLY_CONFIG_INT, "16384", 0, 16777216, OFF(version_cache),
      "accounts and transfers per thread kept in memory (current version and body, under 1 KiB each) to answer reads "
      "without the database (0: always read the database)"},
+    TLY_CONSISTENCY_SETTING(OFF(consistency_secret)),
     {"log-level", "TALLY_LOG_LEVEL", TLY_CONFIG_STRING, "info", 0, 0, OFF(log_level), "debug, info, warn or error"},
     TLY_GUARD_SETTINGS(tly_query_api_config_t, guard),
 #undef OFF
@@ -180,6 +252,8 @@ const size_t tly_query_api_nsettings = sizeof(tly_query_api_settings) / sizeof(t
 static tly_keycache_t *shared_keys;
 static tly_guard_t *shared_guard;
 static uint8_t cursor_key[64];
+static uint8_t consistency_key[TLY_CONSISTENCY_KEY_LEN];
+static bool has_consistency_key;
 static size_t cursor_keylen;
 
 /*
@@ -268,12 +342,21 @@ no_query_or_reply(query_op_t *op)
     return false;
 }
 
+/* A transfer with ?expand=: never from or into the read cache (its body and ETag name the accounts too). */
+static void
+start_transfer_expanded(query_op_t *op)
+{
+    const char *params[4] = {op->id_text, op->tenant, op->expand_from ? "true" : "false", op->expand_to ? "true" : "false"};
+    tly_pgpool_exec(op->thr->pg, STMT_TRANSFER_EXPANDED, params, on_resource, op);
+}
+
 static void
 start_resource(query_op_t *op, h2o_iovec_t seg, const char *what, const char *route)
 {
     op->what = what;
     op->api.route = route;
-    if (!id_or_reply(op, seg) || !no_query_or_reply(op)) {
+    if (!id_or_reply(op, seg) ||
+        !(strcmp(what, "webhook-endpoint") == 0 ? no_query_or_reply(op) : qa_resource_params_or_reply(op))) {
         qa_op_destroy(op);
         return;
     }
@@ -281,7 +364,17 @@ start_resource(query_op_t *op, h2o_iovec_t seg, const char *what, const char *ro
         qa_job_start(op);
         return;
     }
-    if (cacheable(what) && answered_from_memory(op)) {
+    if (op->has_as_of) {
+        qa_account_as_of_start(op);
+        return;
+    }
+    if (op->expand_from || op->expand_to) {
+        start_transfer_expanded(op);
+        return;
+    }
+    /* a read with a consistency token saw the commit; the cache may not have heard of it yet */
+    bool from_memory = cacheable(what) && op->token_deadline_us == 0;
+    if (from_memory && answered_from_memory(op)) {
         qa_op_destroy(op);
         return;
     }
@@ -294,9 +387,8 @@ start_resource(query_op_t *op, h2o_iovec_t seg, const char *what, const char *ro
     tly_pgpool_exec(op->thr->pg, stmt, params, on_resource, op);
 }
 
-/* Routes an authenticated GET or HEAD; every branch answers or starts a read that will. */
-static void
-route(query_op_t *op)
+void
+qa_route(query_op_t *op)
 {
     h2o_iovec_t segs[4];
     int n = tly_http_path_segments(op->api.req, segs, 3);
@@ -376,7 +468,8 @@ on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
     tly_uuid_format(&op->api.principal.tenant_id, op->tenant);
-    route(op);
+    if (!qa_reads_start(op))
+        qa_route(op);
     return 0;
 }
 
@@ -393,6 +486,7 @@ thread_init(tly_server_thread_t *t, void *arg)
     thr->cursor_keylen = cursor_keylen;
     thr->pg = tly_pgpool_create(t->loop, cfg->pg_dsn, (size_t)cfg->pg_pool, qa_statements, STMT__COUNT);
     qa_jobs_thread_init(thr, cfg->pg_dsn);
+    qa_reads_thread_init(thr, has_consistency_key ? consistency_key : NULL);
     thr->versions = qa_versions_create(thr, cfg->pg_dsn, (size_t)cfg->version_cache);
     thr->guard = tly_guard_thread_create(shared_guard, t->loop, &thr->inflight, thr->pg, t->index == 0);
     return thr;
@@ -408,6 +502,7 @@ static void
 thread_dispose(void *app)
 {
     query_thread_t *thr = app;
+    qa_reads_thread_dispose(thr);
     qa_jobs_thread_dispose(thr); /* destroys the pool too, after the waiters */
     tly_guard_thread_destroy(thr->guard);
     qa_versions_destroy(thr->versions);
@@ -435,6 +530,12 @@ int
 tly_query_api_run(tly_query_api_config_t *cfg)
 {
     load_cursor_key(cfg->cursor_secret);
+    has_consistency_key = tly_consistency_key(cfg->consistency_secret, consistency_key);
+    if (!has_consistency_key)
+        tly_log(TLY_LOG_WARN,
+                "consistency secret is not set: reads with a Tally-Consistency-Token are refused; set "
+                "TALLY_CONSISTENCY_SECRET to the same value on every command and query API instance",
+                NULL);
     shared_guard = tly_guard_create(&cfg->guard, cfg->pg_dsn);
     tly_api_service_t svc = {
         .server =

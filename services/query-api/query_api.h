@@ -22,6 +22,7 @@ typedef struct st_tly_query_api_config_t {
     int64_t key_refresh_ms;
     tly_api_abuse_config_t abuse;
     char *cursor_secret;
+    char *consistency_secret;
     int64_t version_cache;
     char *log_level;
     tly_guard_config_t guard; /* rate limits and load shedding */

@@ -9,6 +9,7 @@
 #include "qa_versions.h"
 #include "tally/api.h"
 #include "tally/guard.h"
+#include "tally/consistency.h"
 #include "tally/keycache.h"
 #include "tally/pgasync.h"
 #include "tally/pglisten.h"
@@ -25,10 +26,15 @@
 
 enum {
     STMT_ACCOUNT,
+    STMT_ACCOUNT_AS_OF,
     STMT_JOB,
+    STMT_JOB_EXPANDED,
     STMT_LIST_ACCOUNTS,
     STMT_LIST_ENTRIES,
     STMT_TRANSFER,
+    STMT_TRANSFER_EXPANDED,
+    STMT_TOKEN_REACHED,
+    STMT_WATERMARK,
     STMT_LIST_TRANSFERS,
     STMT_VERSION_TRIGGERS,
     STMT_WEBHOOK_ENDPOINT,
@@ -57,6 +63,16 @@ typedef struct st_query_thread_t {
     h2o_timeout_entry_t tick;
     query_op_t *waiters[QA_WAITER_BUCKETS]; /* job id → waiting requests */
     size_t nwaiters;
+    /* reads in time and of one's own writes (qa_reads.c) */
+    const uint8_t *consistency_key; /* TLY_CONSISTENCY_KEY_LEN bytes shared with the command API, or NULL */
+    h2o_timeout_t reads_timeout;    /* QA_READS_TICK_MS: token waiters and the watermark's refresh */
+    h2o_timeout_entry_t reads_tick;
+    int reads_ticks;
+    bool watermark_querying;
+    bool reads_closing;   /* thread_dispose: token reads in flight end there */
+    char watermark[40];   /* Tally-Watermark, "" until known */
+    int64_t watermark_us; /* INT64_MIN until known */
+    query_op_t *token_waiters;
 } query_thread_t;
 
 struct st_query_op_t {
@@ -82,6 +98,16 @@ struct st_query_op_t {
     query_op_t *next_waiter; /* bucket chain */
     h2o_timeout_entry_t timer;
     query_op_t **dispose_guard; /* in the request's pool: set to NULL when the op goes */
+    /* ?as_of= and ?expand= (qa_reads.c) */
+    bool has_as_of;
+    int64_t as_of_us;
+    bool expand_resource, expand_from, expand_to;
+    /* Tally-Consistency-Token: the read waits until the read models include it */
+    tly_consistency_t token;
+    int64_t token_deadline_us; /* monotonic */
+    bool token_querying;
+    query_op_t *next_token_waiter;
+    h2o_timeout_entry_t token_timer;
 };
 
 /** Ends the frame and frees the op. */
@@ -149,6 +175,30 @@ bool qa_audit_route(h2o_req_t *req);
 
 /** GET /v1/jobs/{id}: reads the job, holding the request for Prefer: wait=N. */
 void qa_job_start(query_op_t *op);
+
+/**
+ * Takes the request over when it carries Tally-Consistency-Token: replies 400
+ * to a tampered or foreign token, else waits (bounded by Prefer: wait, 5 s
+ * without) until the read models include the token's command, then routes it
+ * (qa_route). False when there is no token: the caller routes at once.
+ * Adds Tally-Watermark to every read.
+ */
+bool qa_reads_start(query_op_t *op);
+/** Routes an authenticated GET or HEAD (query_api.c); every branch answers or starts a read that will. */
+void qa_route(query_op_t *op);
+
+/**
+ * The query parameters of a single resource: `as_of` (accounts), `expand`
+ * (jobs: resource; transfers: from_account, to_account) into `op`; anything
+ * else is 422. Replies itself and returns false when they are bad.
+ */
+bool qa_resource_params_or_reply(query_op_t *op);
+/** GET /v1/accounts/{id}?as_of=: the account as it was then (op->as_of_us). */
+void qa_account_as_of_start(query_op_t *op);
+
+/** Per-thread reads machinery (qa_reads.c): the key, the watermark, token waiters. */
+void qa_reads_thread_init(query_thread_t *thr, const uint8_t *consistency_key);
+void qa_reads_thread_dispose(query_thread_t *thr);
 
 /** Per-thread long-poll machinery: listener, timeouts, shutdown. */
 void qa_jobs_thread_init(query_thread_t *thr, const char *dsn);

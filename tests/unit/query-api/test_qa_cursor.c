@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include "qa_cursor.h"
+#include "tally/base64url.h"
 
 #include <string.h>
 
@@ -27,19 +28,19 @@ test_base64url(void **state)
 {
     char out[16];
     uint8_t back[16];
-    assert_int_equal(qa_base64url_encode((const uint8_t *)"\xfb\xff", 2, out), 3);
+    assert_int_equal(tly_base64url_encode((const uint8_t *)"\xfb\xff", 2, out), 3);
     assert_string_equal(out, "-_8");
-    assert_int_equal(qa_base64url_decode(out, 3, back, sizeof(back)), 2);
+    assert_int_equal(tly_base64url_decode(out, 3, back, sizeof(back)), 2);
     assert_memory_equal(back, "\xfb\xff", 2);
-    assert_int_equal(qa_base64url_encode((const uint8_t *)"abc", 3, out), 4);
+    assert_int_equal(tly_base64url_encode((const uint8_t *)"abc", 3, out), 4);
     assert_string_equal(out, "YWJj");
-    assert_int_equal(qa_base64url_decode("YWJj", 4, back, sizeof(back)), 3);
-    assert_int_equal(qa_base64url_decode("YWI", 3, back, sizeof(back)), 2);
-    assert_int_equal(qa_base64url_decode("Y", 1, back, sizeof(back)), -1);
-    assert_int_equal(qa_base64url_decode("YW+j", 4, back, sizeof(back)), -1); /* standard alphabet */
-    assert_int_equal(qa_base64url_decode("YW==", 4, back, sizeof(back)), -1); /* padding */
-    assert_int_equal(qa_base64url_decode("YWK", 3, back, sizeof(back)), -1);  /* non-zero leftover bits */
-    assert_int_equal(qa_base64url_decode("YWJjYWJj", 8, back, 3), -1);        /* short output */
+    assert_int_equal(tly_base64url_decode("YWJj", 4, back, sizeof(back)), 3);
+    assert_int_equal(tly_base64url_decode("YWI", 3, back, sizeof(back)), 2);
+    assert_int_equal(tly_base64url_decode("Y", 1, back, sizeof(back)), -1);
+    assert_int_equal(tly_base64url_decode("YW+j", 4, back, sizeof(back)), -1); /* standard alphabet */
+    assert_int_equal(tly_base64url_decode("YW==", 4, back, sizeof(back)), -1); /* padding */
+    assert_int_equal(tly_base64url_decode("YWK", 3, back, sizeof(back)), -1);  /* non-zero leftover bits */
+    assert_int_equal(tly_base64url_decode("YWJjYWJj", 8, back, 3), -1);        /* short output */
 }
 
 static void

@@ -115,6 +115,34 @@ test_canonical_and_next(void **state)
     assert_string_equal(next, "status=open&created_after=2026-01-01T00:00:00.000000Z&limit=5&cursor=CUR-_");
 }
 
+/* entries?as_of=: an instant (any zone), bound into the cursor's filters, carried to the next page; accounts have none */
+static void
+test_entries_as_of(void **state)
+{
+    qa_list_query_t a, b, c;
+    json_t *e;
+    char ca[512], cb[512], next[512];
+    assert_true(parse(QA_LIST_ENTRIES, "as_of=2026-01-01T01:00:00%2B01:00", &a, &e));
+    json_decref(e);
+    assert_true(a.has_as_of);
+    assert_true(parse(QA_LIST_ENTRIES, "as_of=2026-01-01T00:00:00Z&limit=3", &b, &e));
+    json_decref(e);
+    assert_true(parse(QA_LIST_ENTRIES, "limit=3", &c, &e));
+    json_decref(e);
+    qa_list_query_canonical(&a, "t/x", ca, sizeof(ca));
+    qa_list_query_canonical(&b, "t/x", cb, sizeof(cb));
+    assert_string_equal(ca, cb);
+    qa_list_query_canonical(&c, "t/x", cb, sizeof(cb));
+    assert_string_not_equal(ca, cb); /* a cursor of the present does not page the past */
+    qa_list_query_next(&b, "C", next, sizeof(next));
+    assert_string_equal(next, "as_of=2026-01-01T00:00:00.000000Z&limit=3&cursor=C");
+    assert_false(parse(QA_LIST_ENTRIES, "as_of=yesterday", &a, &e));
+    assert_int_equal(json_array_size(e), 1);
+    json_decref(e);
+    assert_false(parse(QA_LIST_ACCOUNTS, "as_of=2026-01-01T00:00:00Z", &a, &e));
+    json_decref(e);
+}
+
 static void
 test_if_none_match(void **state)
 {
@@ -177,6 +205,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split),           cmocka_unit_test(test_accounts_filters),
         cmocka_unit_test(test_entries_filters), cmocka_unit_test(test_canonical_and_next),
+        cmocka_unit_test(test_entries_as_of),
         cmocka_unit_test(test_if_none_match),   cmocka_unit_test(test_prefer),
         cmocka_unit_test(test_accept_encoding),
     };

@@ -9,6 +9,9 @@
 #ifndef TALLY_LEDGER_PROJECTION_H
 #define TALLY_LEDGER_PROJECTION_H
 
+/* The live projector's name in consumer_positions (the query API waits on its positions for consistency tokens). */
+#define TLY_PROJECTOR_CONSUMER "projector"
+
 #include "tally/envelope.h"
 
 #include <libpq-fe.h>
