@@ -137,8 +137,12 @@ for name in sorted(TALLY_SERVICES & set(services)):
 for name, svc in services.items():
     if "container_name" in svc:
         fail("compose.yaml: %s has a container_name (it could not be scaled)" % name)
-if services.get("worker", {}).get("ports"):
-    fail("compose.yaml: worker publishes ports (--scale worker=3 would collide)")
+# A scalable service may publish a port only to a free host port of each
+# container ("[ADDRESS:]:CONTAINER_PORT", no host port).
+for p in services.get("worker", {}).get("ports", []):
+    parts = str(p).split(":")
+    if len(parts) > 1 and parts[-2] != "":
+        fail("compose.yaml: worker publishes %s to a fixed host port (--scale worker=3 would collide)" % p)
 
 
 def has_health(svc):

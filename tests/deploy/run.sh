@@ -7,7 +7,7 @@
 #   compose-v1        Debian's docker-compose (v1) `config -q`: interpolation
 #                     and its own schema; skipped (77) when not installed
 #   compose-rules     check_compose.py: scaling, dependencies, settings
-#   dockerfile-lint   hadolint on both Dockerfiles
+#   dockerfile-lint   hadolint on both Dockerfiles and the stand-ins
 #   dockerfile-rules  check_dockerfile.py (BIN_DIR: the build's bin/, for
 #                     the runtime-library check)
 #   shell             bash -n / sh -n and shellcheck on the container scripts
@@ -34,17 +34,21 @@ compose-v1)
     ;;
 compose-rules) "$py" "$here/check_compose.py" "$root" ;;
 dockerfile-lint)
-    "$bin/hadolint" "$root/deploy/docker/Dockerfile" "$root/deploy/docker/gateway.Dockerfile"
+    "$bin/hadolint" "$root/deploy/docker/Dockerfile" "$root/deploy/docker/gateway.Dockerfile" \
+        "$root"/deploy/docker/standins/*/Dockerfile
     echo "hadolint $("$bin/hadolint" --version | grep -o '[0-9][0-9.]*' | head -n 1): no findings"
     ;;
 dockerfile-rules) "$py" "$here/check_dockerfile.py" "$root" "${2:-}" ;;
 shell)
+    standins=$root/deploy/docker/standins
     bash_scripts=("$root/deploy/docker/entrypoint.sh" "$root/deploy/docker/healthcheck.sh"
-        "$root/deploy/docker/select-e2e-tests.sh" "$here"/*.sh)
+        "$root/deploy/docker/select-e2e-tests.sh" "$here"/*.sh "$root/tests/compose/run.sh"
+        "$standins/build.sh" "$standins/kafka/run.sh" "$standins"/kafka/bin/*.sh "$standins/postgres/docker-entrypoint.sh")
+    sh_scripts=("$root/deploy/docker/gateway.sh" "$standins/nginx/docker-entrypoint.sh" "$standins/redis/docker-entrypoint.sh")
     for f in "${bash_scripts[@]}"; do bash -n "$f"; done
-    sh -n "$root/deploy/docker/gateway.sh"
-    "$bin/shellcheck" "${bash_scripts[@]}" "$root/deploy/docker/gateway.sh"
-    echo "shellcheck $("$bin/shellcheck" --version | sed -n 's/^version: //p'): $((${#bash_scripts[@]} + 1)) scripts clean"
+    for f in "${sh_scripts[@]}"; do sh -n "$f"; done
+    "$bin/shellcheck" "${bash_scripts[@]}" "${sh_scripts[@]}"
+    echo "shellcheck $("$bin/shellcheck" --version | sed -n 's/^version: //p'): $((${#bash_scripts[@]} + ${#sh_scripts[@]})) scripts clean"
     ;;
 entrypoint) "$here/test_entrypoint.sh" "$root" "$py" ;;
 gateway) "$here/test_gateway.sh" "$root" "$py" ;;

@@ -430,7 +430,7 @@ start_api(const char *allow, char *base, size_t cap)
     int p = tly_test_free_port();
     snprintf(bin, sizeof(bin), "%s/tally-command-api", tly_test_env("TALLY_BIN"));
     snprintf(port, sizeof(port), "%d", p);
-    snprintf(log_path, sizeof(log_path), "%s/log/webhook-test-command-api.log", tly_test_env("TALLY_VAR"));
+    tly_test_log_path("webhook-test-command-api.log", log_path, sizeof(log_path));
     snprintf(base, cap, "http://127.0.0.1:%d", p);
     pid_t pid = fork();
     assert_true(pid >= 0);
