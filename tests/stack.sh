@@ -52,6 +52,9 @@ up() {
         TALLY_COMMAND_ADMIN_PORT TALLY_QUERY_ADMIN_PORT TALLY_WORKER_ADMIN_PORT < <(tly_free_ports 9)
     pick_bin "$dir"
     TALLY_VAR=$dir
+    # The development mode of deploy/local/up.sh (test_webhooks_listen.sh
+    # needs it; the SSRF tests start API instances of their own).
+    export TALLY_WEBHOOK_ALLOW_PRIVATE=true
     tly_init
     # A failed start leaves nothing running.
     trap 'if (($? != 0)); then tly_stack_down; fi' EXIT
