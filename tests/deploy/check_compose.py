@@ -118,8 +118,12 @@ for name in sorted(TALLY_SERVICES & set(services)):
         continue
     if not re.search(r"^%s\)" % re.escape(mode), entrypoint, re.M):
         fail("deploy/docker/entrypoint.sh has no mode %s (used by %s)" % (mode, name))
-    if not svc.get("image", "").startswith("tally") or "build" not in svc:
-        fail("compose.yaml: %s does not use (and build) the Tally image" % name)
+    if not svc.get("image", "").startswith("tally"):
+        fail("compose.yaml: %s does not use the Tally image" % name)
+    if svc.get("image") != services.get("migrate", {}).get("image"):
+        fail("compose.yaml: %s names another image than migrate, which builds it" % name)
+    if ("build" in svc) != (name == "migrate"):
+        fail("compose.yaml: %s: only migrate builds the Tally image (each build would run once per service)" % name)
     env = svc.get("environment", {})
     if isinstance(env, list):
         env = dict(e.split("=", 1) for e in env)
