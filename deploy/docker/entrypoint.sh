@@ -90,13 +90,17 @@ e2e() {
     shopt -s nullglob
     local tests=("$dir"/test_*)
     ((${#tests[@]} > 0)) || die "no test programs in $dir"
+    local t0
     for t in "${tests[@]}"; do
         log "running ${t##*/} against $TALLY_URL"
+        t0=$SECONDS
         if "$t"; then
             passed=$((passed + 1))
+            log "passed: ${t##*/} ($((SECONDS - t0))s)"
         else
             failed=$((failed + 1))
             failed_names+=("${t##*/}")
+            log "failed: ${t##*/} ($((SECONDS - t0))s)"
         fi
     done
     ((failed == 0)) || log "failed: ${failed_names[*]}"

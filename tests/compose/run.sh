@@ -220,10 +220,10 @@ check_bootstrap() {
         sleep 0.5
     done
     [[ ${out##*$'\n'} == 404 ]] || { echo "bootstrap key refused by the query side: $out"; return 1; }
-    dc logs migrate | grep -q 'bootstrap api key .* created for tenant compose-it' ||
+    dc logs migrate | grep 'bootstrap api key .* created for tenant compose-it' >/dev/null ||
         { echo "migrate did not say it created the bootstrap key"; dc logs migrate; return 1; }
     # a second start keeps the key (stored hashed, found again)
-    dc run --rm -T migrate 2>&1 | tee /dev/stderr | grep -q 'bootstrap api key .* exists already for tenant compose-it'
+    dc run --rm -T migrate 2>&1 | tee /dev/stderr | grep 'bootstrap api key .* exists already for tenant compose-it' >/dev/null
     account=$(open_account)
     wait_field "/v1/accounts/$account" status open
 }
@@ -249,16 +249,16 @@ check_readme() {
 
 # /metrics on every admin port the stack publishes.
 check_admin() {
-    local target
+    local target metrics
     for target in "command-api 9181" "query-api 9182" "worker 9183"; do
         read -r svc port <<<"$target"
         set -- "$svc" "$port"
-        curl -fsS --max-time 5 "http://$(hport "$1" "$2")/metrics" | grep -q '^tally_' ||
-            { echo "$1: no tally_ metrics on its admin port"; return 1; }
+        metrics=$(curl -fsS --max-time 5 "http://$(hport "$1" "$2")/metrics")
+        grep -q '^tally_' <<<"$metrics" || { echo "$1: no tally_ metrics on its admin port"; return 1; }
         curl -fsS --max-time 5 "http://$(hport "$1" "$2")/readyz"
         echo "$1: /metrics and /readyz answer on $(hport "$1" "$2")"
     done
-    docker inspect -f '{{.State.Health.Status}}' "$(dc ps -q worker | head -n 1)" | grep -qx healthy
+    docker inspect -f '{{.State.Health.Status}}' "$(dc ps -q worker | head -n 1)" | grep -x healthy
 }
 
 check_e2e() {

@@ -23,22 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fails=0 checks=0
-check() {
-    local what=$1
-    shift
-    checks=$((checks + 1))
-    if "$@"; then printf 'ok   %s\n' "$what"; else printf 'FAIL %s\n' "$what"; fails=$((fails + 1)); fi
-}
-# until SECONDS CMD...: true once CMD is, within SECONDS.
-until_ok() {
-    local deadline=$((SECONDS + $1))
-    shift
-    until "$@"; do
-        ((SECONDS < deadline)) || return 1
-        sleep 0.2
-    done
-}
+# shellcheck source=tests/support/check.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../support/check.sh"
+# shellcheck source=deploy/local/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../deploy/local/lib.sh"
 
 # The forward target: records each request (path, webhook-* headers, body) as one JSON line.
 cat >"$tmp/receiver.py" <<'PY'
@@ -58,14 +46,14 @@ s.serve_forever()
 PY
 python3 "$tmp/receiver.py" "$tmp/forwarded" >"$tmp/receiver.port" &
 pids+=($!)
-until_ok 10 test -s "$tmp/receiver.port"
+tly_wait 10 test -s "$tmp/receiver.port"
 rport=$(<"$tmp/receiver.port")
 
 "$TALLY_BIN/tallyctl" webhooks listen --forward-to "http://127.0.0.1:$rport/hook" --events AccountOpened \
     >"$tmp/out" 2>"$tmp/err" &
 listener=$!
 pids+=("$listener")
-check "the endpoint is registered" until_ok 15 grep -q 'registered for http://127.0.0.1:' "$tmp/err"
+check "the endpoint is registered" tly_wait 15 grep -q 'registered for http://127.0.0.1:' "$tmp/err"
 endpoint=$(sed -n 's/^tallyctl: endpoint \([0-9a-f-]*\) registered.*/\1/p' "$tmp/err")
 lport=$(sed -n 's|.* registered for http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$tmp/err")
 echo "endpoint $endpoint on port $lport"
@@ -81,7 +69,7 @@ code=$(curl -sS -o "$tmp/account.json" -w '%{http_code}' --max-time 20 -X POST "
 check "an account is opened (202)" test "$code" = 202
 account=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job"]["resource"]["id"])' "$tmp/account.json")
 check "its AccountOpened arrives signed within 60 s" \
-    until_ok 60 grep -q "type AccountOpened  signature ok  -> http://127.0.0.1:$rport/hook 204" "$tmp/out"
+    tly_wait 60 grep -q "type AccountOpened  signature ok  -> http://127.0.0.1:$rport/hook 204" "$tmp/out"
 check "the printed body is the event's" grep -q "\"aggregate_id\":\"$account\"" "$tmp/out"
 forwarded() {
     python3 - "$tmp/forwarded" "$account" <<'PY'
@@ -104,5 +92,4 @@ code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$TALLY_QUERY_URL/v
 check "the query API no longer shows it (404)" test "$code" = 404
 cat "$tmp/out" "$tmp/err"
 
-printf 'webhooks listen: %d passed, %d failed\n' "$((checks - fails))" "$fails"
-((fails == 0))
+check_summary "webhooks listen"
