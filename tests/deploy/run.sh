@@ -4,8 +4,9 @@
 # test of each; by hand:  tests/deploy/run.sh CHECK [BIN_DIR]
 #
 #   compose-schema    compose.yaml against the compose-spec JSON Schema
-#   compose-v1        Debian's docker-compose (v1) `config -q`: interpolation
-#                     and its own schema; skipped (77) when not installed
+#   compose-v1        `docker compose config -q` (the v2 plugin), else Debian's
+#                     docker-compose (v1): interpolation and its own schema;
+#                     skipped (77) when neither is installed
 #   compose-rules     check_compose.py: scaling, dependencies, settings
 #   dockerfile-lint   hadolint on both Dockerfiles and the stand-ins
 #   dockerfile-rules  check_dockerfile.py (BIN_DIR: the build's bin/, for
@@ -26,8 +27,16 @@ compose-schema)
     "$bin/check-jsonschema" --builtin-schema vendor.compose-spec "$root/compose.yaml"
     ;;
 compose-v1)
-    command -v docker-compose >/dev/null || { echo "skipped: docker-compose not installed"; exit 77; }
     # A clean environment, so the defaults in compose.yaml are what is checked.
+    # The Compose v2 plugin when installed (tests/compose/run.sh builds it),
+    # else Debian's docker-compose 1.29.
+    if env -i PATH="$PATH" HOME="$HOME" docker compose version >/dev/null 2>&1; then
+        env -i PATH="$PATH" HOME="$HOME" docker compose --project-directory "$root" -f "$root/compose.yaml" \
+            --profile test --profile tools config -q
+        echo "docker compose $(env -i PATH="$PATH" HOME="$HOME" docker compose version --short): compose.yaml is valid"
+        exit 0
+    fi
+    command -v docker-compose >/dev/null || { echo "skipped: neither docker compose nor docker-compose installed"; exit 77; }
     env -i PATH="$PATH" HOME="$HOME" docker-compose --project-directory "$root" -f "$root/compose.yaml" \
         --profile test --profile tools config -q
     echo "docker-compose $(docker-compose version --short): compose.yaml is valid"
