@@ -25,13 +25,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fails=0 checks=0
-check() {
-    local what=$1
-    shift
-    checks=$((checks + 1))
-    if "$@"; then printf 'ok   %s\n' "$what"; else printf 'FAIL %s\n' "$what"; fails=$((fails + 1)); fi
-}
+# shellcheck source=tests/support/check.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../support/check.sh"
 
 read -r cport qport gport < <("$python" -c '
 import socket
@@ -108,5 +103,4 @@ unset TALLY_GATEWAY_RESOLVER
 sh "$root/deploy/docker/gateway.sh" -q -t
 check "without a resolver the snippet is gone" test ! -e "$tmp/nginx/conf.d/resolver.conf"
 
-printf 'gateway: %d passed, %d failed\n' "$((checks - fails))" "$fails"
-((fails == 0))
+check_summary gateway

@@ -15,13 +15,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fails=0 checks=0
-check() {
-    local what=$1
-    shift
-    checks=$((checks + 1))
-    if "$@"; then printf 'ok   %s\n' "$what"; else printf 'FAIL %s\n' "$what"; fails=$((fails + 1)); fi
-}
+# shellcheck source=tests/support/check.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../support/check.sh"
 
 # fake_proc NAME ARGS...: a /proc with pid 1 running ARGS (NUL-separated).
 fake_proc() {
@@ -56,5 +51,4 @@ check "worker without an admin port: healthy while it runs" hc TALLY_ADMIN_PORT=
 fake_proc migrate /bin/bash /usr/local/bin/tally-entrypoint migrate
 check "one-shot modes are healthy" hc
 
-printf 'healthcheck: %d passed, %d failed\n' "$((checks - fails))" "$fails"
-((fails == 0))
+check_summary healthcheck

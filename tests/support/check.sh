@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the shell tests: `check WHAT CMD...` runs CMD and prints one
 # "ok"/"FAIL" line; `check_summary NAME` prints "NAME: N passed, N failed"
 # and returns 1 when one failed.
