@@ -75,6 +75,9 @@ up() {
     limits_ports
     pick_bin "$dir"
     TALLY_VAR=$dir
+    # The development mode of deploy/local/up.sh (test_webhooks_listen.sh
+    # needs it; the SSRF tests start API instances of their own).
+    export TALLY_WEBHOOK_ALLOW_PRIVATE=true
     tly_init
     # A failed start leaves nothing running.
     trap 'if (($? != 0)); then tly_stack_down; fi' EXIT

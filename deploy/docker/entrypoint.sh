@@ -6,7 +6,9 @@
 #   worker      [--flag=value...]   the worker (roles: TALLY_WORKER_ROLES)
 #   tallyctl ARGS...                the operator CLI, e.g. tallyctl keys list
 #   migrate                         tallyctl migrate, then tallyctl topics create
-#                                   (each retried until PostgreSQL / Kafka answer)
+#                                   (each retried until PostgreSQL / Kafka answer),
+#                                   then with TALLY_BOOTSTRAP_API_KEY set
+#                                   tallyctl bootstrap (its tenant and key)
 #   e2e                             the end-to-end suite against TALLY_URL with
 #                                   TALLY_API_KEY; without a key it creates a
 #                                   tenant and an admin key with tallyctl
@@ -20,12 +22,16 @@
 #   TALLY_WAIT_SECONDS   how long migrate and e2e wait for a dependency (60)
 #   TALLY_E2E_TESTS_DIR  where the e2e test programs are (set by the image)
 #   TALLY_E2E_TENANT     tenant of the key e2e creates (e2e)
+#   TALLY_BOOTSTRAP_API_KEY, TALLY_BOOTSTRAP_TENANT (bootstrap)
+#                        the key and tenant migrate creates when the key is set
 set -euo pipefail
 
 log() { printf 'tally-entrypoint: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 wait_seconds=${TALLY_WAIT_SECONDS:-60}
+# tallyctl's and the services' default topic; the e2e test programs need it named.
+topic=${TALLY_KAFKA_TOPIC:-tally.events}
 
 # Runs "$@" until it succeeds, for up to $wait_seconds ($1 says what, for
 # the messages).
@@ -44,8 +50,12 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0
 migrate() {
     retry "migrate the database" timeout 60 tallyctl migrate
     # Creating the topic is also the real readiness probe of the broker.
-    retry "create topic ${TALLY_KAFKA_TOPIC:-tally.events}" timeout 30 tallyctl topics create
+    retry "create topic $topic" timeout 30 tallyctl topics create
     log "database migrated, topic ready"
+    if [[ -n ${TALLY_BOOTSTRAP_API_KEY:-} ]]; then
+        timeout 30 tallyctl bootstrap --tenant "${TALLY_BOOTSTRAP_TENANT:-bootstrap}" >/dev/null ||
+            die "could not bootstrap the api key of TALLY_BOOTSTRAP_API_KEY"
+    fi
 }
 
 # 0 when a request with the key gets anything but 401 (or no answer).
@@ -60,6 +70,7 @@ e2e() {
     local dir=${TALLY_E2E_TESTS_DIR:-/usr/local/lib/tally/tests} tenant t passed=0 failed=0 failed_names=()
     : "${TALLY_URL:?TALLY_URL must name the stack to test, e.g. http://gateway:8080}"
     export TALLY_URL
+    export TALLY_KAFKA_TOPIC=$topic
     if [[ -z ${TALLY_API_KEY:-} ]]; then
         tenant=${TALLY_E2E_TENANT:-e2e}
         retry "create tenant $tenant" timeout 30 tallyctl tenants create --name "$tenant" >/dev/null
@@ -79,13 +90,17 @@ e2e() {
     shopt -s nullglob
     local tests=("$dir"/test_*)
     ((${#tests[@]} > 0)) || die "no test programs in $dir"
+    local t0
     for t in "${tests[@]}"; do
         log "running ${t##*/} against $TALLY_URL"
+        t0=$SECONDS
         if "$t"; then
             passed=$((passed + 1))
+            log "passed: ${t##*/} ($((SECONDS - t0))s)"
         else
             failed=$((failed + 1))
             failed_names+=("${t##*/}")
+            log "failed: ${t##*/} ($((SECONDS - t0))s)"
         fi
     done
     ((failed == 0)) || log "failed: ${failed_names[*]}"

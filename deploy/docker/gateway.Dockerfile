@@ -6,7 +6,10 @@
 # As in the official image, the nginx master runs as root only to open the
 # logs (the container's stdout and stderr) and its workers run as the
 # unprivileged `nginx` user; it listens on 8080.
-FROM nginx:1.26.3-bookworm
+# NGINX_IMAGE names another image with that interface (compose:
+# TALLY_NGINX_IMAGE, e.g. the stand-in of deploy/docker/standins/).
+ARG NGINX_IMAGE=nginx:1.26.3-bookworm
+FROM ${NGINX_IMAGE}
 
 COPY deploy/nginx/tally.conf.template /etc/tally/nginx.conf.template
 COPY deploy/docker/gateway.sh /usr/local/bin/tally-gateway
@@ -17,7 +20,7 @@ ENV TALLY_GATEWAY_LISTEN=8080 \
 
 EXPOSE 8080
 
-# GET /healthz goes through the gateway to the query API's /healthz.
+# GET /healthz on the gateway's own port (the template says who answers it).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["sh", "-c", "curl -fsS -o /dev/null --max-time 2 \"http://127.0.0.1:${TALLY_GATEWAY_LISTEN##*:}/healthz\""]
 

@@ -13,6 +13,11 @@
 # TALLY_KAFKA_CONTROLLER_PORT 59093, TALLY_REDIS_PORT 56379.
 # TALLY_API_INSTANCES=N (default 1): N command APIs and N query APIs behind
 # the gateway (instance i > 1 on the first port + 100 * (i - 1)).
+#
+# Webhooks run in development mode here (TALLY_WEBHOOK_ALLOW_PRIVATE=true,
+# unless set otherwise): endpoints on loopback and private addresses and
+# plain http are accepted, so `tallyctl webhooks listen` works on this
+# machine. compose.yaml leaves it off.
 set -euo pipefail
 
 # shellcheck source=deploy/local/lib.sh
@@ -32,11 +37,16 @@ build() {
 }
 
 main() {
+    export TALLY_WEBHOOK_ALLOW_PRIVATE=${TALLY_WEBHOOK_ALLOW_PRIVATE:-true}
     tly_init
     "$TALLY_ROOT/deploy/install-deps.sh"
     build
     tly_stack_up demo "$TALLY_VAR/local.env"
     tly_write_env "$TALLY_VAR/local.env" shell
+    if [[ $TALLY_WEBHOOK_ALLOW_PRIVATE == true ]]; then
+        tly_log "webhooks: development mode (TALLY_WEBHOOK_ALLOW_PRIVATE=true): endpoints on loopback, private" \
+            "addresses and plain http are accepted; try: tallyctl webhooks listen --forward-to http://127.0.0.1:PORT/PATH"
+    fi
     printf 'TALLY_URL=%s\nTALLY_API_KEY=%s\n' "$TALLY_URL" "$TALLY_API_KEY"
 }
 

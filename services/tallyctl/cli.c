@@ -4,6 +4,7 @@
  * (migrate.c, tenants.c, keys.c, topics.c) and never parse argv themselves.
  */
 #include "cli.h"
+#include "bootstrap.h"
 #include "dlq.h"
 #include "sagas.h"
 #include "events.h"
@@ -16,6 +17,7 @@
 #include "topics.h"
 #include "verify.h"
 #include "replay/replay.h"
+#include "webhooks_listen.h"
 
 #include "tally/config.h"
 
@@ -139,6 +141,25 @@ const tly_ctl_cmd_t tly_ctl_commands[] = {
                   "tallyctl limits set --tenant acme --rate 50 --shadow", "tallyctl limits set --tenant acme --clear"},
      .needs = TLY_CTL_NEEDS_PG,
      .handler = tly_ctl_limits_set},
+    {.name = "bootstrap",
+     .summary = "create the tenant and the api key of TALLY_BOOTSTRAP_API_KEY unless they exist (containers, test stacks)",
+     .usage = "bootstrap --tenant NAME [--scopes SCOPES]",
+     .options = {{"tenant", "NAME", true, "tenant of the key (created unless the name exists)"},
+                 {"scopes", "SCOPES", false, "comma-separated: read, write, admin (default read,write,admin)"}},
+     .examples = {"TALLY_BOOTSTRAP_API_KEY=tly_live_<16 base32>_<43 base64url> tallyctl bootstrap --tenant dev"},
+     .needs = TLY_CTL_NEEDS_PG,
+     .handler = tly_ctl_bootstrap},
+    {.name = "webhooks listen",
+     .summary = "register a temporary webhook endpoint here, print and check each delivery, forward it; deleted on exit",
+     .usage = "webhooks listen [--forward-to URL] [--events TYPES] [--listen ADDRESS:PORT] [--url URL]",
+     .options = {{"forward-to", "URL", false, "POST each delivery (body and webhook-* headers) here; Tally gets its status"},
+                 {"events", "TYPES", false, "comma-separated event types to receive (default *: all)"},
+                 {"listen", "ADDRESS:PORT", false, "where to listen (default 127.0.0.1:0, a free port)"},
+                 {"url", "URL", false, "the endpoint URL to register, when the worker reaches this listener another way"}},
+     .examples = {"TALLY_URL=http://127.0.0.1:8080 TALLY_API_KEY=tly_live_... tallyctl webhooks listen "
+                  "--forward-to http://127.0.0.1:3000/webhooks",
+                  "tallyctl webhooks listen --events FundsDeposited,FundsWithdrawn"},
+     .handler = tly_ctl_webhooks_listen},
     {.name = "replay",
      .summary = "rebuild read models from the event log into a shadow schema and swap them in (or keep a copy)",
      .usage = "replay [--projection NAME...] [--until TIME|P:O,...] [--into SCHEMA] [--restart] [--batch N] [--max-rate N] "

@@ -123,8 +123,12 @@ for name in sorted(TALLY_SERVICES & set(services)):
         continue
     if not re.search(r"^%s\)" % re.escape(mode), entrypoint, re.M):
         fail("deploy/docker/entrypoint.sh has no mode %s (used by %s)" % (mode, name))
-    if not svc.get("image", "").startswith("tally") or "build" not in svc:
-        fail("compose.yaml: %s does not use (and build) the Tally image" % name)
+    if not svc.get("image", "").startswith("tally"):
+        fail("compose.yaml: %s does not use the Tally image" % name)
+    if svc.get("image") != services.get("migrate", {}).get("image"):
+        fail("compose.yaml: %s names another image than migrate, which builds it" % name)
+    if ("build" in svc) != (name == "migrate"):
+        fail("compose.yaml: %s: only migrate builds the Tally image (each build would run once per service)" % name)
     env = svc.get("environment", {})
     if isinstance(env, list):
         env = dict(e.split("=", 1) for e in env)
@@ -142,8 +146,12 @@ for name in sorted(TALLY_SERVICES & set(services)):
 for name, svc in services.items():
     if "container_name" in svc:
         fail("compose.yaml: %s has a container_name (it could not be scaled)" % name)
-if services.get("worker", {}).get("ports"):
-    fail("compose.yaml: worker publishes ports (--scale worker=3 would collide)")
+# A scalable service may publish a port only to a free host port of each
+# container ("[ADDRESS:]:CONTAINER_PORT", no host port).
+for p in services.get("worker", {}).get("ports", []):
+    parts = str(p).split(":")
+    if len(parts) > 1 and parts[-2] != "":
+        fail("compose.yaml: worker publishes %s to a fixed host port (--scale worker=3 would collide)" % p)
 
 
 def has_health(svc):

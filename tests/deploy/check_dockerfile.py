@@ -36,14 +36,21 @@ def fail(msg):
 
 
 def stages(path):
-    """[(from_value, [instructions])] of a Dockerfile, comments dropped."""
+    """[(from_value, [instructions])] of a Dockerfile, comments dropped; a
+    FROM ${ARG} reads as the default of that ARG before the first FROM (the
+    image built when nothing overrides it)."""
     parser = DockerfileParser(path=path)
     result = []
+    args = {}
     for ins in parser.structure:
         if ins["instruction"] == "COMMENT":
             continue
-        if ins["instruction"] == "FROM":
-            result.append((ins["value"], []))
+        if ins["instruction"] == "ARG" and not result:
+            name, _, default = ins["value"].partition("=")
+            args[name.strip()] = default.strip()
+        elif ins["instruction"] == "FROM":
+            value = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), ins["value"])
+            result.append((value, []))
         elif result:
             result[-1][1].append(ins)
     return result

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # deploy/docker/healthcheck.sh against a fake /proc (TALLY_HEALTHCHECK_PROC)
-# and a stub /healthz.
+# and a stub /readyz.
 #   test_healthcheck.sh ROOT PYTHON
 set -euo pipefail
 
@@ -15,13 +15,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fails=0 checks=0
-check() {
-    local what=$1
-    shift
-    checks=$((checks + 1))
-    if "$@"; then printf 'ok   %s\n' "$what"; else printf 'FAIL %s\n' "$what"; fails=$((fails + 1)); fi
-}
+# shellcheck source=tests/support/check.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../support/check.sh"
 
 # fake_proc NAME ARGS...: a /proc with pid 1 running ARGS (NUL-separated).
 fake_proc() {
@@ -33,25 +28,27 @@ fake_proc() {
 export TALLY_HEALTHCHECK_PROC=$tmp/proc
 
 port=$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$tmp/www" && : >"$tmp/www/healthz"
+mkdir -p "$tmp/www" && : >"$tmp/www/readyz"
 "$python" -m http.server --bind 127.0.0.1 --directory "$tmp/www" "$port" >/dev/null 2>&1 &
 server_pid=$!
-for _ in $(seq 50); do curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 50); do curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null && break; sleep 0.1; done
 dead=$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 hc() { env "$@" bash "$hc" >/dev/null 2>&1; }
 fake_proc api /usr/local/bin/tally-query-api
-check "query-api healthy when /healthz answers (TALLY_HTTP_PORT)" hc TALLY_HTTP_PORT="$port"
-check "query-api unhealthy when nothing answers" bash -c "! TALLY_HTTP_PORT=$dead bash '$hc' 2>/dev/null"
-fake_proc api /usr/local/bin/tally-command-api "--port=$port"
-check "command-api: --port= wins over TALLY_HTTP_PORT" hc TALLY_HTTP_PORT="$dead"
+check "query-api healthy when the admin port's /readyz answers (TALLY_ADMIN_PORT)" hc TALLY_ADMIN_PORT="$port"
+check "query-api unhealthy when nothing answers" bash -c "! TALLY_ADMIN_PORT=$dead bash '$hc' 2>/dev/null"
+fake_proc api /usr/local/bin/tally-command-api "--admin-port=$port"
+check "command-api: --admin-port= wins over TALLY_ADMIN_PORT" hc TALLY_ADMIN_PORT="$dead"
 fake_proc api /usr/local/bin/tally-command-api
-check "command-api: default port 8081 when nothing is set" bash -c \
-    "curl -fsS -o /dev/null --max-time 1 http://127.0.0.1:8081/healthz 2>/dev/null || ! env -u TALLY_HTTP_PORT bash '$hc' 2>/dev/null"
+check "command-api: default admin port 9181 when nothing is set" bash -c \
+    "curl -fsS -o /dev/null --max-time 1 http://127.0.0.1:9181/readyz 2>/dev/null || ! env -u TALLY_ADMIN_PORT bash '$hc' 2>/dev/null"
 fake_proc worker /usr/local/bin/tally-worker
-check "worker healthy while it runs" hc
+check "worker healthy when its /readyz answers" hc TALLY_ADMIN_PORT="$port"
+check "worker unhealthy when its /readyz does not answer" bash -c "! TALLY_ADMIN_PORT=$dead bash '$hc' 2>/dev/null"
+fake_proc worker /usr/local/bin/tally-worker --admin-port=0
+check "worker without an admin port: healthy while it runs" hc TALLY_ADMIN_PORT="$dead"
 fake_proc migrate /bin/bash /usr/local/bin/tally-entrypoint migrate
 check "one-shot modes are healthy" hc
 
-printf 'healthcheck: %d passed, %d failed\n' "$((checks - fails))" "$fails"
-((fails == 0))
+check_summary healthcheck

@@ -51,7 +51,7 @@ start_api(int port, int admin_port, char *log_path)
     snprintf(adminbuf, sizeof(adminbuf), "%d", admin_port);
     snprintf(bin, sizeof(bin), "%s/tally-command-api", tly_test_env("TALLY_BIN"));
     snprintf(portbuf, sizeof(portbuf), "%d", port);
-    snprintf(log_path, 512, "%s/log/shutdown-test-command-api.log", tly_test_env("TALLY_VAR"));
+    tly_test_log_path("shutdown-test-command-api.log", log_path, 512);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
@@ -195,8 +195,8 @@ int
 main(void)
 {
     key = tly_test_env("TALLY_API_KEY");
-    if (key == NULL || tly_test_env("TALLY_BIN") == NULL || tly_test_env("TALLY_VAR") == NULL) {
-        fprintf(stderr, "TALLY_API_KEY, TALLY_BIN and TALLY_VAR are needed\n");
+    if (key == NULL || tly_test_env("TALLY_BIN") == NULL) {
+        fprintf(stderr, "TALLY_API_KEY and TALLY_BIN are needed\n");
         return 1;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);

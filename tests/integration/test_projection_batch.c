@@ -486,8 +486,8 @@ int
 main(void)
 {
     char err[512];
-    const char *dsn = tly_test_env("TALLY_PG_DSN"), *brokers = tly_test_env("TALLY_KAFKA_BROKERS");
-    topic = tly_test_env("TALLY_KAFKA_TOPIC");
+    const char *dsn = tly_test_env_required("TALLY_PG_DSN"), *brokers = tly_test_env_required("TALLY_KAFKA_BROKERS");
+    topic = tly_test_env_required("TALLY_KAFKA_TOPIC");
     db = PQconnectdb(dsn);
     if (PQstatus(db) != CONNECTION_OK) {
         fprintf(stderr, "could not connect: %s\n", PQerrorMessage(db));
@@ -507,8 +507,5 @@ main(void)
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     rd_kafka_destroy(producer);
     PQfinish(db);
-    free((void *)dsn);
-    free((void *)brokers);
-    free((void *)topic);
     return rc;
 }

@@ -80,7 +80,7 @@ start_retention_worker(void)
 {
     char path[1024], log[1024];
     snprintf(path, sizeof(path), "%s/tally-worker", tly_test_env("TALLY_BIN"));
-    snprintf(log, sizeof(log), "%s/log/retention-worker.log", tly_test_env("TALLY_VAR"));
+    tly_test_log_path("retention-worker.log", log, sizeof(log));
     const char *extra[] = {"TALLY_WORKER_ROLES=retention",    "TALLY_ADMIN_PORT=0",
                            "TALLY_RETENTION_INTERVAL_MS=200", "TALLY_DEDUP_RETENTION_S=86400",
                            "TALLY_COMMAND_RETENTION_S=86400", NULL};

@@ -54,6 +54,8 @@
 static const char *bin_dir;
 static PGconn *db;
 static rd_kafka_t *producer;
+/* Partitions of the event topic, read from the broker at start. */
+static int topic_partitions;
 
 #define sql(q) PQclear(tly_test_sql(db, (q), 0, NULL)) /* statements run for their effect */
 #define sql_text(q) tly_test_sql_text(db, (q), 0, NULL)
@@ -171,7 +173,7 @@ wait_settled(int timeout_s)
         /* the log's end: tallyctl events tail prints nothing we need; ask the broker through a tiny replay-free path */
         int64_t high = 0;
         rd_kafka_t *rk = producer;
-        for (int p = 0; p < atoi(tly_test_env("TALLY_KAFKA_PARTITIONS")); ++p) {
+        for (int p = 0; p < topic_partitions; ++p) {
             int64_t lo, hi;
             if (rd_kafka_query_watermark_offsets(rk, tly_test_env("TALLY_KAFKA_TOPIC"), p, &lo, &hi, 5000) ==
                 RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -582,10 +584,10 @@ int
 main(void)
 {
     char err[512];
-    bin_dir = tly_test_env("TALLY_BIN");
+    bin_dir = tly_test_env_required("TALLY_BIN");
     const char *names[] = {"TALLY_PG_DSN", "TALLY_KAFKA_BROKERS", "TALLY_KAFKA_TOPIC"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); ++i)
-        setenv(names[i], tly_test_env(names[i]), 1);
+        setenv(names[i], tly_test_env_required(names[i]), 1);
     db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));
     if (PQstatus(db) != CONNECTION_OK) {
         fprintf(stderr, "could not connect: %s\n", PQerrorMessage(db));
@@ -597,6 +599,17 @@ main(void)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    /* The topic's own partition count: the stack may create it with any. */
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *t = rd_kafka_topic_new(producer, tly_test_env("TALLY_KAFKA_TOPIC"), NULL);
+    if (rd_kafka_metadata(producer, 0, t, &md, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR || md->topic_cnt != 1 ||
+        md->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        fprintf(stderr, "could not read the partitions of topic %s\n", tly_test_env("TALLY_KAFKA_TOPIC"));
+        return 1;
+    }
+    topic_partitions = md->topics[0].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(t);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_replay_during_load),    cmocka_unit_test(test_replay_yields_to_live_traffic),
         cmocka_unit_test(test_point_in_time),         cmocka_unit_test(test_dead_letter_retry),

@@ -84,6 +84,17 @@ tly_test_env(const char *name)
     return NULL;
 }
 
+const char *
+tly_test_env_required(const char *name)
+{
+    const char *v = tly_test_env(name);
+    if (v == NULL) {
+        fprintf(stderr, "test setting %s is not set (environment, or the file TALLY_TEST_ENV names)\n", name);
+        exit(1);
+    }
+    return v;
+}
+
 typedef struct {
     char *data;
     size_t len;

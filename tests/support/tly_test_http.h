@@ -20,6 +20,11 @@ typedef struct st_tly_test_response_t {
 
 /** Value of setting `name`: the environment first, then the stack's env file. Never freed. */
 const char *tly_test_env(const char *name);
+/**
+ * tly_test_env for a setting the test cannot do without: when it is unset,
+ * says which and exits 1 (a clear error instead of a NULL used later).
+ */
+const char *tly_test_env_required(const char *name);
 
 /**
  * Sends a request to TALLY_URL + path. `headers` is a NULL-terminated list of

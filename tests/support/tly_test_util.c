@@ -160,6 +160,16 @@ tly_test_spawn(char *const *argv, char *const *envp, const char *log, bool die_w
     return pid;
 }
 
+void
+tly_test_log_path(const char *name, char *out, size_t cap)
+{
+    const char *var = tly_test_env("TALLY_VAR"), *tmp = getenv("TMPDIR");
+    if (var != NULL)
+        snprintf(out, cap, "%s/log/%s", var, name);
+    else
+        snprintf(out, cap, "%s/%s", tmp != NULL && tmp[0] != '\0' ? tmp : "/tmp", name);
+}
+
 pid_t
 tly_test_read_pid(const char *name)
 {

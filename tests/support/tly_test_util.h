@@ -32,6 +32,13 @@ void tly_test_make_tenant(const char *prefix, int rate, char *tenant, size_t ten
 /** A TCP port on 127.0.0.1 that was free a moment ago (bound, read, released). */
 int tly_test_free_port(void);
 
+/**
+ * Where a process the test starts itself logs: $TALLY_VAR/log/<name> against
+ * the local stack, else ${TMPDIR:-/tmp}/<name> (a container of the compose
+ * stack, which has no TALLY_VAR).
+ */
+void tly_test_log_path(const char *name, char *out, size_t cap);
+
 /** The pid in $TALLY_VAR/run/<name>.pid (what the stack started), or 0. */
 pid_t tly_test_read_pid(const char *name);
 

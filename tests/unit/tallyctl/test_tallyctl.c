@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "bootstrap.h"
 #include "cli.h"
 #include "migrations.h"
 
@@ -222,6 +223,35 @@ test_args_errors(void **state)
 
 /* --- settings ------------------------------------------------------------ */
 
+/* bootstrap refuses a missing or malformed key and bad options before any
+   connection (the DSN names nothing that answers). */
+static void
+test_bootstrap_refuses_bad_input(void **state)
+{
+    (void)state;
+    char err[256];
+    tly_ctl_args_t a;
+    const tly_ctl_cmd_t *c = cmd_named("bootstrap");
+    tly_ctl_settings_t settings = {.pg_dsn = "host=/nonexistent"};
+    char *ok[] = {"--tenant", "dev"};
+    assert_int_equal(parse("bootstrap", 2, ok, &a, err), 0);
+    unsetenv(TLY_CTL_BOOTSTRAP_KEY_ENV);
+    assert_int_equal(tly_ctl_bootstrap(c, &settings, &a), TLY_CTL_USAGE);
+    setenv(TLY_CTL_BOOTSTRAP_KEY_ENV, "tly_live_short_secret", 1);
+    assert_int_equal(tly_ctl_bootstrap(c, &settings, &a), TLY_CTL_USAGE);
+    setenv(TLY_CTL_BOOTSTRAP_KEY_ENV, "tly_live_abcdefghijklmnop_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG", 1);
+    char *scopes[] = {"--tenant", "dev", "--scopes", "read,owner"};
+    assert_int_equal(parse("bootstrap", 4, scopes, &a, err), 0);
+    assert_int_equal(tly_ctl_bootstrap(c, &settings, &a), TLY_CTL_USAGE);
+    char *empty[] = {"--tenant", ""};
+    assert_int_equal(parse("bootstrap", 2, empty, &a, err), 0);
+    assert_int_equal(tly_ctl_bootstrap(c, &settings, &a), TLY_CTL_USAGE);
+    /* a well-formed request gets as far as the connection */
+    assert_int_equal(parse("bootstrap", 2, ok, &a, err), 0);
+    assert_int_equal(tly_ctl_bootstrap(c, &settings, &a), TLY_CTL_FAIL);
+    unsetenv(TLY_CTL_BOOTSTRAP_KEY_ENV);
+}
+
 static void
 test_settings(void **state)
 {
@@ -380,6 +410,7 @@ main(void)
         cmocka_unit_test(test_help_command),
         cmocka_unit_test(test_args_ok),
         cmocka_unit_test(test_args_errors),
+        cmocka_unit_test(test_bootstrap_refuses_bad_input),
         cmocka_unit_test(test_settings),
         cmocka_unit_test(test_migration_names),
         cmocka_unit_test(test_sha256),
