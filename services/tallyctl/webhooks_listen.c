@@ -3,7 +3,7 @@
 #include "webhooks_listen.h"
 
 #include "tally/clock.h"
-#include "webhook.h"
+#include "tally/webhook_sign.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>

@@ -11,6 +11,7 @@
 #define TALLY_WORKER_WEBHOOK_H
 
 #include "tally/envelope.h"
+#include "tally/webhook_sign.h"
 #include "tally/uuid.h"
 
 #include <jansson.h>
@@ -18,16 +19,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/** Largest body sent; a bigger one is sent without the event's own fields (see tly_webhook_body). */
-#define TLY_WEBHOOK_BODY_MAX (20 * 1024)
 /** Attempts per delivery: the first and one per step of the retry schedule. */
 #define TLY_WEBHOOK_MAX_ATTEMPTS 10
 /** The endpoint is disabled when every attempt failed for this long (before the time scale). */
 #define TLY_WEBHOOK_DISABLE_AFTER_US (5LL * 24 * 3600 * 1000000)
 /** Longest Retry-After honoured (real time, never scaled). */
 #define TLY_WEBHOOK_RETRY_AFTER_MAX_US (24LL * 3600 * 1000000)
-/** Room for "v1,<44 base64 chars>" twice, space-separated. */
-#define TLY_WEBHOOK_SIGNATURE_MAX 128
 #define TLY_WEBHOOK_EVENT_VERSION 1
 
 /**
@@ -62,23 +59,6 @@ int64_t tly_webhook_retry_delay_us(int attempt, double rnd, int64_t time_scale);
  * [0, TLY_WEBHOOK_RETRY_AFTER_MAX_US]. False when the value is neither.
  */
 bool tly_webhook_parse_retry_after(const char *value, int64_t now_us, int64_t *delay_us);
-
-/**
- * One Standard Webhooks signature, "v1,<base64 HMAC-SHA256(key, id.timestamp.body)>",
- * where key is the base64 decoding of `secret` without its "whsec_" prefix.
- * Returns 0, or -1 when the secret is malformed.
- */
-int tly_webhook_sign(const char *secret, const char *msg_id, int64_t timestamp, const char *body, size_t len, char *out, size_t cap)
-    __attribute__((warn_unused_result));
-
-/**
- * The webhook-signature header: the current secret's signature, then, when
- * `previous` is not NULL (a rotation still in its grace period), the previous
- * one's, separated by a space. Returns 0 or -1 (malformed current secret; a
- * malformed previous secret is left out).
- */
-int tly_webhook_signature_header(const char *secret, const char *previous, const char *msg_id, int64_t timestamp, const char *body,
-                                 size_t len, char *out, size_t cap) __attribute__((warn_unused_result));
 
 /**
  * Builds the WebhookEndpointDisabled event (documented as endpoint.disabled):
