@@ -65,7 +65,8 @@ for name in ("kafka", "postgres", "gateway") + tuple(sorted(TALLY_SERVICES)):
         fail("compose.yaml: service %s is missing" % name)
 
 # --- what each mode reads ----------------------------------------------------
-SETTING = re.compile(r'\{\s*"[a-z-]+",\s*"(TALLY_[A-Z0-9_]+)",\s*TLY_CONFIG_\w+,\s*(NULL|"[^"]*")')
+# (a row may sit in a macro: line continuations count as white space)
+SETTING = re.compile(r'\{[\s\\]*"[a-z-]+",\s*"(TALLY_[A-Z0-9_]+)",\s*TLY_CONFIG_\w+,\s*(NULL|"[^"]*")')
 
 
 def settings(*dirs):
@@ -78,13 +79,15 @@ def settings(*dirs):
     return found
 
 
-# Both APIs embed the guard's settings (rate limits, load shedding) from one header.
+# Both APIs embed the guard's settings (rate limits, load shedding) and the
+# consistency-token secret from one header each.
 GUARD = "common/include/tally/guard.h"
+CONSISTENCY = "common/include/tally/consistency.h"
 
 
 binary_settings = {
-    "command-api": settings("services/command-api", GUARD),
-    "query-api": settings("services/query-api", GUARD),
+    "command-api": settings("services/command-api", GUARD, CONSISTENCY),
+    "query-api": settings("services/query-api", GUARD, CONSISTENCY),
     "worker": settings("services/worker"),
     "tallyctl": settings("services/tallyctl"),
 }
