@@ -825,7 +825,13 @@ tly_redis_start() {
     tly_log "redis ready ($(tly_since "$t0"))"
 }
 
-tly_redis_stop() { tly_stop redis "$(tly_redis_pattern)"; }
+# The port it was started on (run/redis.port): `down` does not know the
+# stack's ports, and the pattern must name the running process.
+tly_redis_stop() {
+    local port
+    port=$(cat "$TALLY_VAR/run/redis.port" 2>/dev/null) || port=$TALLY_REDIS_PORT
+    tly_stop redis "redis-server 127.0.0.1:$port"
+}
 
 # --- api instances ------------------------------------------------------------
 # TALLY_API_INSTANCES=N runs N command APIs and N query APIs behind the
