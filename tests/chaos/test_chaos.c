@@ -641,7 +641,11 @@ api_balance(client_t *cl, int account)
     tly_test_sink_t b;
     char path[128];
     snprintf(path, sizeof(path), "/v1/accounts/%s", cl->accounts[account]);
-    assert_int_equal(http(cl->curl, "GET", path, NULL, NULL, NULL, &b), 200);
+    long status = 0;
+    for (int64_t until = tly_test_now_ms() + 30000; tly_test_now_ms() < until; tly_test_sleep_ms(200))
+        if (!retryable(status = http(cl->curl, "GET", path, NULL, NULL, NULL, &b)))
+            break;
+    assert_int_equal(status, 200);
     json_error_t jerr;
     json_t *v = json_loads(b.data, 0, &jerr);
     long balance = (long)json_integer_value(json_object_get(v, "balance"));
@@ -800,7 +804,9 @@ test_chaos(void **state)
     unsigned seed = (v = getenv("TALLY_CHAOS_SEED")) != NULL ? (unsigned)atol(v) : (unsigned)time(NULL);
     fprintf(stderr, "chaos: %d s, %d clients, %d commands/s, %s kafka, seed %u\n", seconds, nclients, rate,
             replicated ? "replicated (3 nodes)" : "single-node", seed);
-    tly_test_make_tenant("chaos", rate * 4, tenant, sizeof(tenant), key, sizeof(key));
+    /* faults are under test here, not limits: the key's contract leaves room for the settle phase's reads, which
+       run as fast as jobs end; the one bucket is shared by both APIs (a 429 is still retried) */
+    tly_test_make_tenant("chaos", rate * 50, tenant, sizeof(tenant), key, sizeof(key));
     client_t *clients = calloc((size_t)nclients, sizeof(*clients));
     if (clients == NULL)
         abort();
