@@ -136,7 +136,8 @@ tly_guard_load(const tly_guard_thread_t *t, int64_t now_us)
 {
     const tly_guard_config_t *c = &t->guard->cfg;
     double load = (double)*t->inflight / (double)c->shed_inflight;
-    double pg = ewma_value(&t->pg, now_us) / (double)c->shed_pg_ms, broker = ewma_value(&t->broker, now_us) / (double)c->shed_broker_ms;
+    double pg = ewma_value(&t->pg, now_us) / (double)c->shed_pg_ms,
+           broker = ewma_value(&t->broker, now_us) / (double)c->shed_broker_ms;
     if (pg > load)
         load = pg;
     if (broker > load)

@@ -210,4 +210,3 @@ tly_http_allow(h2o_req_t *req, const char *own)
         return "GET, HEAD, PATCH, DELETE";
     return own;
 }
-

@@ -130,11 +130,12 @@ static int
 refresh_once(tly_keycache_t *kc, PGconn *conn, char *err, size_t errcap)
 {
     /* one second of overlap: rows committed late with an older updated_at */
-    const char *sql = "SELECT k.id, k.tenant_id, k.secret_hash, k.scopes, k.tier, k.rate_per_sec, k.burst, k.revoked_at IS NOT NULL, "
-                      "(SELECT coalesce(max(updated_at), 'epoch') FROM api_keys)::text, "
-                      "(extract(epoch FROM k.expires_at) * 1000000)::bigint, t.max_long_polls "
-                      "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
-                      "WHERE k.updated_at >= $1::timestamptz - interval '1 second'";
+    const char *sql =
+        "SELECT k.id, k.tenant_id, k.secret_hash, k.scopes, k.tier, k.rate_per_sec, k.burst, k.revoked_at IS NOT NULL, "
+        "(SELECT coalesce(max(updated_at), 'epoch') FROM api_keys)::text, "
+        "(extract(epoch FROM k.expires_at) * 1000000)::bigint, t.max_long_polls "
+        "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
+        "WHERE k.updated_at >= $1::timestamptz - interval '1 second'";
     const char *params[1] = {kc->since};
     PGresult *res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
     int ret = -1;

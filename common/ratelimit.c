@@ -113,8 +113,8 @@ subject_of(tly_limiter_t *lim, char kind, const char *id)
 }
 
 void
-tly_limiter_set(tly_limiter_t *lim, const char *kind, const char *id, bool shadow, int64_t rate, int64_t burst,
-                int64_t concurrency, int64_t long_polls)
+tly_limiter_set(tly_limiter_t *lim, const char *kind, const char *id, bool shadow, int64_t rate, int64_t burst, int64_t concurrency,
+                int64_t long_polls)
 {
     tly_limit_subject_t *s = subject_of(lim, strcmp(kind, "tenant") == 0 ? 't' : 'k', id);
     pthread_mutex_lock(&s->lock);
@@ -181,8 +181,8 @@ redis_estimate(const rl_bucket_t *b, int64_t now_us)
  * Fills `*call` when the bucket wants a lease, returns whether the request may go.
  */
 static bool
-bucket_take(tly_limiter_t *lim, rl_bucket_t *b, bool store_ok, tly_store_down_policy_t policy, int64_t now_us,
-            rl_source_t *src, int64_t *wait_ms, rl_call_t *call)
+bucket_take(tly_limiter_t *lim, rl_bucket_t *b, bool store_ok, tly_store_down_policy_t policy, int64_t now_us, rl_source_t *src,
+            int64_t *wait_ms, rl_call_t *call)
 {
     int64_t lease_size = rl_lease_size(lim, b->burst);
     bool allowed = false;
@@ -568,9 +568,9 @@ register_metrics(tly_limiter_t *lim)
         tly_counter_add(lim->near_limit[s], 0);
         tly_counter_add(lim->concurrency[s], 0);
     }
-    tly_metric_t *calls = tly_metrics_counter(r, "tally_rate_limit_redis_calls_total",
-                                              "Calls to Redis by the rate limiter: lease, return (of an idle lease), probe.",
-                                              "kind", 3);
+    tly_metric_t *calls =
+        tly_metrics_counter(r, "tally_rate_limit_redis_calls_total",
+                            "Calls to Redis by the rate limiter: lease, return (of an idle lease), probe.", "kind", 3);
     lim->calls_lease = tly_metric_s1(calls, "lease");
     lim->calls_return = tly_metric_s1(calls, "return");
     lim->calls_probe = tly_metric_s1(calls, "probe");

@@ -33,15 +33,15 @@ typedef enum en_rl_source_t {
 
 /* One token bucket as this instance sees it; guarded by its subject's lock. */
 typedef struct st_rl_bucket_t {
-    char rkey[64];        /* the Redis key */
-    int64_t rate, burst;  /* the limit in force (0: none) */
-    int64_t lease;        /* tokens held by this instance */
-    int64_t debt;         /* tokens admitted without a lease, still to report */
-    int64_t debt_sent;    /* the part of the debt the call in flight reports */
-    int64_t reported;     /* tokens Redis had left at its last answer */
+    char rkey[64];       /* the Redis key */
+    int64_t rate, burst; /* the limit in force (0: none) */
+    int64_t lease;       /* tokens held by this instance */
+    int64_t debt;        /* tokens admitted without a lease, still to report */
+    int64_t debt_sent;   /* the part of the debt the call in flight reports */
+    int64_t reported;    /* tokens Redis had left at its last answer */
     int64_t last_reply_us, empty_until_us, last_take_us;
-    bool refilling;       /* a call for this bucket is in flight */
-    double local;         /* the local share's tokens */
+    bool refilling; /* a call for this bucket is in flight */
+    double local;   /* the local share's tokens */
     int64_t local_us;
     bool active; /* in the sweeper's list (holds a lease or a debt) */
     struct st_rl_bucket_t *active_next;
@@ -57,7 +57,7 @@ struct st_tly_limit_subject_t {
     int64_t o_rate, o_burst, o_concurrency, o_long_polls;
     int64_t s_rate, s_burst;
     rl_bucket_t enforce, shadow;
-    int64_t inflight, long_polls; /* this process's requests of the key */
+    int64_t inflight, long_polls;   /* this process's requests of the key */
     int64_t conc_limit, poll_limit; /* the shares in force for the requests held */
 };
 
@@ -102,8 +102,7 @@ void rl_script_sha(char out[41]);
 /** Sends a lease call (or a return) for `call` on the thread's connection. */
 void rl_store_send(tly_limiter_thread_t *t, const rl_call_t *call);
 /** Applies a lease answer (grant, tokens left, ms until a token) or a failure (`ok` false). */
-void rl_bucket_answered(tly_limiter_t *lim, rl_bucket_t *b, bool ok, int64_t grant, int64_t left, int64_t wait_ms,
-                        int64_t now_us);
+void rl_bucket_answered(tly_limiter_t *lim, rl_bucket_t *b, bool ok, int64_t grant, int64_t left, int64_t wait_ms, int64_t now_us);
 /** Returns idle leases and pays debts (the sweeper thread, every tick). */
 void rl_sweep(tly_limiter_thread_t *t, int64_t now_us);
 

@@ -22,24 +22,23 @@
  * The key expires once it would be full again: an expired bucket and a full
  * one are the same.
  */
-const char rl_lease_script[] =
-    "local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
-    "local want, debt, back = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])\n"
-    "local t = redis.call('TIME')\n"
-    "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
-    "local s = redis.call('HMGET', KEYS[1], 'tokens', 'ts')\n"
-    "local tokens, ts = tonumber(s[1]), tonumber(s[2])\n"
-    "if tokens == nil or ts == nil then tokens, ts = burst, now end\n"
-    "if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000); ts = now end\n"
-    "tokens = math.max(-burst, math.min(burst, tokens + back) - debt)\n"
-    "local grant = 0\n"
-    "if tokens >= 1 then grant = math.min(want, math.floor(tokens)) end\n"
-    "tokens = tokens - grant\n"
-    "redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))\n"
-    "redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)\n"
-    "local wait = 0\n"
-    "if tokens < 1 then wait = math.ceil((1 - tokens) * 1000 / rate) end\n"
-    "return {grant, math.floor(tokens), wait}\n";
+const char rl_lease_script[] = "local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+                               "local want, debt, back = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+                               "local t = redis.call('TIME')\n"
+                               "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+                               "local s = redis.call('HMGET', KEYS[1], 'tokens', 'ts')\n"
+                               "local tokens, ts = tonumber(s[1]), tonumber(s[2])\n"
+                               "if tokens == nil or ts == nil then tokens, ts = burst, now end\n"
+                               "if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000); ts = now end\n"
+                               "tokens = math.max(-burst, math.min(burst, tokens + back) - debt)\n"
+                               "local grant = 0\n"
+                               "if tokens >= 1 then grant = math.min(want, math.floor(tokens)) end\n"
+                               "tokens = tokens - grant\n"
+                               "redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(ts))\n"
+                               "redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)\n"
+                               "local wait = 0\n"
+                               "if tokens < 1 then wait = math.ceil((1 - tokens) * 1000 / rate) end\n"
+                               "return {grant, math.floor(tokens), wait}\n";
 
 typedef struct st_store_call_t {
     tly_limiter_thread_t *t;
@@ -146,8 +145,7 @@ sweep_one(tly_limiter_thread_t *t, rl_bucket_t *b, int64_t now_us, rl_call_t *ca
     bool keep;
     call->bucket = NULL;
     pthread_mutex_lock(&b->subject->lock);
-    if (!b->refilling && now_us - b->last_take_us > RL_IDLE_US && (b->lease > 0 || b->debt > 0) &&
-        tly_limiter_store_ok(t)) {
+    if (!b->refilling && now_us - b->last_take_us > RL_IDLE_US && (b->lease > 0 || b->debt > 0) && tly_limiter_store_ok(t)) {
         *call = (rl_call_t){b, b->rate, b->burst, 0, b->debt, b->lease};
         b->refilling = true;
         b->debt_sent = b->debt;

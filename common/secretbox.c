@@ -113,12 +113,13 @@ gcm(bool enc, const unsigned char *key, const unsigned char *nonce, const char *
 {
     EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
     int n = 0, fin = 0;
-    bool ok = c != NULL && EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL, enc) == 1 &&
-              EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, NONCE_LEN, NULL) == 1 &&
-              EVP_CipherInit_ex(c, NULL, NULL, key, nonce, enc) == 1 &&
-              EVP_CipherUpdate(c, NULL, &n, (const unsigned char *)aad, (int)strlen(aad)) == 1 &&
-              EVP_CipherUpdate(c, out, &n, in, len) == 1 && (enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag) == 1) &&
-              EVP_CipherFinal_ex(c, out + n, &fin) == 1 && (!enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) == 1);
+    bool ok =
+        c != NULL && EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, NULL, NULL, enc) == 1 &&
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_IVLEN, NONCE_LEN, NULL) == 1 &&
+        EVP_CipherInit_ex(c, NULL, NULL, key, nonce, enc) == 1 &&
+        EVP_CipherUpdate(c, NULL, &n, (const unsigned char *)aad, (int)strlen(aad)) == 1 &&
+        EVP_CipherUpdate(c, out, &n, in, len) == 1 && (enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag) == 1) &&
+        EVP_CipherFinal_ex(c, out + n, &fin) == 1 && (!enc || EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) == 1);
     EVP_CIPHER_CTX_free(c);
     return ok;
 }

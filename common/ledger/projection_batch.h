@@ -47,7 +47,7 @@ typedef struct st_tly_projection__account_t {
     int64_t nupdates; /* events after the insert: each one counts in version */
     bool has_balance, found;
     int64_t balance;
-    const char *status; /* NULL: unchanged */
+    const char *status;                   /* NULL: unchanged */
     tly_projection__str_t status_changes; /* the batch's status events, `{"at":..,"status":..},...` (0: none) */
     int64_t updated_at;
     const char *first_type; /* type of the first update (static), for the error when the row is missing */

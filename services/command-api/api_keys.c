@@ -168,8 +168,12 @@ on_created(void *data, PGresult *res, const char *err)
         key_op_destroy(op);
         return;
     }
-    tly_key_attrs_t attrs = {.tenant_id = op->api.principal.tenant_id, .scopes = op->scopes, .contract = op->contract,
-                             .rate = op->rate, .burst = op->burst, .expires_us = op->expires_us,
+    tly_key_attrs_t attrs = {.tenant_id = op->api.principal.tenant_id,
+                             .scopes = op->scopes,
+                             .contract = op->contract,
+                             .rate = op->rate,
+                             .burst = op->burst,
+                             .expires_us = op->expires_us,
                              .max_long_polls = op->api.principal.max_long_polls};
     memcpy(attrs.hash, op->hash, sizeof(attrs.hash));
     snprintf(attrs.tier, sizeof(attrs.tier), "%s", op->tier);

@@ -95,7 +95,7 @@ struct st_cmd_op_t {
     h2o_multithread_message_t report;
     rd_kafka_resp_err_t report_err;
     int64_t report_latency_us;
-    int32_t log_partition;        /* where the request event is in the log (-1: not known, a replayed 202) */
+    int32_t log_partition; /* where the request event is in the log (-1: not known, a replayed 202) */
     int64_t log_offset;
 };
 

@@ -91,10 +91,9 @@ const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
        same as the query API's GET (tests compare them). */
     [STMT_WH_CREATE] = {"wh_create",
                         "WITH w AS (INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, secret) "
-                        "VALUES ($1, $2, $3, $4, $5::text[], $6) RETURNING id, " WH_ENDPOINT_JSON " AS j), "
-                        WH_AUDIT("webhook_endpoint.created", "$7", "$8",
-                                 "jsonb_build_object('url', $3, 'description', $4, 'event_types', $5::text[])")
-                        " SELECT j FROM w",
+                        "VALUES ($1, $2, $3, $4, $5::text[], $6) RETURNING id, " WH_ENDPOINT_JSON " AS j), " WH_AUDIT(
+                            "webhook_endpoint.created", "$7", "$8",
+                            "jsonb_build_object('url', $3, 'description', $4, 'event_types', $5::text[])") " SELECT j FROM w",
                         8},
     /* $3 url, $4 description, $5 event types, $6 enabled: NULL keeps the
        value. Disabling records 'manual' (keeping the sender's 'gone' or
@@ -108,24 +107,22 @@ const tly_pg_statement_t cmd_statements[STMT__COUNT] = {
                         "WHEN enabled THEN 'manual' ELSE disabled_reason END, "
                         "failing_since = CASE WHEN $6::boolean AND NOT enabled THEN NULL ELSE failing_since END, "
                         "version = version + 1, updated_at = now() "
-                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id, " WH_ENDPOINT_JSON " AS j), "
-                        WH_AUDIT("webhook_endpoint.updated", "$7", "$8",
-                                 "jsonb_strip_nulls(jsonb_build_object('url', $3, 'description', $4, "
-                                 "'event_types', $5::text[], 'enabled', $6::boolean))")
-                        " SELECT j FROM w",
+                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id, " WH_ENDPOINT_JSON
+                        " AS j), " WH_AUDIT("webhook_endpoint.updated", "$7", "$8",
+                                            "jsonb_strip_nulls(jsonb_build_object('url', $3, 'description', $4, "
+                                            "'event_types', $5::text[], 'enabled', $6::boolean))") " SELECT j FROM w",
                         8},
     [STMT_WH_DELETE] = {"wh_delete",
                         "WITH w AS (UPDATE webhook_endpoints SET deleted_at = now(), updated_at = now(), version = version + 1 "
-                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id), "
-                        WH_AUDIT("webhook_endpoint.deleted", "$3", "$4", "'{}'::jsonb") " SELECT id FROM w",
+                        "WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id), " WH_AUDIT(
+                            "webhook_endpoint.deleted", "$3", "$4", "'{}'::jsonb") " SELECT id FROM w",
                         4},
     /* The current secret keeps signing beside the new one for 24 h. */
     [STMT_WH_ROTATE] = {"wh_rotate",
                         "WITH w AS (UPDATE webhook_endpoints SET previous_secret = secret, "
                         "previous_secret_expires_at = now() + interval '24 hours', secret = $3, version = version + 1, "
-                        "updated_at = now() WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id, "
-                        WH_ENDPOINT_JSON " AS j), "
-                        WH_AUDIT("webhook_endpoint.secret_rotated", "$4", "$5", "'{}'::jsonb") " SELECT j FROM w",
+                        "updated_at = now() WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL RETURNING id, " WH_ENDPOINT_JSON
+                        " AS j), " WH_AUDIT("webhook_endpoint.secret_rotated", "$4", "$5", "'{}'::jsonb") " SELECT j FROM w",
                         5},
     /* Replay [$3, $4): settled deliveries go back to pending, due now, with
        their ids and attempt history kept (the attempt counter goes on, so
@@ -183,10 +180,8 @@ add_consistency_token(cmd_op_t *op)
     char token[TLY_CONSISTENCY_TEXT_CAP];
     if (op->thr->consistency_key == NULL)
         return;
-    tly_consistency_t t = {.tenant = op->api.principal.tenant_id,
-                           .job = op->job_id,
-                           .partition = op->log_partition,
-                           .offset = op->log_offset};
+    tly_consistency_t t = {
+        .tenant = op->api.principal.tenant_id, .job = op->job_id, .partition = op->log_partition, .offset = op->log_offset};
     tly_consistency_encode(&t, op->thr->consistency_key, token);
     tly_http_add_header(op->api.req, TLY_CONSISTENCY_HEADER, token);
 }

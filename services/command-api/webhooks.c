@@ -148,8 +148,14 @@ start_create(wh_op_t *op, const tly_webhook_fields_t *f, const char *types)
         wh_op_destroy(op);
         return;
     }
-    const char *params[8] = {id,         op->tenant, f->url, f->description != NULL ? f->description : "", types, op->sealed,
-                             op->api.principal.key_id, op->api.request_id};
+    const char *params[8] = {id,
+                             op->tenant,
+                             f->url,
+                             f->description != NULL ? f->description : "",
+                             types,
+                             op->sealed,
+                             op->api.principal.key_id,
+                             op->api.request_id};
     tly_pgpool_exec(op->thr->pg, STMT_WH_CREATE, params, on_done, op);
 }
 
@@ -157,8 +163,14 @@ static void
 start_patch(wh_op_t *op, const tly_webhook_fields_t *f, const char *types)
 {
     const char *enabled = f->enabled < 0 ? NULL : f->enabled ? "true" : "false";
-    const char *params[8] = {op->id,  op->tenant, f->url, f->description, f->ntypes > 0 ? types : NULL,
-                             enabled, op->api.principal.key_id, op->api.request_id};
+    const char *params[8] = {op->id,
+                             op->tenant,
+                             f->url,
+                             f->description,
+                             f->ntypes > 0 ? types : NULL,
+                             enabled,
+                             op->api.principal.key_id,
+                             op->api.request_id};
     tly_pgpool_exec(op->thr->pg, STMT_WH_UPDATE, params, on_done, op);
 }
 

@@ -86,8 +86,8 @@ exec_page(query_op_t *op, const char *lo_t, const char *lo_id)
         char as_of[40];
         if (q->has_as_of)
             tly_clock_format_rfc3339(q->as_of_us, as_of, sizeof(as_of));
-        const char *params[8] = {op->id_text, op->tenant, lo_t, lo_id, hi_t, q->kind[0] ? q->kind : NULL, limit,
-                                 q->has_as_of ? as_of : NULL};
+        const char *params[8] = {
+            op->id_text, op->tenant, lo_t, lo_id, hi_t, q->kind[0] ? q->kind : NULL, limit, q->has_as_of ? as_of : NULL};
         tly_pgpool_exec(thr->pg, STMT_LIST_ENTRIES, params, on_page, op);
     }
 }

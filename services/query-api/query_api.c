@@ -29,7 +29,7 @@
 #define US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
 /* An account as json; `status`, `balance`, `version` and `updated_at` are expressions (GET ?as_of= computes them). */
 #define ACCOUNT_OBJ_WITH(status, balance, version, updated_at)                                                                     \
-    "json_build_object('id', id, 'currency', currency, 'label', label, 'status', " status ", 'balance', " balance                 \
+    "json_build_object('id', id, 'currency', currency, 'label', label, 'status', " status ", 'balance', " balance                  \
     ", 'version', " version ", 'created_at', " TS("created_at") ", 'updated_at', " TS(updated_at) ")"
 #define ACCOUNT_OBJ ACCOUNT_OBJ_WITH("status", "balance", "version", "updated_at")
 #define ACCOUNT_JSON ACCOUNT_OBJ "::text"
@@ -53,7 +53,7 @@
 /* clang-format on */
 /* A transfer as json; `from` and `to` are expressions (the account ids, or the accounts with ?expand=). */
 #define TRANSFER_OBJ_WITH(from, to)                                                                                                \
-    "json_build_object('id', id, 'from_account', " from ", 'to_account', " to ", 'amount', amount, 'currency', "                 \
+    "json_build_object('id', id, 'from_account', " from ", 'to_account', " to ", 'amount', amount, 'currency', "                   \
     "currency, 'reference', reference, 'status', status, 'compensated', compensated, 'error', CASE WHEN error_code IS NULL "       \
     "THEN NULL ELSE json_build_object('code', error_code, 'detail', error_detail) END, 'job_id', job_id, 'version', version, "     \
     "'timeline', timeline, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")"
@@ -67,10 +67,12 @@
  * projected one or, before the projector saw its event, the command record (the queued fallback).
  */
 #define JOB_JSON_WITH(object)                                                                                                      \
-    "json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at")          \
-    ", 'resource', json_build_object('type', resource_type, 'id', resource_id, 'url', '/v1/' || resource_type || 's/' || "        \
-    "resource_id" object "), 'error', CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, "        \
-    "'detail', error_detail) END)::text"
+    "json_build_object('id', id, 'status', status, 'created_at', " TS("created_at") ", 'updated_at', " TS(                         \
+        "updated_at") ", 'resource', json_build_object('type', resource_type, 'id', resource_id, 'url', '/v1/' || resource_type "  \
+                      "|| 's/' || "                                                                                                \
+                      "resource_id" object                                                                                         \
+                      "), 'error', CASE WHEN error_code IS NULL THEN NULL ELSE json_build_object('code', error_code, "             \
+                      "'detail', error_detail) END)::text"
 /* clang-format off */
 #define JOB_FROM                                                                                                                   \
     " FROM (SELECT id, status, created_at, updated_at, resource_type, resource_id, error_code, error_detail, "                    \
@@ -96,8 +98,10 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
     [STMT_JOB] = {"get_job", "SELECT " JOB_JSON_WITH("") ", version, status" JOB_FROM, 2},
     /* ?expand=resource: the ETag's version names the job's and the embedded resource's ("4-r7") */
     [STMT_JOB_EXPANDED] = {"get_job_expanded",
-                           "SELECT " JOB_JSON_WITH(", 'object', " JOB_RESOURCE(ACCOUNT_OBJ, TRANSFER_OBJ)) ", version || '-r' || "
-                           "coalesce(" JOB_RESOURCE("x.version", "x.version") ", 0), status" JOB_FROM,
+                           "SELECT " JOB_JSON_WITH(", 'object', " JOB_RESOURCE(
+                               ACCOUNT_OBJ, TRANSFER_OBJ)) ", version || '-r' || "
+                                                           "coalesce(" JOB_RESOURCE("x.version",
+                                                                                    "x.version") ", 0), status" JOB_FROM,
                            2},
     /* clang-format on */
     /* $1 tenant, ($2, $3) exclusive lower position, $4 exclusive upper
@@ -135,13 +139,22 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
        the ETag's version names the transfer's and each embedded account's ("5-a3-a9") */
     [STMT_TRANSFER_EXPANDED] =
         {"get_transfer_expanded",
-         "SELECT " TRANSFER_OBJ_WITH("CASE WHEN $3 THEN coalesce(" EXPANDED_ACCOUNT("t.from_account") ", to_json(from_account)) "
-                                     "ELSE to_json(from_account) END",
-                                     "CASE WHEN $4 THEN coalesce(" EXPANDED_ACCOUNT("t.to_account") ", to_json(to_account)) "
-                                     "ELSE to_json(to_account) END") "::text, "
-         "version || CASE WHEN $3 THEN '-a' || coalesce(" EXPANDED_ACCOUNT_VERSION("t.from_account") ", 0) ELSE '' END || "
-         "CASE WHEN $4 THEN '-a' || coalesce(" EXPANDED_ACCOUNT_VERSION("t.to_account") ", 0) ELSE '' END "
-         "FROM transfers t WHERE id = $1 AND tenant_id = $2 AND from_account IS NOT NULL",
+         "SELECT " TRANSFER_OBJ_WITH(
+             "CASE WHEN $3 THEN coalesce(" EXPANDED_ACCOUNT("t.from_account") ", to_json(from_account)) "
+                                                                              "ELSE to_json(from_account) END",
+             "CASE WHEN $4 THEN coalesce(" EXPANDED_ACCOUNT(
+                 "t.to_account") ", to_json(to_account)) "
+                                 "ELSE to_json(to_account) END") "::text, "
+                                                                 "version || CASE WHEN $3 THEN '-a' || "
+                                                                 "coalesce(" EXPANDED_ACCOUNT_VERSION(
+                                                                     "t.from_account") ", 0) ELSE '' END || "
+                                                                                       "CASE WHEN $4 THEN '-a' || "
+                                                                                       "coalesce(" EXPANDED_ACCOUNT_VERSION(
+                                                                                           "t.to_account") ", 0) ELSE '' END "
+                                                                                                           "FROM transfers t WHERE "
+                                                                                                           "id = $1 AND tenant_id "
+                                                                                                           "= $2 AND from_account "
+                                                                                                           "IS NOT NULL",
          4},
     /*
      * The account as of $3 (GET /v1/accounts/{id}?as_of=): its events are its ledger entries and its status
@@ -152,26 +165,41 @@ const tly_pg_statement_t qa_statements[STMT__COUNT] = {
      */
     [STMT_ACCOUNT_AS_OF] =
         {"get_account_as_of",
-         "SELECT CASE WHEN h.v = a.version THEN " ACCOUNT_OBJ_WITH("a.status", "a.balance", "a.version", "a.updated_at") "::text ELSE "
-         ACCOUNT_OBJ_WITH("h.status", "h.balance", "h.v", "h.at") "::text END, h.v, $3 <= a.updated_at "
-         "FROM accounts a CROSS JOIN LATERAL (SELECT "
-         "a.version - (SELECT count(*) FROM ledger_entries e WHERE e.account_id = a.id AND e.created_at > $3) "
-         "- (SELECT count(*) FROM jsonb_array_elements(a.status_changes) c WHERE (c->>'at')::timestamptz > $3) AS v, "
-         "coalesce((SELECT e.balance_after FROM ledger_entries e WHERE e.account_id = a.id AND e.created_at <= $3 "
-         "ORDER BY e.created_at DESC, e.id DESC LIMIT 1), 0) AS balance, "
-         "coalesce((SELECT c->>'status' FROM jsonb_array_elements(a.status_changes) WITH ORDINALITY x(c, i) "
-         "WHERE (c->>'at')::timestamptz <= $3 ORDER BY x.i DESC LIMIT 1), "
-         "CASE WHEN a.status_changes = '[]'::jsonb THEN a.status ELSE 'open' END) AS status, "
-         "greatest(a.created_at, (SELECT max(e.created_at) FROM ledger_entries e WHERE e.account_id = a.id "
-         "AND e.created_at <= $3), (SELECT max((c->>'at')::timestamptz) FROM jsonb_array_elements(a.status_changes) c "
-         "WHERE (c->>'at')::timestamptz <= $3)) AS at) h "
-         "WHERE a.id = $1 AND a.tenant_id = $2 AND a.created_at <= $3::timestamptz",
+         "SELECT CASE WHEN h.v = a.version THEN " ACCOUNT_OBJ_WITH(
+             "a.status", "a.balance", "a.version",
+             "a.updated_at") "::text ELSE " ACCOUNT_OBJ_WITH("h.status", "h.balance", "h.v",
+                                                             "h.at") "::text END, h.v, $3 <= a.updated_at "
+                                                                     "FROM accounts a CROSS JOIN LATERAL (SELECT "
+                                                                     "a.version - (SELECT count(*) FROM ledger_entries e WHERE "
+                                                                     "e.account_id = a.id AND e.created_at > $3) "
+                                                                     "- (SELECT count(*) FROM "
+                                                                     "jsonb_array_elements(a.status_changes) c WHERE "
+                                                                     "(c->>'at')::timestamptz > $3) AS v, "
+                                                                     "coalesce((SELECT e.balance_after FROM ledger_entries e WHERE "
+                                                                     "e.account_id = a.id AND e.created_at <= $3 "
+                                                                     "ORDER BY e.created_at DESC, e.id DESC LIMIT 1), 0) AS "
+                                                                     "balance, "
+                                                                     "coalesce((SELECT c->>'status' FROM "
+                                                                     "jsonb_array_elements(a.status_changes) WITH ORDINALITY x(c, "
+                                                                     "i) "
+                                                                     "WHERE (c->>'at')::timestamptz <= $3 ORDER BY x.i DESC LIMIT "
+                                                                     "1), "
+                                                                     "CASE WHEN a.status_changes = '[]'::jsonb THEN a.status ELSE "
+                                                                     "'open' END) AS status, "
+                                                                     "greatest(a.created_at, (SELECT max(e.created_at) FROM "
+                                                                     "ledger_entries e WHERE e.account_id = a.id "
+                                                                     "AND e.created_at <= $3), (SELECT "
+                                                                     "max((c->>'at')::timestamptz) FROM "
+                                                                     "jsonb_array_elements(a.status_changes) c "
+                                                                     "WHERE (c->>'at')::timestamptz <= $3)) AS at) h "
+                                                                     "WHERE a.id = $1 AND a.tenant_id = $2 AND a.created_at <= "
+                                                                     "$3::timestamptz",
          3},
     /* Whether the read models include a consistency token's command: its job is terminal and the projector is
        past its request event ($3 partition, -1: not known; $4 offset). */
     [STMT_TOKEN_REACHED] = {"token_reached",
-                            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2 AND status IN "
-                            TLY_JOB_TERMINAL_SQL ") AND ($3::int < 0 OR EXISTS (SELECT 1 FROM consumer_positions "
+                            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND tenant_id = $2 AND status IN " TLY_JOB_TERMINAL_SQL
+                            ") AND ($3::int < 0 OR EXISTS (SELECT 1 FROM consumer_positions "
                             "WHERE consumer = '" TLY_PROJECTOR_CONSUMER "' AND partition = $3::int AND next_offset > $4::bigint))",
                             4},
     /* The projector's watermark (Tally-Watermark): every event that occurred up to it is applied. */

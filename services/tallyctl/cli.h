@@ -41,7 +41,8 @@ typedef struct st_tly_ctl_opt_t {
  * Checks that option --`opt`'s value `s` is an integer in [min, max]; false
  * with "invalid value for --opt: ..." in `err` otherwise.
  */
-bool tly_ctl_int_option(const char *opt, const char *s, long min, long max, char *err, size_t errcap) __attribute__((warn_unused_result));
+bool tly_ctl_int_option(const char *opt, const char *s, long min, long max, char *err, size_t errcap)
+    __attribute__((warn_unused_result));
 
 /** Settings from the environment (same variable names as every service). */
 typedef struct st_tly_ctl_settings_t {

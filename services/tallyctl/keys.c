@@ -110,8 +110,8 @@ insert_key(PGconn *conn, const key_request_t *req, const char *tenant_id, char *
     tly_key_generate(&parts, key);
     tly_key_hash(parts.secret, hash);
     hex_encode(hash, sizeof(hash), hash_hex);
-    const char *params[] = {parts.id,   tenant_id,  hash_hex,        req->scopes, req->tier,
-                            req->rate,  req->burst, req->label,      req->expires_at, tly_ctl_operator()};
+    const char *params[] = {parts.id,  tenant_id,  hash_hex,   req->scopes,     req->tier,
+                            req->rate, req->burst, req->label, req->expires_at, tly_ctl_operator()};
     PGresult *res = tly_ctl_db_query(conn, "could not create api key", insert_sql, 10, params, err, errcap);
     if (res != NULL) {
         printf("%s\n", key);
@@ -249,9 +249,10 @@ check_key(PGconn *conn, const tly_key_parts_t *parts, char *err, size_t errcap)
     uint8_t stored[TLY_KEY_HASH_LEN], presented[TLY_KEY_HASH_LEN];
     const char *id = parts->id;
     int ret = -1;
-    PGresult *res = tly_ctl_db_query(conn, "could not look up api key",
-                                     "SELECT encode(secret_hash, 'hex'), revoked_at IS NOT NULL, expires_at <= now() FROM api_keys WHERE id = $1", 1,
-                                     &id, err, errcap);
+    PGresult *res = tly_ctl_db_query(
+        conn, "could not look up api key",
+        "SELECT encode(secret_hash, 'hex'), revoked_at IS NOT NULL, expires_at <= now() FROM api_keys WHERE id = $1", 1, &id, err,
+        errcap);
     if (res == NULL)
         goto cleanup;
     ret = 1;

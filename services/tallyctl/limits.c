@@ -102,7 +102,8 @@ tly_ctl_limits_show(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *settings
     if ((res = tly_ctl_db_query(conn, "could not read rate limits", show_sql, 2, params, err, sizeof(err))) == NULL)
         goto cleanup;
     if (PQntuples(res) == 0)
-        printf("%s %s: no rate_limits row (%s)\n", kind, id, strcmp(kind, "key") == 0 ? "the key's own tier applies" : "no tenant budget");
+        printf("%s %s: no rate_limits row (%s)\n", kind, id,
+               strcmp(kind, "key") == 0 ? "the key's own tier applies" : "no tenant budget");
     else
         tly_ctl_db_print_table(res, stdout);
     ret = TLY_CTL_OK;

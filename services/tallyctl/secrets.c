@@ -41,8 +41,8 @@ reseal_rows(PGconn *conn, PGresult *res, int *changed, char *err, size_t errcap)
             return -1;
         const char *params[3] = {id, cur, previous != NULL ? prev : NULL};
         PGresult *u = tly_ctl_db_query(conn, "could not update endpoint",
-                                       "UPDATE webhook_endpoints SET secret = $2, previous_secret = $3 WHERE id = $1::uuid", 3, params,
-                                       err, errcap);
+                                       "UPDATE webhook_endpoints SET secret = $2, previous_secret = $3 WHERE id = $1::uuid", 3,
+                                       params, err, errcap);
         OPENSSL_cleanse(cur, sizeof(cur));
         OPENSSL_cleanse(prev, sizeof(prev));
         if (u == NULL)

@@ -320,16 +320,26 @@ static const char *
 reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 431: return "Request Header Fields Too Large";
-    case 502: return "Bad Gateway";
-    default: return "Status";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 502:
+        return "Bad Gateway";
+    default:
+        return "Status";
     }
 }
 
@@ -492,9 +502,8 @@ tly_ctl_webhooks_listen(const tly_ctl_cmd_t *cmd, const tly_ctl_settings_t *sett
         tly_ctl_error("%s", err);
         goto cleanup;
     }
-    fprintf(stderr,
-            "tallyctl: endpoint %s registered for %s (events %s) through %s; %s; Ctrl-C deletes it\n", ep.id, url, events, api,
-            to != NULL ? "deliveries are forwarded" : "deliveries are answered 200");
+    fprintf(stderr, "tallyctl: endpoint %s registered for %s (events %s) through %s; %s; Ctrl-C deletes it\n", ep.id, url, events,
+            api, to != NULL ? "deliveries are forwarded" : "deliveries are answered 200");
     if (to != NULL)
         fprintf(stderr, "tallyctl: forwarding to %s\n", to);
     int served = serve_until_stopped(lfd, &ep, to);

@@ -177,7 +177,8 @@ test_one_key_across_instances(void **state)
     const char *keys[] = {key};
     hammer(keys, 1, 3, 10000, true, &h);
     double expected = 20 * 10 + 20;
-    fprintf(stderr, "# one key (20/s, burst 20) through 2 command + 2 query APIs for 10 s: %d admitted (expected %.0f), %d limited\n",
+    fprintf(stderr,
+            "# one key (20/s, burst 20) through 2 command + 2 query APIs for 10 s: %d admitted (expected %.0f), %d limited\n",
             h.total_admitted, expected, h.total_limited);
     assert_int_equal(h.server_errors, 0);
     assert_true(h.total_limited > h.total_admitted); /* the key really was hammered */

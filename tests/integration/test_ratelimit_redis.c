@@ -46,7 +46,8 @@ redis_start(void)
     char *envp[] = {"PATH=/usr/bin:/bin:/usr/sbin", NULL};
     redis_pid = tly_test_spawn(argv, envp, logf, true);
     char cmd[128];
-    snprintf(cmd, sizeof(cmd), "for i in $(seq 50); do redis-cli -p %d ping 2>/dev/null | grep -q PONG && exit 0; sleep 0.1; done; exit 1",
+    snprintf(cmd, sizeof(cmd),
+             "for i in $(seq 50); do redis-cli -p %d ping 2>/dev/null | grep -q PONG && exit 0; sleep 0.1; done; exit 1",
              redis_port);
     tly_test_sh(cmd, NULL, 0);
 }
@@ -174,8 +175,8 @@ test_shared_bucket(void **state)
     }
     assert_true(resumed);
     double elapsed = (double)(tly_test_now_ms() - t0) / 1000.0, expected = 50 * elapsed + 50;
-    fprintf(stderr, "# admitted %lld in %.2f s (Redis stopped for 400 ms), expected %.0f; slowest decision %lld us\n", (long long)admitted, elapsed, expected,
-            (long long)max_us);
+    fprintf(stderr, "# admitted %lld in %.2f s (Redis stopped for 400 ms), expected %.0f; slowest decision %lld us\n",
+            (long long)admitted, elapsed, expected, (long long)max_us);
     assert_true((double)admitted >= 0.9 * expected && (double)admitted <= 1.1 * expected);
     assert_no_waiting();
 }
@@ -235,7 +236,8 @@ test_redis_killed(void **state)
     fprintf(stderr, "# redis down: standard admitted %d of 300, free %d of 300; slowest decision %lld us\n", std_ok, free_ok,
             (long long)max_us);
     assert_int_equal(free_ok, 0); /* the free tier refuses while the store is down */
-    assert_true(std_ok > 0 && std_ok <= 200 + 2 * 30 + 20); /* each instance: its half of the burst, the lease it held, what refilled */
+    assert_true(std_ok > 0 &&
+                std_ok <= 200 + 2 * 30 + 20); /* each instance: its half of the burst, the lease it held, what refilled */
     assert_no_waiting();
 
     redis_start();
@@ -286,11 +288,8 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_shared_bucket),
-        cmocka_unit_test(test_calls_per_request),
-        cmocka_unit_test(test_burst_in_one_go),
-        cmocka_unit_test(test_redis_killed),
-        cmocka_unit_test(test_redis_stopped),
+        cmocka_unit_test(test_shared_bucket), cmocka_unit_test(test_calls_per_request), cmocka_unit_test(test_burst_in_one_go),
+        cmocka_unit_test(test_redis_killed),  cmocka_unit_test(test_redis_stopped),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

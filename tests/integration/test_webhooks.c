@@ -320,7 +320,8 @@ setup(void **state)
     char tenant[320], path[128];
     bin_dir = tly_test_env("TALLY_BIN");
     var_dir = tly_test_env("TALLY_VAR");
-    static const char *const pass[] = {"TALLY_BIN", "TALLY_PG_DSN", "TALLY_KAFKA_BROKERS", "TALLY_KAFKA_TOPIC", "TALLY_SECRET_KEYS"};
+    static const char *const pass[] = {"TALLY_BIN", "TALLY_PG_DSN", "TALLY_KAFKA_BROKERS", "TALLY_KAFKA_TOPIC",
+                                       "TALLY_SECRET_KEYS"};
     for (size_t i = 0; i < sizeof(pass) / sizeof(pass[0]); ++i) /* for tallyctl and our workers */
         setenv(pass[i], tly_test_env(pass[i]), 1);
     db = PQconnectdb(tly_test_env("TALLY_PG_DSN"));

@@ -48,8 +48,10 @@ test_body_limit_before_buffering(void **state)
 {
     size_t n = 1024 * 1024;
     char *raw = malloc(n + 512), answer[4096];
-    int h = snprintf(raw, 512, "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
-                               "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n", key, n);
+    int h = snprintf(raw, 512,
+                     "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                     key, n);
     memset(raw + h, ' ', n);
     /* through the gateway: problem+json 413, answered from the header alone */
     const char *urls[] = {tly_test_env("TALLY_URL"), tly_test_env("TALLY_COMMAND_URL")};
@@ -188,8 +190,8 @@ from_source(const char *src, const char *url, const char *auth, char *retry, siz
     inet_pton(AF_INET, host, &sa.sin_addr);
     assert_int_equal(bind(fd, (struct sockaddr *)&me, sizeof(me)), 0);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    int n = snprintf(raw, sizeof(raw), "GET /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer %s\r\n\r\n",
-                     auth);
+    int n = snprintf(raw, sizeof(raw),
+                     "GET /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer %s\r\n\r\n", auth);
     assert_int_equal(send(fd, raw, (size_t)n, MSG_NOSIGNAL), n);
     size_t used = 0;
     ssize_t got;
@@ -231,7 +233,8 @@ test_failed_auth_throttled_per_source(void **state)
     for (int k = 0; k < 10; ++k)
         assert_int_equal(from_source(src, gw, bad, retry, sizeof(retry)), 429);
     char cmd[512], count[32];
-    snprintf(cmd, sizeof(cmd), "grep -h 'throttling failed authentications' \"$TALLY_VAR\"/log/tally-query-api.log | grep -c '\"%s\"'", src);
+    snprintf(cmd, sizeof(cmd),
+             "grep -h 'throttling failed authentications' \"$TALLY_VAR\"/log/tally-query-api.log | grep -c '\"%s\"'", src);
     tly_test_sh(cmd, count, sizeof(count));
     assert_string_equal(count, "1");
 }
@@ -240,12 +243,9 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_body_limit_before_buffering),
-        cmocka_unit_test(test_gateway_errors_are_problems),
-        cmocka_unit_test(test_http09_and_h2c_refused),
-        cmocka_unit_test(test_authorization_header),
-        cmocka_unit_test(test_health_only_on_admin_ports),
-        cmocka_unit_test(test_timestamps_out_of_range_are_422),
+        cmocka_unit_test(test_body_limit_before_buffering),      cmocka_unit_test(test_gateway_errors_are_problems),
+        cmocka_unit_test(test_http09_and_h2c_refused),           cmocka_unit_test(test_authorization_header),
+        cmocka_unit_test(test_health_only_on_admin_ports),       cmocka_unit_test(test_timestamps_out_of_range_are_422),
         cmocka_unit_test(test_failed_auth_throttled_per_source),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

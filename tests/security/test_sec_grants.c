@@ -243,7 +243,8 @@ test_audit_trail(void **state)
                                       1, p),
                      4);
     /* tallyctl's own key creation is recorded as the operator's */
-    assert_int_equal(tly_test_sql_i64(db, "SELECT count(*) FROM audit_events WHERE tenant_id = $1::uuid AND actor_type = 'operator'", 1, p), 1);
+    assert_int_equal(
+        tly_test_sql_i64(db, "SELECT count(*) FROM audit_events WHERE tenant_id = $1::uuid AND actor_type = 'operator'", 1, p), 1);
     /* append-only, even for the owner role */
     PGresult *res = PQexecParams(db, "UPDATE audit_events SET action = 'x' WHERE tenant_id = $1::uuid", 1, NULL, p, NULL, NULL, 0);
     assert_int_not_equal(PQresultStatus(res), PGRES_COMMAND_OK);
@@ -252,7 +253,8 @@ test_audit_trail(void **state)
     assert_int_not_equal(PQresultStatus(res), PGRES_COMMAND_OK);
     PQclear(res);
     /* no secret in the trail */
-    assert_int_equal(tly_test_sql_i64(db, "SELECT count(*) FROM audit_events WHERE changes::text ~ '(whsec_|tly_live_)'", 0, NULL), 0);
+    assert_int_equal(tly_test_sql_i64(db, "SELECT count(*) FROM audit_events WHERE changes::text ~ '(whsec_|tly_live_)'", 0, NULL),
+                     0);
     PQfinish(db);
     /* over HTTP: admin scope, paginated, this tenant's only */
     tly_test_response_t page = tly_test_request("GET", "/v1/audit-events?limit=2", key, NULL, NULL);
@@ -262,7 +264,8 @@ test_audit_trail(void **state)
     assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(page.json, "data"), 0), "action")),
                         "api_key.created");
     char next[512];
-    snprintf(next, sizeof(next), "/v1/audit-events?limit=100&cursor=%s", json_string_value(json_object_get(page.json, "next_cursor")));
+    snprintf(next, sizeof(next), "/v1/audit-events?limit=100&cursor=%s",
+             json_string_value(json_object_get(page.json, "next_cursor")));
     tly_test_response_free(&page);
     page = tly_test_request("GET", next, key, NULL, NULL);
     assert_int_equal(page.status, 200);
@@ -303,11 +306,12 @@ test_webhook_secrets_encrypted_at_rest(void **state)
     PGconn *db = db_connect();
     const char *p[1] = {tenant};
     /* both the current and the previous secret are sealed: no whsec_ in the table */
-    assert_int_equal(tly_test_sql_i64(db,
-                                      "SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1::uuid AND secret LIKE 'enc:v1:%' "
-                                      "AND previous_secret LIKE 'enc:v1:%' AND position('whsec_' IN secret || previous_secret) = 0",
-                                      1, p),
-                     1);
+    assert_int_equal(
+        tly_test_sql_i64(db,
+                         "SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1::uuid AND secret LIKE 'enc:v1:%' "
+                         "AND previous_secret LIKE 'enc:v1:%' AND position('whsec_' IN secret || previous_secret) = 0",
+                         1, p),
+        1);
     /* a row written in plaintext (before encryption) is sealed by tallyctl webhooks reencrypt */
     PQclear(tly_test_sql(db,
                          "INSERT INTO webhook_endpoints (id, tenant_id, url, event_types, secret) VALUES (gen_random_uuid(), "
@@ -315,10 +319,10 @@ test_webhook_secrets_encrypted_at_rest(void **state)
                          1, p));
     tly_test_sh("\"$TALLY_BIN/tallyctl\" webhooks reencrypt 2>&1", out, sizeof(out));
     assert_non_null(strstr(out, "re-encrypted with the current key"));
-    assert_int_equal(tly_test_sql_i64(db,
-                                      "SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1::uuid AND secret NOT LIKE 'enc:v1:%'",
-                                      1, p),
-                     0);
+    assert_int_equal(
+        tly_test_sql_i64(db, "SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1::uuid AND secret NOT LIKE 'enc:v1:%'", 1,
+                         p),
+        0);
     PQfinish(db);
 }
 
@@ -339,8 +343,8 @@ test_long_poll_quota(void **state)
                                   "RETURNING id",
                                   1, p);
     snprintf(path, sizeof(path), "/v1/jobs/%s", job);
-    int n = snprintf(raw, sizeof(raw), "GET %s HTTP/1.1\r\nHost: x\r\nPrefer: wait=2\r\nAuthorization: Bearer %s\r\n\r\n",
-                     path, key);
+    int n =
+        snprintf(raw, sizeof(raw), "GET %s HTTP/1.1\r\nHost: x\r\nPrefer: wait=2\r\nAuthorization: Bearer %s\r\n\r\n", path, key);
     int held[2];
     for (int i = 0; i < 2; ++i)
         held[i] = sec_open(tly_test_env("TALLY_QUERY_URL"), raw, (size_t)n);

@@ -27,14 +27,30 @@
 static char key[128];
 
 static const char *const refused[] = {
-    "https://localhost../h",          "https://localhost.../h",         "https://api.localhost../h",
-    "https://127.0.0.1/h",            "https://169.254.169.254/h",      "https://192.0.0.8/h",
-    "https://192.31.196.1/h",         "https://192.52.193.1/h",         "https://192.175.48.1/h",
-    "https://198.51.100.1/h",         "https://[::ffff:0:a00:1]/h",     "https://[::ffff:8.8.8.8]/h",
-    "https://[64:ff9b::a9fe:a9fe]/h", "https://[64:ff9b:1::a00:1]/h",   "https://[2001::a00:1]/h",
-    "https://[2002:a9fe:a9fe::1]/h",  "https://[2001:db8::1]/h",        "https://[fd00::1]/h",
-    "https://[fe80::1]/h",            "https://[::1]/h",                "https://[100::1]/h",
-    "https://[3fff::1]/h",            "https://0x7f.1/h",               "https://metadata.google.internal../h",
+    "https://localhost../h",
+    "https://localhost.../h",
+    "https://api.localhost../h",
+    "https://127.0.0.1/h",
+    "https://169.254.169.254/h",
+    "https://192.0.0.8/h",
+    "https://192.31.196.1/h",
+    "https://192.52.193.1/h",
+    "https://192.175.48.1/h",
+    "https://198.51.100.1/h",
+    "https://[::ffff:0:a00:1]/h",
+    "https://[::ffff:8.8.8.8]/h",
+    "https://[64:ff9b::a9fe:a9fe]/h",
+    "https://[64:ff9b:1::a00:1]/h",
+    "https://[2001::a00:1]/h",
+    "https://[2002:a9fe:a9fe::1]/h",
+    "https://[2001:db8::1]/h",
+    "https://[fd00::1]/h",
+    "https://[fe80::1]/h",
+    "https://[::1]/h",
+    "https://[100::1]/h",
+    "https://[3fff::1]/h",
+    "https://0x7f.1/h",
+    "https://metadata.google.internal../h",
 };
 
 /* Starts a command API on a free port with TALLY_WEBHOOK_ALLOW_PRIVATE=`allow`; its URL into `url`. */

@@ -29,15 +29,26 @@ typedef struct st_tly_api_abuse_config_t {
 
 /* The rows of the settings above for a service's config table; `off` is offsetof the struct in the service's config. */
 #define TLY_API_ABUSE_SETTINGS(off)                                                                                                \
-    {"auth-fail-limit", "TALLY_AUTH_FAIL_LIMIT", TLY_CONFIG_INT, "20", 0, 1000000,                                                \
+    {"auth-fail-limit",                                                                                                            \
+     "TALLY_AUTH_FAIL_LIMIT",                                                                                                      \
+     TLY_CONFIG_INT,                                                                                                               \
+     "20",                                                                                                                         \
+     0,                                                                                                                            \
+     1000000,                                                                                                                      \
      (off) + offsetof(tly_api_abuse_config_t, auth_fail_limit),                                                                    \
-     "failed authentications per source address and window before that address gets 429 (0: no throttling)"},                    \
-        {"auth-fail-window-s", "TALLY_AUTH_FAIL_WINDOW_S", TLY_CONFIG_INT, "60", 1, 86400,                                         \
-         (off) + offsetof(tly_api_abuse_config_t, auth_fail_window_s), "the window of auth-fail-limit, in seconds"},              \
+     "failed authentications per source address and window before that address gets 429 (0: no throttling)"},                      \
+        {"auth-fail-window-s",                                                                                                     \
+         "TALLY_AUTH_FAIL_WINDOW_S",                                                                                               \
+         TLY_CONFIG_INT,                                                                                                           \
+         "60",                                                                                                                     \
+         1,                                                                                                                        \
+         86400,                                                                                                                    \
+         (off) + offsetof(tly_api_abuse_config_t, auth_fail_window_s),                                                             \
+         "the window of auth-fail-limit, in seconds"},                                                                             \
     {                                                                                                                              \
-        "trusted-proxies", "TALLY_TRUSTED_PROXIES", TLY_CONFIG_STRING, "127.0.0.1/32,::1/128", 0, 0,                              \
+        "trusted-proxies", "TALLY_TRUSTED_PROXIES", TLY_CONFIG_STRING, "127.0.0.1/32,::1/128", 0, 0,                               \
             (off) + offsetof(tly_api_abuse_config_t, trusted_proxies),                                                             \
-            "peers (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For names the client: the gateway"               \
+            "peers (addresses or CIDR ranges, comma-separated) whose X-Forwarded-For names the client: the gateway"                \
     }
 
 /** Applies the abuse settings; false (with a message in `err`) when trusted-proxies is malformed. */

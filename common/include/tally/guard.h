@@ -72,9 +72,9 @@ typedef struct st_tly_guard_thread_t tly_guard_thread_t;
 /** How critical a request is; lower classes are shed first. */
 typedef enum en_tly_shed_class_t {
     TLY_SHED_LONG_POLL = 0,
-    TLY_SHED_BULK = 1,     /* lists, batches */
-    TLY_SHED_READ = 2,     /* single reads, key and webhook administration */
-    TLY_SHED_COMMAND = 3,  /* new commands */
+    TLY_SHED_BULK = 1,    /* lists, batches */
+    TLY_SHED_READ = 2,    /* single reads, key and webhook administration */
+    TLY_SHED_COMMAND = 3, /* new commands */
 } tly_shed_class_t;
 
 /** Starts the process's guard (its limiter loads rate_limits from `pg_dsn`). */

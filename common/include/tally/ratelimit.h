@@ -103,13 +103,13 @@ typedef struct st_tly_rate_t {
 } tly_rate_t;
 
 typedef struct st_tly_limiter_config_t {
-    const char *redis_url;  /* NULL or "": no Redis, every bucket on its local share */
-    int redis_timeout_ms;   /* a lease call slower than this counts as Redis down */
-    int instances;          /* API instances sharing the limits (the local share is 1/N) */
-    int lease_pct;          /* a lease is this percentage of the burst (at least 1 token) */
-    const char *pg_dsn;     /* where rate_limits is read; NULL: tier limits only (tests) */
-    int refresh_ms;         /* how often rate_limits changes are loaded */
-    bool enabled;           /* false: no limit at all (benchmarks of the limiter's cost) */
+    const char *redis_url; /* NULL or "": no Redis, every bucket on its local share */
+    int redis_timeout_ms;  /* a lease call slower than this counts as Redis down */
+    int instances;         /* API instances sharing the limits (the local share is 1/N) */
+    int lease_pct;         /* a lease is this percentage of the burst (at least 1 token) */
+    const char *pg_dsn;    /* where rate_limits is read; NULL: tier limits only (tests) */
+    int refresh_ms;        /* how often rate_limits changes are loaded */
+    bool enabled;          /* false: no limit at all (benchmarks of the limiter's cost) */
 } tly_limiter_config_t;
 
 /** Creates the process's limiter (strings are copied); loads rate_limits in the background. */

@@ -108,8 +108,8 @@ tly_webhook_sender__start(sender_t *s, PGresult *res, int row)
         finish_now(s, f, err);
         return;
     }
-    int signed_ok = tly_webhook_signature_header(plain, previous != NULL ? plain_prev : NULL, f->id, ts_s, f->payload, len, sig,
-                                                 sizeof(sig));
+    int signed_ok =
+        tly_webhook_signature_header(plain, previous != NULL ? plain_prev : NULL, f->id, ts_s, f->payload, len, sig, sizeof(sig));
     OPENSSL_cleanse(plain, sizeof(plain));
     OPENSSL_cleanse(plain_prev, sizeof(plain_prev));
     if (signed_ok != 0) {

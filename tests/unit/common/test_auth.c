@@ -51,8 +51,13 @@ test_scopes(void **state)
 static tly_key_attrs_t
 read_key(const tly_uuid_t *tenant, const uint8_t *hash, bool revoked, int64_t expires_us)
 {
-    tly_key_attrs_t a = {.tenant_id = *tenant, .scopes = TLY_SCOPE_READ, .tier = "free", .rate = 10, .burst = 20,
-                         .expires_us = expires_us, .revoked = revoked};
+    tly_key_attrs_t a = {.tenant_id = *tenant,
+                         .scopes = TLY_SCOPE_READ,
+                         .tier = "free",
+                         .rate = 10,
+                         .burst = 20,
+                         .expires_us = expires_us,
+                         .revoked = revoked};
     memcpy(a.hash, hash, TLY_KEY_HASH_LEN);
     return a;
 }

@@ -248,14 +248,9 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tiers),
-        cmocka_unit_test(test_local_bucket),
-        cmocka_unit_test(test_tenant_budget),
-        cmocka_unit_test(test_concurrency),
-        cmocka_unit_test(test_shadow),
-        cmocka_unit_test(test_disabled),
-        cmocka_unit_test(test_shed_order),
-        cmocka_unit_test(test_redis_url),
+        cmocka_unit_test(test_tiers),       cmocka_unit_test(test_local_bucket), cmocka_unit_test(test_tenant_budget),
+        cmocka_unit_test(test_concurrency), cmocka_unit_test(test_shadow),       cmocka_unit_test(test_disabled),
+        cmocka_unit_test(test_shed_order),  cmocka_unit_test(test_redis_url),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -30,7 +30,8 @@ test_seal_open(void **state)
     assert_int_equal(tly_secretbox_seal(secret, owner, sealed2, sizeof(sealed2)), 0);
     assert_string_not_equal(sealed, sealed2);
     /* another row's value does not open here */
-    assert_int_equal(tly_secretbox_open(sealed, "00000000-0000-4000-8000-000000000000", plain, sizeof(plain), err, sizeof(err)), -1);
+    assert_int_equal(tly_secretbox_open(sealed, "00000000-0000-4000-8000-000000000000", plain, sizeof(plain), err, sizeof(err)),
+                     -1);
     /* one flipped character is refused */
     sealed[20] = sealed[20] == 'A' ? 'B' : 'A';
     assert_int_equal(tly_secretbox_open(sealed, owner, plain, sizeof(plain), err, sizeof(err)), -1);

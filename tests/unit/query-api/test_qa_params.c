@@ -205,9 +205,8 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split),           cmocka_unit_test(test_accounts_filters),
         cmocka_unit_test(test_entries_filters), cmocka_unit_test(test_canonical_and_next),
-        cmocka_unit_test(test_entries_as_of),
-        cmocka_unit_test(test_if_none_match),   cmocka_unit_test(test_prefer),
-        cmocka_unit_test(test_accept_encoding),
+        cmocka_unit_test(test_entries_as_of),   cmocka_unit_test(test_if_none_match),
+        cmocka_unit_test(test_prefer),          cmocka_unit_test(test_accept_encoding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
